@@ -1,0 +1,55 @@
+"""Held-out evaluation with the actor engine: accuracy of one decoding on the held-out split.
+
+Used by `launch.py run` before and after RL (same decoding both times) and
+usable on any saved policy directory. Writes `{"accuracy", "n", ...}` to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from configs.loader import load_resolved
+from configs.schema import Config
+from telemetry import log as tlog
+
+
+def evaluate(config: Config, model_dir: str) -> dict:
+    from actors.engine import Engine
+    from tasks.arithmetic import make_splits, score
+    from tasks.codec import TextCodec
+
+    _, heldout = make_splits(config.task, config.run.seed)
+    problems = heldout[: config.eval.max_problems]
+    codec = TextCodec(model_dir)
+    engine = Engine(model_dir, config.model.dtype, config.run.seed,
+                    config.actors.max_prompt_tokens + config.actors.max_response_tokens, config.actors.gpu_memory_utilization)
+    start = time.perf_counter()
+    temperature = config.eval.temperature
+    outputs = engine.generate([codec.encode_prompt(p.prompt) for p in problems], 1, max(temperature, 0.0), 1.0,
+                              config.actors.max_response_tokens, codec.eos_id)
+    correct = [score(codec.decode(samples[0].token_ids), p.answer) if samples[0].finish_reason == "stop" else 0.0
+               for p, samples in zip(problems, outputs)]
+    return {"accuracy": sum(correct) / len(correct), "n": len(correct), "temperature": temperature,
+            "model": model_dir, "seconds": time.perf_counter() - start}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="asyncor held-out evaluation")
+    parser.add_argument("--config", required=True, help="resolved config.json")
+    parser.add_argument("--model", required=True, help="model directory to evaluate")
+    parser.add_argument("--out", required=True, help="where to write the result json")
+    parser.add_argument("--tag", default="eval", help="log name")
+    args = parser.parse_args()
+    cfg = load_resolved(args.config)
+    tlog.setup(args.tag, cfg.run_dir)
+    from actors.engine import cpu_environment
+
+    os.environ.update(cpu_environment(cfg.actors.kv_cache_gib, f"0-{(os.cpu_count() or 1) - 1}",
+                                      os.path.join(os.path.abspath(cfg.run.cache_dir), "vllm")))
+    result = evaluate(cfg, args.model)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    tlog.get(args.tag).info("eval_done", **result)

@@ -1,0 +1,245 @@
+"""The buffer role: owns the prompt stream, the staleness budget and the replay store.
+
+Two ROUTER sockets, one event loop, no threads:
+
+* actors (DEALER) send `hello`, `grant_request`, `group`, `grant_return`, `bye`.
+  A grant carries prompts and the oldest policy version they may be generated
+  with; with no capacity the actor is told to `wait`. Every `group` is acked:
+  accepted, duplicate (already stored: at-least-once delivery), full (retry
+  later) or rejected with the protocol reason (counted, logged, never fatal).
+* the learner (DEALER) sends `batch_request` (long-polled: answered as soon as
+  enough fresh groups exist, or `wait` after `poll_s`), `version` after it
+  publishes weights, and `done` at the end.
+
+After `done`, actors asking for work are told to `stop`; the buffer exits once
+every actor said `bye` (or `net.request_timeout_s` has passed), writing its
+final figures to `roles/buffer.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import zmq
+
+from buffer.prompts import PromptStream
+from buffer.protocol import REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require
+from buffer.replay import ReplayStore
+from buffer.staleness import StalenessBudget
+from buffer.transport import Server, endpoint
+from configs.loader import load_resolved
+from configs.schema import Config
+from tasks.arithmetic import make_splits
+from tasks.codec import TextCodec
+from telemetry import log as tlog
+from telemetry.metrics import MetricsWriter
+
+LONG_POLL_S = 1.0
+
+
+class BufferService:
+    def __init__(self, config: Config):
+        self.config = config
+        self.log = tlog.get("buffer")
+        self.metrics = MetricsWriter(config.run_dir, "buffer")
+        train, _ = make_splits(config.task, config.run.seed)
+        self.codec = TextCodec(config.model.path)
+        self.prompts = PromptStream(train, config.run.seed)
+        self.budget = StalenessBudget(config.buffer.max_staleness, config.learner.prompts_per_step)
+        self.store = ReplayStore(config.buffer.max_groups)
+        self.granted: dict[int, tuple[int, object]] = {}  # prompt id -> (actor id, problem)
+        self.rejected = {r: 0 for r in REJECT_REASONS}
+        self.dropped_stale = 0
+        self.duplicates = 0
+        self.staleness_trained: list[int] = []
+        self.actors_seen: set[int] = set()
+        self.actors_done: set[int] = set()
+        self.actor_stats: dict[int, dict] = {}
+        self.pending_batch: tuple[bytes, Message] | None = None
+        self.pending_since = 0.0
+        self.done_at: float | None = None
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ actors
+
+    def on_actor(self, server: Server, ident: bytes, msg: Message) -> None:
+        body = msg.body
+        actor_id = require(body, "actor_id", int)
+        if msg.type == "hello":
+            self.actors_seen.add(actor_id)
+            server.reply(ident, msg, "ack", {"status": "ok", "version": self.budget.version})
+        elif msg.type == "grant_request":
+            self.actors_seen.add(actor_id)
+            if self.done_at is not None:
+                server.reply(ident, msg, "stop", {})
+                return
+            n = self.budget.grant(require(body, "max_prompts", int))
+            if n == 0:
+                server.reply(ident, msg, "wait", {"retry_s": 0.05})
+                return
+            problems = self.prompts.take(n)
+            for p in problems:
+                self.granted[p.id] = (actor_id, p)
+            server.reply(ident, msg, "grant", {
+                "min_version": self.budget.min_version_for_grant(),
+                "prompts": [{"prompt_id": p.id, "token_ids": pack_array(self.codec.encode_prompt(p.prompt)),
+                             "answer": p.answer} for p in problems],
+            })
+        elif msg.type == "group":
+            server.reply(ident, msg, "ack", self.ingest(msg.body))
+        elif msg.type == "grant_return":
+            ids = [i for i in require(body, "prompt_ids", list) if i in self.granted]
+            self.budget.on_returned(len(ids))
+            self.prompts.give_back([self.granted.pop(i)[1] for i in ids])
+            server.reply(ident, msg, "ack", {"status": "ok"})
+        elif msg.type == "bye":
+            self.actors_done.add(actor_id)
+            self.actor_stats[actor_id] = body.get("stats", {})
+            mine = [i for i, (a, _) in self.granted.items() if a == actor_id]
+            self.budget.on_returned(len(mine))
+            self.prompts.give_back([self.granted.pop(i)[1] for i in mine])
+            server.reply(ident, msg, "ack", {"status": "ok"})
+        else:
+            raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
+
+    def ingest(self, body: dict) -> dict:
+        try:
+            group = parse_group(body, max_group_size=self.config.actors.group_size)
+        except ProtocolError as exc:
+            return self.reject(exc)
+        if self.store.is_duplicate(group):
+            self.duplicates += 1
+            return {"status": "duplicate", "seq": group.seq}
+        if group.prompt_id not in self.granted:
+            return self.reject(ProtocolError("bad_value", f"prompt {group.prompt_id} was not granted (or already answered)"))
+        if self.store.is_full():
+            return {"status": "full", "seq": group.seq}
+        self.granted.pop(group.prompt_id)
+        self.store.add(group)
+        self.budget.on_group_accepted()
+        return {"status": "accepted", "seq": group.seq}
+
+    def reject(self, exc: ProtocolError) -> dict:
+        self.rejected[exc.reason] += 1
+        self.log.warning("message_rejected", reason=exc.reason, detail=exc.detail)
+        self.metrics.log({f"buffer/rejected_{exc.reason}": self.rejected[exc.reason]})
+        return {"status": "rejected", "reason": exc.reason, "detail": exc.detail}
+
+    # ------------------------------------------------------------------ learner
+
+    def on_learner(self, server: Server, ident: bytes, msg: Message) -> None:
+        if msg.type == "hello":
+            server.reply(ident, msg, "ack", {"status": "ok"})
+        elif msg.type == "version":
+            self.budget.on_version(require(msg.body, "version", int))
+            server.reply(ident, msg, "ack", {"status": "ok"})
+        elif msg.type == "batch_request":
+            self.pending_batch = (ident, msg)
+            self.pending_since = time.monotonic()
+        elif msg.type == "done":
+            self.done_at = time.monotonic()
+            server.reply(ident, msg, "ack", {"status": "ok"})
+            self.log.info("learner_done", actors=len(self.actors_seen))
+        else:
+            raise ProtocolError("unknown_type", f"{msg.type!r} is not a learner message")
+
+    def serve_batch(self, server: Server) -> None:
+        if self.pending_batch is None:
+            return
+        ident, msg = self.pending_batch
+        stale = self.store.drop_stale(self.budget)
+        if stale:
+            self.dropped_stale += len(stale)
+            self.budget.on_dropped(len(stale))
+            self.log.info("dropped_stale", n=len(stale), version=self.budget.version)
+        groups = self.store.take(require(msg.body, "n_groups", int))
+        if groups:
+            ages = [self.budget.staleness(g.min_version) for g in groups]
+            self.staleness_trained.extend(ages)
+            server.reply(ident, msg, "batch", {"version": self.budget.version, "staleness": ages,
+                                               "groups": [g.to_wire() for g in groups]})
+            self.pending_batch = None
+            self.metrics.log({
+                "buffer/size": len(self.store),
+                "buffer/in_flight": self.budget.in_flight,
+                "buffer/capacity": self.budget.capacity(),
+                "buffer/dropped_stale": self.dropped_stale,
+                "buffer/staleness_mean": float(np.mean(ages)),
+                "buffer/staleness_max": int(max(ages)),
+                "buffer/staleness_hist": np.bincount(ages, minlength=self.budget.max_staleness + 1).tolist(),
+                "reward/mean": float(np.mean([g.rewards.mean() for g in groups])),
+            }, step=self.budget.version)
+        elif time.monotonic() - self.pending_since > LONG_POLL_S:
+            server.reply(ident, msg, "wait", {"size": len(self.store)})
+            self.pending_batch = None
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> dict:
+        cfg = self.config
+        ctx = zmq.Context()
+        actors = Server(ctx, endpoint(cfg.net.host, cfg.net.buffer_actor_port))
+        learner = Server(ctx, endpoint(cfg.net.host, cfg.net.buffer_learner_port))
+        poller = zmq.Poller()
+        poller.register(actors.sock, zmq.POLLIN)
+        poller.register(learner.sock, zmq.POLLIN)
+        self.log.info("listening", actor_port=cfg.net.buffer_actor_port, learner_port=cfg.net.buffer_learner_port)
+        try:
+            while not self.stop_requested:
+                for sock, _ in poller.poll(50):
+                    server, handler = (actors, self.on_actor) if sock is actors.sock else (learner, self.on_learner)
+                    ident, raw = server.recv()
+                    try:
+                        handler(server, ident, decode(raw, cfg.buffer.max_message_bytes))
+                    except ProtocolError as exc:
+                        server.reply(ident, None, "ack", self.reject(exc))
+                self.serve_batch(learner)
+                if self.done_at is not None:
+                    all_said_bye = self.actors_seen and self.actors_seen <= self.actors_done
+                    if all_said_bye or time.monotonic() - self.done_at > cfg.net.request_timeout_s:
+                        break
+        finally:
+            actors.close()
+            learner.close()
+            ctx.term()
+        return self.summary()
+
+    def summary(self) -> dict:
+        ages = self.staleness_trained
+        return {
+            "staleness": {
+                "max_allowed": self.config.buffer.max_staleness,
+                "mean": float(np.mean(ages)) if ages else 0.0,
+                "max": int(max(ages)) if ages else 0,
+                "dropped": self.dropped_stale,
+                "hist": np.bincount(ages, minlength=self.config.buffer.max_staleness + 1).tolist() if ages else [],
+            },
+            "rejected": {k: v for k, v in self.rejected.items() if v},
+            "duplicates": self.duplicates,
+            "groups_trained": len(ages),
+            "actors": self.actor_stats,
+        }
+
+
+def main(config: Config) -> None:
+    service = BufferService(config)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(service, "stop_requested", True))
+    summary = service.run()
+    os.makedirs(os.path.join(config.run_dir, "roles"), exist_ok=True)
+    with open(os.path.join(config.run_dir, "roles", "buffer.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    tlog.get("buffer").info("exit", **summary["staleness"])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="asyncor buffer role")
+    parser.add_argument("--config", required=True, help="resolved config.json written by launch.py")
+    args = parser.parse_args()
+    cfg = load_resolved(args.config)
+    tlog.setup("buffer", cfg.run_dir)
+    main(cfg)

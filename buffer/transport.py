@@ -1,0 +1,82 @@
+"""ZeroMQ transport: a request/reply client (DEALER) and a server socket (ROUTER).
+
+Every socket is bounded (high-water marks) and every wait has a deadline.
+`Client.request` sends one message and waits at most `timeout_s` for the reply
+carrying the same request id (`rid`); a late reply to an earlier, timed-out
+request is discarded, never mistaken for the current one. Timeouts raise
+`TimeoutError` naming the peer. Sockets use linger 0 so a dying process never
+blocks on unsent data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import zmq
+
+from buffer.protocol import Message, decode, encode
+
+HWM = 1000
+
+
+def endpoint(host: str, port: int) -> str:
+    return f"tcp://{host}:{port}"
+
+
+class Client:
+    def __init__(self, ctx: zmq.Context, address: str, identity: str, max_bytes: int, peer: str):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, HWM)
+        self.sock.setsockopt(zmq.RCVHWM, HWM)
+        self.sock.setsockopt(zmq.IDENTITY, identity.encode())
+        self.sock.connect(address)
+        self.max_bytes = max_bytes
+        self.peer = peer
+        self._rids = itertools.count(1)
+
+    def request(self, type_: str, body: dict, timeout_s: float) -> Message:
+        rid = next(self._rids)
+        self.sock.send(encode(type_, {**body, "rid": rid}))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                raise TimeoutError(f"no reply from {self.peer} to {type_!r} within {timeout_s:.0f}s")
+            reply = decode(self.sock.recv(), self.max_bytes)
+            if reply.body.get("rid") == rid:
+                return reply
+
+    def send(self, type_: str, body: dict) -> None:
+        """Fire-and-forget (used for `bye`)."""
+        self.sock.send(encode(type_, body), zmq.NOBLOCK)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class Server:
+    """A ROUTER socket: `recv` returns (identity, raw bytes); `reply` echoes the request id."""
+
+    def __init__(self, ctx: zmq.Context, address: str):
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, HWM)
+        self.sock.setsockopt(zmq.RCVHWM, HWM)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.bind(address)
+
+    def recv(self) -> tuple[bytes, bytes]:
+        frames = self.sock.recv_multipart()
+        return frames[0], frames[-1]
+
+    def reply(self, identity: bytes, request: Message | None, type_: str, body: dict) -> None:
+        rid = request.body.get("rid") if request is not None else None
+        try:
+            self.sock.send_multipart([identity, encode(type_, {**body, "rid": rid})], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # peer gone (EHOSTUNREACH) or its queue full: it will time out and retry or fail
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

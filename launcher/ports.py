@@ -1,0 +1,25 @@
+"""Free TCP ports for the roles (picked once by the launcher, written into config.json)."""
+
+from __future__ import annotations
+
+import socket
+
+from configs.schema import Config
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def assign_ports(config: Config) -> None:
+    """Replace every port left at 0 with a free one (distinct from each other)."""
+    net = config.net
+    taken: set[int] = set()
+    for name in ("buffer_actor_port", "buffer_learner_port", "sync_port", "store_port"):
+        port = getattr(net, name)
+        while port == 0 or port in taken:
+            port = free_port(net.host)
+        taken.add(port)
+        setattr(net, name, port)

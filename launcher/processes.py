@@ -1,0 +1,84 @@
+"""Child processes of the launcher: spawned in their own process group, never orphaned.
+
+Each role runs as `python -m <module> ...` in a new session (its own process
+group, so a signal reaches it and everything it started), with
+PR_SET_PDEATHSIG so it is terminated even if the launcher itself is killed.
+stdout and stderr go to `logs/<name>.out`. `stop_all` sends SIGTERM to every
+group, waits up to `grace_s`, then SIGKILLs what is left.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: process groups still let stop_all reach everything
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_path: str
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                text = f.read().splitlines()
+        except OSError:
+            return ""
+        keep = [l for l in text if "Warning" not in l and l.strip()]
+        return "\n".join(keep[-lines:])
+
+
+def spawn(name: str, module: str, args: list[str], log_dir: str, env: dict[str, str] | None = None) -> Child:
+    os.makedirs(log_dir, exist_ok=True)
+    log_path = os.path.join(log_dir, f"{name}.out")
+    out = open(log_path, "ab")
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+                            env=child_env, cwd=os.getcwd())
+    out.close()
+    return Child(name, proc, log_path)
+
+
+def _signal_group(child: Child, sig: int) -> None:
+    try:
+        os.killpg(child.proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_all(children: list[Child], grace_s: float = 5.0) -> None:
+    """SIGTERM every process group, then SIGKILL whatever is still alive after `grace_s`."""
+    for c in children:
+        if c.returncode is None:
+            _signal_group(c, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(c.returncode is None for c in children):
+        time.sleep(0.05)
+    for c in children:
+        _signal_group(c, signal.SIGKILL)  # also reaps grandchildren of exited roles
+        if c.returncode is None:
+            c.proc.wait(timeout=5)

@@ -1,0 +1,144 @@
+"""`launch.py run`: prepare the policy, evaluate, run buffer + learner + actors, evaluate, summarise.
+
+The launcher is a supervisor only: every piece of work runs in a child process
+(launcher/processes.py) with its own log. It polls the children twice a
+second: the run succeeds when the learner exits 0 and the buffer and actors
+follow; any role exiting with an error, Ctrl-C, or `run.max_wall_s` passing
+stops every child within a few seconds and reports which role failed and the
+end of its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from configs.loader import dump_resolved
+from configs.schema import Config
+from launcher.ports import assign_ports
+from launcher.processes import Child, spawn, stop_all
+from launcher.status import StatusView
+from launcher.summary import build_summary, human
+
+POLL_S = 0.5
+SHUTDOWN_GRACE_S = 5.0
+DRAIN_S = 30.0
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def _fail(child: Child, what: str) -> RunFailed:
+    return RunFailed(f"{what}: role '{child.name}' exited with code {child.returncode}.\n"
+                     f"--- last lines of {child.log_path} ---\n{child.tail()}")
+
+
+def run_phase(name: str, module: str, args: list[str], log_dir: str, timeout_s: float) -> None:
+    """One child that must finish (warm start, evaluation), with Ctrl-C and deadline handling."""
+    child = spawn(name, module, args, log_dir)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while child.returncode is None:
+            if time.monotonic() > deadline:
+                raise RunFailed(f"{name} did not finish within {timeout_s:.0f}s")
+            time.sleep(0.2)
+    finally:
+        stop_all([child], SHUTDOWN_GRACE_S)
+    if child.returncode != 0:
+        raise _fail(child, name)
+
+
+def prepare_run_dir(config: Config) -> str:
+    run_dir = config.run_dir
+    if os.path.exists(run_dir):
+        if not config.run.overwrite:
+            raise RunFailed(f"{run_dir} exists and run.overwrite = false; pick another run.name")
+        for old in ("logs", "roles", "final", "metrics.jsonl", "summary.json", "eval_before.json", "eval_after.json"):
+            path = os.path.join(run_dir, old)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    return run_dir
+
+
+def learner_finished(config: Config) -> bool:
+    """The learner writes its figures just before telling the buffer it is done."""
+    return os.path.exists(os.path.join(config.run_dir, "roles", "learner.json"))
+
+
+def supervise(config: Config, children: list[Child], learner: Child, view: StatusView) -> None:
+    started = time.monotonic()
+    learner_done_at = None
+    while True:
+        view.poll()
+        for c in children:
+            if c.returncode not in (None, 0):
+                raise _fail(c, "run failed")
+        if learner.returncode == 0:
+            learner_done_at = learner_done_at or time.monotonic()
+            if all(c.returncode == 0 for c in children):
+                return
+            if time.monotonic() - learner_done_at > DRAIN_S:
+                late = [c.name for c in children if c.returncode is None]
+                print(f"warning: {late} did not exit {DRAIN_S:.0f}s after the learner finished; stopping them")
+                return
+        elif not learner_finished(config) and any(c.returncode == 0 for c in children if c is not learner):
+            early = next(c for c in children if c is not learner and c.returncode == 0)
+            raise _fail(early, "a role exited before the learner finished")
+        if time.monotonic() - started > config.run.max_wall_s:
+            raise RunFailed(f"run.max_wall_s = {config.run.max_wall_s:.0f}s passed before the learner finished")
+        time.sleep(POLL_S)
+
+
+def run(config: Config) -> dict:
+    wall_start = time.monotonic()
+    run_dir = prepare_run_dir(config)
+    logs = os.path.join(run_dir, "logs")
+    cfg_path = os.path.join(run_dir, "config.json")
+    assign_ports(config)
+    dump_resolved(config, cfg_path)
+    print(f"run dir: {run_dir}   (logs in {logs})", flush=True)
+
+    print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
+    policy_json = os.path.join(run_dir, "policy.json")
+    run_phase("prepare", "learner.warm_start", ["--config", cfg_path, "--out", policy_json], logs, 1800)
+    with open(policy_json) as f:
+        config.model.path = json.load(f)["model_dir"]
+    dump_resolved(config, cfg_path)  # the fully resolved config: ports and the policy actually used
+
+    if config.eval.before_and_after:
+        print("evaluating the starting policy on the held-out split ...", flush=True)
+        run_phase("eval_before", "actors.evaluate", ["--config", cfg_path, "--model", config.model.path,
+                                                     "--out", os.path.join(run_dir, "eval_before.json"),
+                                                     "--tag", "eval_before"], logs, 900)
+        print(f"  accuracy before RL: {json.load(open(os.path.join(run_dir, 'eval_before.json')))['accuracy']:.3f}")
+
+    print(f"starting buffer, learner and {config.actors.count} actor(s) ...", flush=True)
+    rl_start = time.monotonic()
+    children = [spawn("buffer", "buffer.service", ["--config", cfg_path], logs)]
+    learner = spawn("learner", "learner.trainer", ["--config", cfg_path], logs)
+    children.append(learner)
+    for i in range(config.actors.count):
+        children.append(spawn(f"actor{i}", "actors.worker", ["--config", cfg_path, "--actor-id", str(i)], logs))
+    view = StatusView(run_dir, config.learner.steps)
+    try:
+        supervise(config, children, learner, view)
+    finally:
+        view.close()
+        stop_all(children, SHUTDOWN_GRACE_S)
+    rl_wall = time.monotonic() - rl_start
+
+    if config.eval.before_and_after:
+        print("evaluating the trained policy ...", flush=True)
+        run_phase("eval_after", "actors.evaluate", ["--config", cfg_path, "--model", os.path.join(run_dir, "final"),
+                                                    "--out", os.path.join(run_dir, "eval_after.json"),
+                                                    "--tag", "eval_after"], logs, 900)
+    summary = build_summary(run_dir, config.actors.count, rl_wall)
+    summary["total_wall_s"] = time.monotonic() - wall_start
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(human(summary))
+    print(f"\nsummary: {os.path.join(run_dir, 'summary.json')}")
+    return summary

@@ -1,0 +1,58 @@
+"""`runs/<name>/summary.json` from the roles' final figures, and its console form."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
+    roles = os.path.join(run_dir, "roles")
+    learner = _load(os.path.join(roles, "learner.json"))
+    buffer = _load(os.path.join(roles, "buffer.json"))
+    actors = [_load(p) for p in sorted(glob.glob(os.path.join(roles, "actor*.json")))]
+    load_times = [a["load_s_mean"] for a in actors if a.get("load_s_mean")]
+    summary = {
+        "eval": {},
+        "learner": {k: learner[k] for k in ("steps", "tokens_per_s", "wait_for_batch_frac")},
+        "actors": {
+            "count": num_actors,
+            # Aggregate generation throughput: what the learner is fed with.
+            "tokens_per_s": sum(a["tokens_per_s"] for a in actors),
+            "tokens": sum(a["tokens"] for a in actors),
+            "reported": len(actors),
+        },
+        "staleness": buffer["staleness"],
+        "sync": {
+            "broadcast_s_mean": learner["broadcast_s_mean"],
+            "load_s_mean": sum(load_times) / len(load_times) if load_times else 0.0,
+        },
+        "rejected_messages": buffer.get("rejected", {}),
+        "wall_s": wall_s,
+    }
+    before, after = os.path.join(run_dir, "eval_before.json"), os.path.join(run_dir, "eval_after.json")
+    if os.path.exists(before) and os.path.exists(after):
+        b, a = _load(before), _load(after)
+        summary["eval"] = {"before": b["accuracy"], "after": a["accuracy"], "n": a["n"], "temperature": a["temperature"]}
+    return summary
+
+
+def human(summary: dict) -> str:
+    e, l, a, s, y = summary["eval"], summary["learner"], summary["actors"], summary["staleness"], summary["sync"]
+    lines = ["", "== asyncor run summary =="]
+    if e:
+        lines.append(f"held-out accuracy   {e['before']:.3f} -> {e['after']:.3f}  ({e['after'] - e['before']:+.3f}, n={e['n']})")
+    lines += [
+        f"learner             {l['steps']} steps, {l['tokens_per_s']:.0f} tok/s, waiting for batches {l['wait_for_batch_frac']:.0%} of the time",
+        f"actors              {a['count']} x vLLM, {a['tokens_per_s']:.0f} tok/s in all",
+        f"staleness           mean {s['mean']:.2f}, max {s['max']} (bound {s['max_allowed']}), dropped {s['dropped']}",
+        f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)",
+        f"wall                {summary['wall_s']:.0f} s",
+    ]
+    return "\n".join(lines)

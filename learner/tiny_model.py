@@ -1,0 +1,66 @@
+"""Build the tiny default policy locally: a character tokenizer and a randomly
+initialised Qwen2-architecture model, saved as an ordinary Hugging Face
+directory (config.json, model.safetensors, tokenizer.json) that vLLM and
+transformers both load. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+from configs.schema import Config
+from tasks.arithmetic import CHARACTERS, SPECIAL_TOKENS
+
+
+def build_tokenizer():
+    """One token per character of the task, plus <pad>, <bos>, <eos>."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return tok
+
+
+def tiny_model_key(config: Config) -> str:
+    blob = json.dumps({"tiny": config.model.tiny.model_dump(), "dtype": config.model.dtype, "seed": config.run.seed,
+                       "vocab": SPECIAL_TOKENS + CHARACTERS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_tiny_model(config: Config, out_dir: str) -> str:
+    """Write a fresh tiny model + tokenizer to `out_dir` (atomically) and return it."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    tok = build_tokenizer()
+    t = config.model.tiny
+    vocab_size = tok.get_vocab_size()
+    model_config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tok.token_to_id("<bos>"),
+        eos_token_id=tok.token_to_id("<eos>"),
+        pad_token_id=tok.token_to_id("<pad>"),
+        torch_dtype=config.model.dtype,
+    )
+    torch.manual_seed(config.run.seed)
+    model = Qwen2ForCausalLM(model_config).to(getattr(torch, config.model.dtype))
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    hf_tok.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,122 @@
+"""The policy RL starts from: a given model directory, or the tiny model after a
+short supervised warm start on the task (the way Skywork-OR1 starts from a
+distilled model), cached on disk under a key of everything it depends on.
+
+`prepare_policy(config)` returns the model directory; a cached warm start is
+reused instantly, a missing one is built (a minute or so on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+
+from configs.schema import Config
+from learner.tiny_model import build_tiny_model, tiny_model_key
+from telemetry import log as tlog
+
+
+def warm_start_key(config: Config) -> str:
+    blob = json.dumps({"model": tiny_model_key(config), "task": config.task.model_dump(),
+                       "warm_start": config.warm_start.model_dump(), "seed": config.run.seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def supervised_train(model_dir: str, config: Config, out_dir: str) -> dict:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tasks.arithmetic import make_splits
+    from tasks.codec import TextCodec
+
+    log = tlog.get("prepare")
+    ws = config.warm_start
+    torch.manual_seed(config.run.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    codec = TextCodec(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ws.lr, weight_decay=0.0)
+    train, _ = make_splits(config.task, config.run.seed)
+    rng = random.Random(config.run.seed)
+    pad = model.config.pad_token_id
+    start = time.perf_counter()
+    losses = []
+    for step in range(ws.steps):
+        rows = []
+        for p in rng.sample(train, min(ws.batch_size, len(train))):
+            prompt, answer = codec.encode_prompt(p.prompt), codec.encode_response(p.answer)
+            rows.append((np.concatenate([prompt, answer]), len(prompt)))
+        T = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        labels = torch.full((len(rows), T), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for b, (ids, P) in enumerate(rows):
+            input_ids[b, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
+            labels[b, P:len(ids)] = input_ids[b, P:len(ids)]
+            mask[b, :len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        # Cosine decay to 0: a warm start that ends mid-way but settled.
+        for group in optimizer.param_groups:
+            group["lr"] = ws.lr * 0.5 * (1 + np.cos(np.pi * (step + 1) / ws.steps))
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == ws.steps:
+            log.info("warm_start_progress", step=step + 1, of=ws.steps, loss=round(float(np.mean(losses[-50:])), 4))
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp)
+    model.to(getattr(torch, config.model.dtype)).save_pretrained(tmp, safe_serialization=True)
+    info = {"steps": ws.steps, "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "seconds": time.perf_counter() - start}
+    with open(os.path.join(tmp, "warm_start.json"), "w") as f:
+        json.dump(info, f)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return info
+
+
+def prepare_policy(config: Config) -> str:
+    """The directory of policy version 0 (building and caching it if needed)."""
+    if config.model.path:
+        return config.model.path
+    log = tlog.get("prepare")
+    cache = os.path.abspath(config.run.cache_dir)
+    os.makedirs(cache, exist_ok=True)
+    base = os.path.join(cache, f"tiny-{tiny_model_key(config)}")
+    if not os.path.exists(os.path.join(base, "config.json")):
+        shutil.rmtree(base, ignore_errors=True)
+        build_tiny_model(config, base)
+        log.info("tiny_model_built", path=base)
+    if not config.warm_start.enabled or config.warm_start.steps == 0:
+        return base
+    out = os.path.join(cache, f"warmstart-{warm_start_key(config)}")
+    if os.path.exists(os.path.join(out, "warm_start.json")):
+        log.info("warm_start_cached", path=out)
+        return out
+    info = supervised_train(base, config, out)
+    log.info("warm_start_done", path=out, **info)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from configs.loader import load_resolved
+
+    parser = argparse.ArgumentParser(description="asyncor: build / fetch from cache the policy RL starts from")
+    parser.add_argument("--config", required=True, help="resolved config.json")
+    parser.add_argument("--out", required=True, help="json file to write {'model_dir': ...} to")
+    args = parser.parse_args()
+    cfg = load_resolved(args.config)
+    tlog.setup("prepare", cfg.run_dir)
+    with open(args.out, "w") as f:
+        json.dump({"model_dir": prepare_policy(cfg)}, f)

@@ -1,0 +1,71 @@
+"""Config validation: unknown keys, wrong types, out-of-range values, overrides."""
+
+import json
+
+import pytest
+
+from configs.loader import ConfigError, dump_resolved, load_config, load_resolved
+
+
+def error_of(*overrides) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, list(overrides))
+    return str(info.value)
+
+
+def test_default_config_loads():
+    cfg = load_config()
+    assert cfg.run.name == "tiny" and cfg.actors.count >= 1
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["buffer.max_staleness=0", "learner.lr=1e-4", 'task.operations=["+", "*"]', "run.name=x"])
+    assert cfg.buffer.max_staleness == 0 and cfg.learner.lr == 1e-4 and cfg.task.operations == ["+", "*"]
+
+
+def test_unknown_key_names_key_and_known_keys():
+    msg = error_of("buffer.max_stalenes=1")
+    assert "buffer.max_stalenes: unknown key" in msg and "max_staleness" in msg
+
+
+def test_unknown_section():
+    assert "learnr: unknown key" in error_of("learnr.lr=1")
+
+
+def test_wrong_type_names_key():
+    msg = error_of("actors.count=many")
+    assert "actors.count" in msg and "'many'" in msg
+
+
+def test_out_of_range_names_key_and_bound():
+    msg = error_of("buffer.max_staleness=-1")
+    assert "buffer.max_staleness" in msg and "greater than or equal to 0" in msg
+    assert "actors.temperature" in error_of("actors.temperature=0")
+
+
+def test_bad_literal_lists_accepted_values():
+    msg = error_of("sync.backend=mpi")
+    assert "sync.backend" in msg and "'gloo'" in msg and "'nccl'" in msg
+
+
+def test_cross_field_checks():
+    assert "vLLM's CPU attention" in error_of("model.tiny.hidden_size=96", "model.tiny.num_attention_heads=6")
+    assert "sync.every" in error_of("buffer.max_staleness=0", "sync.every=2")
+    assert "eval.max_problems" in error_of("eval.max_problems=300", "task.heldout_size=256")
+
+
+def test_malformed_override():
+    assert "expected KEY=VALUE" in error_of("buffer.max_staleness")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.toml"))
+
+
+def test_resolved_round_trip(tmp_path):
+    cfg = load_config(None, ["net.sync_port=1234"])
+    path = tmp_path / "config.json"
+    dump_resolved(cfg, str(path))
+    assert load_resolved(str(path)) == cfg
+    assert json.loads(path.read_text())["net"]["sync_port"] == 1234
