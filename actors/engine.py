@@ -56,12 +56,12 @@ class Engine:
         )
 
     def generate(self, prompts: list[np.ndarray], n: int, temperature: float, top_p: float, max_tokens: int,
-                 stop_token_id: int) -> list[list[Sample]]:
+                 stop_token_id: int, seed: int | None = None) -> list[list[Sample]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
-                                stop_token_ids=[stop_token_id])
+                                stop_token_ids=[stop_token_id], seed=seed)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.tolist()) for p in prompts], params,
                                     use_tqdm=False)
         groups = []

@@ -26,14 +26,21 @@ def evaluate(config: Config, model_dir: str) -> dict:
     codec = TextCodec(model_dir)
     engine = Engine(model_dir, config.model.dtype, config.run.seed,
                     config.actors.max_prompt_tokens + config.actors.max_response_tokens, config.actors.gpu_memory_utilization)
+    prompts = [codec.encode_prompt(p.prompt) for p in problems]
+
+    def accuracy(temperature: float, k: int) -> float:
+        outputs = engine.generate(prompts, k, temperature, 1.0, config.actors.max_response_tokens, codec.eos_id,
+                                  seed=config.eval.seed)
+        correct = [score(codec.decode(s.token_ids), p.answer) if s.finish_reason == "stop" else 0.0
+                   for p, samples in zip(problems, outputs) for s in samples]
+        return sum(correct) / len(correct)
+
     start = time.perf_counter()
     temperature = config.eval.temperature
-    outputs = engine.generate([codec.encode_prompt(p.prompt) for p in problems], 1, max(temperature, 0.0), 1.0,
-                              config.actors.max_response_tokens, codec.eos_id)
-    correct = [score(codec.decode(samples[0].token_ids), p.answer) if samples[0].finish_reason == "stop" else 0.0
-               for p, samples in zip(problems, outputs)]
-    return {"accuracy": sum(correct) / len(correct), "n": len(correct), "temperature": temperature,
-            "model": model_dir, "seconds": time.perf_counter() - start}
+    k = config.eval.samples_per_problem if temperature > 0 else 1
+    return {"accuracy": accuracy(temperature, k), "n": len(problems), "samples_per_problem": k,
+            "temperature": temperature, "greedy_accuracy": accuracy(0.0, 1), "model": model_dir,
+            "seconds": time.perf_counter() - start}
 
 
 if __name__ == "__main__":

@@ -172,7 +172,6 @@ class BufferService:
                 "buffer/staleness_mean": float(np.mean(ages)),
                 "buffer/staleness_max": int(max(ages)),
                 "buffer/staleness_hist": np.bincount(ages, minlength=self.budget.max_staleness + 1).tolist(),
-                "reward/mean": float(np.mean([g.rewards.mean() for g in groups])),
             }, step=self.budget.version)
         elif time.monotonic() - self.pending_since > LONG_POLL_S:
             server.reply(ident, msg, "wait", {"size": len(self.store)})

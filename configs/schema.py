@@ -91,7 +91,7 @@ class TaskConfig(_Section):
 class WarmStartConfig(_Section):
     enabled: bool = True
     """Supervised warm start on the task before RL (cached on disk, keyed by everything it depends on)."""
-    steps: int = Field(500, ge=0)
+    steps: int = Field(600, ge=0)
     """Optimiser steps of supervised training."""
     batch_size: int = Field(64, ge=1)
     """Sequences per supervised step."""
@@ -183,8 +183,12 @@ class NetConfig(_Section):
 class EvalConfig(_Section):
     before_and_after: bool = True
     """Measure held-out accuracy before and after RL."""
-    temperature: float = Field(0.0, ge=0)
-    """Evaluation decoding temperature (0 = greedy); the same decoding before and after."""
+    temperature: float = Field(1.0, ge=0)
+    """Evaluation sampling temperature (0 = greedy). Default: the training temperature, as the paper's avg@k."""
+    samples_per_problem: int = Field(4, ge=1)
+    """k of avg@k: samples per held-out problem (1 when greedy). Accuracy is the mean over all samples."""
+    seed: int = Field(1234, ge=0)
+    """Sampling seed of evaluation: the same random stream before and after RL."""
     max_problems: int = Field(256, ge=1)
     """Held-out problems evaluated (at most `task.heldout_size`)."""
 

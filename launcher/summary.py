@@ -39,7 +39,9 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
     before, after = os.path.join(run_dir, "eval_before.json"), os.path.join(run_dir, "eval_after.json")
     if os.path.exists(before) and os.path.exists(after):
         b, a = _load(before), _load(after)
-        summary["eval"] = {"before": b["accuracy"], "after": a["accuracy"], "n": a["n"], "temperature": a["temperature"]}
+        summary["eval"] = {"before": b["accuracy"], "after": a["accuracy"], "n": a["n"],
+                           "samples_per_problem": a["samples_per_problem"], "temperature": a["temperature"],
+                           "greedy_before": b["greedy_accuracy"], "greedy_after": a["greedy_accuracy"]}
     return summary
 
 
@@ -47,7 +49,9 @@ def human(summary: dict) -> str:
     e, l, a, s, y = summary["eval"], summary["learner"], summary["actors"], summary["staleness"], summary["sync"]
     lines = ["", "== asyncor run summary =="]
     if e:
-        lines.append(f"held-out accuracy   {e['before']:.3f} -> {e['after']:.3f}  ({e['after'] - e['before']:+.3f}, n={e['n']})")
+        lines.append(f"held-out accuracy   {e['before']:.3f} -> {e['after']:.3f}  ({e['after'] - e['before']:+.3f}; "
+                     f"avg@{e['samples_per_problem']} at temperature {e['temperature']}, {e['n']} problems)")
+        lines.append(f"  greedy            {e['greedy_before']:.3f} -> {e['greedy_after']:.3f}")
     lines += [
         f"learner             {l['steps']} steps, {l['tokens_per_s']:.0f} tok/s, waiting for batches {l['wait_for_batch_frac']:.0%} of the time",
         f"actors              {a['count']} x vLLM, {a['tokens_per_s']:.0f} tok/s in all",
