@@ -92,9 +92,10 @@ class Actor:
         self.log.info("weights_loaded", version=self.version, load_s=round(load_s, 4))
 
     def probe(self) -> float:
-        """Sum of greedy log-probs on a fixed prompt: changes whenever the engine's weights change."""
+        """Sum of greedy log-probs on a fixed prompt: deterministic for fixed weights, so it
+        changes exactly when the engine's weights change (the integration tests rely on it)."""
         prompt = self.codec.encode_prompt("12+34=")
-        [[sample]] = self.engine.generate([prompt], 1, 1.0, 1.0, 4, self.codec.eos_id)
+        [[sample]] = self.engine.generate([prompt], 1, 0.0, 1.0, 4, self.codec.eos_id)
         return float(sample.logprobs.sum())
 
     # ------------------------------------------------------------------ loop

@@ -56,9 +56,12 @@ def prepare_run_dir(config: Config) -> str:
     if os.path.exists(run_dir):
         if not config.run.overwrite:
             raise RunFailed(f"{run_dir} exists and run.overwrite = false; pick another run.name")
-        for old in ("logs", "roles", "final", "metrics.jsonl", "summary.json", "eval_before.json", "eval_after.json"):
-            path = os.path.join(run_dir, old)
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
+        # Old outputs would mix with the new ones (metrics.jsonl is appended to).
+        for old in ("logs", "roles", "final"):
+            shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
+        for old in ("metrics.jsonl", "summary.json", "eval_before.json", "eval_after.json", "policy.json"):
+            if os.path.exists(os.path.join(run_dir, old)):
+                os.remove(os.path.join(run_dir, old))
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
     return run_dir
 

@@ -1,0 +1,99 @@
+"""The buffer role over real ZeroMQ sockets: malformed traffic is refused and
+counted, good groups are kept and served whole, η is enforced end to end."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+from buffer.protocol import Response, TrajectoryGroup, unpack_array
+from buffer.service import BufferService
+from buffer.transport import Client, endpoint
+from configs.schema import Config
+from launcher.ports import assign_ports
+from learner.tiny_model import build_tokenizer
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def service(tmp_path):
+    model_dir = tmp_path / "tok"
+    model_dir.mkdir()
+    build_tokenizer().save(str(model_dir / "tokenizer.json"))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
+    (model_dir / "config.json").write_text(json.dumps({"eos_token_id": 2}))
+    config = Config.model_validate({
+        "run": {"output_dir": str(tmp_path), "name": "buf"},
+        "model": {"path": str(model_dir)},
+        "actors": {"group_size": 2},
+        "buffer": {"max_staleness": 0},
+        "learner": {"prompts_per_step": 2},
+        "net": {"request_timeout_s": 2.0},
+    })
+    assign_ports(config)
+    svc = BufferService(config)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(svc.run()), daemon=True)
+    thread.start()
+    ctx = zmq.Context.instance()
+    net = config.net
+    actor = Client(ctx, endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
+    learner = Client(ctx, endpoint(net.host, net.buffer_learner_port), "learner", 1 << 24, "buffer")
+    yield svc, actor, learner, result
+    svc.stop_requested = True
+    thread.join(timeout=5)
+    actor.close()
+    learner.close()
+
+
+def group_for(prompt, seq, version=0, logprob=-0.5):
+    ids = unpack_array(prompt["token_ids"], "token_ids", "<i4")
+    responses = [Response(np.array([5, 2], np.int32), np.array([logprob, -0.1], np.float32), version, "stop", float(i))
+                 for i in range(2)]
+    return TrajectoryGroup(prompt["prompt_id"], ids, responses, actor_id=0, seq=seq, gen_time_s=0.1)
+
+
+def test_bad_messages_are_counted_and_good_groups_survive(service):
+    svc, actor, learner, _ = service
+    actor.request("hello", {"actor_id": 0}, TIMEOUT)
+    learner.request("version", {"version": 0}, TIMEOUT)
+    grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 5}, TIMEOUT)
+    assert grant.type == "grant" and len(grant.body["prompts"]) == 2  # η = 0: one step's worth
+    assert grant.body["min_version"] == 0
+    p0, p1 = grant.body["prompts"]
+
+    actor.sock.send(b"\x00garbage")  # not msgpack
+    assert actor.sock.poll(int(TIMEOUT * 1000))
+    actor.sock.recv()  # the buffer answers (rejected) and keeps running
+    nan_group = group_for(p0, seq=0, logprob=float("nan")).to_wire()
+    ack = actor.request("group", nan_group, TIMEOUT).body
+    assert (ack["status"], ack["reason"]) == ("rejected", "non_finite")
+    assert actor.request("group", group_for(p0, seq=1).to_wire(), TIMEOUT).body["status"] == "accepted"
+    assert actor.request("group", group_for(p0, seq=1).to_wire(), TIMEOUT).body["status"] == "duplicate"
+    # Not enough for a batch yet: the learner is told to wait, never given a partial batch.
+    assert learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT).type == "wait"
+    assert actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 5}, TIMEOUT).type == "wait"
+    assert actor.request("group", group_for(p1, seq=2).to_wire(), TIMEOUT).body["status"] == "accepted"
+    batch = learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT)
+    assert batch.type == "batch" and batch.body["staleness"] == [0, 0]
+    assert sorted(g["prompt_id"] for g in batch.body["groups"]) == sorted([p0["prompt_id"], p1["prompt_id"]])
+    assert all(len(g["responses"]) == 2 for g in batch.body["groups"])  # groups kept whole
+    assert svc.rejected["not_msgpack"] == 1 and svc.rejected["non_finite"] == 1 and svc.duplicates == 1
+
+
+def test_stale_groups_are_dropped_not_trained(service):
+    svc, actor, learner, _ = service
+    learner.request("version", {"version": 0}, TIMEOUT)
+    grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2}, TIMEOUT)
+    for seq, prompt in enumerate(grant.body["prompts"]):
+        actor.request("group", group_for(prompt, seq=seq).to_wire(), TIMEOUT)
+    learner.request("version", {"version": 1}, TIMEOUT)  # the learner moved on: version-0 data is too old for η = 0
+    assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "wait"
+    assert svc.dropped_stale == 2
+    # The dropped groups gave their admission slots back, and new grants demand version 1.
+    grant = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 5}, TIMEOUT)
+    # (η + v + 1) · B - accepted - in_flight = (0 + 1 + 1) · 2 - 0 - 0
+    assert grant.type == "grant" and len(grant.body["prompts"]) == 4 and grant.body["min_version"] == 1
