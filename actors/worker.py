@@ -190,7 +190,8 @@ class Actor:
             "gen_tokens_per_s": s["tokens"] / s["gen_s"] if s["gen_s"] else 0.0,
             "load_s_mean": float(np.mean(s["load_s"])) if s["load_s"] else 0.0,
             "recv_s_mean": float(np.mean(s["recv_s"])) if s["recv_s"] else 0.0,
-            "versions_loaded": s["versions"], "rejected": s["rejected"], "wait_weights_s": s["wait_weights_s"],
+            "versions_loaded": s["versions"], "versions_received": list(self.receiver.received_versions),
+            "rejected": s["rejected"], "wait_weights_s": s["wait_weights_s"],
         }
         try:
             self.client.request("bye", {"actor_id": self.actor_id, "stats": summary}, 5.0)

@@ -1,7 +1,9 @@
 """End to end with real processes: vLLM actors, ZeroMQ buffer, gloo broadcast, learner.
 
-Each test runs `launch.py run` on the tiny model (no warm start, no eval, a
-few steps) and checks what users rely on: the staleness bound held for every
+Each test runs `launch.py run` on the tiny model (warm start cached in
+.cache/asyncor-tests after the first test; no eval; a few steps). The warm
+start matters: a random policy never earns reward, so every advantage would be
+zero and the weights would never change. and checks what users rely on: the staleness bound held for every
 trained group, actors really received and used new weights, failures stop
 everything without orphans.
 """
@@ -23,7 +25,7 @@ def launch_args(tmp_path, name, *overrides):
     return [sys.executable, os.path.join(ROOT, "launch.py"), "run",
             "--set", f"run.name={name}", "--set", f"run.output_dir={tmp_path}",
             "--set", f"run.cache_dir={os.path.join(ROOT, '.cache', 'asyncor-tests')}",
-            "--set", "warm_start.enabled=false", "--set", "eval.before_and_after=false",
+            "--set", "eval.before_and_after=false",
             "--set", "learner.prompts_per_step=4", "--set", "actors.prompts_per_chunk=4",
             "--set", "actors.group_size=4", "--set", "run.max_wall_s=240", *overrides]
 
@@ -71,10 +73,16 @@ def check_common(run_dir, eta, steps):
     assert len(learner) == steps
     # Every trained group obeyed the bound (the learner logs the staleness of each batch it trained on).
     assert all(r["learner/staleness_max"] <= eta for r in learner)
-    # Actors loaded new versions, and the engine's log-probs changed with them.
-    with open(os.path.join(run_dir, "roles", "actor0.json")) as f:
-        actor = json.load(f)
-    assert max(actor["versions_loaded"]) >= steps - 1
+    # Every actor received every broadcast and loaded new versions into vLLM (an actor told to stop
+    # may not load the last ones), and the engine's log-probs changed with them.
+    loaded = set()
+    for i in range(summary["actors"]["count"]):
+        with open(os.path.join(run_dir, "roles", f"actor{i}.json")) as f:
+            actor = json.load(f)
+        assert actor["versions_received"] == list(range(1, steps + 1))
+        assert max(actor["versions_loaded"]) > 0
+        loaded |= set(actor["versions_loaded"])
+    assert len(loaded) >= 3, loaded
     probes = {r["step"]: r["actor/probe_logprob"] for r in records if r.get("actor/probe_logprob") is not None}
     assert 0 in probes and len(probes) >= 3
     assert len({round(v, 5) for v in probes.values()}) >= 3, probes
@@ -159,3 +167,21 @@ def test_bad_config_is_refused_before_any_process_starts(tmp_path):
     assert "buffer.max_staleness" in proc.stderr and "actors.cont: unknown key" in proc.stderr
     assert not os.path.exists(os.path.join(tmp_path, "bad"))
     assert time.monotonic() - start < 10
+
+
+def test_default_path_with_warm_start_and_eval_writes_the_documented_summary(tmp_path):
+    run_dir = run_launcher(tmp_path, "full", "--set", "eval.before_and_after=true", "--set", "eval.max_problems=16",
+                           "--set", "learner.steps=2")
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    for section, keys in {"eval": ["before", "after", "n"], "learner": ["steps", "tokens_per_s", "wait_for_batch_frac"],
+                          "actors": ["count", "tokens_per_s"], "staleness": ["max_allowed", "mean", "max", "dropped"],
+                          "sync": ["broadcast_s_mean", "load_s_mean"]}.items():
+        assert set(keys) <= set(summary[section]), section
+    assert summary["eval"]["n"] == 16 and 0.0 <= summary["eval"]["before"] <= 1.0 and summary["wall_s"] > 0
+    with open(os.path.join(run_dir, "config.json")) as f:
+        resolved = json.load(f)
+    assert resolved["model"]["path"] and all(resolved["net"][k] for k in ("buffer_actor_port", "store_port"))
+    for role in ("prepare", "eval_before", "buffer", "learner", "actor0", "eval_after"):
+        assert os.path.getsize(os.path.join(run_dir, "logs", f"{role}.jsonl")) > 0, role
+    assert os.path.exists(os.path.join(run_dir, "final", "model.safetensors"))
