@@ -17,6 +17,7 @@ import time
 
 from configs.loader import dump_resolved
 from configs.schema import Config
+from launcher.placement import role_env, visible_gpus
 from launcher.ports import assign_ports
 from launcher.processes import Child, spawn, stop_all
 from launcher.status import StatusView
@@ -120,11 +121,13 @@ def run(config: Config) -> dict:
 
     print(f"starting buffer, learner and {config.actors.count} actor(s) ...", flush=True)
     rl_start = time.monotonic()
+    gpus = visible_gpus()
     children = [spawn("buffer", "buffer.service", ["--config", cfg_path], logs)]
-    learner = spawn("learner", "learner.trainer", ["--config", cfg_path], logs)
+    learner = spawn("learner", "learner.trainer", ["--config", cfg_path], logs, role_env("learner", 0, gpus))
     children.append(learner)
     for i in range(config.actors.count):
-        children.append(spawn(f"actor{i}", "actors.worker", ["--config", cfg_path, "--actor-id", str(i)], logs))
+        children.append(spawn(f"actor{i}", "actors.worker", ["--config", cfg_path, "--actor-id", str(i)], logs,
+                              role_env("actor", i, gpus)))
     view = StatusView(run_dir, config.learner.steps)
     try:
         supervise(config, children, learner, view)
