@@ -93,19 +93,21 @@ class BufferService:
         elif msg.type == "group":
             server.reply(ident, msg, "ack", self.ingest(msg.body))
         elif msg.type == "grant_return":
-            ids = [i for i in require(body, "prompt_ids", list) if i in self.granted]
-            self.budget.on_returned(len(ids))
-            self.prompts.give_back([self.granted.pop(i)[1] for i in ids])
+            self.return_grants(require(body, "prompt_ids", list))
             server.reply(ident, msg, "ack", {"status": "ok"})
         elif msg.type == "bye":
             self.actors_done.add(actor_id)
             self.actor_stats[actor_id] = body.get("stats", {})
-            mine = [i for i, (a, _) in self.granted.items() if a == actor_id]
-            self.budget.on_returned(len(mine))
-            self.prompts.give_back([self.granted.pop(i)[1] for i in mine])
+            self.return_grants([i for i, (a, _) in self.granted.items() if a == actor_id])
             server.reply(ident, msg, "ack", {"status": "ok"})
         else:
             raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
+
+    def return_grants(self, prompt_ids: list) -> None:
+        """Unused grants: free their admission slots and serve their prompts again first."""
+        ids = [i for i in prompt_ids if i in self.granted]
+        self.budget.on_returned(len(ids))
+        self.prompts.give_back([self.granted.pop(i)[1] for i in ids])
 
     def ingest(self, body: dict) -> dict:
         try:
