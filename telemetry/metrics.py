@@ -12,7 +12,6 @@ import json
 import math
 import os
 import time
-from typing import Iterator
 
 
 class MetricsWriter:
@@ -55,8 +54,3 @@ def read_metrics(run_dir: str, offset: int = 0) -> tuple[list[dict], int]:
     records = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
     return records, offset + end
 
-
-def iter_metric(records: list[dict], name: str) -> Iterator[float]:
-    for r in records:
-        if r.get(name) is not None:
-            yield r[name]
