@@ -26,14 +26,11 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def role_env(role: str, index: int = 0, gpus: list[str] | None = None) -> dict[str, str]:
-    """`role` is learner | actor | other; `index` the actor id."""
-    gpus = visible_gpus() if gpus is None else gpus
+def role_env(role: str, index: int, gpus: list[str]) -> dict[str, str]:
+    """`role` is learner | actor; `index` the actor id."""
     if not gpus:
         return {}
     if role == "learner":
         return {"CUDA_VISIBLE_DEVICES": gpus[0]}
-    if role == "actor":
-        pool = gpus[1:] or gpus  # one GPU: everyone shares it
-        return {"CUDA_VISIBLE_DEVICES": pool[index % len(pool)]}
-    return {"CUDA_VISIBLE_DEVICES": gpus[0]}
+    pool = gpus[1:] or gpus  # one GPU: everyone shares it
+    return {"CUDA_VISIBLE_DEVICES": pool[index % len(pool)]}
