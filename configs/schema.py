@@ -152,8 +152,11 @@ class LearnerConfig(_Section):
     """torch CPU threads of the learner."""
     batch_wait_s: float = Field(600.0, gt=0)
     """Deadline for one batch to arrive; past it the learner fails with an error."""
+    logprob_impl: Literal["auto", "triton", "torch"] = "auto"
+    """Log-prob + entropy implementation (kernels/): "triton" = fused kernels (CUDA), "torch" = chunked
+    torch, "auto" = triton on CUDA and torch elsewhere. Used for the loss and the entropy metric."""
     logprob_chunk: int = Field(4096, ge=1)
-    """Tokens per chunk when computing log-probs and entropy (bounds the logits held at once)."""
+    """Tokens per chunk of the torch log-prob path (bounds the logits held at once)."""
 
 
 class SyncConfig(_Section):

@@ -27,7 +27,7 @@ from buffer.protocol import parse_group
 from buffer.transport import Client, endpoint
 from configs.loader import load_resolved
 from configs.schema import Config
-from kernels.logprob_entropy import logprob_entropy
+from kernels.logprob_entropy import logprob_entropy, resolve_impl
 from learner.batch import PackedBatch, pack
 from learner.loss import ppo_clip_loss
 from learner.model import load_policy
@@ -36,13 +36,15 @@ from telemetry import log as tlog
 from telemetry.metrics import MetricsWriter
 
 
-def policy_logprobs(model, batch: PackedBatch, temperature: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob and entropy of every response token under the current weights."""
+def policy_logprobs(model, batch: PackedBatch, temperature: float, impl: str, chunk: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob and full-vocabulary entropy of every response token under the current weights."""
     device = next(model.parameters()).device
     hidden_BTH = model.model(input_ids=batch.input_ids_BT.to(device),
                              attention_mask=batch.attention_mask_BT.to(device)).last_hidden_state
     hidden_NH = hidden_BTH[batch.row_N.to(device), batch.col_N.to(device)]
-    return logprob_entropy(hidden_NH, model.lm_head.weight, batch.target_N.to(device), temperature, chunk)
+    return logprob_entropy(hidden_NH, model.lm_head.weight, batch.target_N.to(device), temperature,
+                           impl=impl, chunk=chunk)
 
 
 class Learner:
@@ -56,6 +58,12 @@ class Learner:
             torch.set_num_threads(config.learner.threads)
         self.model = load_policy(config.model, self.device)
         self.model.train()
+        try:
+            self.logprob_impl = resolve_impl(config.learner.logprob_impl, self.device)
+        except ValueError as err:
+            raise ValueError(f"learner.logprob_impl: {err}") from None
+        self.log.info("logprob_impl", configured=config.learner.logprob_impl, using=self.logprob_impl,
+                      device=self.device.type)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learner.lr,
                                            weight_decay=config.learner.weight_decay)
         net = config.net
@@ -83,7 +91,8 @@ class Learner:
     def step(self, groups) -> dict:
         cfg = self.config
         batch = pack(groups, self.pad_id)
-        logprob_N, entropy_N = policy_logprobs(self.model, batch, cfg.actors.temperature, cfg.learner.logprob_chunk)
+        logprob_N, entropy_N = policy_logprobs(self.model, batch, cfg.actors.temperature, self.logprob_impl,
+                                               cfg.learner.logprob_chunk)
         behaviour_N = batch.behaviour_logprob_N.to(self.device)
         loss, stats = ppo_clip_loss(logprob_N, behaviour_N, batch.advantage_N.to(self.device),
                                     cfg.learner.clip_eps_low, cfg.learner.clip_eps_high)

@@ -48,6 +48,12 @@ def test_bad_literal_lists_accepted_values():
     assert "sync.backend" in msg and "'gloo'" in msg and "'nccl'" in msg
 
 
+def test_logprob_impl_choices():
+    assert load_config(None, ['learner.logprob_impl="torch"']).learner.logprob_impl == "torch"
+    msg = error_of('learner.logprob_impl="cuda"')
+    assert "learner.logprob_impl" in msg and "triton" in msg and "auto" in msg
+
+
 def test_cross_field_checks():
     assert "vLLM's CPU attention" in error_of("model.tiny.hidden_size=96", "model.tiny.num_attention_heads=6")
     assert "sync.every" in error_of("buffer.max_staleness=0", "sync.every=2")
