@@ -26,6 +26,7 @@ import numpy as np
 
 from configs.loader import load_resolved
 from configs.schema import Config
+from configs.stages import max_over_stages
 from telemetry import log as tlog
 
 GROUP_SEND_ATTEMPTS = 3
@@ -75,7 +76,7 @@ class Actor:
                       "rejected": 0, "wait_weights_s": 0.0}
 
     def _max_model_len(self) -> int:
-        return self.config.actors.max_prompt_tokens + self.config.actors.max_response_tokens
+        return self.config.actors.max_prompt_tokens + max_over_stages(self.config, "max_response_tokens")
 
     # ------------------------------------------------------------------ weights
 
@@ -131,19 +132,23 @@ class Actor:
                                         cfg.net.request_timeout_s)
                     continue
                 self.load(staged)
+            sampling = reply.body.get("sampling", {})
             self.generate_and_send([(p["prompt_id"], unpack_array(p["token_ids"], "token_ids", "<i4"), p["answer"])
-                                    for p in prompts])
+                                    for p in prompts],
+                                   n=sampling.get("n", cfg.actors.group_size),
+                                   max_tokens=sampling.get("max_tokens", cfg.actors.max_response_tokens))
         self.stats["wall_s"] = time.perf_counter() - started
         self.finish()
 
-    def generate_and_send(self, prompts: list[tuple[int, np.ndarray, str]]) -> None:
+    def generate_and_send(self, prompts: list[tuple[int, np.ndarray, str]], n: int, max_tokens: int) -> None:
+        """`n` samples of at most `max_tokens` per prompt: the current stage's, as the grant says."""
         from buffer.protocol import Response, TrajectoryGroup
         from tasks.arithmetic import score
 
         cfg = self.config.actors
         start = time.perf_counter()
-        outputs = self.engine.generate([p[1] for p in prompts], cfg.group_size, cfg.temperature, cfg.top_p,
-                                       cfg.max_response_tokens, self.codec.eos_id)
+        outputs = self.engine.generate([p[1] for p in prompts], n, cfg.temperature, cfg.top_p, max_tokens,
+                                       self.codec.eos_id)
         gen_s = time.perf_counter() - start
         n_tokens = sum(len(s.token_ids) for samples in outputs for s in samples)
         rewards = []

@@ -1,5 +1,6 @@
 """The prompt stream the buffer hands to actors: seeded shuffle per epoch, a
-cursor, and prompts given back (unused grants) served first again."""
+cursor, prompts given back (unused grants) served first again, and prompts
+removed for good (online filtering)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class PromptStream:
         self._order: list[int] = []
         self._cursor = 0
         self._returned: deque[Problem] = deque()
+        self._removed: set[int] = set()
         self._reshuffle()
 
     def _reshuffle(self) -> None:
@@ -35,9 +37,25 @@ class PromptStream:
             if self._cursor == len(self._order):
                 self.epoch += 1
                 self._reshuffle()
-            out.append(self.problems[self._order[self._cursor]])
+            problem = self.problems[self._order[self._cursor]]
             self._cursor += 1
+            if problem.id not in self._removed:
+                out.append(problem)
         return out
+
+    @property
+    def remaining(self) -> int:
+        return len(self.problems) - len(self._removed)
+
+    def remove(self, ids: set[int]) -> int:
+        """Take these problems out of the pool for good (never all of it); returns how many were removed."""
+        known = {p.id for p in self.problems} - self._removed
+        ids = set(ids) & known
+        if len(ids) >= len(known):
+            return 0  # removing every prompt would leave nothing to train on: keep the pool
+        self._removed |= ids
+        self._returned = deque(p for p in self._returned if p.id not in self._removed)
+        return len(ids)
 
     def give_back(self, problems: list[Problem]) -> None:
         self._returned.extend(problems)

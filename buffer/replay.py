@@ -30,6 +30,10 @@ class ReplayStore:
     def is_full(self) -> bool:
         return len(self._groups) >= self.max_groups
 
+    def mark_seen(self, group: TrajectoryGroup) -> None:
+        """Remember a group that was answered but not stored (rejection sampling), so a resend is a duplicate."""
+        self._seen.add((group.actor_id, group.seq))
+
     def add(self, group: TrajectoryGroup) -> None:
         assert not self.is_duplicate(group) and not self.is_full()
         self._seen.add((group.actor_id, group.seq))

@@ -27,13 +27,16 @@ import time
 import numpy as np
 import zmq
 
+from buffer.online_filter import OnlineFilter
 from buffer.prompts import PromptStream
 from buffer.protocol import REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require
+from buffer.rejection import GroupTally, uniform_kind
 from buffer.replay import ReplayStore
 from buffer.staleness import StalenessBudget
 from buffer.transport import Server, endpoint
 from configs.loader import load_resolved
 from configs.schema import Config
+from configs.stages import groups_through, max_over_stages, stage_at
 from tasks.arithmetic import make_splits
 from tasks.codec import TextCodec
 from telemetry import log as tlog
@@ -50,11 +53,17 @@ class BufferService:
         train, _ = make_splits(config.task, config.run.seed)
         self.codec = TextCodec(config.model.path)
         self.prompts = PromptStream(train, config.run.seed)
-        self.budget = StalenessBudget(config.buffer.max_staleness, config.learner.prompts_per_step)
+        self.budget = StalenessBudget(config.buffer.max_staleness,
+                                      groups_through=lambda steps: groups_through(config, steps))
+        self.max_group_size = max_over_stages(config, "group_size")
+        self.online_filter = OnlineFilter()
+        self.online_filtered = 0
         self.store = ReplayStore(config.buffer.max_groups)
         self.granted: dict[int, tuple[int, object]] = {}  # prompt id -> (actor id, problem)
         self.rejected = {r: 0 for r in REJECT_REASONS}
         self.dropped_stale = 0
+        self.tally = GroupTally()
+        self.rejected_uniform = {"solve_all": 0, "solve_none": 0}
         self.duplicates = 0
         self.staleness_trained: list[int] = []
         self.actors_seen: set[int] = set()
@@ -85,8 +94,11 @@ class BufferService:
             problems = self.prompts.take(n)
             for p in problems:
                 self.granted[p.id] = (actor_id, p)
+            stage = stage_at(self.config, self.budget.version)
             server.reply(ident, msg, "grant", {
                 "min_version": self.budget.min_version_for_grant(),
+                # The current stage's sampling: actors switch length and group size without restarting.
+                "sampling": {"stage": stage.index, "n": stage.group_size, "max_tokens": stage.max_response_tokens},
                 "prompts": [{"prompt_id": p.id, "token_ids": pack_array(self.codec.encode_prompt(p.prompt)),
                              "answer": p.answer} for p in problems],
             })
@@ -111,7 +123,7 @@ class BufferService:
 
     def ingest(self, body: dict) -> dict:
         try:
-            group = parse_group(body, max_group_size=self.config.actors.group_size)
+            group = parse_group(body, max_group_size=self.max_group_size)
         except ProtocolError as exc:
             return self.reject(exc)
         if self.store.is_duplicate(group):
@@ -122,9 +134,24 @@ class BufferService:
         if self.store.is_full():
             return {"status": "full", "seq": group.seq}
         self.granted.pop(group.prompt_id)
-        self.store.add(group)
         self.budget.on_group_accepted()
+        self.tally.on_arrival(group)
+        self.online_filter.observe(group.prompt_id, group.rewards)
+        rejection = self.config.algo.rejection
+        kind = uniform_kind(group) if rejection.enabled and rejection.refill else None
+        if kind:
+            # Refill mode: an all-equal group never enters the store; its admission slot goes back,
+            # so actors make a replacement and batches stay full.
+            self.store.mark_seen(group)
+            self.budget.on_dropped(1)
+            self.count_uniform(kind)
+            return {"status": "accepted", "seq": group.seq}
+        self.store.add(group)
         return {"status": "accepted", "seq": group.seq}
+
+    def count_uniform(self, kind: str) -> None:
+        self.tally.on_rejected(kind)
+        self.rejected_uniform[kind] += 1
 
     def reject(self, exc: ProtocolError) -> dict:
         self.rejected[exc.reason] += 1
@@ -138,7 +165,11 @@ class BufferService:
         if msg.type == "hello":
             server.reply(ident, msg, "ack", {"status": "ok"})
         elif msg.type == "version":
-            self.budget.on_version(require(msg.body, "version", int))
+            version = require(msg.body, "version", int)
+            before, after = stage_at(self.config, self.budget.version), stage_at(self.config, version)
+            self.budget.on_version(version)
+            if after.index != before.index:
+                self.enter_stage(after)
             server.reply(ident, msg, "ack", {"status": "ok"})
         elif msg.type == "batch_request":
             self.pending_batch = (ident, msg)
@@ -150,6 +181,16 @@ class BufferService:
         else:
             raise ProtocolError("unknown_type", f"{msg.type!r} is not a learner message")
 
+    def enter_stage(self, stage) -> None:
+        solved = self.online_filter.end_stage()
+        removed = self.prompts.remove(solved) if self.config.algo.online_filter else 0
+        self.online_filtered += removed
+        self.log.info("stage", index=stage.index, start_step=stage.start_step, max_tokens=stage.max_response_tokens,
+                      group_size=stage.group_size, prompts_per_step=stage.prompts_per_step,
+                      solved_every_time=len(solved), removed=removed, pool=self.prompts.remaining)
+        self.metrics.log({"buffer/stage": stage.index, "buffer/online_filtered": self.online_filtered,
+                          "buffer/prompt_pool": self.prompts.remaining}, step=self.budget.version)
+
     def serve_batch(self, server: Server) -> None:
         if self.pending_batch is None:
             return
@@ -160,11 +201,24 @@ class BufferService:
             self.budget.on_dropped(len(stale))
             self.log.info("dropped_stale", n=len(stale), version=self.budget.version)
         groups = self.store.take(require(msg.body, "n_groups", int))
+        rejection = self.config.algo.rejection
+        if groups and rejection.enabled and not rejection.refill:
+            # Shrink mode (the original code): drop all-equal groups from the batch taken; they were
+            # consumed by this step. A step left with nothing is skipped: their slots go back.
+            kinds = [uniform_kind(g) for g in groups]
+            for kind in filter(None, kinds):
+                self.count_uniform(kind)
+            kept = [g for g, kind in zip(groups, kinds) if kind is None]
+            if not kept:
+                self.budget.on_dropped(len(groups))
+                self.log.info("step_skipped_all_uniform", n=len(groups))
+            groups = kept
         if groups:
             ages = [self.budget.staleness(g.min_version) for g in groups]
             self.staleness_trained.extend(ages)
             server.reply(ident, msg, "batch", {"version": self.budget.version, "staleness": ages,
-                                               "groups": [g.to_wire() for g in groups]})
+                                               "groups": [g.to_wire() for g in groups],
+                                               "groups_report": self.tally.report()})
             self.pending_batch = None
             self.metrics.log({
                 "buffer/size": len(self.store),
@@ -221,6 +275,8 @@ class BufferService:
                 "hist": np.bincount(ages, minlength=self.config.buffer.max_staleness + 1).tolist() if ages else [],
             },
             "rejected": {k: v for k, v in self.rejected.items() if v},
+            "rejection_sampling": dict(self.rejected_uniform),
+            "online_filtered": self.online_filtered,
             "duplicates": self.duplicates,
             "groups_trained": len(ages),
             "actors": self.actor_stats,

@@ -2,7 +2,9 @@
 
 Admission (AReaL's rule): new prompts are granted only while
 `accepted + in_flight < (η + v + 1) · groups_per_step`, so actors never produce
-more data than the learner can train on within η versions. Groups dropped as
+more data than the learner can train on within η versions. With a multi-stage
+schedule the batch size changes with the step, so the bound is the number of
+groups the learner consumes in its first η + v + 1 steps (`groups_through`). Groups dropped as
 stale at consumption give their admission slot back (`accepted` counts groups
 that will be trained), so dropping never deadlocks generation.
 
@@ -13,17 +15,21 @@ Pure bookkeeping, no I/O: unit-tested directly.
 
 from __future__ import annotations
 
+from typing import Callable
+
 
 class StalenessBudget:
-    def __init__(self, max_staleness: int, groups_per_step: int):
+    def __init__(self, max_staleness: int, groups_per_step: int = 0,
+                 groups_through: Callable[[int], int] | None = None):
+        """`groups_through(k)`: groups consumed by the first k steps (default k · groups_per_step)."""
         self.max_staleness = max_staleness
-        self.groups_per_step = groups_per_step
+        self.groups_through = groups_through or (lambda steps: steps * groups_per_step)
         self.version = 0
         self.accepted = 0
         self.in_flight = 0
 
     def capacity(self) -> int:
-        limit = (self.max_staleness + self.version + 1) * self.groups_per_step
+        limit = self.groups_through(self.max_staleness + self.version + 1)
         return max(0, limit - self.accepted - self.in_flight)
 
     def grant(self, wanted: int) -> int:

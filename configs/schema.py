@@ -196,6 +196,107 @@ class EvalConfig(_Section):
     """Held-out problems evaluated (at most `task.heldout_size`)."""
 
 
+class EntropyControlConfig(_Section):
+    mode: Literal["adaptive", "fixed", "off"] = "adaptive"
+    """Entropy bonus α·H in the loss. "adaptive": the paper's controller (Eq. 3.2); "fixed": α = fixed_coef
+    every step; "off": no bonus."""
+    coef_init: float = Field(0.0, ge=0)
+    """Adaptive: initial coefficient c_0 (released scripts: 0)."""
+    delta: float = Field(1e-4, ge=0)
+    """Adaptive: step Δ of c per training step (released scripts: 1e-4; the paper's text says 0.005)."""
+    coef_min: float = Field(0.0, ge=0)
+    """Adaptive: lower bound of c."""
+    coef_max: float = Field(5e-3, ge=0)
+    """Adaptive: upper bound of c (released scripts: 5e-3)."""
+    target: float = Field(0.2, ge=0)
+    """Adaptive: target entropy (nats per token). c grows while the batch entropy is below it, shrinks above;
+    the bonus is active only at or below it."""
+    fixed_coef: float = Field(0.0, ge=0)
+    """Fixed: the coefficient α used every step."""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "EntropyControlConfig":
+        if not self.coef_min <= self.coef_init <= self.coef_max:
+            raise ValueError(f"need coef_min <= coef_init <= coef_max, got {self.coef_min}, {self.coef_init}, "
+                             f"{self.coef_max}")
+        return self
+
+
+class RejectionConfig(_Section):
+    enabled: bool = True
+    """Drop groups whose rewards are all equal (all solved / none solved: zero advantage), counted as
+    solve_all / solve_none."""
+    refill: bool = True
+    """True: dropped groups are replaced from the buffer so every step trains on learner.prompts_per_step
+    groups. False: the step shrinks to the groups kept (the original code); a step with none kept is skipped."""
+
+
+class OffPolicyConfig(_Section):
+    minibatch_prompts: int = Field(0, ge=0)
+    """D_T: groups per SGD mini-batch; 0 = learner.prompts_per_step (one mini-batch). Must divide
+    learner.prompts_per_step (D_R)."""
+    reuse: int = Field(1, ge=1)
+    """N_reuse: passes over each rollout batch. SGD steps per training step N_SGD = (D_R / D_T) · N_reuse."""
+    old_logprobs: Literal["behaviour", "recompute"] = "behaviour"
+    """Denominator of the PPO ratio. "behaviour": the actors' vLLM log-probs μ; "recompute": the learner's
+    log-probs before the step's first update (what the original code does)."""
+    correction: Literal["none", "tis", "decoupled"] = "none"
+    """Correction for actor/learner mismatch and staleness. "tis": weight each token by min(π_prox/μ, is_cap);
+    "decoupled": AReaL's decoupled PPO, weight π_prox/μ with tokens above is_cap dropped. π_prox is recomputed
+    by the learner, so both need old_logprobs = "recompute"."""
+    is_cap: float = Field(2.0, gt=0)
+    """C: truncation (tis) or drop threshold (decoupled) of the behaviour importance weight."""
+
+    @model_validator(mode="after")
+    def _check_correction(self) -> "OffPolicyConfig":
+        if self.correction != "none" and self.old_logprobs != "recompute":
+            raise ValueError(f"correction = {self.correction!r} weighs by π_prox/μ with π_prox recomputed on the "
+                             "learner: set old_logprobs = 'recompute'")
+        return self
+
+
+class StageConfig(_Section):
+    start_step: int = Field(ge=1)
+    """Training step (0-based learner version) at which this stage begins."""
+    max_response_tokens: int | None = Field(None, ge=1)
+    """Response length limit from this stage on (None: keep the previous stage's)."""
+    prompts_per_step: int | None = Field(None, ge=1)
+    """Groups per training step (D_R) from this stage on (None: keep)."""
+    group_size: int | None = Field(None, ge=1)
+    """Samples per prompt from this stage on (None: keep)."""
+
+
+class AlgoConfig(_Section):
+    aggregation: Literal["token", "sequence"] = "token"
+    """Loss averaging. "token": over all response tokens of the mini-batch (the paper; no per-response 1/|y|);
+    "sequence": mean over responses of each response's token mean (GRPO)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """β of a KL(π_θ || π_ref) penalty (k3 estimator) to the initial policy; 0 = off, as in the paper. A frozen
+    reference copy is kept on the learner only when > 0."""
+    truncation_mask: Literal["none", "before", "after"] = "none"
+    """Responses cut at the length limit get reward 0. "before": they are left out of the group mean/std and
+    get advantage 0 (Adv-Mask-Before); "after": they count in the statistics, then get 0 (Adv-Mask-After)."""
+    entropy: EntropyControlConfig = Field(default_factory=EntropyControlConfig)
+    """Entropy bonus and its adaptive controller."""
+    rejection: RejectionConfig = Field(default_factory=RejectionConfig)
+    """Rejection sampling of zero-advantage groups."""
+    off_policy: OffPolicyConfig = Field(default_factory=OffPolicyConfig)
+    """Mini-batches, reuse and importance corrections."""
+    stages: list[StageConfig] = []
+    """Later stages of a multi-stage schedule (stage 0 is actors.max_response_tokens, learner.prompts_per_step,
+    actors.group_size). Applied while running: actors, buffer and learner switch at start_step."""
+    online_filter: bool = True
+    """At each stage boundary, drop from the prompt pool every prompt whose samples were all correct during
+    the stage that ended (report §3.1)."""
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> "AlgoConfig":
+        starts = [s.start_step for s in self.stages]
+        if starts != sorted(set(starts)):
+            raise ValueError(f"algo.stages: start_step values must be strictly increasing, got {starts}")
+        return self
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     """Run identity and outputs."""
@@ -211,6 +312,8 @@ class Config(_Section):
     """Replay buffer and staleness bound."""
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     """Optimisation."""
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    """The RL objective (Skywork-OR1 recipe and its variants)."""
     sync: SyncConfig = Field(default_factory=SyncConfig)
     """Weight broadcast from learner to actors."""
     net: NetConfig = Field(default_factory=NetConfig)
@@ -229,6 +332,17 @@ class Config(_Section):
                 f"buffer.max_staleness ({self.buffer.max_staleness}) must be >= sync.every - 1 ({self.sync.every - 1}): "
                 "actors only get weights every sync.every steps, so fresher data cannot exist"
             )
+        from configs.stages import stages
+
+        minibatch = self.algo.off_policy.minibatch_prompts
+        for stage in stages(self):
+            where = "learner.prompts_per_step" if stage.index == 0 else f"algo.stages[{stage.index - 1}].prompts_per_step"
+            if minibatch and stage.prompts_per_step % minibatch:
+                raise ValueError(f"algo.off_policy.minibatch_prompts ({minibatch}) must divide {where} "
+                                 f"({stage.prompts_per_step})")
+        if self.algo.stages and self.algo.stages[-1].start_step >= self.learner.steps:
+            raise ValueError(f"algo.stages: a stage starts at step {self.algo.stages[-1].start_step}, but the run "
+                             f"has only learner.steps = {self.learner.steps}")
         return self
 
     @property

@@ -34,6 +34,8 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
             "load_s_mean": sum(load_times) / len(load_times) if load_times else 0.0,
         },
         "rejected_messages": buffer.get("rejected", {}),
+        # Rejection sampling (all-equal groups dropped) and online filtering (mastered prompts removed).
+        "filtering": {**buffer.get("rejection_sampling", {}), "online_filtered": buffer.get("online_filtered", 0)},
         "wall_s": wall_s,
     }
     before, after = os.path.join(run_dir, "eval_before.json"), os.path.join(run_dir, "eval_after.json")
@@ -56,6 +58,9 @@ def human(summary: dict) -> str:
         f"learner             {l['steps']} steps, {l['tokens_per_s']:.0f} tok/s, waiting for batches {l['wait_for_batch_frac']:.0%} of the time",
         f"actors              {a['count']} x vLLM, {a['tokens_per_s']:.0f} tok/s in all",
         f"staleness           mean {s['mean']:.2f}, max {s['max']} (bound {s['max_allowed']}), dropped {s['dropped']}",
+        "rejection sampling  {} groups all right, {} all wrong dropped; {} prompts filtered online".format(
+            summary.get("filtering", {}).get("solve_all", 0), summary.get("filtering", {}).get("solve_none", 0),
+            summary.get("filtering", {}).get("online_filtered", 0)),
         f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)",
         f"wall                {summary['wall_s']:.0f} s",
     ]

@@ -14,38 +14,45 @@ import numpy as np
 import torch
 
 from buffer.protocol import TrajectoryGroup
-from learner.loss import group_advantages
+from learner.advantage import group_advantages
 
 
 @dataclass
 class PackedBatch:
     input_ids_BT: torch.Tensor  # (B, T) int64, right-padded with pad_id
     attention_mask_BT: torch.Tensor  # (B, T) int64
-    row_N: torch.Tensor  # (N,) row of each response token
+    row_N: torch.Tensor  # (N,) row (= response index) of each response token
     col_N: torch.Tensor  # (N,) position of the hidden state that predicts it
     target_N: torch.Tensor  # (N,) the response token
     behaviour_logprob_N: torch.Tensor  # (N,) float32, from the actor's vLLM
     advantage_N: torch.Tensor  # (N,) float32, the response's group advantage
     rewards: np.ndarray  # (B,) per response
+    lengths: np.ndarray  # (B,) response tokens
+    truncated: np.ndarray  # (B,) bool: cut at the length limit
     min_versions: list[int]  # per group
 
     @property
     def num_tokens(self) -> int:
         return int(self.target_N.numel())
 
+    @property
+    def num_responses(self) -> int:
+        return int(self.input_ids_BT.shape[0])
 
-def pack(groups: list[TrajectoryGroup], pad_id: int) -> PackedBatch:
+
+def pack(groups: list[TrajectoryGroup], pad_id: int, truncation_mask: str = "none") -> PackedBatch:
     rows = []
     for g in groups:
-        adv = group_advantages(g.rewards)
-        for resp, a in zip(g.responses, adv):
-            rows.append((g.prompt_ids, resp, float(a)))
-    T = max(len(p) + len(r.token_ids) for p, r, _ in rows)
+        truncated = [r.finish_reason == "length" for r in g.responses]
+        adv = group_advantages(g.rewards, truncated, truncation_mask)
+        for resp, a, cut in zip(g.responses, adv, truncated):
+            rows.append((g.prompt_ids, resp, float(a), cut))
+    T = max(len(p) + len(r.token_ids) for p, r, _, _ in rows)
     B = len(rows)
     input_ids = np.full((B, T), pad_id, dtype=np.int64)
     mask = np.zeros((B, T), dtype=np.int64)
     row_idx, col_idx, targets, behaviour, advantages = [], [], [], [], []
-    for b, (prompt, resp, adv) in enumerate(rows):
+    for b, (prompt, resp, adv, _) in enumerate(rows):
         P, R = len(prompt), len(resp.token_ids)
         input_ids[b, :P] = prompt
         input_ids[b, P:P + R] = resp.token_ids
@@ -64,6 +71,8 @@ def pack(groups: list[TrajectoryGroup], pad_id: int) -> PackedBatch:
         target_N=cat(targets, np.int64),
         behaviour_logprob_N=cat(behaviour, np.float32),
         advantage_N=cat(advantages, np.float32),
-        rewards=np.array([r.reward for _, r, _ in rows], dtype=np.float32),
+        rewards=np.array([r.reward for _, r, _, _ in rows], dtype=np.float32),
+        lengths=np.array([len(r.token_ids) for _, r, _, _ in rows], dtype=np.int64),
+        truncated=np.array([cut for _, _, _, cut in rows], dtype=bool),
         min_versions=[g.min_version for g in groups],
     )

@@ -1,47 +1,78 @@
-"""GRPO advantages and the token-level PPO-clip loss (DESIGN §6 basics, no KL).
+"""The policy objective's pieces: token weights, PPO-clip surrogate, KL penalty.
 
-Pure functions on tensors / arrays; unit-tested on hand-computed values.
+Pure functions on flat per-token tensors; the learner combines them
+(learner/update.py). Every term is a weighted sum with per-token weights that
+sum to one over the mini-batch, so the aggregation (token-level as in the
+paper, or per-sequence as in GRPO) is chosen in one place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+AGGREGATIONS = ("token", "sequence")
 
-def group_advantages(rewards_G: np.ndarray) -> np.ndarray:
-    """(r - mean) / (std + 1e-6) with the unbiased std; a group of one gets 0."""
-    r = np.asarray(rewards_G, dtype=np.float64)
-    if r.size < 2:
-        return np.zeros_like(r, dtype=np.float32)
-    return ((r - r.mean()) / (r.std(ddof=1) + 1e-6)).astype(np.float32)
+
+def token_weights(seq_N: torch.Tensor, num_seqs: int, aggregation: str) -> torch.Tensor:
+    """Per-token weights summing to 1. seq_N: the response index (0..num_seqs-1) of every token.
+
+    "token":    1 / T (every response token of the mini-batch counts the same; no 1/|y|).
+    "sequence": 1 / (|y_i| · B) (each response counts the same, GRPO).
+    """
+    n = seq_N.numel()
+    if n == 0:
+        return torch.zeros(0, device=seq_N.device)
+    if aggregation == "token":
+        return torch.full((n,), 1.0 / n, device=seq_N.device)
+    if aggregation == "sequence":
+        counts = torch.bincount(seq_N, minlength=num_seqs)
+        present = int((counts > 0).sum())  # responses with at least one token
+        return 1.0 / (counts[seq_N].float() * present)
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
 
 
 @dataclass
-class LossStats:
-    clip_frac_low: float
+class SurrogateStats:
+    clip_frac_low: float  # weighted fraction of tokens where the lower clip bound was the active branch
     clip_frac_high: float
     ratio_mean: float
     ratio_min: float
     ratio_max: float
 
 
-def ppo_clip_loss(logprob_N: torch.Tensor, behaviour_logprob_N: torch.Tensor, advantage_N: torch.Tensor,
-                  eps_low: float, eps_high: float) -> tuple[torch.Tensor, LossStats]:
-    """Token-level PPO-clip: -mean_t min(ρ A, clip(ρ, 1-eps_low, 1+eps_high) A), ρ = π_θ / π_behaviour.
+def ppo_clip_surrogate(logprob_N, old_logprob_N, advantage_N, weight_N, eps_low: float, eps_high: float,
+                       is_weight_N=None) -> tuple[torch.Tensor, SurrogateStats]:
+    """-Σ w · c · min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), ρ = π_θ / π_old; c = importance weight (default 1).
 
-    The mean runs over all response tokens of the batch (no per-response 1/|y|).
+    ε_high > ε_low is clip-higher (DAPO); the paper uses ε_low = ε_high = 0.2.
     """
-    ratio_N = torch.exp(logprob_N - behaviour_logprob_N)
+    ratio_N = torch.exp(logprob_N - old_logprob_N)
     clipped_N = ratio_N.clamp(1 - eps_low, 1 + eps_high)
     surrogate_N = torch.minimum(ratio_N * advantage_N, clipped_N * advantage_N)
-    loss = -surrogate_N.mean()
+    if is_weight_N is not None:
+        surrogate_N = surrogate_N * is_weight_N
+    loss = -(weight_N * surrogate_N).sum()
     with torch.no_grad():
         r = ratio_N.detach()
-        # A token is clipped when the clipped branch is the one the min picked.
-        low = ((r < 1 - eps_low) & (advantage_N < 0)).float().mean().item() if r.numel() else 0.0
-        high = ((r > 1 + eps_high) & (advantage_N > 0)).float().mean().item() if r.numel() else 0.0
-        stats = LossStats(low, high, r.mean().item(), r.min().item(), r.max().item())
+        if r.numel():
+            # The clipped branch is the one the min picked: below 1-ε_low with A < 0, above 1+ε_high with A > 0.
+            low = (weight_N * ((r < 1 - eps_low) & (advantage_N < 0)).float()).sum().item()
+            high = (weight_N * ((r > 1 + eps_high) & (advantage_N > 0)).float()).sum().item()
+            stats = SurrogateStats(low, high, r.mean().item(), r.min().item(), r.max().item())
+        else:
+            stats = SurrogateStats(0.0, 0.0, 1.0, 1.0, 1.0)
     return loss, stats
+
+
+def kl_k3(logprob_N: torch.Tensor, ref_logprob_N: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ || π_ref) on samples from π_θ: e^(ref-lp) - (ref-lp) - 1 >= 0."""
+    diff = ref_logprob_N - logprob_N
+    return torch.exp(diff) - diff - 1
+
+
+def behaviour_kl_k3(logprob_N: torch.Tensor, behaviour_logprob_N: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(μ || π_θ) on samples from the behaviour policy μ: r - 1 - log r, r = π_θ/μ."""
+    log_r = logprob_N - behaviour_logprob_N
+    return torch.exp(log_r) - 1 - log_r

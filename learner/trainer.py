@@ -27,10 +27,12 @@ from buffer.protocol import parse_group
 from buffer.transport import Client, endpoint
 from configs.loader import load_resolved
 from configs.schema import Config
+from configs.stages import stage_at
 from kernels.logprob_entropy import logprob_entropy, resolve_impl
-from learner.batch import PackedBatch, pack
-from learner.loss import ppo_clip_loss
+from learner.batch import PackedBatch
+from learner.entropy_control import make_entropy_control
 from learner.model import load_policy
+from learner.update import UpdateSettings, train_step
 from learner.weight_sync import WeightBroadcaster, pick_backend
 from telemetry import log as tlog
 from telemetry.metrics import MetricsWriter
@@ -45,6 +47,18 @@ def policy_logprobs(model, batch: PackedBatch, temperature: float, impl: str, ch
     hidden_NH = hidden_BTH[batch.row_N.to(device), batch.col_N.to(device)]
     return logprob_entropy(hidden_NH, model.lm_head.weight, batch.target_N.to(device), temperature,
                            impl=impl, chunk=chunk)
+
+
+def groups_metrics(report: dict) -> dict:
+    """Rejection-sampling counts and the accuracy histogram of the groups that arrived since the last batch."""
+    if not report:
+        return {}
+    arrived = max(report.get("arrived", 0), 1)
+    return {
+        "reward/solve_all_frac": report.get("solve_all", 0) / arrived,
+        "reward/solve_none_frac": report.get("solve_none", 0) / arrived,
+        "reward/accuracy_hist": report.get("accuracy_hist", []),
+    }
 
 
 class Learner:
@@ -74,48 +88,34 @@ class Learner:
                                              pick_backend(config.sync.backend, self.device), config.sync.timeout_s,
                                              self.device)
         self.version = 0
-        self.pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
+        pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
+        self.controller = make_entropy_control(config.algo.entropy)
+        # A frozen copy of the initial policy, only when a KL penalty asks for one.
+        self.reference = None
+        if config.algo.kl_coef > 0:
+            self.reference = load_policy(config.model, self.device).eval().requires_grad_(False)
+        self.settings = UpdateSettings(
+            algo=config.algo, eps_low=config.learner.clip_eps_low, eps_high=config.learner.clip_eps_high,
+            grad_clip=config.learner.grad_clip, pad_id=pad_id,
+            logprob_fn=lambda model, batch: policy_logprobs(model, batch, config.actors.temperature,
+                                                            self.logprob_impl, config.learner.logprob_chunk))
 
     def next_batch(self):
         cfg = self.config
         deadline = time.monotonic() + cfg.learner.batch_wait_s
         while True:
-            reply = self.buffer.request("batch_request", {"version": self.version, "n_groups": cfg.learner.prompts_per_step},
+            n_groups = stage_at(cfg, self.version).prompts_per_step  # D_R of the current stage
+            reply = self.buffer.request("batch_request", {"version": self.version, "n_groups": n_groups},
                                         cfg.net.request_timeout_s)
             if reply.type == "batch":
-                return [parse_group(g) for g in reply.body["groups"]], reply.body["staleness"]
+                return ([parse_group(g) for g in reply.body["groups"]], reply.body["staleness"],
+                        reply.body.get("groups_report", {}))
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no batch from the buffer within learner.batch_wait_s={cfg.learner.batch_wait_s}s "
                                    f"(buffer holds {reply.body.get('size')} groups)")
 
     def step(self, groups) -> dict:
-        cfg = self.config
-        batch = pack(groups, self.pad_id)
-        logprob_N, entropy_N = policy_logprobs(self.model, batch, cfg.actors.temperature, self.logprob_impl,
-                                               cfg.learner.logprob_chunk)
-        behaviour_N = batch.behaviour_logprob_N.to(self.device)
-        loss, stats = ppo_clip_loss(logprob_N, behaviour_N, batch.advantage_N.to(self.device),
-                                    cfg.learner.clip_eps_low, cfg.learner.clip_eps_high)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.learner.grad_clip)
-        self.optimizer.step()
-        with torch.no_grad():
-            mismatch = (logprob_N.detach() - behaviour_N).abs().mean().item()
-        return {
-            "learner/loss": loss.item(),
-            "learner/entropy": entropy_N.detach().mean().item(),
-            "learner/grad_norm": grad_norm.item(),
-            "learner/clip_frac_low": stats.clip_frac_low,
-            "learner/clip_frac_high": stats.clip_frac_high,
-            "learner/is_ratio_mean": stats.ratio_mean,
-            "learner/is_ratio_min": stats.ratio_min,
-            "learner/is_ratio_max": stats.ratio_max,
-            # |log π_θ - log π_behaviour| before the step: ~1e-6 on-policy, grows with staleness.
-            "learner/behaviour_logprob_abs_diff": mismatch,
-            "learner/tokens": batch.num_tokens,
-            "reward/mean": float(batch.rewards.mean()),
-        }
+        return train_step(self.model, self.optimizer, groups, self.settings, self.controller, self.reference)
 
     def run(self) -> dict:
         cfg = self.config
@@ -126,7 +126,7 @@ class Learner:
         started = time.perf_counter()
         for step in range(cfg.learner.steps):
             t0 = time.perf_counter()
-            groups, staleness = self.next_batch()
+            groups, staleness, report = self.next_batch()
             t1 = time.perf_counter()
             values = self.step(groups)
             t2 = time.perf_counter()
@@ -152,6 +152,9 @@ class Learner:
                 "learner/wait_for_batch_frac": totals["wait_s"] / elapsed,
                 "learner/staleness_mean": float(np.mean(staleness)),
                 "learner/staleness_max": int(max(staleness)),
+                "learner/staleness_hist": np.bincount(staleness, minlength=cfg.buffer.max_staleness + 1).tolist(),
+                "learner/stage": stage_at(cfg, step).index,
+                **groups_metrics(report),
             })
             self.metrics.log(values, step=self.version)
             self.log.info("step", step=step + 1, reward=round(values["reward/mean"], 3),
@@ -182,6 +185,9 @@ class Learner:
             src = os.path.join(self.config.model.path, name)
             if os.path.exists(src) and not os.path.exists(os.path.join(out, name)):
                 shutil.copy(src, out)
+        # What a resumed run needs besides weights and optimiser: the version and the entropy controller.
+        with open(os.path.join(out, "learner_state.json"), "w") as f:
+            json.dump({"version": self.version, "entropy_control": self.controller.state_dict()}, f, indent=2)
 
 
 def main(config: Config) -> None:

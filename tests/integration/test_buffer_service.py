@@ -18,21 +18,23 @@ from learner.tiny_model import build_tokenizer
 TIMEOUT = 10.0
 
 
-@pytest.fixture
-def service(tmp_path):
+def start_service(tmp_path, **overrides):
     model_dir = tmp_path / "tok"
-    model_dir.mkdir()
+    model_dir.mkdir(exist_ok=True)
     build_tokenizer().save(str(model_dir / "tokenizer.json"))
     (model_dir / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
     (model_dir / "config.json").write_text(json.dumps({"eos_token_id": 2}))
-    config = Config.model_validate({
+    settings = {
         "run": {"output_dir": str(tmp_path), "name": "buf"},
         "model": {"path": str(model_dir)},
         "actors": {"group_size": 2},
         "buffer": {"max_staleness": 0},
         "learner": {"prompts_per_step": 2},
         "net": {"request_timeout_s": 2.0},
-    })
+    }
+    for section, values in overrides.items():
+        settings.setdefault(section, {}).update(values)
+    config = Config.model_validate(settings)
     assign_ports(config)
     svc = BufferService(config)
     result = {}
@@ -42,6 +44,12 @@ def service(tmp_path):
     net = config.net
     actor = Client(ctx, endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
     learner = Client(ctx, endpoint(net.host, net.buffer_learner_port), "learner", 1 << 24, "buffer")
+    return svc, actor, learner, result, thread
+
+
+@pytest.fixture
+def service(tmp_path):
+    svc, actor, learner, result, thread = start_service(tmp_path)
     yield svc, actor, learner, result
     svc.stop_requested = True
     thread.join(timeout=5)
@@ -49,10 +57,10 @@ def service(tmp_path):
     learner.close()
 
 
-def group_for(prompt, seq, version=0, logprob=-0.5):
+def group_for(prompt, seq, version=0, logprob=-0.5, rewards=(0.0, 1.0)):
     ids = unpack_array(prompt["token_ids"], "token_ids", "<i4")
-    responses = [Response(np.array([5, 2], np.int32), np.array([logprob, -0.1], np.float32), version, "stop", float(i))
-                 for i in range(2)]
+    responses = [Response(np.array([5, 2], np.int32), np.array([logprob, -0.1], np.float32), version, "stop", r)
+                 for r in rewards]
     return TrajectoryGroup(prompt["prompt_id"], ids, responses, actor_id=0, seq=seq, gen_time_s=0.1)
 
 
@@ -97,3 +105,56 @@ def test_stale_groups_are_dropped_not_trained(service):
     grant = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 5}, TIMEOUT)
     # (η + v + 1) · B - accepted - in_flight = (0 + 1 + 1) · 2 - 0 - 0
     assert grant.type == "grant" and len(grant.body["prompts"]) == 4 and grant.body["min_version"] == 1
+
+
+def test_all_equal_groups_are_dropped_counted_and_replaced(service):
+    """Rejection sampling, refill mode (the default): the batch stays full of groups with signal."""
+    svc, actor, learner, _ = service
+    learner.request("version", {"version": 0}, TIMEOUT)
+    grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2}, TIMEOUT)
+    p0, p1 = grant.body["prompts"]
+    assert actor.request("group", group_for(p0, seq=0, rewards=(1.0, 1.0)).to_wire(), TIMEOUT).body["status"] == "accepted"
+    assert actor.request("group", group_for(p0, seq=0, rewards=(1.0, 1.0)).to_wire(), TIMEOUT).body["status"] == "duplicate"
+    # Its admission slot came back (η = 0 allows only one step's worth of 2): one more prompt is granted.
+    again = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 5}, TIMEOUT)
+    assert again.type == "grant" and len(again.body["prompts"]) == 1
+    (p2,) = again.body["prompts"]
+    assert actor.request("group", group_for(p1, seq=1).to_wire(), TIMEOUT).body["status"] == "accepted"
+    assert learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT).type == "wait"
+    assert actor.request("group", group_for(p2, seq=2, rewards=(1.0, 0.0)).to_wire(), TIMEOUT).body["status"] == "accepted"
+    batch = learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT)
+    assert batch.type == "batch"
+    assert sorted(g["prompt_id"] for g in batch.body["groups"]) == sorted([p1["prompt_id"], p2["prompt_id"]])
+    report = batch.body["groups_report"]
+    assert (report["arrived"], report["solve_all"], report["solve_none"]) == (3, 1, 0)
+    assert report["accuracy_hist"][5] == 2 and report["accuracy_hist"][9] == 1  # accuracies 0.5, 0.5, 1.0
+    assert svc.rejected_uniform == {"solve_all": 1, "solve_none": 0}
+
+
+def test_stage_switch_changes_grants_and_filters_mastered_prompts(tmp_path):
+    svc, actor, learner, _, thread = start_service(
+        tmp_path, task={"train_size": 40},
+        learner={"prompts_per_step": 2, "steps": 10},
+        algo={"stages": [{"start_step": 1, "max_response_tokens": 5, "group_size": 3}]})
+    try:
+        learner.request("version", {"version": 0}, TIMEOUT)
+        grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2}, TIMEOUT)
+        assert grant.body["sampling"] == {"stage": 0, "n": 2, "max_tokens": 16}
+        p0, p1 = grant.body["prompts"]
+        # p0 solved by every sample, p1 by one of two: only p0 leaves the pool when stage 1 begins.
+        actor.request("group", group_for(p0, seq=0, rewards=(1.0, 1.0)).to_wire(), TIMEOUT)
+        actor.request("group", group_for(p1, seq=1, rewards=(1.0, 0.0)).to_wire(), TIMEOUT)
+        pool = svc.prompts.remaining
+        learner.request("version", {"version": 1}, TIMEOUT)
+        assert svc.prompts.remaining == pool - 1 and svc.online_filtered == 1
+        grant = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 40}, TIMEOUT)
+        assert grant.body["sampling"] == {"stage": 1, "n": 3, "max_tokens": 5}
+        assert p0["prompt_id"] not in {p["prompt_id"] for p in grant.body["prompts"]}
+        # Groups of the new stage's size are accepted.
+        three = group_for(grant.body["prompts"][0], seq=2, rewards=(1.0, 0.0, 0.0)).to_wire()
+        assert actor.request("group", three, TIMEOUT).body["status"] == "accepted"
+    finally:
+        svc.stop_requested = True
+        thread.join(timeout=5)
+        actor.close()
+        learner.close()

@@ -105,13 +105,22 @@ def test_synchronous_eta0_is_on_policy(tmp_path):
     assert all(r["learner/behaviour_logprob_abs_diff"] < 1e-3 for r in learner), [r["learner/behaviour_logprob_abs_diff"] for r in learner]
 
 
-def test_async_eta2_respects_bound_with_two_actors(tmp_path):
+def test_async_eta2_respects_bound_with_two_actors_across_a_stage_switch(tmp_path):
     steps = 6
     run_dir = run_launcher(tmp_path, "eta2", "--set", "buffer.max_staleness=2", "--set", f"learner.steps={steps}",
-                           "--set", "actors.count=2")
-    summary, _ = check_common(run_dir, 2, steps)
+                           "--set", "actors.count=2",
+                           "--set", "algo.stages=[{start_step=3, max_response_tokens=6, group_size=3}]")
+    summary, learner = check_common(run_dir, 2, steps)
     assert summary["actors"]["count"] == 2 and summary["actors"]["reported"] == 2
     assert not children_of(run_dir)
+    # The schedule switched while running: the learner trained steps 3.. in stage 1, the buffer
+    # announced it, and groups of the new size (3, was 4) reached the learner.
+    assert [r["learner/stage"] for r in learner] == [0, 0, 0, 1, 1, 1]
+    with open(os.path.join(run_dir, "logs", "buffer.jsonl")) as f:
+        events = [json.loads(line) for line in f]
+    assert any(e["event"] == "stage" and e["index"] == 1 and e["group_size"] == 3 for e in events)
+    per_group = [r["learner/samples_per_group_mean"] for r in learner]
+    assert per_group[0] == 4 and min(per_group) < 4 and all(3 <= n <= 4 for n in per_group), per_group
 
 
 def _wait_for_step(run_dir, proc, deadline_s=180):
@@ -181,7 +190,8 @@ def test_default_path_with_warm_start_and_eval_writes_the_documented_summary(tmp
         summary = json.load(f)
     for section, keys in {"eval": ["before", "after", "n"], "learner": ["steps", "tokens_per_s", "wait_for_batch_frac"],
                           "actors": ["count", "tokens_per_s"], "staleness": ["max_allowed", "mean", "max", "dropped"],
-                          "sync": ["broadcast_s_mean", "load_s_mean"]}.items():
+                          "sync": ["broadcast_s_mean", "load_s_mean"],
+                          "filtering": ["solve_all", "solve_none", "online_filtered"]}.items():
         assert set(keys) <= set(summary[section]), section
     assert summary["eval"]["n"] == 16 and 0.0 <= summary["eval"]["before"] <= 1.0 and summary["wall_s"] > 0
     with open(os.path.join(run_dir, "config.json")) as f:

@@ -1,4 +1,4 @@
-"""Advantages and the token-level PPO-clip loss on hand-computed values."""
+"""Advantages, aggregation, PPO-clip (incl. clip-higher), KL and importance weights on hand-computed values."""
 
 import math
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from learner.loss import group_advantages, ppo_clip_loss
+from learner.advantage import group_advantages
+from learner.loss import behaviour_kl_k3, kl_k3, ppo_clip_surrogate, token_weights
+from learner.off_policy import behaviour_weights
 
 
 def test_group_advantage_hand_computed():
@@ -21,38 +23,90 @@ def test_all_equal_rewards_give_zero_advantage_and_group_of_one_gives_zero():
     np.testing.assert_array_equal(group_advantages(np.array([1.0])), [0])
 
 
-def test_ppo_loss_on_policy_is_minus_mean_advantage():
+def test_truncation_masks_hand_computed():
+    rewards = np.array([1.0, 0.0, 0.0, 0.0])  # the last one was cut at the length limit (reward 0)
+    truncated = np.array([False, False, False, True])
+    # none: an ordinary zero-reward sample. mean 0.25, unbiased std 0.5
+    np.testing.assert_allclose(group_advantages(rewards, truncated, "none"),
+                               [0.75 / 0.500001, -0.25 / 0.500001, -0.25 / 0.500001, -0.25 / 0.500001], rtol=1e-5)
+    # before: statistics over the first three (mean 1/3, std sqrt(1/3)); the truncated one gets 0
+    s = math.sqrt(1 / 3) + 1e-6
+    np.testing.assert_allclose(group_advantages(rewards, truncated, "before"),
+                               [(2 / 3) / s, (-1 / 3) / s, (-1 / 3) / s, 0.0], rtol=1e-5)
+    # after: statistics over all four, then the truncated one is set to 0
+    np.testing.assert_allclose(group_advantages(rewards, truncated, "after"),
+                               [0.75 / 0.500001, -0.25 / 0.500001, -0.25 / 0.500001, 0.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="truncation mask"):
+        group_advantages(rewards, truncated, "sometimes")
+
+
+def test_token_and_sequence_aggregation_weights():
+    seq = torch.tensor([0, 1, 1, 1])  # two responses of lengths 1 and 3
+    torch.testing.assert_close(token_weights(seq, 2, "token"), torch.full((4,), 0.25))
+    torch.testing.assert_close(token_weights(seq, 2, "sequence"), torch.tensor([0.5, 1 / 6, 1 / 6, 1 / 6]))
+    # On-policy with A = +1 / -1 per response: token-level gives (1 - 3)/4, sequence-level (1 - 1)/2.
+    adv = torch.tensor([1.0, -1.0, -1.0, -1.0])
+    lp = torch.zeros(4)
+    loss_tok, _ = ppo_clip_surrogate(lp, lp, adv, token_weights(seq, 2, "token"), 0.2, 0.2)
+    loss_seq, _ = ppo_clip_surrogate(lp, lp, adv, token_weights(seq, 2, "sequence"), 0.2, 0.2)
+    assert loss_tok.item() == pytest.approx(-(1 - 3) / 4)
+    assert loss_seq.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ppo_on_policy_is_minus_weighted_advantage():
     lp = torch.tensor([-1.0, -2.0, -0.5])
     adv = torch.tensor([1.0, -2.0, 4.0])
-    loss, stats = ppo_clip_loss(lp, lp.clone(), adv, 0.2, 0.2)
+    loss, stats = ppo_clip_surrogate(lp, lp.clone(), adv, torch.full((3,), 1 / 3), 0.2, 0.2)
     assert loss.item() == pytest.approx(-(1 - 2 + 4) / 3)
     assert stats.ratio_mean == pytest.approx(1.0) and stats.clip_frac_low == stats.clip_frac_high == 0.0
 
 
-def test_ppo_loss_clips_hand_computed():
+def test_ppo_clips_hand_computed():
     # ratios 1.5 (A>0: clipped to 1.2), 0.5 (A<0: clipped to 0.8), 1.5 (A<0: unclipped 1.5), 0.5 (A>0: unclipped)
     ratios = torch.tensor([1.5, 0.5, 1.5, 0.5])
     adv = torch.tensor([1.0, -1.0, -1.0, 2.0])
-    behaviour = torch.zeros(4)
     lp = torch.log(ratios).requires_grad_()
-    loss, stats = ppo_clip_loss(lp, behaviour, adv, 0.2, 0.2)
-    expected = -(1.2 * 1 + 0.8 * -1 + 1.5 * -1 + 0.5 * 2) / 4
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss, stats = ppo_clip_surrogate(lp, torch.zeros(4), adv, torch.full((4,), 0.25), 0.2, 0.2)
+    assert loss.item() == pytest.approx(-(1.2 * 1 + 0.8 * -1 + 1.5 * -1 + 0.5 * 2) / 4, rel=1e-6)
     assert stats.clip_frac_high == pytest.approx(0.25) and stats.clip_frac_low == pytest.approx(0.25)
+    assert stats.ratio_min == pytest.approx(0.5) and stats.ratio_max == pytest.approx(1.5)
     loss.backward()
     # clipped tokens carry no gradient; unclipped ones: d(-ρA/4)/dlogp = -ρA/4
     np.testing.assert_allclose(lp.grad.numpy(), [0, 0, 1.5 / 4, -0.5 * 2 / 4], rtol=1e-6)
 
 
 def test_clip_higher_uses_separate_upper_bound():
-    lp = torch.log(torch.tensor([1.3]))
-    loss, _ = ppo_clip_loss(lp, torch.zeros(1), torch.tensor([1.0]), 0.2, 0.28)
-    assert loss.item() == pytest.approx(-1.28)
+    lp = torch.log(torch.tensor([1.25, 1.3, 0.7]))
+    adv = torch.tensor([1.0, 1.0, -1.0])
+    w = torch.full((3,), 1 / 3)
+    loss, stats = ppo_clip_surrogate(lp, torch.zeros(3), adv, w, 0.2, 0.28)
+    # 1.25 < 1.28: unclipped (it would be clipped at 1.2 without clip-higher); 1.3 > 1.28: clipped to 1.28;
+    # 0.7 < 1 - 0.2 with A < 0: clipped to 0.8.
+    assert loss.item() == pytest.approx(-(1.25 + 1.28 - 0.8) / 3, rel=1e-6)
+    assert stats.clip_frac_high == pytest.approx(1 / 3) and stats.clip_frac_low == pytest.approx(1 / 3)
+    loss, _ = ppo_clip_surrogate(lp[:1], torch.zeros(1), adv[:1], torch.ones(1), 0.2, 0.25)
+    assert loss.item() == pytest.approx(-1.25)
 
 
-def test_loss_is_token_level_not_per_sequence():
-    # Two responses, lengths 1 and 3, advantages +1 and -1: token mean = (1 - 3) / 4
-    adv = torch.tensor([1.0, -1.0, -1.0, -1.0])
-    lp = torch.zeros(4)
-    loss, _ = ppo_clip_loss(lp, lp, adv, 0.2, 0.2)
-    assert loss.item() == pytest.approx(-(1 - 3) / 4)
+def test_importance_weight_multiplies_the_surrogate():
+    lp = torch.zeros(2)
+    loss, _ = ppo_clip_surrogate(lp, lp, torch.tensor([1.0, 1.0]), torch.full((2,), 0.5), 0.2, 0.2,
+                                 is_weight_N=torch.tensor([2.0, 0.0]))
+    assert loss.item() == pytest.approx(-1.0)
+
+
+def test_kl_estimators_hand_computed():
+    lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, -1.5])
+    torch.testing.assert_close(kl_k3(lp, ref), torch.tensor([0.0, math.exp(0.5) - 0.5 - 1]))
+    behaviour = torch.tensor([-1.0, -2.5])
+    torch.testing.assert_close(behaviour_kl_k3(lp, behaviour), torch.tensor([0.0, math.exp(0.5) - 1 - 0.5]))
+
+
+def test_tis_truncates_and_decoupled_drops_above_cap():
+    prox = torch.log(torch.tensor([0.5, 1.0, 3.0]))
+    behaviour = torch.zeros(3)
+    assert behaviour_weights(prox, behaviour, "none", 2.0) is None
+    torch.testing.assert_close(behaviour_weights(prox, behaviour, "tis", 2.0), torch.tensor([0.5, 1.0, 2.0]))
+    torch.testing.assert_close(behaviour_weights(prox, behaviour, "decoupled", 2.0), torch.tensor([0.5, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="recomputed"):
+        behaviour_weights(None, behaviour, "tis", 2.0)

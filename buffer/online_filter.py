@@ -1,0 +1,26 @@
+"""Online filtering at stage boundaries (Skywork-OR1 §3.1).
+
+During a stage the buffer notes, per prompt, whether every sample of every
+group it received was correct (reward >= 1). When the learner crosses into
+the next stage, those prompts are removed from the pool: the policy has
+mastered them, and they would only come back as zero-advantage groups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class OnlineFilter:
+    def __init__(self):
+        self._all_correct: dict[int, bool] = {}
+
+    def observe(self, prompt_id: int, rewards) -> None:
+        solved = bool(np.all(np.asarray(rewards) >= 1.0))
+        self._all_correct[prompt_id] = self._all_correct.get(prompt_id, True) and solved
+
+    def end_stage(self) -> set[int]:
+        """Prompts solved in every sample during the stage that ends now; starts counting afresh."""
+        solved = {pid for pid, ok in self._all_correct.items() if ok}
+        self._all_correct.clear()
+        return solved
