@@ -158,3 +158,30 @@ def test_stage_switch_changes_grants_and_filters_mastered_prompts(tmp_path):
         thread.join(timeout=5)
         actor.close()
         learner.close()
+
+
+def test_shrink_mode_trains_on_fewer_groups_and_skips_an_all_equal_batch(tmp_path):
+    """Rejection sampling as the original code does it: the batch taken shrinks; nothing left = step skipped."""
+    svc, actor, learner, _, thread = start_service(tmp_path, algo={"rejection": {"refill": False}})
+    try:
+        learner.request("version", {"version": 0}, TIMEOUT)
+        p0, p1 = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2}, TIMEOUT).body["prompts"]
+        actor.request("group", group_for(p0, seq=0, rewards=(0.0, 0.0)).to_wire(), TIMEOUT)
+        actor.request("group", group_for(p1, seq=1).to_wire(), TIMEOUT)
+        batch = learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT)
+        assert batch.type == "batch" and [g["prompt_id"] for g in batch.body["groups"]] == [p1["prompt_id"]]
+        assert batch.body["groups_report"]["solve_none"] == 1
+        learner.request("version", {"version": 1}, TIMEOUT)
+        p2, p3 = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 2}, TIMEOUT).body["prompts"]
+        actor.request("group", group_for(p2, seq=2, version=1, rewards=(1.0, 1.0)).to_wire(), TIMEOUT)
+        actor.request("group", group_for(p3, seq=3, version=1, rewards=(0.0, 0.0)).to_wire(), TIMEOUT)
+        # Both all-equal: no batch for this step, and their admission slots come back for new prompts.
+        assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "wait"
+        again = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 2}, TIMEOUT)
+        assert again.type == "grant" and len(again.body["prompts"]) == 2
+        assert svc.rejected_uniform == {"solve_all": 1, "solve_none": 2} and svc.dropped_stale == 0
+    finally:
+        svc.stop_requested = True
+        thread.join(timeout=5)
+        actor.close()
+        learner.close()
