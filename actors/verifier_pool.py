@@ -1,0 +1,167 @@
+"""A bounded pool of verifier processes with a hard deadline per job.
+
+The actor scores a chunk of responses through `VerifierPool.score(jobs)`.
+Each job (a math answer or a program to test) runs in one of `workers`
+long-lived processes; a job still running at its deadline has its worker
+killed (with every sandbox process under the worker's private uid) and
+replaced, and scores 0. A slow or hostile sample therefore costs at most its
+deadline and never blocks the others beyond it.
+
+Boundary: parent and workers exchange JSON messages over pipes
+(`{"id", "kind", "response", "reference"}` -> `{"id", "reward"}`); nothing
+is pickled. Workers are started with "spawn" (never fork a process holding
+a vLLM engine and its threads) and are child subreapers, so the orphans of a
+killed sandbox are reaped instead of left as zombies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+from tasks.code_sandbox import SANDBOX_UID_BASE, Limits, kill_uid
+
+PR_SET_CHILD_SUBREAPER = 36
+KINDS = ("math", "code")
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "math" | "code"
+    response: str
+    reference: object  # math: the gold answer (str); code: the tests (dict)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    workers: int = 2
+    deadline_s: float = 40.0  # per job, enforced from outside the worker
+    math_timeout_s: int = 5  # math-verify's own parse / verify timeouts
+    code_total_s: float = 30.0  # all tests of one program
+    code_limits: Limits = Limits()
+    code_fraction: bool = False  # reward = passed fraction instead of all-or-nothing
+
+
+def _reap_orphans() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _worker_main(conn, slot: int, settings: PoolSettings) -> None:
+    from tasks.code_reward import code_reward
+    from tasks.code_sandbox import Sandbox
+    from tasks.math_reward import math_reward
+
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    sandbox = Sandbox(slot, settings.code_limits)
+    while True:
+        raw = conn.recv_bytes()
+        if not raw:
+            return
+        job = json.loads(raw)
+        try:
+            if job["kind"] == "math":
+                reward = math_reward(job["response"], str(job["reference"]), settings.math_timeout_s)
+            else:
+                reward = code_reward(job["response"], job["reference"], sandbox, settings.code_total_s,
+                                     settings.code_fraction)
+        except Exception:  # noqa: BLE001 - a verifier error is a 0 for that sample, never a dead worker
+            reward = 0.0
+        _reap_orphans()
+        conn.send_bytes(json.dumps({"id": job["id"], "reward": float(reward)}).encode())
+
+
+class _Worker:
+    def __init__(self, ctx, slot: int, settings: PoolSettings):
+        self.slot = slot
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, slot, settings), daemon=True,
+                                name=f"verifier-{slot}")
+        self.proc.start()
+        child.close()
+        self.job: int | None = None
+        self.started = 0.0
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(timeout=5)
+        if os.geteuid() == 0:
+            kill_uid(SANDBOX_UID_BASE + self.slot)
+        self.conn.close()
+
+
+class VerifierPool:
+    def __init__(self, settings: PoolSettings = PoolSettings()):
+        self.settings = settings
+        self._ctx = mp.get_context("spawn")
+        self._workers = [_Worker(self._ctx, slot, settings) for slot in range(settings.workers)]
+        self.timeouts = 0  # jobs killed at their deadline, since start
+
+    def score(self, jobs: list[Job]) -> list[float]:
+        """Rewards in job order; blocks until every job finished or hit its deadline."""
+        for job in jobs:
+            if job.kind not in KINDS:
+                raise ValueError(f"verifier kind must be one of {KINDS}, got {job.kind!r}")
+        rewards = [0.0] * len(jobs)
+        pending = list(range(len(jobs)))
+        busy: dict[int, _Worker] = {}
+        while pending or busy:
+            for worker in self._workers:
+                if pending and worker.job is None:
+                    i = pending.pop(0)
+                    job = jobs[i]
+                    worker.conn.send_bytes(json.dumps({"id": i, "kind": job.kind, "response": job.response,
+                                                       "reference": job.reference}).encode())
+                    worker.job, worker.started = i, time.monotonic()
+                    busy[i] = worker
+            now = time.monotonic()
+            timeout = max(0.0, min(w.started + self.settings.deadline_s - now for w in busy.values()))
+            ready = wait([w.conn for w in busy.values()], timeout=timeout)
+            for worker in list(busy.values()):
+                if worker.conn in ready:
+                    try:
+                        reply = json.loads(worker.conn.recv_bytes())
+                        rewards[reply["id"]] = reply["reward"]
+                        busy.pop(worker.job)
+                        worker.job = None
+                        continue
+                    except (EOFError, OSError):
+                        pass  # the worker died (e.g. killed by the OOM killer): replace it, reward 0
+                elif time.monotonic() < worker.started + self.settings.deadline_s:
+                    continue
+                else:
+                    self.timeouts += 1
+                busy.pop(worker.job)
+                self._replace(worker)
+        return rewards
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        index = self._workers.index(worker)
+        self._workers[index] = _Worker(self._ctx, worker.slot, self.settings)
+
+    def close(self) -> None:
+        for worker in self._workers:
+            try:
+                worker.conn.send_bytes(b"")
+            except OSError:
+                pass
+            worker.proc.join(timeout=2)
+            if worker.proc.is_alive():
+                worker.kill()
+
+    def __enter__(self) -> "VerifierPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,40 @@
+"""Rule-based math reward (Skywork-OR1 §7.1, `math_verify_reward_function` in the released code).
+
+1. Take the text after the last `</think>` (the whole text if there is none).
+2. Parse it with the `math-verify` package under a timeout; nothing parsed -> 0.
+3. 1 if the extracted answer string equals the gold answer, else 1 if
+   `verify(parse("\\boxed{gold}"), parsed)` holds (wrapping the gold answer in
+   \\boxed is what makes plain gold strings parse reliably), else 0.
+
+math-verify handles the equivalences (fractions, \\frac / \\dfrac, decimals,
+intervals, sets, units stripped). Its timeouts use SIGALRM, which only works
+in a process's main thread: run this in the verifier pool's worker processes
+(actors/verifier_pool.py), which also enforce a hard deadline from outside.
+Any error in parsing or verification is a 0, never an exception.
+"""
+
+from __future__ import annotations
+
+THINK_END = "</think>"
+
+
+def solution_text(response: str) -> str:
+    """What the model answered after thinking: the text after the last </think>, else all of it."""
+    cut = response.rfind(THINK_END)
+    return response[cut + len(THINK_END):] if cut >= 0 else response
+
+
+def math_reward(response: str, gold: str, timeout_s: int = 5) -> float:
+    """1.0 if the response's final answer equals `gold` mathematically, else 0.0."""
+    from math_verify import parse, verify
+
+    try:
+        parsed = parse(solution_text(response), parsing_timeout=timeout_s)
+        if len(parsed) < 2:
+            return 0.0
+        if str(parsed[1]).strip() == gold.strip():
+            return 1.0
+        gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=timeout_s)
+        return 1.0 if gold_parsed and verify(gold_parsed, parsed, timeout_seconds=timeout_s) else 0.0
+    except Exception:  # noqa: BLE001 - a malformed answer scores 0; the actor must never crash on it
+        return 0.0

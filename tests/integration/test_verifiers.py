@@ -1,0 +1,113 @@
+"""Verifiers through the actor's pool, with real sandboxed processes: every test format, and hostile
+programs that must end within their limits with reward 0 and leave the host unharmed."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.verifier_pool import Job, PoolSettings, VerifierPool
+from tasks.code_sandbox import SANDBOX_UID_BASE, Limits
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).resolve().parents[1] / "data"
+LIMITS = Limits(wall_s=2.0, cpu_s=1, memory_bytes=512 << 20, output_bytes=1 << 16)
+STDIO = {"inputs": ["1 2\n"], "outputs": ["3\n"]}
+
+
+def fenced(code: str) -> str:
+    return f"<think>Let me write it.</think>\n```python\n{code}\n```\n"
+
+
+def sandbox_processes() -> list[int]:
+    """Live (non-zombie) processes owned by any sandbox uid."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        uid = int(status["Uid"].split()[0])
+        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 64 and not status["State"].strip().startswith("Z"):
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with VerifierPool(PoolSettings(workers=2, deadline_s=8.0, code_total_s=5.0, code_limits=LIMITS)) as p:
+        yield p
+
+
+def test_every_test_format_correct_and_wrong(pool):
+    rows = [json.loads(line) for line in (DATA / "code.jsonl").read_text().splitlines()]
+    jobs = [Job("code", fenced(r[key]), r["tests"]) for r in rows for key in ("solution", "wrong_solution")]
+    assert pool.score(jobs) == [1.0, 0.0] * len(rows)
+    assert {r["data_source"] for r in rows} >= {"sample_code_stdio", "sample_code_leetcode", "sample_code_assert",
+                                                "sample_code_function"}
+
+
+def test_extraction_takes_the_last_block_after_thinking(pool):
+    two_blocks = "```python\nprint(0)\n```\n" + fenced("a, b = map(int, input().split())\nprint(a + b)")
+    thinking_only = "<think>```python\na, b = map(int, input().split())\nprint(a + b)\n```</think> no code"
+    not_python = fenced("a, b = = map(")
+    assert pool.score([Job("code", two_blocks, STDIO), Job("code", thinking_only, STDIO),
+                       Job("code", not_python, STDIO)]) == [1.0, 0.0, 0.0]
+
+
+def test_fraction_of_tests_passed_as_an_option():
+    tests = {"inputs": ["1\n", "2\n", "3\n", "4\n"], "outputs": ["1\n", "4\n", "9\n", "15\n"]}
+    with VerifierPool(PoolSettings(workers=1, code_limits=LIMITS, code_fraction=True)) as p:
+        assert p.score([Job("code", fenced("n = int(input())\nprint(n * n)"), tests)]) == [0.75]
+
+
+HOSTILE = {
+    "infinite loop": "while True:\n    pass",
+    "sleeps forever": "import time\ntime.sleep(10_000)",
+    "memory bomb": "x = bytearray(8 * 1024 ** 3)\nprint(3)",
+    "fork loop": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+    "huge output": "while True:\n    print('x' * 100_000)",
+    "network attempt": "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)\nprint(3)",
+    "raw socket via _socket": "import _socket\ns = _socket.socket()\ns.connect(('1.1.1.1', 80))\nprint(3)",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_program_scores_zero_within_its_limit(pool, name):
+    start = time.monotonic()
+    assert pool.score([Job("code", fenced(HOSTILE[name]), STDIO)]) == [0.0]
+    assert time.monotonic() - start < LIMITS.wall_s + 3, name
+    assert sandbox_processes() == [], name
+    # The pool still works afterwards.
+    assert pool.score([Job("code", fenced("a, b = map(int, input().split())\nprint(a + b)"), STDIO)]) == [1.0]
+
+
+def test_writing_outside_its_directory_is_refused(pool, tmp_path):
+    target = tmp_path / "escaped.txt"
+    program = f"open({str(target)!r}, 'w').write('x')\nprint(3)"
+    assert pool.score([Job("code", fenced(program), STDIO)]) == [0.0]
+    assert not target.exists()
+    home_file = Path("/root/escaped-by-sandbox")
+    assert pool.score([Job("code", fenced(f"open({str(home_file)!r}, 'w').write('x')\nprint(3)"), STDIO)]) == [0.0]
+    assert not home_file.exists()
+
+
+def test_a_job_past_its_deadline_is_killed_and_the_worker_replaced():
+    slow = {"inputs": ["1 2\n"] * 10, "outputs": ["3\n"] * 10}
+    with VerifierPool(PoolSettings(workers=1, deadline_s=1.5, code_total_s=60.0,
+                                   code_limits=Limits(wall_s=5.0, cpu_s=5))) as p:
+        start = time.monotonic()
+        rewards = p.score([Job("code", fenced("import time\ntime.sleep(4)\nprint(3)"), slow),
+                           Job("math", "\\boxed{2}", "2")])
+        assert rewards == [0.0, 1.0] and p.timeouts == 1
+        assert time.monotonic() - start < 10
+    assert sandbox_processes() == []
+
+
+def test_math_jobs_and_unknown_kinds(pool):
+    assert pool.score([Job("math", "\\boxed{\\dfrac{1}{2}}", "0.5"), Job("math", "\\boxed{3}", "4")]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="kind"):
+        pool.score([Job("chemistry", "x", "y")])
