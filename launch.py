@@ -4,6 +4,7 @@
     python launch.py run                                   # the tiny default (configs/tiny.toml)
     python launch.py run --config configs/tiny.toml --set buffer.max_staleness=0 --set actors.count=2
     python launch.py config                                # print every key, its default and docstring
+    python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
 
 The config is parsed and validated before anything heavy is imported, so
 `--help` and config errors are instant.
@@ -30,6 +31,44 @@ def _print_config_reference() -> None:
     walk(Config)
 
 
+def _eval(args) -> int:
+    import os
+
+    from tasks.dataset import DataError
+
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        print(f"error: --model {args.model}: not a model directory (no config.json)", file=sys.stderr)
+        return 2
+    missing = [path for path in args.data if not os.path.isfile(path)]
+    if missing:
+        print(f"error: --data {' '.join(missing)}: no such file", file=sys.stderr)
+        return 2
+    if args.k < 1 or args.temperature < 0 or args.max_tokens < 1:
+        print("error: --k and --max-tokens must be >= 1 and --temperature >= 0", file=sys.stderr)
+        return 2
+    from actors.dataset_eval import EvalSettings, evaluate_files
+    from actors.engine import cpu_environment
+
+    cache = os.path.abspath(os.path.join(".cache", "asyncor", "vllm"))
+    for key, value in cpu_environment(1.0, f"0-{(os.cpu_count() or 1) - 1}", cache).items():
+        os.environ.setdefault(key, value)
+    out = args.out or os.path.join(args.model, "eval")
+    settings = EvalSettings(k=args.k, temperature=args.temperature, max_tokens=args.max_tokens,
+                            max_prompt_tokens=args.max_prompt_tokens, seed=args.seed, workers=args.workers,
+                            data_format=args.format)
+    try:
+        summary = evaluate_files(args.model, args.data, out, settings)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    k = summary["k"]
+    print(f"{'data source':<28} {'n':>5} {f'avg@{k}':>8} {f'pass@{k}':>8}")
+    for source, row in [*summary["by_source"].items(), ("overall", summary["overall"])]:
+        print(f"{source:<28} {row['n']:>5} {row[f'avg@{k}']:>8.3f} {row[f'pass@{k}']:>8.3f}")
+    print(f"per-problem results: {os.path.join(out, 'problems.jsonl')}; summary: {os.path.join(out, 'summary.json')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -38,7 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one key, e.g. --set buffer.max_staleness=0 (repeatable)")
     sub.add_parser("config", help="list every config key with its default and meaning")
+    eval_p = sub.add_parser("eval", help="avg@k and pass@k of a saved policy on local data (jsonl / parquet)")
+    eval_p.add_argument("--model", required=True, help="Hugging Face model directory (e.g. runs/<name>/final)")
+    eval_p.add_argument("--data", required=True, nargs="+", help="data files: verl or plain layout, .jsonl or .parquet")
+    eval_p.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
+    eval_p.add_argument("--out", default=None, help="output directory (default: <model>/eval)")
+    eval_p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    eval_p.add_argument("--max-tokens", type=int, default=1024, help="response length limit (default 1024)")
+    eval_p.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are dropped (counted)")
+    eval_p.add_argument("--workers", type=int, default=2, help="verifier processes (default 2)")
+    eval_p.add_argument("--seed", type=int, default=1234)
+    eval_p.add_argument("--format", default="auto", choices=["auto", "verl", "plain"], help="data layout")
     args = parser.parse_args(argv)
+
+    if args.command == "eval":
+        return _eval(args)
 
     if args.command == "config":
         _print_config_reference()

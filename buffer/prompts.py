@@ -43,6 +43,19 @@ class PromptStream:
                 out.append(problem)
         return out
 
+    def state_dict(self) -> dict:
+        """Where the stream stands (JSON-able): a restarted buffer continues from here."""
+        return {"epoch": self.epoch, "cursor": self._cursor, "returned": [p.id for p in self._returned],
+                "removed": sorted(self._removed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        by_id = {p.id: p for p in self.problems}
+        self.epoch = int(state["epoch"])
+        self._reshuffle()
+        self._cursor = int(state["cursor"])
+        self._returned = deque(by_id[i] for i in state["returned"] if i in by_id)
+        self._removed = set(state["removed"])
+
     @property
     def remaining(self) -> int:
         return len(self.problems) - len(self._removed)
