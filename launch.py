@@ -5,6 +5,7 @@
     python launch.py run --config configs/tiny.toml --set buffer.max_staleness=0 --set actors.count=2
     python launch.py config                                # print every key, its default and docstring
     python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
+    python launch.py filter --model DIR --data IN.parquet --out OUT.parquet --samples 16  # difficulty filter
 
 The config is parsed and validated before anything heavy is imported, so
 `--help` and config errors are instant.
@@ -31,7 +32,8 @@ def _print_config_reference() -> None:
     walk(Config)
 
 
-def _eval(args) -> int:
+def _sample_command(args) -> int:
+    """`eval` and `filter`: sample a saved policy on data files and score the samples."""
     import os
 
     from tasks.dataset import DataError
@@ -43,20 +45,27 @@ def _eval(args) -> int:
     if missing:
         print(f"error: --data {' '.join(missing)}: no such file", file=sys.stderr)
         return 2
-    if args.k < 1 or args.temperature < 0 or args.max_tokens < 1:
-        print("error: --k and --max-tokens must be >= 1 and --temperature >= 0", file=sys.stderr)
+    k = args.k if args.command == "eval" else args.samples
+    if k < 1 or args.temperature < 0 or args.max_tokens < 1:
+        print("error: --k / --samples and --max-tokens must be >= 1 and --temperature >= 0", file=sys.stderr)
         return 2
-    from actors.dataset_eval import EvalSettings, evaluate_files
+    from actors.dataset_eval import EvalSettings, evaluate_files, filter_files
     from actors.engine import cpu_environment
 
     cache = os.path.abspath(os.path.join(".cache", "asyncor", "vllm"))
     for key, value in cpu_environment(1.0, f"0-{(os.cpu_count() or 1) - 1}", cache).items():
         os.environ.setdefault(key, value)
-    out = args.out or os.path.join(args.model, "eval")
-    settings = EvalSettings(k=args.k, temperature=args.temperature, max_tokens=args.max_tokens,
+    settings = EvalSettings(k=k, temperature=args.temperature, max_tokens=args.max_tokens,
                             max_prompt_tokens=args.max_prompt_tokens, seed=args.seed, workers=args.workers,
                             data_format=args.format)
     try:
+        if args.command == "filter":
+            result = filter_files(args.model, args.data, args.out, settings)
+            print(f"kept {result['kept']} of {result['problems']} problems (never solved {result['never_solved']}, "
+                  f"always solved {result['always_solved']}, of {k} samples each)")
+            print(f"kept rows: {result['out']}; pass counts: {result['pass_counts']}")
+            return 0
+        out = args.out or os.path.join(args.model, "eval")
         summary = evaluate_files(args.model, args.data, out, settings)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -78,20 +87,24 @@ def main(argv: list[str] | None = None) -> int:
                        help="override one key, e.g. --set buffer.max_staleness=0 (repeatable)")
     sub.add_parser("config", help="list every config key with its default and meaning")
     eval_p = sub.add_parser("eval", help="avg@k and pass@k of a saved policy on local data (jsonl / parquet)")
-    eval_p.add_argument("--model", required=True, help="Hugging Face model directory (e.g. runs/<name>/final)")
-    eval_p.add_argument("--data", required=True, nargs="+", help="data files: verl or plain layout, .jsonl or .parquet")
     eval_p.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
     eval_p.add_argument("--out", default=None, help="output directory (default: <model>/eval)")
-    eval_p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    eval_p.add_argument("--max-tokens", type=int, default=1024, help="response length limit (default 1024)")
-    eval_p.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are dropped (counted)")
-    eval_p.add_argument("--workers", type=int, default=2, help="verifier processes (default 2)")
-    eval_p.add_argument("--seed", type=int, default=1234)
-    eval_p.add_argument("--format", default="auto", choices=["auto", "verl", "plain"], help="data layout")
+    filter_p = sub.add_parser("filter", help="offline difficulty filter: keep problems solved by 1..N-1 of N samples")
+    filter_p.add_argument("--out", required=True, help="kept rows, same layout (.jsonl or .parquet)")
+    filter_p.add_argument("--samples", type=int, default=16, help="N samples per problem (paper: 16 math, 8 code)")
+    for p in (eval_p, filter_p):
+        p.add_argument("--model", required=True, help="Hugging Face model directory (e.g. runs/<name>/final)")
+        p.add_argument("--data", required=True, nargs="+", help="data files: verl or plain layout, .jsonl or .parquet")
+        p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+        p.add_argument("--max-tokens", type=int, default=1024, help="response length limit (default 1024)")
+        p.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are dropped (counted)")
+        p.add_argument("--workers", type=int, default=2, help="verifier processes (default 2)")
+        p.add_argument("--seed", type=int, default=1234)
+        p.add_argument("--format", default="auto", choices=["auto", "verl", "plain"], help="data layout")
     args = parser.parse_args(argv)
 
-    if args.command == "eval":
-        return _eval(args)
+    if args.command in ("eval", "filter"):
+        return _sample_command(args)
 
     if args.command == "config":
         _print_config_reference()

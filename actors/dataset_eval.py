@@ -1,4 +1,6 @@
-"""`launch.py eval`: avg@k and pass@k of a saved policy on local data files.
+"""`launch.py eval` and `launch.py filter`: sample a saved policy on local data files and score it.
+
+eval: avg@k and pass@k of a saved policy on local data files.
 
 K samples per problem from the actor engine (vLLM), scored by the verifier
 pool (math / code), reported per data source and overall:
@@ -7,6 +9,10 @@ pool (math / code), reported per data source and overall:
 Writes `<out>/summary.json` and `<out>/problems.jsonl` (one line per problem:
 id, source, kind, per-sample rewards, finish reasons, the first response).
 A response cut at the length limit scores 0 without being verified.
+
+filter (report §6.2, offline difficulty filter): N samples per problem; keep
+the problems solved by 1..N-1 of them (drop the always- and never-solved),
+write the kept original rows (same layout) and every problem's pass count.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ def summarise(records: list[dict], k: int) -> dict:
             "by_source": {s: stats([r for r in records if r["data_source"] == s]) for s in sources}}
 
 
-def evaluate_files(model_dir: str, data_paths: list[str], out_dir: str, settings: EvalSettings, log=print) -> dict:
+def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettings, log=print):
+    """(problems, per-problem records with k rewards each, timing info)."""
     from actors.engine import Engine
     from actors.verifier_pool import Job, PoolSettings, VerifierPool
     from tasks.codec import TextCodec
@@ -85,10 +92,15 @@ def evaluate_files(model_dir: str, data_paths: list[str], out_dir: str, settings
     records = [{"id": p.id, "data_source": p.data_source, "kind": p.kind, "rewards": rewards[i],
                 "finish_reasons": [s.finish_reason for s in outputs[i]], "first_response": texts[i][0][:2000]}
                for i, p in enumerate(problems)]
-    summary = summarise(records, settings.k)
-    summary.update({"model": model_dir, "data": data_paths, "dropped_long_prompts": dropped,
-                    "temperature": settings.temperature, "max_tokens": settings.max_tokens,
-                    "generate_s": gen_s, "verify_s": verify_s, "wall_s": time.perf_counter() - start})
+    info = {"model": model_dir, "data": data_paths, "dropped_long_prompts": dropped,
+            "temperature": settings.temperature, "max_tokens": settings.max_tokens,
+            "generate_s": gen_s, "verify_s": verify_s, "wall_s": time.perf_counter() - start}
+    return problems, records, info
+
+
+def evaluate_files(model_dir: str, data_paths: list[str], out_dir: str, settings: EvalSettings, log=print) -> dict:
+    _, records, info = sample_and_score(model_dir, data_paths, settings, log)
+    summary = {**summarise(records, settings.k), **info}
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "problems.jsonl"), "w") as f:
         for record in records:
@@ -96,3 +108,22 @@ def evaluate_files(model_dir: str, data_paths: list[str], out_dir: str, settings
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def filter_files(model_dir: str, data_paths: list[str], out_path: str, settings: EvalSettings, log=print) -> dict:
+    """Keep the problems solved by 1..N-1 of N samples; returns the counts."""
+    from tasks.dataset import write_rows
+
+    problems, records, info = sample_and_score(model_dir, data_paths, settings, log)
+    n = settings.k
+    passes = [int(sum(r > 0 for r in rec["rewards"])) for rec in records]
+    kept = [p for p, c in zip(problems, passes) if 0 < c < n]
+    write_rows(out_path, [p.row for p in kept])
+    counts_path = os.path.splitext(out_path)[0] + "_pass_counts.jsonl"
+    with open(counts_path, "w") as f:
+        for problem, count in zip(problems, passes):
+            f.write(json.dumps({"id": problem.id, "data_source": problem.data_source, "passes": count, "samples": n,
+                                "kept": 0 < count < n}) + "\n")
+    result = {"problems": len(problems), "kept": len(kept), "never_solved": passes.count(0),
+              "always_solved": passes.count(n), "samples": n, "out": out_path, "pass_counts": counts_path, **info}
+    return result

@@ -33,6 +33,7 @@ class DataProblem:
     reference: object  # math: gold answer (str); code: tests (dict)
     data_source: str = "unknown"
     extra_info: dict = field(default_factory=dict)
+    row: dict = field(default_factory=dict, repr=False)  # the original record (written back by `launch.py filter`)
 
     @property
     def answer(self) -> str:
@@ -101,7 +102,8 @@ def _problem(row: dict, pid: int, fmt: str, where: str) -> DataProblem:
     tests = _as_tests(reference)
     extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
     return DataProblem(pid, messages, "code" if tests is not None else "math",
-                       tests if tests is not None else str(reference), str(row.get("data_source", "unknown")), extra)
+                       tests if tests is not None else str(reference), str(row.get("data_source", "unknown")), extra,
+                       row)
 
 
 def read_problems(paths: list[str], fmt: str = "auto") -> list[DataProblem]:
@@ -113,6 +115,22 @@ def read_problems(paths: list[str], fmt: str = "auto") -> list[DataProblem]:
     if not problems:
         raise DataError(f"no problems in {paths}")
     return problems
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    """Rows to .jsonl or .parquet (by extension), e.g. the problems a filter kept."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.endswith(".jsonl"):
+        with open(path, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    else:
+        raise DataError(f"{path}: unknown format; use .jsonl or .parquet")
 
 
 def chat_template(model_dir: str) -> str | None:

@@ -23,8 +23,8 @@ def policy():
     return out.stdout.strip().splitlines()[-1]
 
 
-def run_eval(*args, timeout=300):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "eval", *args], cwd=ROOT,
+def run_eval(*args, timeout=300, command="eval"):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), command, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -42,15 +42,20 @@ def test_eval_on_the_sample_data_reports_every_source(policy, tmp_path):
     assert "avg@2" in proc.stdout and "pass@2" in proc.stdout
 
 
-def test_eval_scores_what_the_policy_can_solve(policy, tmp_path):
-    """Held-out arithmetic as a plain {prompt, answer} file: the warm-started policy solves some."""
+def arithmetic_file(tmp_path, n=48):
+    """Held-out arithmetic as a plain {prompt, answer} file: problems the warm-started policy partly solves."""
     code = ("import json; from configs.schema import TaskConfig; from tasks.arithmetic import make_splits; "
             "_, held = make_splits(TaskConfig(), 0); "
             "print('\\n'.join(json.dumps({'prompt': p.prompt, 'answer': p.answer, 'data_source': 'add2'}) "
-            "for p in held[:48]))")
+            f"for p in held[:{n}]))")
     rows = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     data = tmp_path / "add.jsonl"
     data.write_text(rows)
+    return data
+
+
+def test_eval_scores_what_the_policy_can_solve(policy, tmp_path):
+    data = arithmetic_file(tmp_path)
     proc = run_eval("--model", policy, "--data", str(data), "--k", "4", "--max-tokens", "8", "--out", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "o" / "summary.json").read_text())["by_source"]["add2"]
@@ -62,3 +67,19 @@ def test_bad_arguments_are_refused_with_a_reason(policy, tmp_path):
     assert proc.returncode == 2 and "not a model directory" in proc.stderr
     proc = run_eval("--model", policy, "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_filter_keeps_problems_solved_sometimes(policy, tmp_path):
+    data = arithmetic_file(tmp_path)
+    out = tmp_path / "kept.parquet"
+    proc = run_eval("--model", policy, "--data", str(data), "--samples", "4", "--max-tokens", "8", "--out", str(out),
+                    command="filter")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [json.loads(line) for line in (tmp_path / "kept_pass_counts.jsonl").read_text().splitlines()]
+    assert len(counts) == 48 and all(0 <= c["passes"] <= 4 and c["kept"] == (0 < c["passes"] < 4) for c in counts)
+    import pyarrow.parquet as pq
+
+    kept = pq.read_table(out).to_pylist()
+    originals = [json.loads(line) for line in data.read_text().splitlines()]
+    assert kept == [originals[c["id"]] for c in counts if c["kept"]]  # the original rows, same layout
+    assert 0 < len(kept) < 48
