@@ -16,30 +16,50 @@ from configs.schema import Config
 from telemetry import log as tlog
 
 
+def heldout(config: Config, codec, model_dir: str) -> tuple[list, list, list[str], list]:
+    """(problems, prompt ids, kinds, references) of the held-out split, at most eval.max_problems."""
+    if config.task.kind == "arithmetic":
+        from tasks.arithmetic import make_splits
+
+        _, problems = make_splits(config.task, config.run.seed)
+        problems = problems[: config.eval.max_problems]
+        return (problems, [codec.encode_prompt(p.prompt) for p in problems], ["arithmetic"] * len(problems),
+                [p.answer for p in problems])
+    from tasks.dataset import load_problems
+
+    problems, ids, _ = load_problems(config.task.heldout_files, codec, model_dir, config.actors.max_prompt_tokens,
+                                     config.task.format)
+    problems, ids = problems[: config.eval.max_problems], ids[: config.eval.max_problems]
+    return problems, ids, [p.kind for p in problems], [p.reference for p in problems]
+
+
 def evaluate(config: Config, model_dir: str) -> dict:
     from actors.engine import Engine
-    from tasks.arithmetic import make_splits, score
     from tasks.codec import TextCodec
+    from tasks.scoring import Sample, Scorer
 
-    _, heldout = make_splits(config.task, config.run.seed)
-    problems = heldout[: config.eval.max_problems]
     codec = TextCodec(model_dir)
+    problems, prompts, kinds, references = heldout(config, codec, model_dir)
+    scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
+                    needs_pool=config.task.kind == "files")
     engine = Engine(model_dir, config.model.dtype, config.run.seed,
                     config.actors.max_prompt_tokens + config.actors.max_response_tokens, config.actors.gpu_memory_utilization)
-    prompts = [codec.encode_prompt(p.prompt) for p in problems]
 
     def accuracy(temperature: float, k: int) -> float:
         outputs = engine.generate(prompts, k, temperature, 1.0, config.actors.max_response_tokens, codec.eos_id,
                                   seed=config.eval.seed)
-        correct = [score(codec.decode(s.token_ids), p.answer) if s.finish_reason == "stop" else 0.0
-                   for p, samples in zip(problems, outputs) for s in samples]
-        return sum(correct) / len(correct)
+        rewards = scorer.score([Sample(kind, codec.decode(s.token_ids), ref, s.finish_reason == "length")
+                                for kind, ref, samples in zip(kinds, references, outputs) for s in samples])
+        return sum(rewards) / len(rewards)
 
     start = time.perf_counter()
-    temperature = config.eval.temperature
-    greedy = accuracy(0.0, 1)
-    k = config.eval.samples_per_problem if temperature > 0 else 1
-    main = accuracy(temperature, k) if temperature > 0 else greedy  # greedy is reported anyway: never decode twice
+    try:
+        temperature = config.eval.temperature
+        greedy = accuracy(0.0, 1)
+        k = config.eval.samples_per_problem if temperature > 0 else 1
+        main = accuracy(temperature, k) if temperature > 0 else greedy  # greedy is reported anyway: never decode twice
+    finally:
+        scorer.close()
     return {"accuracy": main, "n": len(problems), "samples_per_problem": k, "temperature": temperature,
             "greedy_accuracy": greedy, "model": model_dir, "seconds": time.perf_counter() - start}
 

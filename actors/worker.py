@@ -50,6 +50,7 @@ class Actor:
         from buffer.transport import Client, endpoint
         from learner.weight_sync import pick_backend
         from tasks.codec import TextCodec
+        from tasks.scoring import Scorer
         from telemetry.metrics import MetricsWriter
 
         self.config = config
@@ -63,6 +64,9 @@ class Actor:
                                        pick_backend(config.sync.backend, device), config.sync.timeout_s, device)
         self.receiver.start()
         self.codec = TextCodec(config.model.path)
+        # Verifier processes start before vLLM (spawned, never forked from the engine's process state).
+        self.scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
+                             needs_pool=config.task.kind == "files")
         start = time.perf_counter()
         self.engine = Engine(config.model.path, config.model.dtype, config.run.seed * 1000 + actor_id,
                              max_model_len=self._max_model_len(), gpu_memory_utilization=config.actors.gpu_memory_utilization)
@@ -133,17 +137,18 @@ class Actor:
                     continue
                 self.load(staged)
             sampling = reply.body.get("sampling", {})
-            self.generate_and_send([(p["prompt_id"], unpack_array(p["token_ids"], "token_ids", "<i4"), p["answer"])
-                                    for p in prompts],
+            self.generate_and_send([(p["prompt_id"], unpack_array(p["token_ids"], "token_ids", "<i4"),
+                                     p.get("kind", "arithmetic"), p.get("reference", p["answer"])) for p in prompts],
                                    n=sampling.get("n", cfg.actors.group_size),
                                    max_tokens=sampling.get("max_tokens", cfg.actors.max_response_tokens))
         self.stats["wall_s"] = time.perf_counter() - started
         self.finish()
 
-    def generate_and_send(self, prompts: list[tuple[int, np.ndarray, str]], n: int, max_tokens: int) -> None:
-        """`n` samples of at most `max_tokens` per prompt: the current stage's, as the grant says."""
+    def generate_and_send(self, prompts: list[tuple[int, np.ndarray, str, object]], n: int, max_tokens: int) -> None:
+        """`n` samples of at most `max_tokens` per prompt (the current stage's, as the grant says), scored
+        through the Scorer: inline for arithmetic, in the verifier pool for math / code."""
         from buffer.protocol import Response, TrajectoryGroup
-        from tasks.arithmetic import score
+        from tasks.scoring import Sample
 
         cfg = self.config.actors
         start = time.perf_counter()
@@ -151,14 +156,16 @@ class Actor:
                                        self.codec.eos_id)
         gen_s = time.perf_counter() - start
         n_tokens = sum(len(s.token_ids) for samples in outputs for s in samples)
-        rewards = []
-        for (prompt_id, prompt_ids, answer), samples in zip(prompts, outputs):
+        verify_start = time.perf_counter()
+        rewards = self.scorer.score([Sample(kind, self.codec.decode(s.token_ids), reference, s.finish_reason == "length")
+                                     for (_, _, kind, reference), samples in zip(prompts, outputs) for s in samples])
+        verify_s = time.perf_counter() - verify_start
+        position = 0
+        for (prompt_id, prompt_ids, _, _), samples in zip(prompts, outputs):
             responses = []
             for s in samples:
-                # A truncated response never earns reward: it did not finish its answer.
-                reward = 0.0 if s.finish_reason == "length" else score(self.codec.decode(s.token_ids), answer)
-                responses.append(Response(s.token_ids, s.logprobs, self.version, s.finish_reason, reward))
-                rewards.append(reward)
+                responses.append(Response(s.token_ids, s.logprobs, self.version, s.finish_reason, rewards[position]))
+                position += 1
             group = TrajectoryGroup(prompt_id, prompt_ids, responses, self.actor_id, self.seq, gen_s / len(prompts))
             self.seq += 1
             self.send(group)
@@ -166,6 +173,7 @@ class Actor:
         self.stats["groups"] += len(prompts)
         self.stats["gen_s"] += gen_s
         self.metrics.log({"actor/tokens_per_s": n_tokens / gen_s, "actor/reward_mean": float(np.mean(rewards)),
+                          "actor/verify_s": verify_s, "actor/verify_timeouts": self.scorer.timeouts,
                           "actor/version": self.version, "actor/tokens": self.stats["tokens"]}, step=self.version)
 
     def send(self, group) -> None:
@@ -206,6 +214,7 @@ class Actor:
         with open(os.path.join(self.config.run_dir, "roles", f"actor{self.actor_id}.json"), "w") as f:
             json.dump(summary, f, indent=2)
         self.receiver.stop()
+        self.scorer.close()
         self.log.info("exit", tokens=s["tokens"], groups=s["groups"])
 
 

@@ -50,9 +50,9 @@ class BufferService:
         self.config = config
         self.log = tlog.get("buffer")
         self.metrics = MetricsWriter(config.run_dir, "buffer")
-        train, _ = make_splits(config.task, config.run.seed)
         self.codec = TextCodec(config.model.path)
-        self.prompts = PromptStream(train, config.run.seed)
+        self.prompt_ids: dict[int, np.ndarray] = {}  # pre-rendered prompts (task.kind = "files")
+        self.prompts = PromptStream(self.training_problems(), config.run.seed)
         self.budget = StalenessBudget(config.buffer.max_staleness,
                                       groups_through=lambda steps: groups_through(config, steps))
         self.max_group_size = max_over_stages(config, "group_size")
@@ -99,8 +99,7 @@ class BufferService:
                 "min_version": self.budget.min_version_for_grant(),
                 # The current stage's sampling: actors switch length and group size without restarting.
                 "sampling": {"stage": stage.index, "n": stage.group_size, "max_tokens": stage.max_response_tokens},
-                "prompts": [{"prompt_id": p.id, "token_ids": pack_array(self.codec.encode_prompt(p.prompt)),
-                             "answer": p.answer} for p in problems],
+                "prompts": [self.grant_entry(p) for p in problems],
             })
         elif msg.type == "group":
             server.reply(ident, msg, "ack", self.ingest(msg.body))
@@ -114,6 +113,28 @@ class BufferService:
             server.reply(ident, msg, "ack", {"status": "ok"})
         else:
             raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
+
+    def training_problems(self) -> list:
+        if self.config.task.kind == "arithmetic":
+            train, _ = make_splits(self.config.task, self.config.run.seed)
+            return train
+        from tasks.dataset import load_problems
+
+        task = self.config.task
+        problems, ids, dropped = load_problems(task.train_files, self.codec, self.config.model.path,
+                                               self.config.actors.max_prompt_tokens, task.format)
+        self.prompt_ids = {p.id: t for p, t in zip(problems, ids)}
+        self.log.info("training_data", problems=len(problems), dropped_long_prompts=dropped,
+                      math=sum(p.kind == "math" for p in problems), code=sum(p.kind == "code" for p in problems))
+        return problems
+
+    def grant_entry(self, problem) -> dict:
+        """One granted prompt: its token ids and what the actor needs to score it."""
+        if self.config.task.kind == "arithmetic":
+            return {"prompt_id": problem.id, "token_ids": pack_array(self.codec.encode_prompt(problem.prompt)),
+                    "answer": problem.answer, "kind": "arithmetic"}
+        return {"prompt_id": problem.id, "token_ids": pack_array(self.prompt_ids[problem.id]),
+                "answer": problem.answer, "kind": problem.kind, "reference": problem.reference}
 
     def return_grants(self, prompt_ids: list) -> None:
         """Unused grants: free their admission slots and serve their prompts again first."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -76,8 +76,15 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    kind: Literal["arithmetic"] = "arithmetic"
-    """Built-in task. Only the synthetic arithmetic task exists so far."""
+    kind: Literal["arithmetic", "files"] = "arithmetic"
+    """"arithmetic": the built-in synthetic task (exact-answer reward). "files": math / code problems from
+    `train_files` / `heldout_files`, rewarded by the math and code verifiers (docs/verifiers.md)."""
+    train_files: list[str] = []
+    """kind = "files": training data, local .jsonl / .parquet (verl or plain layout)."""
+    heldout_files: list[str] = []
+    """kind = "files": held-out data for evaluation before and after RL."""
+    format: Literal["auto", "verl", "plain"] = "auto"
+    """kind = "files": row layout of the data files ("auto" tells them apart by their columns)."""
     digits: int = Field(2, ge=1, le=9)
     """Largest operand has this many digits."""
     operations: list[Literal["+", "-", "*"]] = ["+"]
@@ -86,6 +93,25 @@ class TaskConfig(_Section):
     """Problems in the training split."""
     heldout_size: int = Field(256, ge=1)
     """Problems in the held-out split (evaluation)."""
+
+    @field_validator("train_files", "heldout_files")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        import os
+
+        return [os.path.abspath(p) for p in paths]  # every role resolves them the same way
+
+    @model_validator(mode="after")
+    def _check_files(self) -> "TaskConfig":
+        import os
+
+        if self.kind == "files":
+            if not self.train_files:
+                raise ValueError('kind = "files" needs train_files (local .jsonl / .parquet paths)')
+            missing = [p for p in self.train_files + self.heldout_files if not os.path.isfile(p)]
+            if missing:
+                raise ValueError(f"data files not found: {missing}")
+        return self
 
 
 class WarmStartConfig(_Section):
@@ -122,6 +148,10 @@ class ActorsConfig(_Section):
     """Fraction of device memory vLLM may use (GPU only; CPU uses `kv_cache_gib`)."""
     grant_wait_s: float = Field(30.0, gt=0)
     """How long an actor waits for newer weights a grant requires before giving the grant back."""
+    verifier_workers: int = Field(2, ge=1)
+    """task.kind = "files": verifier processes per actor (math-verify, sandboxed code runs)."""
+    verifier_deadline_s: float = Field(40.0, gt=0)
+    """Hard limit per verified sample; past it the worker is killed and the sample scores 0."""
 
 
 class BufferConfig(_Section):
@@ -323,7 +353,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":
-        if self.eval.max_problems > self.task.heldout_size:
+        if self.task.kind == "files" and self.eval.before_and_after and not self.task.heldout_files:
+            raise ValueError('task.kind = "files" with eval.before_and_after needs task.heldout_files')
+        if self.task.kind == "arithmetic" and self.eval.max_problems > self.task.heldout_size:
             raise ValueError(
                 f"eval.max_problems ({self.eval.max_problems}) exceeds task.heldout_size ({self.task.heldout_size})"
             )

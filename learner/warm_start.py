@@ -21,7 +21,9 @@ from telemetry import log as tlog
 
 
 def warm_start_key(config: Config) -> str:
-    blob = json.dumps({"model": tiny_model_key(config), "task": config.task.model_dump(),
+    # Only what the warm start trains on: the built-in task's split (never the RL data files).
+    task = config.task.model_dump(include={"digits", "operations", "train_size", "heldout_size"})
+    blob = json.dumps({"model": tiny_model_key(config), "task": task,
                        "warm_start": config.warm_start.model_dump(), "seed": config.run.seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -123,6 +123,23 @@ def test_async_eta2_respects_bound_with_two_actors_across_a_stage_switch(tmp_pat
     assert per_group[0] == 4 and min(per_group) < 4 and all(3 <= n <= 4 for n in per_group), per_group
 
 
+def test_training_on_data_files_scores_through_the_verifier_pool(tmp_path):
+    """task.kind = "files": problems from jsonl, rewards from math-verify / the code sandbox in the actor's pool."""
+    data = os.path.join(ROOT, "tests", "data")
+    files = [os.path.join(data, name) for name in ("add_train.jsonl", "math.jsonl", "code.jsonl")]
+    steps = 3
+    run_dir = run_launcher(tmp_path, "files", "--set", 'task.kind="files"', "--set", f"task.train_files={json.dumps(files)}",
+                           "--set", "learner.steps=3", "--set", "actors.max_prompt_tokens=192",
+                           "--set", "actors.verifier_workers=1")
+    summary, learner = check_common(run_dir, 2, steps)
+    assert all(0 < r["reward/mean"] < 1 for r in learner)  # rejection sampling keeps groups with signal
+    with open(os.path.join(run_dir, "logs", "buffer.jsonl")) as f:
+        loaded = [json.loads(line) for line in f if '"training_data"' in line]
+    assert loaded and loaded[0]["problems"] + loaded[0]["dropped_long_prompts"] == 612 and loaded[0]["code"] >= 1
+    actor = [r for r in metrics(run_dir) if r["role"].startswith("actor") and "actor/verify_s" in r]
+    assert actor and all(r["actor/verify_timeouts"] == 0 for r in actor)
+
+
 def _wait_for_step(run_dir, proc, deadline_s=180):
     deadline = time.monotonic() + deadline_s
     path = os.path.join(run_dir, "metrics.jsonl")

@@ -75,3 +75,12 @@ def test_resolved_round_trip(tmp_path):
     dump_resolved(cfg, str(path))
     assert load_resolved(str(path)) == cfg
     assert json.loads(path.read_text())["net"]["sync_port"] == 1234
+
+
+def test_file_tasks_need_existing_files_and_resolve_them():
+    assert "needs train_files" in error_of('task.kind="files"')
+    assert "data files not found" in error_of('task.kind="files"', 'task.train_files=["no/such.jsonl"]')
+    cfg = load_config(None, ['task.kind="files"', 'task.train_files=["tests/data/math.jsonl"]',
+                             "eval.before_and_after=false"])
+    assert cfg.task.train_files[0].startswith("/") and cfg.task.train_files[0].endswith("tests/data/math.jsonl")
+    assert "needs task.heldout_files" in error_of('task.kind="files"', 'task.train_files=["tests/data/math.jsonl"]')
