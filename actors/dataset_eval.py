@@ -53,9 +53,9 @@ def summarise(records: list[dict], k: int) -> dict:
 def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettings, log=print):
     """(problems, per-problem records with k rewards each, timing info)."""
     from actors.engine import Engine
-    from actors.verifier_pool import Job, PoolSettings, VerifierPool
     from tasks.codec import TextCodec
     from tasks.dataset import load_problems
+    from tasks.scoring import Sample, Scorer
 
     start = time.perf_counter()
     codec = TextCodec(model_dir)
@@ -77,18 +77,16 @@ def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettin
                               codec.eos_id, seed=settings.seed)
     gen_s = time.perf_counter() - start
     texts = [[codec.decode(s.token_ids) for s in samples] for samples in outputs]
-    jobs, where = [], []
-    for i, (problem, samples) in enumerate(zip(problems, outputs)):
-        for j, sample in enumerate(samples):
-            if sample.finish_reason != "length":
-                jobs.append(Job(problem.kind, texts[i][j], problem.reference))
-                where.append((i, j))
-    rewards = [[0.0] * settings.k for _ in problems]
-    with VerifierPool(PoolSettings(workers=settings.workers)) as pool:
+    scorer = Scorer(settings.workers, needs_pool=True)
+    try:
         verify_start = time.perf_counter()
-        for (i, j), reward in zip(where, pool.score(jobs)):
-            rewards[i][j] = reward
+        flat = scorer.score([Sample(p.kind, text, p.reference, s.finish_reason == "length")
+                             for p, samples, sample_texts in zip(problems, outputs, texts)
+                             for s, text in zip(samples, sample_texts)])
         verify_s = time.perf_counter() - verify_start
+    finally:
+        scorer.close()
+    rewards = [flat[i * settings.k:(i + 1) * settings.k] for i in range(len(problems))]
     records = [{"id": p.id, "data_source": p.data_source, "kind": p.kind, "rewards": rewards[i],
                 "finish_reasons": [s.finish_reason for s in outputs[i]], "first_response": texts[i][0][:2000]}
                for i, p in enumerate(problems)]

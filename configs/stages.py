@@ -41,11 +41,7 @@ def stages(config) -> list[Stage]:
 
 def stage_at(config, step: int) -> Stage:
     """The stage that training step `step` (0-based, = the learner's version before it) belongs to."""
-    found = stages(config)[0]
-    for stage in stages(config):
-        if stage.start_step <= step:
-            found = stage
-    return found
+    return [s for s in stages(config) if s.start_step <= step][-1]  # stage 0 starts at step 0
 
 
 def groups_through(config, steps: int) -> int:
