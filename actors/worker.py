@@ -4,6 +4,11 @@ Loop (one chunk = one vLLM call over `actors.prompts_per_chunk` prompts):
   swap in staged weights (if any) -> grant_request -> [wait for the version
   the grant requires] -> generate `group_size` samples per prompt -> score ->
   send each group and wait for its ack.
+The evaluating actor (`eval.actor`, when `eval.every_steps` > 0) also runs the
+held-out evaluation (actors/evaluate.py) at the top of the loop after loading
+a version that crosses a multiple of `eval.every_steps`; it holds no grant
+then, so no granted prompt waits on it. Its receiver thread keeps taking
+broadcasts meanwhile, so the learner never waits on an evaluation.
 
 Talks to the buffer by request/reply with deadlines (`net.request_timeout_s`).
 Groups are delivered at least once: a group whose ack does not arrive is sent
@@ -24,6 +29,7 @@ import time
 
 import numpy as np
 
+from actors.evaluate import due, evaluate_engine, heldout, metrics_of, response_tokens
 from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import max_over_stages
@@ -77,10 +83,17 @@ class Actor:
         self.seq = 0
         self.stopping = False
         self.stats = {"tokens": 0, "groups": 0, "gen_s": 0.0, "load_s": [], "recv_s": [], "versions": [0],
-                      "rejected": 0, "wait_weights_s": 0.0}
+                      "rejected": 0, "wait_weights_s": 0.0, "eval_s": 0.0, "evaluated": []}
+        # Periodic held-out evaluation, by one actor only.
+        self.eval_every = config.eval.every_steps if actor_id == config.eval.actor else 0
+        self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
+        self.eval_metrics = MetricsWriter(config.run_dir, "eval") if self.eval_every else None
 
     def _max_model_len(self) -> int:
-        return self.config.actors.max_prompt_tokens + max_over_stages(self.config, "max_response_tokens")
+        response = max_over_stages(self.config, "max_response_tokens")
+        if self.config.eval.every_steps and self.actor_id == self.config.eval.actor:
+            response = max(response, response_tokens(self.config))
+        return self.config.actors.max_prompt_tokens + response
 
     # ------------------------------------------------------------------ weights
 
@@ -95,6 +108,16 @@ class Actor:
         self.metrics.log({"actor/version": self.version, "sync/load_s": load_s, "sync/recv_s": staged.recv_s,
                           "actor/probe_logprob": self.probe()}, step=self.version)
         self.log.info("weights_loaded", version=self.version, load_s=round(load_s, 4))
+
+    def evaluate(self) -> None:
+        """The held-out protocol of eval_before/eval_after on the weights in the engine (version `self.version`)."""
+        result = evaluate_engine(self.config, self.engine, self.codec, self.scorer, self.heldout)
+        self.stats["eval_s"] += result["seconds"]
+        self.stats["evaluated"].append(self.version)
+        self.eval_metrics.log({**metrics_of(result), "eval/version": self.version}, step=self.version)
+        self.metrics.log({"actor/eval_s": result["seconds"]}, step=self.version)
+        self.log.info("eval", version=self.version, accuracy=round(result["accuracy"], 4),
+                      greedy_accuracy=round(result["greedy_accuracy"], 4), seconds=round(result["seconds"], 2))
 
     def probe(self) -> float:
         """Sum of greedy log-probs on a fixed prompt: deterministic for fixed weights, so it
@@ -116,6 +139,10 @@ class Actor:
             staged = self.receiver.take()
             if staged is not None:
                 self.load(staged)
+            last = self.stats["evaluated"][-1] if self.stats["evaluated"] else 0
+            if due(self.version, last, self.eval_every, cfg.learner.steps):
+                self.evaluate()
+                continue  # newer weights may have arrived meanwhile
             reply = self.client.request("grant_request", {"actor_id": self.actor_id, "version": self.version,
                                                           "max_prompts": cfg.actors.prompts_per_chunk},
                                         cfg.net.request_timeout_s)
@@ -205,6 +232,7 @@ class Actor:
             "recv_s_mean": float(np.mean(s["recv_s"])) if s["recv_s"] else 0.0,
             "versions_loaded": s["versions"], "versions_received": list(self.receiver.received_versions),
             "rejected": s["rejected"], "wait_weights_s": s["wait_weights_s"],
+            "eval_s": s["eval_s"], "evaluated_versions": s["evaluated"],
         }
         try:
             self.client.request("bye", {"actor_id": self.actor_id, "stats": summary}, 5.0)

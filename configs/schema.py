@@ -168,8 +168,9 @@ class LearnerConfig(_Section):
     """Optimiser steps of RL, then the run ends."""
     prompts_per_step: int = Field(16, ge=1)
     """Groups (prompts) per optimiser step."""
-    lr: float = Field(1e-3, gt=0)
-    """AdamW learning rate."""
+    lr: float = Field(1e-3, ge=0)
+    """AdamW learning rate. 0 freezes the weights while everything else runs (versions, broadcasts): a systems
+    run that measures throughput and staleness on a fixed policy."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
     grad_clip: float = Field(1.0, gt=0)
@@ -224,6 +225,14 @@ class EvalConfig(_Section):
     """Sampling seed of evaluation: the same random stream before and after RL."""
     max_problems: int = Field(256, ge=1)
     """Held-out problems evaluated (at most `task.heldout_size`)."""
+    every_steps: int = Field(0, ge=0)
+    """Also evaluate during RL, every M policy versions (0 = only before and after). Actor `eval.actor` runs
+    the same protocol with its own engine at the first version it loads at or past each multiple of M and logs
+    `eval/*` at that version; it generates no training data meanwhile (`actor/eval_s`)."""
+    actor: int = Field(0, ge=0)
+    """Which actor (0 .. actors.count-1) runs the evaluations during RL."""
+    max_response_tokens: int | None = Field(None, ge=1)
+    """Response length limit of evaluation (default: `actors.max_response_tokens`, the first stage's)."""
 
 
 class EntropyControlConfig(_Section):
@@ -353,8 +362,12 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":
-        if self.task.kind == "files" and self.eval.before_and_after and not self.task.heldout_files:
-            raise ValueError('task.kind = "files" with eval.before_and_after needs task.heldout_files')
+        if self.task.kind == "files" and not self.task.heldout_files and (self.eval.before_and_after
+                                                                          or self.eval.every_steps):
+            raise ValueError('task.kind = "files" needs task.heldout_files to evaluate on (or eval.before_and_after '
+                             '= false and eval.every_steps = 0 to train without evaluating)')
+        if self.eval.every_steps and self.eval.actor >= self.actors.count:
+            raise ValueError(f"eval.actor ({self.eval.actor}) must be below actors.count ({self.actors.count})")
         if self.task.kind == "arithmetic" and self.eval.max_problems > self.task.heldout_size:
             raise ValueError(
                 f"eval.max_problems ({self.eval.max_problems}) exceeds task.heldout_size ({self.task.heldout_size})"

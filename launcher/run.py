@@ -116,7 +116,7 @@ def run(config: Config) -> dict:
         print("evaluating the starting policy on the held-out split ...", flush=True)
         run_phase("eval_before", "actors.evaluate", ["--config", cfg_path, "--model", config.model.path,
                                                      "--out", os.path.join(run_dir, "eval_before.json"),
-                                                     "--tag", "eval_before"], logs, 900)
+                                                     "--tag", "eval_before", "--version", "0"], logs, 900)
         print(f"  accuracy before RL: {json.load(open(os.path.join(run_dir, 'eval_before.json')))['accuracy']:.3f}")
 
     print(f"starting buffer, learner and {config.actors.count} actor(s) ...", flush=True)
@@ -140,7 +140,8 @@ def run(config: Config) -> dict:
         print("evaluating the trained policy ...", flush=True)
         run_phase("eval_after", "actors.evaluate", ["--config", cfg_path, "--model", os.path.join(run_dir, "final"),
                                                     "--out", os.path.join(run_dir, "eval_after.json"),
-                                                    "--tag", "eval_after"], logs, 900)
+                                                    "--tag", "eval_after", "--version", str(config.learner.steps)],
+                  logs, 900)
     summary = build_summary(run_dir, config.actors.count, rl_wall)
     summary["total_wall_s"] = time.monotonic() - wall_start
     with open(os.path.join(run_dir, "summary.json"), "w") as f:

@@ -22,6 +22,7 @@ FIELDS = [
     ("dropped stale", "buffer/dropped_stale", "{:.0f}"),
     ("actor tok/s", "actor/tokens_per_s", "{:.0f}"),
     ("wait for batch", "learner/wait_for_batch_frac", "{:.0%}"),
+    ("eval acc", "eval/accuracy", "{:.3f}"),
 ]
 
 

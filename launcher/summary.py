@@ -38,6 +38,7 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         "filtering": {**buffer.get("rejection_sampling", {}), "online_filtered": buffer.get("online_filtered", 0)},
         "wall_s": wall_s,
     }
+    summary["eval_curve"] = eval_curve(run_dir)
     before, after = os.path.join(run_dir, "eval_before.json"), os.path.join(run_dir, "eval_after.json")
     if os.path.exists(before) and os.path.exists(after):
         b, a = _load(before), _load(after)
@@ -47,6 +48,16 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
     return summary
 
 
+def eval_curve(run_dir: str) -> list[dict]:
+    """Every held-out evaluation of the run (before, every `eval.every_steps`, after), by policy version."""
+    from telemetry.metrics import read_metrics
+
+    records, _ = read_metrics(run_dir)
+    points = [{"version": r["step"], "accuracy": r["eval/accuracy"], "greedy_accuracy": r["eval/greedy_accuracy"],
+               "pass_at_k": r["eval/pass_at_k"]} for r in records if r.get("role") == "eval"]
+    return sorted(points, key=lambda p: p["version"])
+
+
 def human(summary: dict) -> str:
     e, l, a, s, y = summary["eval"], summary["learner"], summary["actors"], summary["staleness"], summary["sync"]
     lines = ["", "== asyncor run summary =="]
@@ -54,6 +65,9 @@ def human(summary: dict) -> str:
         lines.append(f"held-out accuracy   {e['before']:.3f} -> {e['after']:.3f}  ({e['after'] - e['before']:+.3f}; "
                      f"avg@{e['samples_per_problem']} at temperature {e['temperature']}, {e['n']} problems)")
         lines.append(f"  greedy            {e['greedy_before']:.3f} -> {e['greedy_after']:.3f}")
+    curve = summary.get("eval_curve", [])
+    if len(curve) > 2 or (curve and not e):
+        lines.append("eval by version     " + ", ".join(f"v{p['version']} {p['accuracy']:.3f}" for p in curve))
     lines += [
         f"learner             {l['steps']} steps, {l['tokens_per_s']:.0f} tok/s, waiting for batches {l['wait_for_batch_frac']:.0%} of the time",
         f"actors              {a['count']} x vLLM, {a['tokens_per_s']:.0f} tok/s in all",

@@ -25,7 +25,7 @@ def launch_args(tmp_path, name, *overrides):
     return [sys.executable, os.path.join(ROOT, "launch.py"), "run",
             "--set", f"run.name={name}", "--set", f"run.output_dir={tmp_path}",
             "--set", f"run.cache_dir={os.path.join(ROOT, '.cache', 'asyncor-tests')}",
-            "--set", "eval.before_and_after=false",
+            "--set", "eval.before_and_after=false", "--set", "eval.every_steps=0",
             "--set", "learner.prompts_per_step=4", "--set", "actors.prompts_per_chunk=4",
             "--set", "actors.group_size=4", "--set", "run.max_wall_s=240", *overrides]
 
@@ -127,8 +127,11 @@ def test_training_on_data_files_scores_through_the_verifier_pool(tmp_path):
     """task.kind = "files": problems from jsonl, rewards from math-verify / the code sandbox in the actor's pool."""
     data = os.path.join(ROOT, "tests", "data")
     files = [os.path.join(data, name) for name in ("add_train.jsonl", "math.jsonl", "code.jsonl")]
+    heldout = [os.path.join(data, name) for name in ("math.jsonl", "add_heldout.jsonl")]
     steps = 3
     run_dir = run_launcher(tmp_path, "files", "--set", 'task.kind="files"', "--set", f"task.train_files={json.dumps(files)}",
+                           "--set", f"task.heldout_files={json.dumps(heldout)}", "--set", "eval.every_steps=1",
+                           "--set", "eval.max_problems=16",
                            "--set", "learner.steps=3", "--set", "actors.max_prompt_tokens=192",
                            "--set", "actors.verifier_workers=1")
     summary, learner = check_common(run_dir, 2, steps)
@@ -138,6 +141,13 @@ def test_training_on_data_files_scores_through_the_verifier_pool(tmp_path):
     assert loaded and loaded[0]["problems"] + loaded[0]["dropped_long_prompts"] == 612 and loaded[0]["code"] >= 1
     actor = [r for r in metrics(run_dir) if r["role"].startswith("actor") and "actor/verify_s" in r]
     assert actor and all(r["actor/verify_timeouts"] == 0 for r in actor)
+    # Evaluation during RL on the held-out files, through the same verifier pool, reported per data source
+    # (8 sample math problems + 8 additions); the final version is the after phase's, off here.
+    evals = [r for r in metrics(run_dir) if r["role"] == "eval"]
+    assert evals and all(0 < r["step"] < steps for r in evals)
+    for r in evals:
+        by_source = (r["eval/accuracy/sample_math"] + r["eval/accuracy/add2"]) / 2
+        assert abs(by_source - r["eval/accuracy"]) < 1e-9 and 0 <= r["eval/greedy_accuracy"] <= 1
 
 
 def _wait_for_step(run_dir, proc, deadline_s=180):
@@ -201,8 +211,13 @@ def test_bad_config_is_refused_before_any_process_starts(tmp_path):
 
 
 def test_default_path_with_warm_start_and_eval_writes_the_documented_summary(tmp_path):
+    """Also evaluation during RL. With learner.lr = 0 every version has the starting weights, so the actor's
+    evaluations at versions 1 and 2 (its own engine, weights received by broadcast) must give exactly the
+    before / after phases' numbers (a fresh engine on the saved policy): one protocol, one curve."""
+    steps = 3
     run_dir = run_launcher(tmp_path, "full", "--set", "eval.before_and_after=true", "--set", "eval.max_problems=16",
-                           "--set", "learner.steps=2")
+                           "--set", f"learner.steps={steps}", "--set", "eval.every_steps=1", "--set", "learner.lr=0",
+                           "--set", "buffer.max_staleness=0")
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     for section, keys in {"eval": ["before", "after", "n"], "learner": ["steps", "tokens_per_s", "wait_for_batch_frac"],
@@ -211,6 +226,15 @@ def test_default_path_with_warm_start_and_eval_writes_the_documented_summary(tmp
                           "filtering": ["solve_all", "solve_none", "online_filtered"]}.items():
         assert set(keys) <= set(summary[section]), section
     assert summary["eval"]["n"] == 16 and 0.0 <= summary["eval"]["before"] <= 1.0 and summary["wall_s"] > 0
+    curve = summary["eval_curve"]
+    assert [p["version"] for p in curve] == [0, 1, 2, steps]  # before, every step in between, after
+    assert len({(p["accuracy"], p["greedy_accuracy"], p["pass_at_k"]) for p in curve}) == 1, curve
+    assert curve[0]["accuracy"] == summary["eval"]["before"]
+    evals = [r for r in metrics(run_dir) if r["role"] == "eval"]
+    assert all(r["eval/version"] == r["step"] and r["eval/accuracy/arithmetic"] == r["eval/accuracy"] for r in evals)
+    with open(os.path.join(run_dir, "roles", "actor0.json")) as f:
+        actor = json.load(f)
+    assert actor["evaluated_versions"] == [1, 2] and actor["eval_s"] > 0
     with open(os.path.join(run_dir, "config.json")) as f:
         resolved = json.load(f)
     assert resolved["model"]["path"] and all(resolved["net"][k] for k in ("buffer_actor_port", "store_port"))
