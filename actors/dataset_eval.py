@@ -50,12 +50,21 @@ def summarise(records: list[dict], k: int) -> dict:
             "by_source": {s: stats([r for r in records if r["data_source"] == s]) for s in sources}}
 
 
+def rewards_per_problem(scorer, codec, kinds: list[str], references: list, outputs) -> np.ndarray:
+    """(problems, k) rewards of the engine's outputs, through the Scorer (truncated samples score 0)."""
+    from tasks.scoring import Sample
+
+    flat = scorer.score([Sample(kind, codec.decode(s.token_ids), ref, s.finish_reason == "length")
+                         for kind, ref, samples in zip(kinds, references, outputs) for s in samples])
+    return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1)
+
+
 def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettings, log=print):
     """(problems, per-problem records with k rewards each, timing info)."""
     from actors.engine import Engine
     from tasks.codec import TextCodec
     from tasks.dataset import load_problems
-    from tasks.scoring import Sample, Scorer
+    from tasks.scoring import Scorer
 
     start = time.perf_counter()
     codec = TextCodec(model_dir)
@@ -76,19 +85,17 @@ def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettin
     outputs = engine.generate(prompt_ids, settings.k, settings.temperature, settings.top_p, settings.max_tokens,
                               codec.eos_id, seed=settings.seed)
     gen_s = time.perf_counter() - start
-    texts = [[codec.decode(s.token_ids) for s in samples] for samples in outputs]
     scorer = Scorer(settings.workers, needs_pool=True)
     try:
         verify_start = time.perf_counter()
-        flat = scorer.score([Sample(p.kind, text, p.reference, s.finish_reason == "length")
-                             for p, samples, sample_texts in zip(problems, outputs, texts)
-                             for s, text in zip(samples, sample_texts)])
+        rewards = rewards_per_problem(scorer, codec, [p.kind for p in problems], [p.reference for p in problems],
+                                      outputs)
         verify_s = time.perf_counter() - verify_start
     finally:
         scorer.close()
-    rewards = [flat[i * settings.k:(i + 1) * settings.k] for i in range(len(problems))]
-    records = [{"id": p.id, "data_source": p.data_source, "kind": p.kind, "rewards": rewards[i],
-                "finish_reasons": [s.finish_reason for s in outputs[i]], "first_response": texts[i][0][:2000]}
+    records = [{"id": p.id, "data_source": p.data_source, "kind": p.kind, "rewards": rewards[i].tolist(),
+                "finish_reasons": [s.finish_reason for s in outputs[i]],
+                "first_response": codec.decode(outputs[i][0].token_ids)[:2000]}
                for i, p in enumerate(problems)]
     info = {"model": model_dir, "data": data_paths, "dropped_long_prompts": dropped,
             "temperature": settings.temperature, "max_tokens": settings.max_tokens,

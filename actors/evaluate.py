@@ -24,8 +24,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from configs.loader import load_resolved
 from configs.schema import Config
 from telemetry import log as tlog
@@ -75,27 +73,24 @@ def due(version: int, last_evaluated: int, every: int, final_version: int) -> bo
 
 
 def evaluate_engine(config: Config, engine, codec, scorer, problems: Heldout) -> dict:
-    from tasks.scoring import Sample
+    from actors.dataset_eval import rewards_per_problem, summarise
 
     cfg = config.eval
     max_tokens = response_tokens(config)
 
-    def rewards(temperature: float, k: int) -> np.ndarray:
+    def rewards(temperature: float, k: int):
         outputs = engine.generate(problems.prompts, k, temperature, 1.0, max_tokens, codec.eos_id, seed=cfg.seed)
-        flat = scorer.score([Sample(kind, codec.decode(s.token_ids), ref, s.finish_reason == "length")
-                             for kind, ref, samples in zip(problems.kinds, problems.references, outputs)
-                             for s in samples])
-        return np.asarray(flat, dtype=np.float64).reshape(len(problems), k)
+        return rewards_per_problem(scorer, codec, problems.kinds, problems.references, outputs)
 
     start = time.perf_counter()
     greedy = rewards(0.0, 1)
     k = cfg.samples_per_problem if cfg.temperature > 0 else 1
     main = rewards(cfg.temperature, k) if cfg.temperature > 0 else greedy  # never decode greedily twice
-    sources = np.asarray(problems.sources)
-    return {"accuracy": float(main.mean()), "n": len(problems), "samples_per_problem": k,
+    stats = summarise([{"data_source": s, "rewards": r} for s, r in zip(problems.sources, main)], k)
+    return {"accuracy": stats["overall"][f"avg@{k}"], "n": len(problems), "samples_per_problem": k,
             "temperature": cfg.temperature, "greedy_accuracy": float(greedy.mean()),
-            "pass_at_k": float((main > 0).any(axis=1).mean()),
-            "by_source": {s: float(main[sources == s].mean()) for s in sorted(set(problems.sources))},
+            "pass_at_k": stats["overall"][f"pass@{k}"],
+            "by_source": {s: row[f"avg@{k}"] for s, row in stats["by_source"].items()},
             "max_response_tokens": max_tokens, "seconds": time.perf_counter() - start}
 
 

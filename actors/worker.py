@@ -70,6 +70,8 @@ class Actor:
                                        pick_backend(config.sync.backend, device), config.sync.timeout_s, device)
         self.receiver.start()
         self.codec = TextCodec(config.model.path)
+        # Periodic held-out evaluation, by one actor only.
+        self.eval_every = config.eval.every_steps if actor_id == config.eval.actor else 0
         # Verifier processes start before vLLM (spawned, never forked from the engine's process state).
         self.scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
                              needs_pool=config.task.kind == "files")
@@ -84,14 +86,12 @@ class Actor:
         self.stopping = False
         self.stats = {"tokens": 0, "groups": 0, "gen_s": 0.0, "load_s": [], "recv_s": [], "versions": [0],
                       "rejected": 0, "wait_weights_s": 0.0, "eval_s": 0.0, "evaluated": []}
-        # Periodic held-out evaluation, by one actor only.
-        self.eval_every = config.eval.every_steps if actor_id == config.eval.actor else 0
         self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
         self.eval_metrics = MetricsWriter(config.run_dir, "eval") if self.eval_every else None
 
     def _max_model_len(self) -> int:
         response = max_over_stages(self.config, "max_response_tokens")
-        if self.config.eval.every_steps and self.actor_id == self.config.eval.actor:
+        if self.eval_every:
             response = max(response, response_tokens(self.config))
         return self.config.actors.max_prompt_tokens + response
 
