@@ -118,14 +118,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         from launcher.run import RunFailed, run
+        from launcher.stop_signals import Interrupted
 
         try:
             run(config)
         except RunFailed as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted: every role was stopped.", file=sys.stderr)
+        except Interrupted as exc:  # Ctrl-C, SIGTERM or SIGHUP while running: exit 128 + the signal's number
+            print(f"\ninterrupted ({exc.name}): every role was stopped.", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:  # Ctrl-C in the instant before run() installs its handlers
+            print("\ninterrupted before any role started.", file=sys.stderr)
             return 130
         return 0
     parser.print_help()

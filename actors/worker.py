@@ -15,8 +15,11 @@ Groups are delivered at least once: a group whose ack does not arrive is sent
 again with the same (actor_id, seq), which the buffer dedupes. A group the
 buffer reports `full` is retried after a pause; one it `rejected` is logged
 and counted (it is a bug on this side, never silently dropped). On `stop`
-(the learner is done) or SIGTERM the actor says `bye` with its figures and
-exits.
+(the learner is done) the actor says `bye` with its figures and exits.
+SIGTERM (the launcher stopping the run) unwinds whatever the actor is blocked
+in (generation, a request to a buffer that may be gone, a wait for weights),
+stops its verifier processes and exits at once; only while it is already
+finishing after `stop` is SIGTERM left to the launcher's SIGKILL.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -36,6 +40,10 @@ from configs.stages import max_over_stages
 from telemetry import log as tlog
 
 GROUP_SEND_ATTEMPTS = 3
+
+
+class Stopped(BaseException):
+    """Raised by the SIGTERM handler (a BaseException, like KeyboardInterrupt, so no `except Exception` eats it)."""
 
 
 def cpu_cores_for(actor_id: int, threads: int) -> str:
@@ -83,7 +91,7 @@ class Actor:
                              config.buffer.max_message_bytes, "buffer")
         self.version = 0  # the weights on disk are policy version 0
         self.seq = 0
-        self.stopping = False
+        self.finishing = False  # after `stop`: saying bye and writing the figures
         self.stats = {"tokens": 0, "groups": 0, "gen_s": 0.0, "load_s": [], "recv_s": [], "versions": [0],
                       "rejected": 0, "wait_weights_s": 0.0, "eval_s": 0.0, "evaluated": []}
         self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
@@ -135,7 +143,7 @@ class Actor:
         self.client.request("hello", {"actor_id": self.actor_id}, cfg.net.request_timeout_s)
         self.metrics.log({"actor/version": 0, "actor/probe_logprob": self.probe()}, step=0)
         started = time.perf_counter()
-        while not self.stopping:
+        while True:
             staged = self.receiver.take()
             if staged is not None:
                 self.load(staged)
@@ -223,6 +231,7 @@ class Actor:
         raise RuntimeError(f"group seq={group.seq} not acknowledged after {GROUP_SEND_ATTEMPTS} attempts")
 
     def finish(self) -> None:
+        self.finishing = True
         s = self.stats
         summary = {
             "tokens": s["tokens"], "groups": s["groups"], "gen_s": s["gen_s"], "wall_s": s.get("wall_s", 0.0),
@@ -241,15 +250,28 @@ class Actor:
         os.makedirs(os.path.join(self.config.run_dir, "roles"), exist_ok=True)
         with open(os.path.join(self.config.run_dir, "roles", f"actor{self.actor_id}.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        self.close()
+        self.log.info("exit", tokens=s["tokens"], groups=s["groups"])
+
+    def close(self) -> None:
         self.receiver.stop()
         self.scorer.close()
-        self.log.info("exit", tokens=s["tokens"], groups=s["groups"])
+
+    def on_sigterm(self, *_) -> None:
+        if not self.finishing:
+            raise Stopped
 
 
 def main(config: Config, actor_id: int) -> None:
-    actor = Actor(config, actor_id)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(actor, "stopping", True))
-    actor.run()
+    actor = Actor(config, actor_id)  # SIGTERM meanwhile: the default action (nothing to say goodbye to yet)
+    signal.signal(signal.SIGTERM, actor.on_sigterm)
+    try:
+        actor.run()
+    except Stopped:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's SIGKILL bounds the rest
+        actor.close()
+        actor.log.info("stopped", reason="SIGTERM", tokens=actor.stats["tokens"], groups=actor.stats["groups"])
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Each role runs as `python -m <module> ...` in a new session (its own process
 group, so a signal reaches it and everything it started), with
 PR_SET_PDEATHSIG so it is terminated even if the launcher itself is killed.
 stdout and stderr go to `logs/<name>.out`. `stop_all` sends SIGTERM to every
-group, waits up to `grace_s`, then SIGKILLs what is left.
+group, waits up to `grace_s`, then SIGKILLs what is left; it never waits
+longer than `grace_s + reap_s`.
 """
 
 from __future__ import annotations
@@ -70,8 +71,13 @@ def _signal_group(child: Child, sig: int) -> None:
         pass
 
 
-def stop_all(children: list[Child], grace_s: float = 5.0) -> None:
-    """SIGTERM every process group, then SIGKILL whatever is still alive after `grace_s`."""
+def stop_all(children: list[Child], grace_s: float = 5.0, reap_s: float = 5.0) -> list[str]:
+    """SIGTERM every process group, SIGKILL whatever is left after `grace_s`; at most grace_s + reap_s in all.
+
+    Every group gets its SIGKILL even when a role exited by itself (its grandchildren may not have),
+    and before any wait, so one process stuck in the kernel cannot keep the others alive. Returns the
+    names of roles still not reaped after `reap_s` (never seen in practice; the caller reports them).
+    """
     for c in children:
         if c.returncode is None:
             _signal_group(c, signal.SIGTERM)
@@ -79,6 +85,12 @@ def stop_all(children: list[Child], grace_s: float = 5.0) -> None:
     while time.monotonic() < deadline and any(c.returncode is None for c in children):
         time.sleep(0.05)
     for c in children:
-        _signal_group(c, signal.SIGKILL)  # also reaps grandchildren of exited roles
-        if c.returncode is None:
-            c.proc.wait(timeout=5)
+        _signal_group(c, signal.SIGKILL)
+    deadline = time.monotonic() + reap_s
+    stuck = []
+    for c in children:
+        try:
+            c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            stuck.append(f"{c.name} (pid {c.proc.pid})")
+    return stuck

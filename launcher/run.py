@@ -3,9 +3,10 @@
 The launcher is a supervisor only: every piece of work runs in a child process
 (launcher/processes.py) with its own log. It polls the children twice a
 second: the run succeeds when the learner exits 0 and the buffer and actors
-follow; any role exiting with an error, Ctrl-C, or `run.max_wall_s` passing
-stops every child within a few seconds and reports which role failed and the
-end of its log.
+follow; any role exiting with an error, a stop signal (Ctrl-C, SIGTERM,
+SIGHUP: launcher/stop_signals.py), or `run.max_wall_s` passing stops every
+child within `SHUTDOWN_GRACE_S` + `REAP_S` seconds and reports which role
+failed and the end of its log.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 
 from configs.loader import dump_resolved
@@ -21,10 +23,12 @@ from launcher.placement import role_env, visible_gpus
 from launcher.ports import assign_ports
 from launcher.processes import Child, spawn, stop_all
 from launcher.status import StatusView
+from launcher.stop_signals import StopSignals
 from launcher.summary import build_summary, human
 
 POLL_S = 0.5
-SHUTDOWN_GRACE_S = 5.0
+SHUTDOWN_GRACE_S = 5.0  # SIGTERM -> SIGKILL
+REAP_S = 3.0  # SIGKILL -> reaped
 DRAIN_S = 30.0
 
 
@@ -37,17 +41,26 @@ def _fail(child: Child, what: str) -> RunFailed:
                      f"--- last lines of {child.log_path} ---\n{child.tail()}")
 
 
-def run_phase(name: str, module: str, args: list[str], log_dir: str, timeout_s: float) -> None:
-    """One child that must finish (warm start, evaluation), with Ctrl-C and deadline handling."""
+def stop_children(children: list[Child]) -> None:
+    stuck = stop_all(children, SHUTDOWN_GRACE_S, REAP_S)
+    if stuck:
+        print(f"warning: {', '.join(stuck)} not reaped {REAP_S:.0f}s after SIGKILL (stuck in the kernel?)",
+              file=sys.stderr, flush=True)
+
+
+def run_phase(name: str, module: str, args: list[str], log_dir: str, timeout_s: float, stop: StopSignals) -> None:
+    """One child that must finish (warm start, evaluation), with stop-signal and deadline handling."""
+    stop.check()
     child = spawn(name, module, args, log_dir)
     deadline = time.monotonic() + timeout_s
     try:
         while child.returncode is None:
+            stop.check()
             if time.monotonic() > deadline:
                 raise RunFailed(f"{name} did not finish within {timeout_s:.0f}s")
             time.sleep(0.2)
     finally:
-        stop_all([child], SHUTDOWN_GRACE_S)
+        stop_children([child])
     if child.returncode != 0:
         raise _fail(child, name)
 
@@ -72,10 +85,11 @@ def learner_finished(config: Config) -> bool:
     return os.path.exists(os.path.join(config.run_dir, "roles", "learner.json"))
 
 
-def supervise(config: Config, children: list[Child], learner: Child, view: StatusView) -> None:
+def supervise(config: Config, children: list[Child], learner: Child, view: StatusView, stop: StopSignals) -> None:
     started = time.monotonic()
     learner_done_at = None
     while True:
+        stop.check()
         view.poll()
         for c in children:
             if c.returncode not in (None, 0):
@@ -97,6 +111,12 @@ def supervise(config: Config, children: list[Child], learner: Child, view: Statu
 
 
 def run(config: Config) -> dict:
+    """Raises RunFailed, or launcher.stop_signals.Interrupted after a stop signal (every role stopped)."""
+    with StopSignals() as stop:
+        return _run(config, stop)
+
+
+def _run(config: Config, stop: StopSignals) -> dict:
     wall_start = time.monotonic()
     run_dir = prepare_run_dir(config)
     logs = os.path.join(run_dir, "logs")
@@ -107,7 +127,7 @@ def run(config: Config) -> dict:
 
     print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
     policy_json = os.path.join(run_dir, "policy.json")
-    run_phase("prepare", "learner.warm_start", ["--config", cfg_path, "--out", policy_json], logs, 1800)
+    run_phase("prepare", "learner.warm_start", ["--config", cfg_path, "--out", policy_json], logs, 1800, stop)
     with open(policy_json) as f:
         config.model.path = json.load(f)["model_dir"]
     dump_resolved(config, cfg_path)  # the fully resolved config: ports and the policy actually used
@@ -116,24 +136,27 @@ def run(config: Config) -> dict:
         print("evaluating the starting policy on the held-out split ...", flush=True)
         run_phase("eval_before", "actors.evaluate", ["--config", cfg_path, "--model", config.model.path,
                                                      "--out", os.path.join(run_dir, "eval_before.json"),
-                                                     "--tag", "eval_before", "--version", "0"], logs, 900)
+                                                     "--tag", "eval_before", "--version", "0"], logs, 900, stop)
         print(f"  accuracy before RL: {json.load(open(os.path.join(run_dir, 'eval_before.json')))['accuracy']:.3f}")
 
     print(f"starting buffer, learner and {config.actors.count} actor(s) ...", flush=True)
     rl_start = time.monotonic()
     gpus = visible_gpus()
-    children = [spawn("buffer", "buffer.service", ["--config", cfg_path], logs)]
-    learner = spawn("learner", "learner.trainer", ["--config", cfg_path], logs, role_env("learner", 0, gpus))
-    children.append(learner)
-    for i in range(config.actors.count):
-        children.append(spawn(f"actor{i}", "actors.worker", ["--config", cfg_path, "--actor-id", str(i)], logs,
-                              role_env("actor", i, gpus)))
-    view = StatusView(run_dir, config.learner.steps)
-    try:
-        supervise(config, children, learner, view)
+    children: list[Child] = []
+    view = None
+    try:  # a failure part-way through starting the roles still stops the ones already started
+        children.append(spawn("buffer", "buffer.service", ["--config", cfg_path], logs))
+        learner = spawn("learner", "learner.trainer", ["--config", cfg_path], logs, role_env("learner", 0, gpus))
+        children.append(learner)
+        for i in range(config.actors.count):
+            children.append(spawn(f"actor{i}", "actors.worker", ["--config", cfg_path, "--actor-id", str(i)], logs,
+                                  role_env("actor", i, gpus)))
+        view = StatusView(run_dir, config.learner.steps)
+        supervise(config, children, learner, view, stop)
     finally:
-        view.close()
-        stop_all(children, SHUTDOWN_GRACE_S)
+        if view is not None:
+            view.close()
+        stop_children(children)
     rl_wall = time.monotonic() - rl_start
 
     if config.eval.before_and_after:
@@ -141,7 +164,7 @@ def run(config: Config) -> dict:
         run_phase("eval_after", "actors.evaluate", ["--config", cfg_path, "--model", os.path.join(run_dir, "final"),
                                                     "--out", os.path.join(run_dir, "eval_after.json"),
                                                     "--tag", "eval_after", "--version", str(config.learner.steps)],
-                  logs, 900)
+                  logs, 900, stop)
     summary = build_summary(run_dir, config.actors.count, rl_wall)
     summary["total_wall_s"] = time.monotonic() - wall_start
     with open(os.path.join(run_dir, "summary.json"), "w") as f:

@@ -182,22 +182,90 @@ def test_dead_actor_stops_everything_without_orphans(tmp_path):
     assert not children_of(run_dir)
 
 
-def test_ctrl_c_stops_everything_without_orphans(tmp_path):
-    run_dir = os.path.join(tmp_path, "ctrlc")
-    proc = subprocess.Popen(launch_args(tmp_path, "ctrlc", "--set", "learner.steps=10000"), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def descendants(root):
+    """{pid: start time} of every live process below `root` (ppid links, read from /proc)."""
+    parent, started = {}, {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parent[int(pid)], started[int(pid)] = int(fields[1]), fields[19]
+    found, frontier = {}, [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in found]
+        found.update({pid: started[pid] for pid in frontier})
+    return found
+
+
+def still_alive(processes):
+    """Those of `processes` ({pid: start time}) that still run (same pid, same start time, not a zombie)."""
+    alive = []
+    for pid, start in processes.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and fields[19] == start:
+            alive.append(pid)
+    return alive
+
+
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig, scenario", [
+    # Issue 10: a non-interactive shell starts background jobs (`launch.py run &`, CI runners, harnesses)
+    # with SIGINT ignored and Python keeps that, so the launcher ignored the signal and this test timed
+    # out in communicate() (30 s). Run here with the inherited SIG_IGN and a busy core beside it.
+    pytest.param(signal.SIGINT, "sigint_inherited_ignored_busy_core", id="sigint_inherited_ignored_busy_core"),
+    # SIGTERM (kill, scancel, a job's time limit) on the files task: the actor's verifier processes
+    # must go too.
+    pytest.param(signal.SIGTERM, "sigterm_files_task", id="sigterm_files_task"),
+])
+def test_stop_signal_stops_every_process_within_10s(tmp_path, sig, scenario):
+    run_dir = os.path.join(tmp_path, "stop")
+    overrides = ["--set", "learner.steps=10000"]
+    if scenario == "sigterm_files_task":
+        data = os.path.join(ROOT, "tests", "data")
+        files = [os.path.join(data, name) for name in ("add_train.jsonl", "math.jsonl", "code.jsonl")]
+        overrides += ["--set", 'task.kind="files"', "--set", f"task.train_files={json.dumps(files)}",
+                      "--set", "actors.max_prompt_tokens=192", "--set", "actors.verifier_workers=2"]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if "busy" in scenario else None
+    proc = subprocess.Popen(launch_args(tmp_path, "stop", *overrides), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ignore_sigint if "inherited_ignored" in scenario else None)
     try:
         _wait_for_step(run_dir, proc)
-        proc.send_signal(signal.SIGINT)
+        started = descendants(proc.pid)
+        if scenario == "sigterm_files_task":
+            pool = [p for p in started if b"multiprocessing" in open(f"/proc/{p}/cmdline", "rb").read()]
+            assert len(pool) >= 2, "the verifier processes should be running"
+        proc.send_signal(sig)
         sent_at = time.monotonic()
+        # communicate() returns once the launcher exited and nothing holds its stdout / stderr.
         out, err = proc.communicate(timeout=30)
-        assert time.monotonic() - sent_at < 10
+        took = time.monotonic() - sent_at
     finally:
+        if busy is not None:
+            busy.kill()
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and "interrupted" in err
-    time.sleep(0.5)
+    assert took < 10, took
+    assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
+    assert f"interrupted ({signal.Signals(sig).name})" in err
+    assert len(started) >= 3  # buffer, learner, actor (and what they started)
+    assert not still_alive(started), [open(f"/proc/{p}/cmdline", "rb").read() for p in still_alive(started)]
     assert not children_of(run_dir)
+    with open(os.path.join(run_dir, "logs", "actor0.jsonl")) as f:
+        actor_events = [json.loads(line)["event"] for line in f]
+    assert "stopped" in actor_events  # the actor unwound on SIGTERM instead of waiting for SIGKILL
 
 
 def test_bad_config_is_refused_before_any_process_starts(tmp_path):
