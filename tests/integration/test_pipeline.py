@@ -73,8 +73,8 @@ def check_common(run_dir, eta, steps):
     assert len(learner) == steps
     # Every trained group obeyed the bound (the learner logs the staleness of each batch it trained on).
     assert all(r["learner/staleness_max"] <= eta for r in learner)
-    # Every actor received every broadcast and loaded new versions into vLLM (an actor told to stop
-    # may not load the last ones), and the engine's log-probs changed with them.
+    # Every actor received every broadcast and loaded new weights into vLLM (it takes the newest staged
+    # version at each chunk boundary, and every broadcast ends before the actors are told to stop).
     loaded = set()
     for i in range(summary["actors"]["count"]):
         with open(os.path.join(run_dir, "roles", f"actor{i}.json")) as f:
@@ -82,10 +82,17 @@ def check_common(run_dir, eta, steps):
         assert actor["versions_received"] == list(range(1, steps + 1))
         assert max(actor["versions_loaded"]) > 0
         loaded |= set(actor["versions_loaded"])
-    assert len(loaded) >= 3, loaded
+    # Which versions were loaded in between depends on timing (the newest staged version replaces older
+    # ones), except where the bound forces it: the last batch, trained at version steps - 1, was generated
+    # by version >= steps - 1 - eta, and with eta = 0 every version 0 .. steps - 1 generated a batch.
+    # (Issue 10: `len(loaded) >= 3` failed once with a busy core, the files run loading {0, 3}.)
+    assert max(loaded) >= steps - 1 - eta, loaded
+    if eta == 0:
+        assert set(range(steps)) <= loaded, loaded
+    # The engine's log-probs changed with its weights: a distinct probe value for every version loaded.
     probes = {r["step"]: r["actor/probe_logprob"] for r in records if r.get("actor/probe_logprob") is not None}
-    assert 0 in probes and len(probes) >= 3
-    assert len({round(v, 5) for v in probes.values()}) >= 3, probes
+    assert set(probes) == loaded, (set(probes), loaded)
+    assert len(set(probes.values())) == len(probes), probes
     return summary, learner
 
 
@@ -133,8 +140,10 @@ def test_training_on_data_files_scores_through_the_verifier_pool(tmp_path):
                            "--set", f"task.heldout_files={json.dumps(heldout)}", "--set", "eval.every_steps=1",
                            "--set", "eval.max_problems=16",
                            "--set", "learner.steps=3", "--set", "actors.max_prompt_tokens=192",
-                           "--set", "actors.verifier_workers=1")
-    summary, learner = check_common(run_dir, 2, steps)
+                           "--set", "actors.verifier_workers=1", "--set", "buffer.max_staleness=0")
+    # eta = 0 makes the actor load (and evaluate) versions 1 and 2 whatever the timing; with eta = 2 a
+    # busy machine once let it generate every batch at version 0 and load only version 3 (issue 10).
+    summary, learner = check_common(run_dir, 0, steps)
     assert all(0 < r["reward/mean"] < 1 for r in learner)  # rejection sampling keeps groups with signal
     with open(os.path.join(run_dir, "logs", "buffer.jsonl")) as f:
         loaded = [json.loads(line) for line in f if '"training_data"' in line]
@@ -144,7 +153,7 @@ def test_training_on_data_files_scores_through_the_verifier_pool(tmp_path):
     # Evaluation during RL on the held-out files, through the same verifier pool, reported per data source
     # (8 sample math problems + 8 additions); the final version is the after phase's, off here.
     evals = [r for r in metrics(run_dir) if r["role"] == "eval"]
-    assert evals and all(0 < r["step"] < steps for r in evals)
+    assert [r["step"] for r in evals] == [1, 2]
     for r in evals:
         by_source = (r["eval/accuracy/sample_math"] + r["eval/accuracy/add2"]) / 2
         assert abs(by_source - r["eval/accuracy"]) < 1e-9 and 0 <= r["eval/greedy_accuracy"] <= 1
