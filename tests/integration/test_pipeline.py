@@ -42,23 +42,33 @@ def metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""  # gone meanwhile (a sandboxed program lives for milliseconds)
+
+
+def proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name ([0] state, [1] ppid, [19] start time), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def live_pids():
+    """{pid: stat fields} of every process that is not a zombie."""
+    found = {int(pid): proc_stat(pid) for pid in os.listdir("/proc") if pid.isdigit()}
+    return {pid: stat for pid, stat in found.items() if stat and stat[0] != "Z"}
+
+
 def children_of(run_dir):
     """Live processes started for this run (their command line names its config)."""
     marker = os.path.join(run_dir, "config.json")
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if marker in cmd and state != "Z":
-            pids.append(int(pid))
-    return pids
+    return [pid for pid in live_pids() if marker in cmdline(pid)]
 
 
 def check_common(run_dir, eta, steps):
@@ -176,7 +186,7 @@ def test_dead_actor_stops_everything_without_orphans(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_step(run_dir, proc)
-        actor = [p for p in children_of(run_dir) if b"actors.worker" in open(f"/proc/{p}/cmdline", "rb").read()]
+        actor = [p for p in children_of(run_dir) if "actors.worker" in cmdline(p)]
         assert actor
         os.kill(actor[0], signal.SIGKILL)
         killed_at = time.monotonic()
@@ -192,37 +202,19 @@ def test_dead_actor_stops_everything_without_orphans(tmp_path):
 
 
 def descendants(root):
-    """{pid: start time} of every live process below `root` (ppid links, read from /proc)."""
-    parent, started = {}, {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parent[int(pid)], started[int(pid)] = int(fields[1]), fields[19]
-    found, frontier = {}, [root]
+    """{pid: start time} of every live process below `root` (ppid links)."""
+    live = live_pids()
+    found, frontier = {}, {root}
     while frontier:
-        frontier = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in found]
-        found.update({pid: started[pid] for pid in frontier})
+        frontier = {pid for pid, stat in live.items() if int(stat[1]) in frontier and pid not in found}
+        found.update({pid: live[pid][19] for pid in frontier})
     return found
 
 
 def still_alive(processes):
-    """Those of `processes` ({pid: start time}) that still run (same pid, same start time, not a zombie)."""
-    alive = []
-    for pid, start in processes.items():
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and fields[19] == start:
-            alive.append(pid)
-    return alive
+    """Those of `processes` ({pid: start time}) still running: same pid, same start time, not a zombie."""
+    live = live_pids()
+    return [pid for pid, start in processes.items() if pid in live and live[pid][19] == start]
 
 
 def _ignore_sigint():
@@ -254,7 +246,7 @@ def test_stop_signal_stops_every_process_within_10s(tmp_path, sig, scenario):
         _wait_for_step(run_dir, proc)
         started = descendants(proc.pid)
         if scenario == "sigterm_files_task":
-            pool = [p for p in started if b"multiprocessing" in open(f"/proc/{p}/cmdline", "rb").read()]
+            pool = [p for p in started if "multiprocessing.spawn" in cmdline(p)]
             assert len(pool) >= 2, "the verifier processes should be running"
         proc.send_signal(sig)
         sent_at = time.monotonic()
@@ -264,13 +256,14 @@ def test_stop_signal_stops_every_process_within_10s(tmp_path, sig, scenario):
     finally:
         if busy is not None:
             busy.kill()
+            busy.wait()
         if proc.poll() is None:
             proc.kill()
     assert took < 10, took
     assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
     assert f"interrupted ({signal.Signals(sig).name})" in err
     assert len(started) >= 3  # buffer, learner, actor (and what they started)
-    assert not still_alive(started), [open(f"/proc/{p}/cmdline", "rb").read() for p in still_alive(started)]
+    assert not still_alive(started), [cmdline(p) for p in still_alive(started)]
     assert not children_of(run_dir)
     with open(os.path.join(run_dir, "logs", "actor0.jsonl")) as f:
         actor_events = [json.loads(line)["event"] for line in f]
