@@ -43,7 +43,7 @@ class WeightReceiver(threading.Thread):
         self.timeout_s = timeout_s
         self._staged: StagedWeights | None = None
         self._cond = threading.Condition()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.received_versions: list[int] = []
@@ -59,7 +59,7 @@ class WeightReceiver(threading.Thread):
             sock.send(encode("hello", {"actor_id": self.actor_id}))
             pg, _store = make_group(host, store_port, self.rank, world_size, backend, timeout_s)
             self.ready.set()
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 if not sock.poll(200):
                     continue
                 msg = decode(sock.recv(), 1 << 24)
@@ -109,4 +109,4 @@ class WeightReceiver(threading.Thread):
         return self.take()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()

@@ -188,6 +188,40 @@ class LearnerConfig(_Section):
     torch, "auto" = triton on CUDA and torch elsewhere. Used for the loss and the entropy metric."""
     logprob_chunk: int = Field(4096, ge=1)
     """Tokens per chunk of the torch log-prob path (bounds the logits held at once)."""
+    ranks: int = Field(1, ge=1)
+    """Learner processes (torch.distributed; gloo on CPU, NCCL on CUDA, one GPU each). Above 1 the model is
+    sharded with FSDP2 per decoder layer: parameters, gradients and AdamW state split across ranks, and each
+    mini-batch's tokens split across ranks. Rank 0 talks to the buffer and the actors."""
+    micro_batch_tokens: int = Field(16384, ge=1)
+    """Token budget of one micro-batch (one forward/backward): prompt + response tokens of the sequences packed
+    into it (with `packing = false`: rows x longest row, padding included). A mini-batch is cut into as many
+    micro-batches as it needs and gradients are accumulated: one optimiser step per mini-batch. Must be at least
+    the longest allowed sequence (actors.max_prompt_tokens + the largest max_response_tokens of any stage)."""
+    packing: bool = True
+    """Padding-free packing: sequences concatenated into one row per micro-batch, position ids restarting at 0 per
+    sequence and attention kept inside each sequence (sdpa / eager build the block-diagonal causal mask,
+    flash_attention_2 runs varlen). false: right-padded rows with an attention mask (the baseline; wastes the
+    padding's compute)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward instead of keeping them (less memory, about
+    one more forward of compute). For long contexts."""
+    offload_optimizer: bool = False
+    """Keep the sharded fp32 parameters, gradients and AdamW state in CPU memory and run the optimiser step there
+    (FSDP2 CPUOffloadPolicy; CUDA only). For models whose optimiser state does not fit the GPUs."""
+    master_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the learner's master weights and AdamW state. Compute and what actors receive are model.dtype;
+    float32 masters are what keeps small updates from rounding away. bfloat16 (AdamW without master weights) is
+    refused: an update below 2^-8 of a weight rounds to nothing, so training stalls silently."""
+
+    @field_validator("master_dtype")
+    @classmethod
+    def _fp32_masters(cls, value: str) -> str:
+        if value != "float32":
+            raise ValueError("bfloat16 master weights (AdamW without fp32 masters) are refused: bf16 keeps 8 bits of "
+                             "mantissa, so any update smaller than 1/256 of a weight is lost and learning stalls "
+                             "without an error. Keep learner.master_dtype = \"float32\" (model.dtype still sets "
+                             "the compute and broadcast dtype).")
+        return value
 
 
 class SyncConfig(_Section):
@@ -197,6 +231,10 @@ class SyncConfig(_Section):
     """Broadcast backend: auto = NCCL when learner and actors are on CUDA, gloo otherwise."""
     timeout_s: float = Field(120.0, gt=0)
     """Deadline for group set-up and for each broadcast."""
+    bucket_mb: float = Field(256.0, gt=0)
+    """Size of one broadcast bucket (MiB): parameters are gathered from the learner's shards and sent in buckets
+    of this size, in model.dtype. Extra memory on any learner rank during a sync is one bucket plus the largest
+    single tensor (a tensor larger than a bucket travels alone)."""
 
 
 class NetConfig(_Section):
@@ -210,6 +248,8 @@ class NetConfig(_Section):
     """Learner port announcing weight broadcasts to actors (0 = pick a free port)."""
     store_port: int = Field(0, ge=0, le=65535)
     """TCP store port of the broadcast group (0 = pick a free port)."""
+    learner_port: int = Field(0, ge=0, le=65535)
+    """Rendezvous port (MASTER_PORT) of the learner ranks' own process group (0 = pick a free port)."""
     request_timeout_s: float = Field(30.0, gt=0)
     """Deadline for one request/reply on a socket; past it the role fails with an error."""
 
@@ -385,6 +425,11 @@ class Config(_Section):
             if minibatch and stage.prompts_per_step % minibatch:
                 raise ValueError(f"algo.off_policy.minibatch_prompts ({minibatch}) must divide {where} "
                                  f"({stage.prompts_per_step})")
+        longest = self.actors.max_prompt_tokens + max(stage.max_response_tokens for stage in stages(self))
+        if self.learner.micro_batch_tokens < longest:
+            raise ValueError(f"learner.micro_batch_tokens ({self.learner.micro_batch_tokens}) is below the longest "
+                             f"allowed sequence, actors.max_prompt_tokens + max_response_tokens = {longest}: such a "
+                             f"sequence could not fit in any micro-batch; set it to at least {longest}")
         if self.algo.stages and self.algo.stages[-1].start_step >= self.learner.steps:
             raise ValueError(f"algo.stages: a stage starts at step {self.algo.stages[-1].start_step}, but the run "
                              f"has only learner.steps = {self.learner.steps}")

@@ -16,7 +16,8 @@ Two implementations behind one signature, picked by `impl`:
   recomputes logits tile by tile. CUDA, or CPU under TRITON_INTERPRET=1.
 * "torch"  — chunked torch with checkpointing (kernels/logprob_entropy_torch.py).
 * "auto"   — triton on CUDA, torch elsewhere.
-Memory beyond inputs, outputs and gradients is O(N + chunk) for both.
+Memory beyond inputs, outputs and gradients: O(N) plus a bounded workspace (triton), O(N + chunk·V) for the
+torch path (plus, on CPU with bf16 / fp16, an fp32 copy of the weight and of its per-chunk gradient).
 """
 
 from __future__ import annotations

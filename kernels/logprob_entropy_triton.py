@@ -256,8 +256,9 @@ def _backward(x, w, target, stats, g_lp, g_ent, inv_temperature, need_dx, need_d
         scale = torch.where(g_max > 0, 1.0 / g_max, 1.0).reshape(1).float()
     slice_len = max(256, min(V, WORKSPACE_BYTES // max(1, N * x.element_size())) // 256 * 256)
     workspace = torch.empty(N, min(slice_len, V), device=x.device, dtype=dz_dtype)
-    dx32 = torch.zeros(N, H, device=x.device, dtype=torch.float32) if need_dx else None
-    dw = torch.empty_like(w) if need_dw else None
+    # d_hidden and d_weight are allocated after the first launch: a first call at new (H, dtype) autotunes
+    # _dlogits_kernel, and Triton's benchmark holds a 256 MiB L2-flush buffer meanwhile (docs/kernels.md).
+    dx32 = dw = None
     dummy = stats[0]  # stands in for an absent upstream gradient (never read)
     for v0 in range(0, V, slice_len):
         length = min(slice_len, V - v0)
@@ -271,6 +272,10 @@ def _backward(x, w, target, stats, g_lp, g_ent, inv_temperature, need_dx, need_d
                               scale, dz, N, H, v0, length, workspace.stride(0), inv_temperature,
                               HAS_G_LP=g_lp is not None, HAS_G_ENT=g_ent is not None,
                               DOT_PRECISION=_dot_precision(x.dtype))
+        if need_dx and dx32 is None:
+            dx32 = torch.zeros(N, H, device=x.device, dtype=torch.float32)
+        if need_dw and dw is None:
+            dw = torch.empty_like(w)
         if need_dx:
             _mm_fp32(dz, w[v0:v0 + length], out=dx32)
         if need_dw:

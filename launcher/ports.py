@@ -17,7 +17,7 @@ def assign_ports(config: Config) -> None:
     """Replace every port left at 0 with a free one (distinct from each other)."""
     net = config.net
     taken: set[int] = set()
-    for name in ("buffer_actor_port", "buffer_learner_port", "sync_port", "store_port"):
+    for name in ("buffer_actor_port", "buffer_learner_port", "sync_port", "store_port", "learner_port"):
         port = getattr(net, name)
         while port == 0 or port in taken:
             port = free_port(net.host)

@@ -19,7 +19,7 @@ import time
 
 from configs.loader import dump_resolved
 from configs.schema import Config
-from launcher.placement import role_env, visible_gpus
+from launcher.placement import check_placement, learner_env, role_env, visible_gpus
 from launcher.ports import assign_ports
 from launcher.processes import Child, spawn, stop_all
 from launcher.status import StatusView
@@ -103,7 +103,7 @@ def supervise(config: Config, children: list[Child], learner: Child, view: Statu
                 print(f"warning: {late} did not exit {DRAIN_S:.0f}s after the learner finished; stopping them")
                 return
         elif not learner_finished(config) and any(c.returncode == 0 for c in children if c is not learner):
-            early = next(c for c in children if c is not learner and c.returncode == 0)
+            early = next(c for c in children if c is not learner and c.returncode == 0)  # learner ranks wait for it
             raise _fail(early, "a role exited before the learner finished")
         if time.monotonic() - started > config.run.max_wall_s:
             raise RunFailed(f"run.max_wall_s = {config.run.max_wall_s:.0f}s passed before the learner finished")
@@ -118,6 +118,11 @@ def run(config: Config) -> dict:
 
 def _run(config: Config, stop: StopSignals) -> dict:
     wall_start = time.monotonic()
+    gpus = visible_gpus()
+    try:
+        check_placement(config, gpus)
+    except ValueError as err:
+        raise RunFailed(str(err)) from None
     run_dir = prepare_run_dir(config)
     logs = os.path.join(run_dir, "logs")
     cfg_path = os.path.join(run_dir, "config.json")
@@ -141,16 +146,18 @@ def _run(config: Config, stop: StopSignals) -> dict:
 
     print(f"starting buffer, learner and {config.actors.count} actor(s) ...", flush=True)
     rl_start = time.monotonic()
-    gpus = visible_gpus()
     children: list[Child] = []
     view = None
     try:  # a failure part-way through starting the roles still stops the ones already started
         children.append(spawn("buffer", "buffer.service", ["--config", cfg_path], logs))
-        learner = spawn("learner", "learner.trainer", ["--config", cfg_path], logs, role_env("learner", 0, gpus))
-        children.append(learner)
+        ranks, net = config.learner.ranks, config.net
+        for rank in range(ranks):  # rank 0 is "learner": the one that talks to the buffer and the actors
+            children.append(spawn("learner" if rank == 0 else f"learner{rank}", "learner.trainer",
+                                  ["--config", cfg_path], logs, learner_env(rank, ranks, net.host, net.learner_port, gpus)))
+        learner = children[1]
         for i in range(config.actors.count):
             children.append(spawn(f"actor{i}", "actors.worker", ["--config", cfg_path, "--actor-id", str(i)], logs,
-                                  role_env("actor", i, gpus)))
+                                  role_env("actor", i, gpus, ranks)))
         view = StatusView(run_dir, config.learner.steps)
         supervise(config, children, learner, view, stop)
     finally:

@@ -1,9 +1,19 @@
-"""Turn trajectory groups into padded model inputs plus flat per-token tensors.
+"""Trajectory groups -> a mini-batch of sequences -> micro-batches the model runs.
 
-Each response becomes one row `prompt ++ response` (right-padded). The token
-at position p is predicted by the hidden state at p - 1, so for response
-tokens we keep (row, p - 1) indices and gather exactly those hidden states:
-the loss touches response tokens only, never prompt or padding.
+A *sequence* is one response with its prompt: `prompt ++ response`. The token
+at position p is predicted by the hidden state at p - 1, so for the response
+tokens we keep the positions p - 1 and gather exactly those hidden states: the
+loss touches response tokens only, never prompt or padding.
+
+Token weights (learner/loss.py `token_weights`) are computed here, once, over
+the whole mini-batch, before it is cut into micro-batches or split across
+learner ranks: a micro-batch's loss is the weighted sum over its own tokens,
+so the sum over micro-batches and ranks is the mini-batch loss exactly.
+
+A micro-batch is either packed (one row: sequences concatenated, position ids
+restarting at 0 per sequence, no attention mask: transformers builds the
+block-diagonal causal mask from the position ids) or padded (right-padded rows
+with an attention mask).
 """
 
 from __future__ import annotations
@@ -15,64 +25,118 @@ import torch
 
 from buffer.protocol import TrajectoryGroup
 from learner.advantage import group_advantages
+from learner.loss import token_weights
 
 
 @dataclass
-class PackedBatch:
-    input_ids_BT: torch.Tensor  # (B, T) int64, right-padded with pad_id
-    attention_mask_BT: torch.Tensor  # (B, T) int64
-    row_N: torch.Tensor  # (N,) row (= response index) of each response token
-    col_N: torch.Tensor  # (N,) position of the hidden state that predicts it
-    target_N: torch.Tensor  # (N,) the response token
-    behaviour_logprob_N: torch.Tensor  # (N,) float32, from the actor's vLLM
-    advantage_N: torch.Tensor  # (N,) float32, the response's group advantage
+class Sequence:
+    ids: np.ndarray  # (P + R,) int64: prompt ++ response
+    prompt_len: int
+    behaviour: np.ndarray  # (R,) float32, the actor's log-probs
+    advantage: float
+    weight: np.ndarray  # (R,) float32: this sequence's share of the mini-batch loss, per token
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class MiniBatch:
+    """The data of one optimiser step (every rank holds all of it; it is small next to the model)."""
+    sequences: list[Sequence]
     rewards: np.ndarray  # (B,) per response
     lengths: np.ndarray  # (B,) response tokens
     truncated: np.ndarray  # (B,) bool: cut at the length limit
-    min_versions: list[int]  # per group
 
     @property
     def num_tokens(self) -> int:
-        return int(self.target_N.numel())
+        return int(self.lengths.sum())
+
+
+@dataclass
+class MicroBatch:
+    """One forward/backward: model inputs plus flat per-response-token tensors."""
+    input_ids_BT: torch.Tensor  # (B, T) int64; B = 1 when packed
+    position_ids_BT: torch.Tensor  # (B, T) int64, restarting at 0 per sequence
+    attention_mask_BT: torch.Tensor | None  # (B, T) int64 when padded; None when packed
+    row_N: torch.Tensor  # (N,) row of the hidden state that predicts each response token
+    col_N: torch.Tensor  # (N,) its position in the row
+    target_N: torch.Tensor  # (N,) the response token
+    behaviour_logprob_N: torch.Tensor  # (N,) float32
+    advantage_N: torch.Tensor  # (N,) float32
+    weight_N: torch.Tensor  # (N,) float32, summing to 1 over the whole mini-batch
+    real_N: torch.Tensor  # (N,) float32: 1 for data, 0 for the filler token of an empty micro-batch
+    real_tokens: int  # prompt + response tokens of the sequences (no padding, no filler)
 
     @property
-    def num_responses(self) -> int:
-        return int(self.input_ids_BT.shape[0])
+    def slots(self) -> int:
+        """Token positions the model computes (padding included)."""
+        return int(self.input_ids_BT.numel())
 
 
-def pack(groups: list[TrajectoryGroup], pad_id: int, truncation_mask: str = "none") -> PackedBatch:
-    rows = []
+def minibatch(groups: list[TrajectoryGroup], aggregation: str, truncation_mask: str = "none") -> MiniBatch:
+    sequences, rewards, lengths, truncated = [], [], [], []
     for g in groups:
-        truncated = [r.finish_reason == "length" for r in g.responses]
-        adv = group_advantages(g.rewards, truncated, truncation_mask)
-        for resp, a, cut in zip(g.responses, adv, truncated):
-            rows.append((g.prompt_ids, resp, float(a), cut))
-    T = max(len(p) + len(r.token_ids) for p, r, _, _ in rows)
-    B = len(rows)
-    input_ids = np.full((B, T), pad_id, dtype=np.int64)
-    mask = np.zeros((B, T), dtype=np.int64)
-    row_idx, col_idx, targets, behaviour, advantages = [], [], [], [], []
-    for b, (prompt, resp, adv, _) in enumerate(rows):
-        P, R = len(prompt), len(resp.token_ids)
-        input_ids[b, :P] = prompt
-        input_ids[b, P:P + R] = resp.token_ids
-        mask[b, :P + R] = 1
-        row_idx.append(np.full(R, b))
-        col_idx.append(np.arange(P - 1, P + R - 1))
-        targets.append(resp.token_ids)
-        behaviour.append(resp.logprobs)
-        advantages.append(np.full(R, adv, dtype=np.float32))
-    cat = lambda xs, dt: torch.from_numpy(np.concatenate(xs).astype(dt)) if xs else torch.zeros(0)
-    return PackedBatch(
+        cut = [r.finish_reason == "length" for r in g.responses]
+        for resp, adv, was_cut in zip(g.responses, group_advantages(g.rewards, cut, truncation_mask), cut):
+            ids = np.concatenate([np.asarray(g.prompt_ids, np.int64), np.asarray(resp.token_ids, np.int64)])
+            sequences.append(Sequence(ids, len(g.prompt_ids), np.asarray(resp.logprobs, np.float32), float(adv),
+                                      np.zeros(0, np.float32)))
+            rewards.append(resp.reward)
+            lengths.append(len(resp.token_ids))
+            truncated.append(was_cut)
+    seq_N = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
+    weight_N = token_weights(seq_N, len(lengths), aggregation).float().numpy()
+    for s, w in zip(sequences, np.split(weight_N, np.cumsum(lengths)[:-1])):
+        s.weight = w
+    return MiniBatch(sequences, np.array(rewards, np.float32), np.array(lengths, np.int64),
+                     np.array(truncated, bool))
+
+
+def _filler(pad_id: int) -> Sequence:
+    """The stand-in for an empty micro-batch: two tokens, weight 0. Its forward and backward run the same
+    collectives as real data (a sharded rank with nothing to do must not leave the others waiting) and
+    add exactly zero to the loss and gradients."""
+    return Sequence(np.array([pad_id, pad_id], np.int64), 1, np.zeros(1, np.float32), 0.0, np.zeros(1, np.float32))
+
+
+def micro_batch(sequences: list[Sequence], packing: bool, pad_id: int) -> MicroBatch:
+    real = bool(sequences)
+    sequences = sequences or [_filler(pad_id)]
+    if packing:
+        rows = [np.concatenate([s.ids for s in sequences])]
+        starts = np.cumsum([0] + [len(s) for s in sequences])[:-1]
+        placement = [(0, int(start)) for start in starts]  # (row, offset) of each sequence
+        positions = [np.concatenate([np.arange(len(s)) for s in sequences])]
+    else:
+        rows = [s.ids for s in sequences]
+        placement = [(i, 0) for i in range(len(sequences))]
+        positions = [np.arange(len(s)) for s in sequences]
+    T = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), T), pad_id, np.int64)
+    position_ids = np.zeros((len(rows), T), np.int64)
+    mask = np.zeros((len(rows), T), np.int64)
+    for i, (r, p) in enumerate(zip(rows, positions)):
+        input_ids[i, :len(r)] = r
+        position_ids[i, :len(r)] = p
+        mask[i, :len(r)] = 1
+    row_N, col_N = [], []
+    for s, (row, offset) in zip(sequences, placement):
+        n = len(s) - s.prompt_len
+        row_N.append(np.full(n, row))
+        col_N.append(offset + np.arange(s.prompt_len - 1, len(s) - 1))
+    cat = lambda xs, dt: torch.from_numpy(np.concatenate(xs).astype(dt))
+    n_tokens = sum(len(s) - s.prompt_len for s in sequences)
+    return MicroBatch(
         input_ids_BT=torch.from_numpy(input_ids),
-        attention_mask_BT=torch.from_numpy(mask),
-        row_N=cat(row_idx, np.int64),
-        col_N=cat(col_idx, np.int64),
-        target_N=cat(targets, np.int64),
-        behaviour_logprob_N=cat(behaviour, np.float32),
-        advantage_N=cat(advantages, np.float32),
-        rewards=np.array([r.reward for _, r, _, _ in rows], dtype=np.float32),
-        lengths=np.array([len(r.token_ids) for _, r, _, _ in rows], dtype=np.int64),
-        truncated=np.array([cut for _, _, _, cut in rows], dtype=bool),
-        min_versions=[g.min_version for g in groups],
+        position_ids_BT=torch.from_numpy(position_ids),
+        attention_mask_BT=None if packing else torch.from_numpy(mask),
+        row_N=cat(row_N, np.int64),
+        col_N=cat(col_N, np.int64),
+        target_N=cat([s.ids[s.prompt_len:] for s in sequences], np.int64),
+        behaviour_logprob_N=cat([s.behaviour for s in sequences], np.float32),
+        advantage_N=cat([np.full(len(s) - s.prompt_len, s.advantage) for s in sequences], np.float32),
+        weight_N=cat([s.weight for s in sequences], np.float32),
+        real_N=torch.full((n_tokens,), float(real)),
+        real_tokens=sum(len(s) for s in sequences) if real else 0,
     )

@@ -35,18 +35,25 @@ def token_weights(seq_N: torch.Tensor, num_seqs: int, aggregation: str) -> torch
 
 @dataclass
 class SurrogateStats:
-    clip_frac_low: float  # weighted fraction of tokens where the lower clip bound was the active branch
-    clip_frac_high: float
-    ratio_mean: float
-    ratio_min: float
-    ratio_max: float
+    """Detached 0-dim tensors (no device sync until read); sums add up across micro-batches and ranks."""
+    clip_low: torch.Tensor  # Σ w over tokens where the lower clip bound was the active branch
+    clip_high: torch.Tensor  # Σ w over tokens where the upper one was
+    ratio_sum: torch.Tensor  # Σ ρ over the counted tokens
+    ratio_min: torch.Tensor  # +inf when no token counts
+    ratio_max: torch.Tensor  # -inf when no token counts
+    count: torch.Tensor  # tokens counted (Σ real)
+
+    @property
+    def ratio_mean(self) -> float:
+        return float(self.ratio_sum / self.count.clamp(min=1))
 
 
 def ppo_clip_surrogate(logprob_N, old_logprob_N, advantage_N, weight_N, eps_low: float, eps_high: float,
-                       is_weight_N=None) -> tuple[torch.Tensor, SurrogateStats]:
+                       is_weight_N=None, real_N=None) -> tuple[torch.Tensor, SurrogateStats]:
     """-Σ w · c · min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), ρ = π_θ / π_old; c = importance weight (default 1).
 
-    ε_high > ε_low is clip-higher (DAPO); the paper uses ε_low = ε_high = 0.2.
+    ε_high > ε_low is clip-higher (DAPO); the paper uses ε_low = ε_high = 0.2. `real_N` (default all 1) marks
+    the tokens the ratio statistics count (0: an empty micro-batch's filler).
     """
     ratio_N = torch.exp(logprob_N - old_logprob_N)
     clipped_N = ratio_N.clamp(1 - eps_low, 1 + eps_high)
@@ -56,13 +63,17 @@ def ppo_clip_surrogate(logprob_N, old_logprob_N, advantage_N, weight_N, eps_low:
     loss = -(weight_N * surrogate_N).sum()
     with torch.no_grad():
         r = ratio_N.detach()
-        if r.numel():
-            # The clipped branch is the one the min picked: below 1-ε_low with A < 0, above 1+ε_high with A > 0.
-            low = (weight_N * ((r < 1 - eps_low) & (advantage_N < 0)).float()).sum().item()
-            high = (weight_N * ((r > 1 + eps_high) & (advantage_N > 0)).float()).sum().item()
-            stats = SurrogateStats(low, high, r.mean().item(), r.min().item(), r.max().item())
-        else:
-            stats = SurrogateStats(0.0, 0.0, 1.0, 1.0, 1.0)
+        real = torch.ones_like(r, dtype=torch.bool) if real_N is None else real_N > 0
+        inf = torch.tensor(float("inf"), device=r.device)
+        # The clipped branch is the one the min picked: below 1-ε_low with A < 0, above 1+ε_high with A > 0.
+        stats = SurrogateStats(
+            clip_low=(weight_N * ((r < 1 - eps_low) & (advantage_N < 0)).float()).sum(),
+            clip_high=(weight_N * ((r > 1 + eps_high) & (advantage_N > 0)).float()).sum(),
+            ratio_sum=(r * real).sum(),
+            ratio_min=torch.where(real, r, inf).min() if r.numel() else inf,
+            ratio_max=torch.where(real, r, -inf).max() if r.numel() else -inf,
+            count=real.sum().float(),
+        )
     return loss, stats
 
 
@@ -76,3 +87,28 @@ def behaviour_kl_k3(logprob_N: torch.Tensor, behaviour_logprob_N: torch.Tensor) 
     """Per-token k3 estimate of KL(μ || π_θ) on samples from the behaviour policy μ: r - 1 - log r, r = π_θ/μ."""
     log_r = logprob_N - behaviour_logprob_N
     return torch.exp(log_r) - 1 - log_r
+
+
+def policy_loss(logprob_N, entropy_N, old_logprob_N, advantage_N, weight_N, real_N, eps_low: float, eps_high: float,
+                alpha: float = 0.0, is_weight_N=None, ref_logprob_N=None, kl_coef: float = 0.0
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The Skywork-OR1 objective on one micro-batch: PPO-clip surrogate - α Σ w·H (+ β Σ w·KL(π_θ || π_ref)).
+
+    With weights that sum to 1 over the mini-batch, the loss and the weighted statistics of the micro-batches
+    add up to those of the mini-batch. Statistics are detached tensors: weighted sums (clip fractions, kl_ref,
+    loss), token sums and counts over real tokens (ratio, importance weights), and extremes."""
+    loss, s = ppo_clip_surrogate(logprob_N, old_logprob_N, advantage_N, weight_N, eps_low, eps_high, is_weight_N,
+                                 real_N)
+    stats = {"clip_low": s.clip_low, "clip_high": s.clip_high, "ratio_sum": s.ratio_sum, "ratio_count": s.count,
+             "ratio_min": s.ratio_min, "ratio_max": s.ratio_max}
+    if alpha:
+        loss = loss - alpha * (weight_N * entropy_N).sum()
+    if ref_logprob_N is not None:
+        kl = (weight_N * kl_k3(logprob_N, ref_logprob_N)).sum()
+        loss = loss + kl_coef * kl
+        stats["kl_ref"] = kl.detach()
+    if is_weight_N is not None:
+        stats["is_weight_sum"] = (is_weight_N * real_N).sum()
+        stats["is_dropped"] = ((is_weight_N == 0).float() * real_N).sum()
+    stats["loss"] = loss.detach()
+    return loss, stats

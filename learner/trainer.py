@@ -1,14 +1,18 @@
 """The learner role: batch -> loss -> step -> publish version v+1 -> broadcast.
 
-Talks to the buffer (DEALER, request/reply with deadlines) and to every actor
-through the weight broadcast group (learner/weight_sync.py). It never waits
-for one particular actor: batches come from the buffer whoever produced them,
-and a broadcast waits only for the transfer (each actor's receiver thread is
-always ready). Waiting for a batch is measured (`learner/wait_for_batch_s`);
-past `learner.batch_wait_s` without data the learner fails with an error.
+`learner.ranks` processes run this module (learner/parallel.py). Rank 0 talks
+to the buffer (DEALER, request/reply with deadlines) and to every actor
+through the weight broadcast group (learner/weight_sync.py), and hands each
+step's groups to the other ranks; all ranks train on their share of every
+mini-batch and take part in gathering the weights for a broadcast. It never
+waits for one particular actor: batches come from the buffer whoever
+produced them, and a broadcast waits only for the transfer (each actor's
+receiver thread is always ready). Waiting for a batch is measured
+(`learner/wait_for_batch_s`); past `learner.batch_wait_s` without data the
+learner fails with an error.
 
-At the end it saves the policy to `runs/<name>/final/`, tells the buffer
-`done`, and writes its figures to `roles/learner.json`.
+At the end it saves the policy (model.dtype) to `runs/<name>/final/`, tells
+the buffer `done`, and writes its figures to `roles/learner.json`.
 """
 
 from __future__ import annotations
@@ -23,30 +27,19 @@ import numpy as np
 import torch
 import zmq
 
-from buffer.protocol import parse_group
+from buffer.protocol import decode, encode, parse_group
 from buffer.transport import Client, endpoint
 from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import stage_at
-from kernels.logprob_entropy import logprob_entropy, resolve_impl
-from learner.batch import PackedBatch
+from kernels.logprob_entropy import resolve_impl
 from learner.entropy_control import make_entropy_control
-from learner.model import load_policy
+from learner.model import Policy, load_causal_lm
+from learner.parallel import Ranks, full_tensor, init_ranks, parallelize
 from learner.update import UpdateSettings, train_step
-from learner.weight_sync import WeightBroadcaster, pick_backend
+from learner.weight_sync import WeightBroadcaster, pick_backend, publish
 from telemetry import log as tlog
 from telemetry.metrics import MetricsWriter
-
-
-def policy_logprobs(model, batch: PackedBatch, temperature: float, impl: str, chunk: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob and full-vocabulary entropy of every response token under the current weights."""
-    device = next(model.parameters()).device
-    hidden_BTH = model.model(input_ids=batch.input_ids_BT.to(device),
-                             attention_mask=batch.attention_mask_BT.to(device)).last_hidden_state
-    hidden_NH = hidden_BTH[batch.row_N.to(device), batch.col_N.to(device)]
-    return logprob_entropy(hidden_NH, model.lm_head.weight, batch.target_N.to(device), temperature,
-                           impl=impl, chunk=chunk)
 
 
 def groups_metrics(report: dict) -> dict:
@@ -65,63 +58,88 @@ class Learner:
     def __init__(self, config: Config):
         self.config = config
         self.log = tlog.get("learner")
-        self.metrics = MetricsWriter(config.run_dir, "learner")
         torch.manual_seed(config.run.seed)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        lc = config.learner
+        self.ranks: Ranks = init_ranks(config.model.dtype, lc.batch_wait_s + 2 * config.sync.timeout_s + 60)
+        self.device = self.ranks.device
         if self.device.type == "cpu":
-            torch.set_num_threads(config.learner.threads)
-        self.model = load_policy(config.model, self.device)
-        self.model.train()
+            torch.set_num_threads(lc.threads)
+        self.dtype = getattr(torch, config.model.dtype)  # compute, broadcast and save dtype
         try:
-            self.logprob_impl = resolve_impl(config.learner.logprob_impl, self.device)
+            self.logprob_impl = resolve_impl(lc.logprob_impl, self.device)
         except ValueError as err:
             raise ValueError(f"learner.logprob_impl: {err}") from None
-        self.log.info("logprob_impl", configured=config.learner.logprob_impl, using=self.logprob_impl,
-                      device=self.device.type)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learner.lr,
-                                           weight_decay=config.learner.weight_decay)
+        self.policy = self.load_policy().train()
+        self.log.info("learner", rank=self.ranks.rank, ranks=self.ranks.world, sharded=self.ranks.sharded,
+                      device=str(self.device), logprob_impl=self.logprob_impl, packing=lc.packing,
+                      micro_batch_tokens=lc.micro_batch_tokens, master_dtype=lc.master_dtype,
+                      compute_dtype=config.model.dtype)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
+        self.metrics = MetricsWriter(config.run_dir, "learner") if self.ranks.main else None
         net = config.net
-        ctx = zmq.Context.instance()
-        self.buffer = Client(ctx, endpoint(net.host, net.buffer_learner_port), "learner",
-                             config.buffer.max_message_bytes, "buffer")
-        self.broadcaster = WeightBroadcaster(ctx, net.host, net.sync_port, net.store_port, config.actors.count,
-                                             pick_backend(config.sync.backend, self.device), config.sync.timeout_s,
-                                             self.device)
+        self.buffer = self.broadcaster = None
+        if self.ranks.main:
+            ctx = zmq.Context.instance()
+            self.buffer = Client(ctx, endpoint(net.host, net.buffer_learner_port), "learner",
+                                 config.buffer.max_message_bytes, "buffer")
+            self.broadcaster = WeightBroadcaster(ctx, net.host, net.sync_port, net.store_port, config.actors.count,
+                                                 pick_backend(config.sync.backend, self.device), config.sync.timeout_s,
+                                                 self.device)
         self.version = 0
-        pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
+        lm_config = self.policy.lm.config
         self.controller = make_entropy_control(config.algo.entropy)
         # A frozen copy of the initial policy, only when a KL penalty asks for one.
         self.reference = None
         if config.algo.kl_coef > 0:
-            self.reference = load_policy(config.model, self.device).eval().requires_grad_(False)
+            self.reference = self.load_policy().eval().requires_grad_(False)
         self.settings = UpdateSettings(
-            algo=config.algo, eps_low=config.learner.clip_eps_low, eps_high=config.learner.clip_eps_high,
-            grad_clip=config.learner.grad_clip, pad_id=pad_id,
-            logprob_fn=lambda model, batch: policy_logprobs(model, batch, config.actors.temperature,
-                                                            self.logprob_impl, config.learner.logprob_chunk))
+            algo=config.algo, eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, grad_clip=lc.grad_clip,
+            pad_id=lm_config.pad_token_id if lm_config.pad_token_id is not None else 0,
+            micro_batch_tokens=lc.micro_batch_tokens, packing=lc.packing)
+
+    def load_policy(self) -> Policy:
+        cfg = self.config
+        lm = load_causal_lm(cfg.model, self.device, torch.float32)  # fp32 masters (learner.master_dtype)
+        policy = Policy(lm, cfg.actors.temperature, self.logprob_impl, cfg.learner.logprob_chunk)
+        return parallelize(policy, self.ranks, self.dtype, cfg.learner.activation_checkpointing,
+                           cfg.learner.offload_optimizer)
 
     def next_batch(self):
+        """Rank 0 asks the buffer; every rank gets the same groups (the reply's bytes, parsed and checked)."""
         cfg = self.config
-        deadline = time.monotonic() + cfg.learner.batch_wait_s
-        while True:
-            n_groups = stage_at(cfg, self.version).prompts_per_step  # D_R of the current stage
-            reply = self.buffer.request("batch_request", {"version": self.version, "n_groups": n_groups},
-                                        cfg.net.request_timeout_s)
-            if reply.type == "batch":
-                return ([parse_group(g) for g in reply.body["groups"]], reply.body["staleness"],
-                        reply.body.get("groups_report", {}))
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no batch from the buffer within learner.batch_wait_s={cfg.learner.batch_wait_s}s "
-                                   f"(buffer holds {reply.body.get('size')} groups)")
+        raw = None
+        if self.ranks.main:
+            deadline = time.monotonic() + cfg.learner.batch_wait_s
+            while True:
+                n_groups = stage_at(cfg, self.version).prompts_per_step  # D_R of the current stage
+                reply = self.buffer.request("batch_request", {"version": self.version, "n_groups": n_groups},
+                                            cfg.net.request_timeout_s)
+                if reply.type == "batch":
+                    raw = encode("batch", reply.body)
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no batch from the buffer within learner.batch_wait_s={cfg.learner.batch_wait_s}s "
+                                       f"(buffer holds {reply.body.get('size')} groups)")
+        body = decode(self.ranks.broadcast_bytes(raw), cfg.buffer.max_message_bytes).body
+        return [parse_group(g) for g in body["groups"]], body["staleness"], body.get("groups_report", {})
 
     def step(self, groups) -> dict:
-        return train_step(self.model, self.optimizer, groups, self.settings, self.controller, self.reference)
+        return train_step(self.policy, self.optimizer, groups, self.settings, self.controller, self.ranks,
+                          self.reference)
+
+    def publish(self) -> float:
+        """Every rank gathers, rank 0 broadcasts the weights as the current version."""
+        return publish(list(self.policy.lm.state_dict().items()), self.dtype, int(self.config.sync.bucket_mb * 2**20),
+                       self.broadcaster, self.version, self.device)
+
+    def request(self, kind: str, body: dict):
+        if self.ranks.main:
+            return self.buffer.request(kind, body, self.config.net.request_timeout_s)
 
     def run(self) -> dict:
         cfg = self.config
-        timeout = cfg.net.request_timeout_s
-        self.buffer.request("hello", {}, timeout)
-        self.buffer.request("version", {"version": 0}, timeout)
+        self.request("hello", {})
+        self.request("version", {"version": 0})
         totals = {"wait_s": 0.0, "train_s": 0.0, "tokens": 0, "broadcast_s": [], "staleness": []}
         started = time.perf_counter()
         for step in range(cfg.learner.steps):
@@ -132,20 +150,23 @@ class Learner:
             t2 = time.perf_counter()
             self.version += 1
             if self.version % cfg.sync.every == 0 or step == cfg.learner.steps - 1:
-                broadcast_s = self.broadcaster.broadcast(self.version, list(self.model.state_dict().items()))
+                broadcast_s = self.publish()
                 totals["broadcast_s"].append(broadcast_s)
                 values["sync/broadcast_s"] = broadcast_s
             # The buffer learns the version only after the weights went out, so a grant for
             # version v never asks an actor for weights that are not on their way.
-            self.buffer.request("version", {"version": self.version}, timeout)
+            self.request("version", {"version": self.version})
             totals["wait_s"] += t1 - t0
             totals["train_s"] += t2 - t1
             totals["tokens"] += values["learner/tokens"]
             totals["staleness"].extend(staleness)
+            if not self.ranks.main:
+                continue
             elapsed = time.perf_counter() - started
             values.update({
                 "learner/step": step + 1,
                 "learner/version": self.version,
+                "learner/ranks": self.ranks.world,
                 "learner/wait_for_batch_s": t1 - t0,
                 "learner/step_s": t2 - t1,
                 "learner/tokens_per_s": values["learner/tokens"] / (t2 - t1),
@@ -159,28 +180,42 @@ class Learner:
             self.metrics.log(values, step=self.version)
             self.log.info("step", step=step + 1, reward=round(values["reward/mean"], 3),
                           loss=round(values["learner/loss"], 4), staleness_max=int(max(staleness)),
-                          wait_s=round(t1 - t0, 3))
+                          micro_batches=values["learner/micro_batches"], wait_s=round(t1 - t0, 3))
         wall = time.perf_counter() - started
         self.save_final()
         summary = {
             "steps": cfg.learner.steps,
+            "ranks": self.ranks.world,
             "tokens_per_s": totals["tokens"] / totals["train_s"] if totals["train_s"] else 0.0,
             "wait_for_batch_frac": totals["wait_s"] / wall if wall else 0.0,
             "broadcast_s_mean": float(np.mean(totals["broadcast_s"])) if totals["broadcast_s"] else 0.0,
             "staleness_trained": totals["staleness"],
             "wall_s": wall,
         }
-        # Written before `done`: once the buffer hears it, the others may exit at any moment.
-        os.makedirs(os.path.join(cfg.run_dir, "roles"), exist_ok=True)
-        with open(os.path.join(cfg.run_dir, "roles", "learner.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        self.buffer.request("done", {}, timeout)
-        self.broadcaster.close()
+        if self.ranks.main:
+            # Written before `done`: once the buffer hears it, the others may exit at any moment.
+            os.makedirs(os.path.join(cfg.run_dir, "roles"), exist_ok=True)
+            with open(os.path.join(cfg.run_dir, "roles", "learner.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+        self.ranks.barrier()  # no rank exits before learner.json exists (the launcher reads an early exit as a failure)
+        self.request("done", {})
+        if self.broadcaster is not None:
+            self.broadcaster.close()
+        self.ranks.close()
         return summary
 
     def save_final(self) -> None:
+        """The policy in model.dtype, gathered one tensor at a time (every rank takes part; rank 0 writes)."""
+        state = {}
+        for name, t in self.policy.lm.state_dict().items():
+            whole = full_tensor(t.detach())
+            if self.ranks.main:
+                state[name] = whole.to(self.dtype if whole.is_floating_point() else whole.dtype).cpu()
+        if not self.ranks.main:
+            return
         out = os.path.join(self.config.run_dir, "final")
-        self.model.save_pretrained(out, safe_serialization=True)
+        self.policy.lm.config.dtype = self.dtype
+        self.policy.lm.save_pretrained(out, state_dict=state, safe_serialization=True)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
             src = os.path.join(self.config.model.path, name)
             if os.path.exists(src) and not os.path.exists(os.path.join(out, name)):
@@ -200,5 +235,6 @@ if __name__ == "__main__":
     parser.add_argument("--config", required=True, help="resolved config.json written by launch.py")
     args = parser.parse_args()
     cfg = load_resolved(args.config)
-    tlog.setup("learner", cfg.run_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    tlog.setup("learner" if rank == 0 else f"learner{rank}", cfg.run_dir)
     main(cfg)

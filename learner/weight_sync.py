@@ -5,11 +5,16 @@ The group is built *stateless*: its own TCP store on `net.store_port`, its own
 it cannot collide with the default process group or vLLM's. The learner is
 rank 0, actor i is rank i + 1.
 
-Protocol of one sync (learner side, `WeightBroadcaster.broadcast`):
+Protocol of one sync (learner side, `publish` + `WeightBroadcaster`):
   1. one small `weights` message per actor on the sync socket (ROUTER ->
      each actor's DEALER): version + bucket layout (dtype, names, shapes);
-  2. one broadcast per bucket: parameters flattened per dtype, buckets capped
-     at `bucket_bytes` — a few large collectives, never one per tensor.
+  2. one broadcast per bucket: parameters in model.dtype, flattened per
+     dtype, buckets capped at `sync.bucket_mb` — a few large collectives,
+     never one per tensor.
+With a sharded learner every learner rank runs `publish`: each parameter is
+all-gathered from its shards (a collective of the learner ranks) one at a
+time and copied into the bucket rank 0 is filling, so no rank ever holds
+more than one bucket plus one whole tensor beyond its shards.
 Each actor's receiver thread (actors/weight_receiver.py) is always waiting on
 its socket, so the learner waits only for the transfer itself. Every
 collective runs with the group's deadline (`sync.timeout_s`); a missed
@@ -73,21 +78,21 @@ def _numel(shape) -> int:
     return n
 
 
-def plan_buckets(named: list[tuple[str, torch.Tensor]], bucket_bytes: int = BUCKET_BYTES) -> list[Bucket]:
-    """Group tensors by dtype (first-seen order), splitting a dtype's run at `bucket_bytes`."""
-    by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
-    for name, t in named:
-        by_dtype.setdefault(t.dtype, []).append((name, t))
+def plan_buckets(specs: list[tuple[str, list[int], torch.dtype]], bucket_bytes: int = BUCKET_BYTES) -> list[Bucket]:
+    """Group (name, shape, dtype) by dtype (first-seen order), splitting a dtype's run at `bucket_bytes`."""
+    by_dtype: dict[torch.dtype, list[tuple[str, list[int]]]] = {}
+    for name, shape, dtype in specs:
+        by_dtype.setdefault(dtype, []).append((name, list(shape)))
     buckets: list[Bucket] = []
     for dtype, items in by_dtype.items():
         current, size = Bucket(dtype, [], []), 0
-        for name, t in items:
-            nbytes = t.numel() * t.element_size()
+        for name, shape in items:
+            nbytes = _numel(shape) * dtype.itemsize
             if current.names and size + nbytes > bucket_bytes:
                 buckets.append(current)
                 current, size = Bucket(dtype, [], []), 0
             current.names.append(name)
-            current.shapes.append(list(t.shape))
+            current.shapes.append(shape)
             size += nbytes
         buckets.append(current)
     return buckets
@@ -126,18 +131,42 @@ class WeightBroadcaster:
             msg = decode(raw, 1 << 20)
             self.actors[require(msg.body, "actor_id", int)] = ident
 
-    def broadcast(self, version: int, named: list[tuple[str, torch.Tensor]]) -> float:
-        """Send `named` as policy `version` to every actor; returns seconds spent in the collective."""
-        buckets = plan_buckets(named)
+    def announce(self, version: int, buckets: list[Bucket]) -> None:
         announcement = encode("weights", {"version": version, "buckets": [b.to_wire() for b in buckets]})
         for ident in self.actors.values():
             self.sock.send_multipart([ident, announcement])
-        tensors = dict(named)
-        start = time.perf_counter()
-        for b in buckets:
-            flat = torch.cat([tensors[n].detach().reshape(-1) for n in b.names]).to(self.device)
-            self.pg.broadcast(flat, 0).wait(timedelta(seconds=self.timeout_s))
-        return time.perf_counter() - start
+
+    def send(self, flat: torch.Tensor) -> None:
+        self.pg.broadcast(flat.to(self.device), 0).wait(timedelta(seconds=self.timeout_s))
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+
+def publish(named: list[tuple[str, torch.Tensor]], dtype: torch.dtype, bucket_bytes: int,
+            broadcaster: WeightBroadcaster | None, version: int, device: torch.device) -> float:
+    """Send the learner's weights (`named`: its state dict, sharded or not) to every actor as `version`.
+
+    Every learner rank calls this with the same `named` (gathering a sharded parameter is a collective); rank 0
+    passes its broadcaster, the others None. Floating-point tensors travel in `dtype` (model.dtype). Returns
+    the seconds spent gathering and broadcasting."""
+    from learner.parallel import full_tensor
+
+    specs = [(n, list(t.shape), dtype if t.is_floating_point() else t.dtype) for n, t in named]
+    buckets = plan_buckets(specs, bucket_bytes)
+    if broadcaster is not None:
+        broadcaster.announce(version, buckets)
+    tensors = dict(named)
+    start = time.perf_counter()
+    for b in buckets:
+        flat = torch.empty(b.numel, dtype=b.dtype, device=device) if broadcaster is not None else None
+        offset = 0
+        for name in b.names:
+            whole = full_tensor(tensors[name].detach())  # all-gather of one parameter on every rank
+            if flat is not None:
+                flat[offset:offset + whole.numel()].copy_(whole.reshape(-1))
+            offset += whole.numel()
+            del whole
+        if broadcaster is not None:
+            broadcaster.send(flat)
+    return time.perf_counter() - start

@@ -6,15 +6,19 @@ import torch
 from buffer.prompts import PromptStream
 from buffer.protocol import Response, TrajectoryGroup
 from configs.schema import TaskConfig
-from learner.batch import pack
+from learner.batch import micro_batch, minibatch
 from tasks.arithmetic import make_splits, score
 
 
-def test_pack_selects_response_tokens_and_their_predecessor_positions():
+def _group():
     r1 = Response(np.array([7, 8], np.int32), np.array([-0.1, -0.2], np.float32), 0, "stop", 1.0)
     r2 = Response(np.array([9], np.int32), np.array([-0.3], np.float32), 0, "stop", 0.0)
-    g = TrajectoryGroup(0, np.array([1, 2, 3], np.int32), [r1, r2], actor_id=0, seq=0, gen_time_s=0.0)
-    b = pack([g], pad_id=0)
+    return TrajectoryGroup(0, np.array([1, 2, 3], np.int32), [r1, r2], actor_id=0, seq=0, gen_time_s=0.0)
+
+
+def test_padded_micro_batch_selects_response_tokens_and_their_predecessor_positions():
+    mb = minibatch([_group()], "token")
+    b = micro_batch(mb.sequences, packing=False, pad_id=0)
     assert b.input_ids_BT.tolist() == [[1, 2, 3, 7, 8], [1, 2, 3, 9, 0]]
     assert b.attention_mask_BT.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     assert b.row_N.tolist() == [0, 0, 1] and b.col_N.tolist() == [2, 3, 2]
@@ -23,6 +27,25 @@ def test_pack_selects_response_tokens_and_their_predecessor_positions():
     torch.testing.assert_close(b.behaviour_logprob_N, torch.tensor([-0.1, -0.2, -0.3]))
     adv = b.advantage_N.tolist()
     assert adv[0] == adv[1] > 0 > adv[2]
+    assert b.slots == 10 and b.real_tokens == 9
+
+
+def test_packed_micro_batch_is_one_row_with_positions_restarting_per_sequence():
+    mb = minibatch([_group()], "sequence")
+    b = micro_batch(mb.sequences, packing=True, pad_id=0)
+    assert b.input_ids_BT.tolist() == [[1, 2, 3, 7, 8, 1, 2, 3, 9]] and b.attention_mask_BT is None
+    assert b.position_ids_BT.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3]]
+    assert b.row_N.tolist() == [0, 0, 0] and b.col_N.tolist() == [2, 3, 7]
+    assert [b.input_ids_BT[0, c + 1].item() for c in b.col_N] == b.target_N.tolist()
+    # sequence aggregation: each response weighs 1/2, spread over its tokens
+    torch.testing.assert_close(b.weight_N, torch.tensor([0.25, 0.25, 0.5]))
+    assert b.slots == b.real_tokens == 9 and b.real_N.tolist() == [1, 1, 1]
+
+
+def test_empty_micro_batch_is_a_weight_zero_filler():
+    b = micro_batch([], packing=True, pad_id=5)
+    assert b.input_ids_BT.tolist() == [[5, 5]] and b.target_N.tolist() == [5]
+    assert b.weight_N.tolist() == [0.0] and b.real_N.tolist() == [0.0] and b.real_tokens == 0
 
 
 def test_splits_are_disjoint_deterministic_and_correct():

@@ -84,3 +84,17 @@ def test_file_tasks_need_existing_files_and_resolve_them():
                              "eval.before_and_after=false", "eval.every_steps=0"])
     assert cfg.task.train_files[0].startswith("/") and cfg.task.train_files[0].endswith("tests/data/math.jsonl")
     assert "needs task.heldout_files" in error_of('task.kind="files"', 'task.train_files=["tests/data/math.jsonl"]')
+
+
+def test_micro_batch_budget_below_the_longest_sequence_is_refused():
+    # tiny default: 64-token prompts + 8-token responses; a later stage may be longer
+    msg = error_of("learner.micro_batch_tokens=71")
+    assert "learner.micro_batch_tokens (71)" in msg and "at least 72" in msg
+    assert load_config(None, ["learner.micro_batch_tokens=72"]).learner.micro_batch_tokens == 72
+    msg = error_of("learner.micro_batch_tokens=72", 'algo.stages=[{start_step = 10, max_response_tokens = 20}]')
+    assert "at least 84" in msg
+
+
+def test_bf16_adamw_without_master_weights_is_refused_with_the_reason():
+    msg = error_of('learner.master_dtype="bfloat16"')
+    assert "learner.master_dtype" in msg and "1/256" in msg

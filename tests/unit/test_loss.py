@@ -58,7 +58,7 @@ def test_ppo_on_policy_is_minus_weighted_advantage():
     adv = torch.tensor([1.0, -2.0, 4.0])
     loss, stats = ppo_clip_surrogate(lp, lp.clone(), adv, torch.full((3,), 1 / 3), 0.2, 0.2)
     assert loss.item() == pytest.approx(-(1 - 2 + 4) / 3)
-    assert stats.ratio_mean == pytest.approx(1.0) and stats.clip_frac_low == stats.clip_frac_high == 0.0
+    assert stats.ratio_mean == pytest.approx(1.0) and float(stats.clip_low) == float(stats.clip_high) == 0.0
 
 
 def test_ppo_clips_hand_computed():
@@ -68,8 +68,8 @@ def test_ppo_clips_hand_computed():
     lp = torch.log(ratios).requires_grad_()
     loss, stats = ppo_clip_surrogate(lp, torch.zeros(4), adv, torch.full((4,), 0.25), 0.2, 0.2)
     assert loss.item() == pytest.approx(-(1.2 * 1 + 0.8 * -1 + 1.5 * -1 + 0.5 * 2) / 4, rel=1e-6)
-    assert stats.clip_frac_high == pytest.approx(0.25) and stats.clip_frac_low == pytest.approx(0.25)
-    assert stats.ratio_min == pytest.approx(0.5) and stats.ratio_max == pytest.approx(1.5)
+    assert float(stats.clip_high) == pytest.approx(0.25) and float(stats.clip_low) == pytest.approx(0.25)
+    assert float(stats.ratio_min) == pytest.approx(0.5) and float(stats.ratio_max) == pytest.approx(1.5)
     loss.backward()
     # clipped tokens carry no gradient; unclipped ones: d(-ρA/4)/dlogp = -ρA/4
     np.testing.assert_allclose(lp.grad.numpy(), [0, 0, 1.5 / 4, -0.5 * 2 / 4], rtol=1e-6)
@@ -83,7 +83,7 @@ def test_clip_higher_uses_separate_upper_bound():
     # 1.25 < 1.28: unclipped (it would be clipped at 1.2 without clip-higher); 1.3 > 1.28: clipped to 1.28;
     # 0.7 < 1 - 0.2 with A < 0: clipped to 0.8.
     assert loss.item() == pytest.approx(-(1.25 + 1.28 - 0.8) / 3, rel=1e-6)
-    assert stats.clip_frac_high == pytest.approx(1 / 3) and stats.clip_frac_low == pytest.approx(1 / 3)
+    assert float(stats.clip_high) == pytest.approx(1 / 3) and float(stats.clip_low) == pytest.approx(1 / 3)
     loss, _ = ppo_clip_surrogate(lp[:1], torch.zeros(1), adv[:1], torch.ones(1), 0.2, 0.25)
     assert loss.item() == pytest.approx(-1.25)
 

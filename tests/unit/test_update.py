@@ -10,8 +10,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from buffer.protocol import Response, TrajectoryGroup
 from configs.schema import AlgoConfig
-from kernels.logprob_entropy import logprob_entropy
 from learner.entropy_control import make_entropy_control
+from learner.model import Policy
+from learner.parallel import Ranks
 from learner.update import UpdateSettings, train_step
 
 VOCAB = 24
@@ -21,12 +22,10 @@ def small_model(seed=0):
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
-    return Qwen2ForCausalLM(cfg)
+    return Policy(Qwen2ForCausalLM(cfg), temperature=1.0, impl="torch", chunk=4096)
 
 
-def logprob_fn(model, batch):
-    hidden = model.model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT).last_hidden_state
-    return logprob_entropy(hidden[batch.row_N, batch.col_N], model.lm_head.weight, batch.target_N, 1.0, impl="torch")
+ONE_RANK = Ranks(rank=0, world=1, device=torch.device("cpu"), sharded=False)
 
 
 def make_groups(n_groups, rewards_fn, seed=0, group_size=4):
@@ -44,15 +43,16 @@ def make_groups(n_groups, rewards_fn, seed=0, group_size=4):
     return groups
 
 
-def settings(algo):
-    return UpdateSettings(algo=algo, eps_low=0.2, eps_high=0.2, grad_clip=1.0, logprob_fn=logprob_fn, pad_id=0)
+def settings(algo, micro_batch_tokens=1 << 30, packing=True):
+    return UpdateSettings(algo=algo, eps_low=0.2, eps_high=0.2, grad_clip=1.0, pad_id=0,
+                          micro_batch_tokens=micro_batch_tokens, packing=packing)
 
 
-def run(algo, groups, steps=1, lr=1e-3, reference=None, model=None):
+def run(algo, groups, steps=1, lr=1e-3, reference=None, model=None, **kw):
     model = model or small_model()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     ctl = make_entropy_control(algo.entropy)
-    out = [train_step(model, opt, groups, settings(algo), ctl, reference) for _ in range(steps)]
+    out = [train_step(model, opt, groups, settings(algo, **kw), ctl, ONE_RANK, reference) for _ in range(steps)]
     return model, opt, ctl, out
 
 

@@ -7,7 +7,7 @@ from learner.weight_sync import Bucket, plan_buckets, unflatten
 
 def test_buckets_group_by_dtype_cap_size_and_round_trip():
     named = [("a", torch.randn(3, 5)), ("b", torch.randn(7).half()), ("c", torch.randn(4, 4)), ("d", torch.randn(2).half())]
-    buckets = plan_buckets(named, bucket_bytes=80)
+    buckets = plan_buckets([(n, t.shape, t.dtype) for n, t in named], bucket_bytes=80)
     assert [b.dtype for b in buckets] == [torch.float32, torch.float32, torch.float16]
     assert [b.names for b in buckets] == [["a"], ["c"], ["b", "d"]]  # a (60 B) + c (64 B) > 80 B
     tensors = dict(named)
@@ -20,4 +20,4 @@ def test_buckets_group_by_dtype_cap_size_and_round_trip():
 
 def test_one_bucket_per_dtype_under_the_cap():
     named = [(f"w{i}", torch.zeros(10)) for i in range(50)]
-    assert len(plan_buckets(named)) == 1
+    assert len(plan_buckets([(n, t.shape, t.dtype) for n, t in named])) == 1

@@ -1,0 +1,111 @@
+"""One learner rank for tests/integration/test_sharded_learner.py (run as a real process, 1 or 2 of them).
+
+`step`: one training step of a small Qwen2 model on fixed groups, for each case and each micro-batch setting;
+rank 0 writes the gradient (SGD with lr 1: the weight change) and the step's metrics to --out.
+`publish`: every rank publishes the weights (learner/weight_sync.py) to one receiver the test runs; rank 0 writes
+the full fp32 weights to --out.
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from buffer.protocol import Response, TrajectoryGroup
+from configs.schema import AlgoConfig
+from learner.entropy_control import make_entropy_control
+from learner.model import Policy
+from learner.parallel import full_tensor, init_ranks, parallelize
+from learner.update import UpdateSettings, train_step
+from learner.weight_sync import WeightBroadcaster, publish
+
+VOCAB = 29  # odd sizes everywhere
+
+
+def small_policy(seed=0):
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=36, intermediate_size=52, num_hidden_layers=3,
+                      num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0)
+    return Policy(Qwen2ForCausalLM(cfg), temperature=0.9, impl="torch", chunk=7)
+
+
+def groups(case):
+    rng = np.random.default_rng(7)
+    if case == "lonely":  # one response: with 2 ranks, one of them has nothing but a filler
+        sizes = [[9]]
+    else:  # long-tailed lengths, uneven groups
+        sizes = [[2, 11, 3, 5], [17, 1, 4, 6], [3, 3, 25, 2]]
+    out = []
+    for i, lens in enumerate(sizes):
+        responses = [Response(rng.integers(1, VOCAB, n).astype(np.int32),
+                              (-np.log(VOCAB) + rng.normal(0, 0.1, n)).astype(np.float32), 0,
+                              "length" if n > 20 else "stop", float(j % 2)) for j, n in enumerate(lens)]
+        out.append(TrajectoryGroup(i, rng.integers(1, VOCAB, 3 + i).astype(np.int32), responses, 0, i, 0.0))
+    return out
+
+
+def algo(aggregation):
+    return AlgoConfig(aggregation=aggregation, kl_coef=0.1, entropy={"mode": "fixed", "fixed_coef": 0.05},
+                      off_policy={"old_logprobs": "recompute", "correction": "tis", "is_cap": 1.1})
+
+
+def step(ranks, out, variants):
+    results = {}
+    for case, aggregation in (("uneven", "token"), ("uneven", "sequence"), ("lonely", "token")):
+        for tokens, packing in variants:
+            policy = parallelize(small_policy(), ranks, torch.float32)
+            start = {n: full_tensor(p.detach()).clone() for n, p in policy.lm.named_parameters()}
+            reference = parallelize(small_policy(seed=1), ranks, torch.float32)  # a different policy: KL and its gradient > 0.eval().requires_grad_(False)
+            a = algo(aggregation)
+            settings = UpdateSettings(a, 0.2, 0.2, grad_clip=1e9, pad_id=0, micro_batch_tokens=tokens, packing=packing)
+            opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+            m = train_step(policy, opt, groups(case), settings, make_entropy_control(a.entropy), ranks, reference)
+            grads = {n: (start[n] - full_tensor(p.detach())).numpy() for n, p in policy.lm.named_parameters()}
+            key = f"{case}-{aggregation}-{tokens}-{packing}"
+            results[key] = m
+            if ranks.main:
+                np.savez(os.path.join(out, f"grad-{key}-r{ranks.world}.npz"), **grads)
+    if ranks.main:
+        with open(os.path.join(out, f"metrics-r{ranks.world}.json"), "w") as f:
+            json.dump(results, f)
+
+
+def publish_weights(ranks, out, sync_port, store_port):
+    import zmq
+
+    policy = parallelize(small_policy(seed=3), ranks, torch.float32)
+    broadcaster = None
+    if ranks.main:
+        broadcaster = WeightBroadcaster(zmq.Context.instance(), "127.0.0.1", sync_port, store_port, 1, "gloo", 60.0,
+                                        torch.device("cpu"))
+    named = list(policy.lm.state_dict().items())
+    publish(named, torch.bfloat16, 4096, broadcaster, 5, torch.device("cpu"))  # 4 KiB buckets: many of them
+    full = {n: full_tensor(t.detach()).numpy() for n, t in named}
+    if ranks.main:
+        np.savez(os.path.join(out, "published.npz"), **full)
+        broadcaster.close()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["step", "publish"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--variants", default="100000:1", help="micro_batch_tokens:packing,...")
+    parser.add_argument("--ports", default="0,0")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    ranks = init_ranks("float32", 120.0)
+    if args.mode == "step":
+        variants = [(int(t), bool(int(p))) for t, p in (v.split(":") for v in args.variants.split(","))]
+        step(ranks, args.out, variants)
+    else:
+        sync_port, store_port = (int(p) for p in args.ports.split(","))
+        publish_weights(ranks, args.out, sync_port, store_port)
+    ranks.close()
+
+
+if __name__ == "__main__":
+    main()
