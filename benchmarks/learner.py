@@ -90,6 +90,7 @@ def worker(args) -> None:
     from kernels.logprob_entropy import resolve_impl
     from learner.entropy_control import make_entropy_control
     from learner.model import Policy
+    from learner.packing import layout_for
     from learner.parallel import init_ranks, parallelize
     from learner.update import UpdateSettings, train_step
 
@@ -118,7 +119,7 @@ def worker(args) -> None:
         groups.append(TrajectoryGroup(g, rng.integers(0, V, args.prompt_len).astype(np.int32), responses, 0, g, 0.0))
     algo = AlgoConfig(entropy={"mode": "fixed", "fixed_coef": 1e-3})
     settings = UpdateSettings(algo, 0.2, 0.2, 1.0, pad_id=0, micro_batch_tokens=args.micro_batch_tokens,
-                              packing=args.packing)
+                              layout=layout_for(args.packing, args.attn))
     control = make_entropy_control(algo.entropy)
     step = lambda: train_step(policy, opt, groups, settings, control, ranks)
     m = step()  # warm-up (allocator, kernels, autotuning)

@@ -10,10 +10,13 @@ the whole mini-batch, before it is cut into micro-batches or split across
 learner ranks: a micro-batch's loss is the weighted sum over its own tokens,
 so the sum over micro-batches and ranks is the mini-batch loss exactly.
 
-A micro-batch is either packed (one row: sequences concatenated, position ids
-restarting at 0 per sequence, no attention mask: transformers builds the
-block-diagonal causal mask from the position ids) or padded (right-padded rows
-with an attention mask).
+A micro-batch is a list of rows, each row a list of sequences
+(learner/packing.py decides which). Packed rows concatenate their sequences
+with position ids restarting at 0 per sequence and no attention mask:
+transformers builds the block-diagonal causal mask from the position ids
+(flash_attention_2 runs varlen from them). Padded rows hold one sequence each
+and carry an attention mask. Rows are right-padded to the longest row; in a
+packed row the padded tail is a block of its own.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class MiniBatch:
 @dataclass
 class MicroBatch:
     """One forward/backward: model inputs plus flat per-response-token tensors."""
-    input_ids_BT: torch.Tensor  # (B, T) int64; B = 1 when packed
+    input_ids_BT: torch.Tensor  # (B, T) int64
     position_ids_BT: torch.Tensor  # (B, T) int64, restarting at 0 per sequence
     attention_mask_BT: torch.Tensor | None  # (B, T) int64 when padded; None when packed
     row_N: torch.Tensor  # (N,) row of the hidden state that predicts each response token
@@ -100,18 +103,22 @@ def _filler(pad_id: int) -> Sequence:
     return Sequence(np.array([pad_id, pad_id], np.int64), 1, np.zeros(1, np.float32), 0.0, np.zeros(1, np.float32))
 
 
-def micro_batch(sequences: list[Sequence], packing: bool, pad_id: int) -> MicroBatch:
-    real = bool(sequences)
-    sequences = sequences or [_filler(pad_id)]
-    if packing:
-        rows = [np.concatenate([s.ids for s in sequences])]
-        starts = np.cumsum([0] + [len(s) for s in sequences])[:-1]
-        placement = [(0, int(start)) for start in starts]  # (row, offset) of each sequence
-        positions = [np.concatenate([np.arange(len(s)) for s in sequences])]
-    else:
-        rows = [s.ids for s in sequences]
-        placement = [(i, 0) for i in range(len(sequences))]
-        positions = [np.arange(len(s)) for s in sequences]
+def micro_batch(rows_of: list[list[Sequence]], packing: bool, pad_id: int) -> MicroBatch:
+    """`rows_of`: the sequences of each row (empty: a filler micro-batch). `packing`: no attention mask, position
+    ids restart per sequence; else each row must hold one sequence and gets an attention mask."""
+    real = bool(rows_of)
+    rows_of = rows_of or [[_filler(pad_id)]]
+    sequences = [s for row in rows_of for s in row]
+    rows, positions, placement = [], [], []  # placement: (row, offset) of each sequence, in `sequences` order
+    for r, members in enumerate(rows_of):
+        if not packing and len(members) != 1:
+            raise ValueError(f"a padded row holds one sequence, got {len(members)}")
+        offset = 0
+        for s in members:
+            placement.append((r, offset))
+            offset += len(s)
+        rows.append(np.concatenate([s.ids for s in members]))
+        positions.append(np.concatenate([np.arange(len(s)) for s in members]))
     T = max(len(r) for r in rows)
     input_ids = np.full((len(rows), T), pad_id, np.int64)
     position_ids = np.zeros((len(rows), T), np.int64)
@@ -119,6 +126,7 @@ def micro_batch(sequences: list[Sequence], packing: bool, pad_id: int) -> MicroB
     for i, (r, p) in enumerate(zip(rows, positions)):
         input_ids[i, :len(r)] = r
         position_ids[i, :len(r)] = p
+        position_ids[i, len(r):] = np.arange(T - len(r))  # a packed row's padded tail is a block of its own
         mask[i, :len(r)] = 1
     row_N, col_N = [], []
     for s, (row, offset) in zip(sequences, placement):

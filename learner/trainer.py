@@ -35,6 +35,7 @@ from configs.stages import stage_at
 from kernels.logprob_entropy import resolve_impl
 from learner.entropy_control import make_entropy_control
 from learner.model import Policy, load_causal_lm
+from learner.packing import layout_for
 from learner.parallel import Ranks, full_tensor, init_ranks, parallelize
 from learner.update import UpdateSettings, train_step
 from learner.weight_sync import WeightBroadcaster, pick_backend, publish
@@ -71,7 +72,8 @@ class Learner:
             raise ValueError(f"learner.logprob_impl: {err}") from None
         self.policy = self.load_policy().train()
         self.log.info("learner", rank=self.ranks.rank, ranks=self.ranks.world, sharded=self.ranks.sharded,
-                      device=str(self.device), logprob_impl=self.logprob_impl, packing=lc.packing,
+                      device=str(self.device), logprob_impl=self.logprob_impl,
+                      layout=layout_for(lc.packing, self.policy.lm.config._attn_implementation),
                       micro_batch_tokens=lc.micro_batch_tokens, master_dtype=lc.master_dtype,
                       compute_dtype=config.model.dtype)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
@@ -95,7 +97,8 @@ class Learner:
         self.settings = UpdateSettings(
             algo=config.algo, eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, grad_clip=lc.grad_clip,
             pad_id=lm_config.pad_token_id if lm_config.pad_token_id is not None else 0,
-            micro_batch_tokens=lc.micro_batch_tokens, packing=lc.packing)
+            micro_batch_tokens=lc.micro_batch_tokens,
+            layout=layout_for(lc.packing, self.policy.lm.config._attn_implementation))
 
     def load_policy(self) -> Policy:
         cfg = self.config

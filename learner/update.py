@@ -48,13 +48,14 @@ class UpdateSettings:
     grad_clip: float
     pad_id: int
     micro_batch_tokens: int = 1 << 30
-    packing: bool = True
+    layout: str = "varlen"  # learner/packing.py: varlen | rows | padded
 
 
 def my_micro_batches(mb: MiniBatch, settings: UpdateSettings, ranks: Ranks) -> list[MicroBatch]:
     """This rank's share of `mb` (the same count on every rank)."""
-    mine = plan([len(s) for s in mb.sequences], settings.micro_batch_tokens, ranks.world, settings.packing)[ranks.rank]
-    return [micro_batch([mb.sequences[i] for i in idx], settings.packing, settings.pad_id) for idx in mine]
+    mine = plan([len(s) for s in mb.sequences], settings.micro_batch_tokens, ranks.world, settings.layout)[ranks.rank]
+    return [micro_batch([[mb.sequences[i] for i in row] for row in rows], settings.layout != "padded",
+                        settings.pad_id) for rows in mine]
 
 
 def _observe(before: StepMetrics, logprob_N, entropy_N, mb: MicroBatch, device) -> None:

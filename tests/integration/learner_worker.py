@@ -55,16 +55,16 @@ def algo(aggregation):
 def step(ranks, out, variants):
     results = {}
     for case, aggregation in (("uneven", "token"), ("uneven", "sequence"), ("lonely", "token")):
-        for tokens, packing in variants:
+        for tokens, layout in variants:
             policy = parallelize(small_policy(), ranks, torch.float32)
             start = {n: full_tensor(p.detach()).clone() for n, p in policy.lm.named_parameters()}
             reference = parallelize(small_policy(seed=1), ranks, torch.float32)  # a different policy: KL and its gradient > 0.eval().requires_grad_(False)
             a = algo(aggregation)
-            settings = UpdateSettings(a, 0.2, 0.2, grad_clip=1e9, pad_id=0, micro_batch_tokens=tokens, packing=packing)
+            settings = UpdateSettings(a, 0.2, 0.2, grad_clip=1e9, pad_id=0, micro_batch_tokens=tokens, layout=layout)
             opt = torch.optim.SGD(policy.parameters(), lr=1.0)
             m = train_step(policy, opt, groups(case), settings, make_entropy_control(a.entropy), ranks, reference)
             grads = {n: (start[n] - full_tensor(p.detach())).numpy() for n, p in policy.lm.named_parameters()}
-            key = f"{case}-{aggregation}-{tokens}-{packing}"
+            key = f"{case}-{aggregation}-{tokens}-{layout}"
             results[key] = m
             if ranks.main:
                 np.savez(os.path.join(out, f"grad-{key}-r{ranks.world}.npz"), **grads)
@@ -93,13 +93,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["step", "publish"])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--variants", default="100000:1", help="micro_batch_tokens:packing,...")
+    parser.add_argument("--variants", default="100000:varlen", help="micro_batch_tokens:layout,... (learner/packing.py)")
     parser.add_argument("--ports", default="0,0")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ranks = init_ranks("float32", 120.0)
     if args.mode == "step":
-        variants = [(int(t), bool(int(p))) for t, p in (v.split(":") for v in args.variants.split(","))]
+        variants = [(int(t), layout) for t, layout in (v.split(":") for v in args.variants.split(","))]
         step(ranks, args.out, variants)
     else:
         sync_port, store_port = (int(p) for p in args.ports.split(","))

@@ -58,31 +58,32 @@ COMPARED = ("learner/loss", "learner/entropy", "learner/kl_ref", "learner/clip_f
 
 
 def test_split_packed_padded_and_two_rank_steps_equal_the_unsplit_step(tmp_path):
-    # 30 tokens = the longest sequence: every case needs several micro-batches.
-    wait_all(start_ranks(1, ["step", "--out", str(tmp_path), "--variants", "100000:1,30:1,30:0"], tmp_path), tmp_path)
-    wait_all(start_ranks(2, ["step", "--out", str(tmp_path), "--variants", "30:1"], tmp_path), tmp_path)
+    # 30 tokens = the longest sequence: every case needs several micro-batches (layouts: learner/packing.py).
+    wait_all(start_ranks(1, ["step", "--out", str(tmp_path), "--variants",
+                             "100000:varlen,30:varlen,30:rows,30:padded"], tmp_path), tmp_path)
+    wait_all(start_ranks(2, ["step", "--out", str(tmp_path), "--variants", "30:rows"], tmp_path), tmp_path)
     one = json.loads((tmp_path / "metrics-r1.json").read_text())
     two = json.loads((tmp_path / "metrics-r2.json").read_text())
     for case in ("uneven-token", "uneven-sequence", "lonely-token"):
-        whole = one[f"{case}-100000-True"]
+        whole = one[f"{case}-100000-varlen"]
         assert whole["learner/micro_batches"] == 1 and whole["learner/kl_ref"] > 0 and whole["learner/entropy_bonus"] > 0
-        base = np.load(tmp_path / f"grad-{case}-100000-True-r1.npz")
+        base = np.load(tmp_path / f"grad-{case}-100000-varlen-r1.npz")
         assert all(np.abs(base[k]).max() > 0 for k in base)  # every parameter gets a gradient to compare
-        for split, metrics in ((f"{case}-30-True-r1", one[f"{case}-30-True"]),
-                               (f"{case}-30-False-r1", one[f"{case}-30-False"]),
-                               (f"{case}-30-True-r2", two[f"{case}-30-True"])):
+        splits = [(f"{case}-30-{layout}-r1", one[f"{case}-30-{layout}"]) for layout in ("varlen", "rows", "padded")]
+        for split, metrics in splits + [(f"{case}-30-rows-r2", two[f"{case}-30-rows"])]:
             grads = np.load(tmp_path / f"grad-{split}.npz")
             worst = max((relative(grads[k], base[k]), k) for k in base)
             assert worst[0] < 1e-5, (split, worst)
             for name in COMPARED:
                 assert metrics[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-7), (split, name)
         if case != "lonely-token":
-            assert one[f"{case}-30-True"]["learner/micro_batches"] > 1
-            assert one[f"{case}-30-True"]["learner/padding_frac"] == 0.0
-            assert one[f"{case}-30-False"]["learner/padding_frac"] > 0.01  # right-padded rows of unequal length
+            assert one[f"{case}-30-varlen"]["learner/micro_batches"] > 1
+            assert one[f"{case}-30-varlen"]["learner/padding_frac"] == 0.0
+            # rows as long as the longest sequence waste less than one padded row per sequence
+            assert one[f"{case}-30-rows"]["learner/padding_frac"] < one[f"{case}-30-padded"]["learner/padding_frac"]
     # One sequence, two ranks: rank 1 ran a weight-0 filler through the same collectives.
-    assert two["lonely-token-30-True"]["learner/padding_frac"] > 0
-    assert two["lonely-token-30-True"]["learner/micro_batches"] == 1
+    assert two["lonely-token-30-rows"]["learner/padding_frac"] > 0
+    assert two["lonely-token-30-rows"]["learner/micro_batches"] == 1
 
 
 def test_two_sharded_ranks_publish_exactly_the_learners_weights(tmp_path):

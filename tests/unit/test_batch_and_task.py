@@ -18,7 +18,7 @@ def _group():
 
 def test_padded_micro_batch_selects_response_tokens_and_their_predecessor_positions():
     mb = minibatch([_group()], "token")
-    b = micro_batch(mb.sequences, packing=False, pad_id=0)
+    b = micro_batch([[s] for s in mb.sequences], packing=False, pad_id=0)
     assert b.input_ids_BT.tolist() == [[1, 2, 3, 7, 8], [1, 2, 3, 9, 0]]
     assert b.attention_mask_BT.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     assert b.row_N.tolist() == [0, 0, 1] and b.col_N.tolist() == [2, 3, 2]
@@ -32,7 +32,7 @@ def test_padded_micro_batch_selects_response_tokens_and_their_predecessor_positi
 
 def test_packed_micro_batch_is_one_row_with_positions_restarting_per_sequence():
     mb = minibatch([_group()], "sequence")
-    b = micro_batch(mb.sequences, packing=True, pad_id=0)
+    b = micro_batch([mb.sequences], packing=True, pad_id=0)
     assert b.input_ids_BT.tolist() == [[1, 2, 3, 7, 8, 1, 2, 3, 9]] and b.attention_mask_BT is None
     assert b.position_ids_BT.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3]]
     assert b.row_N.tolist() == [0, 0, 0] and b.col_N.tolist() == [2, 3, 7]
@@ -40,6 +40,17 @@ def test_packed_micro_batch_is_one_row_with_positions_restarting_per_sequence():
     # sequence aggregation: each response weighs 1/2, spread over its tokens
     torch.testing.assert_close(b.weight_N, torch.tensor([0.25, 0.25, 0.5]))
     assert b.slots == b.real_tokens == 9 and b.real_N.tolist() == [1, 1, 1]
+
+
+def test_packed_rows_are_right_padded_with_the_tail_as_its_own_block():
+    r = lambda n: Response(np.arange(1, n + 1).astype(np.int32), np.zeros(n, np.float32), 0, "stop", float(n % 2))
+    g = TrajectoryGroup(0, np.array([20, 21], np.int32), [r(4), r(1), r(1), r(2)], actor_id=0, seq=0, gen_time_s=0.0)
+    s = minibatch([g], "token").sequences  # lengths 6, 3, 3, 4
+    b = micro_batch([[s[0]], [s[3]], [s[1], s[2]]], packing=True, pad_id=0)
+    assert b.input_ids_BT.tolist() == [[20, 21, 1, 2, 3, 4], [20, 21, 1, 2, 0, 0], [20, 21, 1, 20, 21, 1]]
+    assert b.position_ids_BT.tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
+    assert [b.input_ids_BT[r, c + 1].item() for r, c in zip(b.row_N, b.col_N)] == b.target_N.tolist()
+    assert b.slots == 18 and b.real_tokens == 16
 
 
 def test_empty_micro_batch_is_a_weight_zero_filler():

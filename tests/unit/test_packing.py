@@ -5,37 +5,59 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from learner.packing import first_fit_decreasing, plan
+from learner.packing import LAYOUTS, first_fit_decreasing, plan
 
 
 def test_first_fit_decreasing_respects_the_budget_and_keeps_every_sequence():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 40, 97).tolist()
-    bins = first_fit_decreasing(list(range(97)), lengths, 64, packing=True)
+    bins = first_fit_decreasing(list(range(97)), lengths, 64)
     assert sorted(i for b in bins for i in b) == list(range(97))
     assert all(sum(lengths[i] for i in b) <= 64 for b in bins)
     assert len(bins) <= -(-sum(lengths) // 64) + 2  # FFD is near the lower bound on this kind of input
-    padded = first_fit_decreasing(list(range(97)), lengths, 64, packing=False)
+    padded = first_fit_decreasing(list(range(97)), lengths, 64, padded_cost=True)
     assert all(len(b) * max(lengths[i] for i in b) <= 64 for b in padded)
 
 
 def test_a_sequence_over_the_budget_gets_a_bin_of_its_own():
-    assert first_fit_decreasing([0, 1, 2], [100, 3, 4], 10, packing=True) == [[0], [2, 1]]
+    assert first_fit_decreasing([0, 1, 2], [100, 3, 4], 10) == [[0], [2, 1]]
 
 
+def cost(rows, lengths, layout):
+    longest_row = max(sum(lengths[i] for i in row) for row in rows)
+    return sum(lengths[i] for row in rows for i in row) if layout == "varlen" else len(rows) * longest_row
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("ranks", [1, 2, 3])
-def test_plan_balances_tokens_and_gives_every_rank_the_same_step_count(ranks):
+def test_plan_balances_tokens_and_gives_every_rank_the_same_step_count(ranks, layout):
     rng = np.random.default_rng(ranks)
     lengths = (rng.pareto(1.5, 61) * 20 + 5).astype(int).clip(max=200).tolist()  # long-tailed, like RL responses
-    p = plan(lengths, 256, ranks)
+    p = plan(lengths, 256, ranks, layout)
     assert len(p) == ranks and len({len(steps) for steps in p}) == 1
-    assert sorted(i for steps in p for mb in steps for i in mb) == list(range(61))
-    loads = [sum(lengths[i] for mb in steps for i in mb) for steps in p]
+    assert sorted(i for steps in p for mb in steps for row in mb for i in row) == list(range(61))
+    assert all(cost(mb, lengths, layout) <= 256 for steps in p for mb in steps if mb)
+    if layout == "padded":
+        assert all(len(row) == 1 for steps in p for mb in steps for row in mb)
+    if layout == "varlen":
+        assert all(len(mb) == 1 for steps in p for mb in steps if mb)
+    loads = [sum(lengths[i] for mb in steps for row in mb for i in row) for steps in p]
     assert max(loads) - min(loads) <= max(lengths)
 
 
+def test_rows_layout_wastes_less_than_padding_on_long_tailed_lengths():
+    rng = np.random.default_rng(5)
+    lengths = (rng.pareto(1.5, 200) * 20 + 5).astype(int).clip(max=400).tolist()
+    waste = {}
+    for layout in ("rows", "padded"):
+        mbs = [mb for mb in plan(lengths, 2048, 1, layout)[0] if mb]
+        slots = sum(len(mb) * max(sum(lengths[i] for i in row) for row in mb) for mb in mbs)
+        waste[layout] = 1 - sum(lengths) / slots
+    assert waste["rows"] < waste["padded"] / 2, waste
+
+
 def test_fewer_sequences_than_ranks_leaves_empty_micro_batches():
-    assert plan([5], 64, 2) == [[[0]], [[]]]
+    assert plan([5], 64, 2) == [[[[0]]], [[]]]
     assert plan([], 64, 2) == [[[]], [[]]]
 
 
@@ -45,7 +67,7 @@ def test_packed_rows_attend_only_within_each_sequence(attn, tol):
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=128)
-    model = Qwen2ForCausalLM(cfg).double()
+    model = Qwen2ForCausalLM(cfg).double().requires_grad_(False)
     model.set_attn_implementation(attn)
     seqs = [torch.randint(0, 50, (1, n)) for n in (7, 1, 13, 4)]
     alone = [model.model(input_ids=s, use_cache=False).last_hidden_state[0] for s in seqs]

@@ -43,9 +43,9 @@ def make_groups(n_groups, rewards_fn, seed=0, group_size=4):
     return groups
 
 
-def settings(algo, micro_batch_tokens=1 << 30, packing=True):
+def settings(algo, micro_batch_tokens=1 << 30, layout="varlen"):
     return UpdateSettings(algo=algo, eps_low=0.2, eps_high=0.2, grad_clip=1.0, pad_id=0,
-                          micro_batch_tokens=micro_batch_tokens, packing=packing)
+                          micro_batch_tokens=micro_batch_tokens, layout=layout)
 
 
 def run(algo, groups, steps=1, lr=1e-3, reference=None, model=None, **kw):
