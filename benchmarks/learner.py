@@ -11,8 +11,8 @@ with long-tailed response lengths (most short, a few at the limit, as in RL on r
 sharded) timed over --steps steps after one warm-up step. Columns:
 * real tok/s  - prompt + response tokens trained per second (padding not counted);
 * MFU         - model FLOPs (6 x matmul params x tokens + 6 x lm_head for response tokens + causal attention)
-                per second over the matmul rate measured in the same run on the same device (bf16 GEMM on
-                CUDA, the model dtype's GEMM on CPU, over all the cores the ranks use);
+                per second over the matmul rate measured in the same run on the same hardware: a bf16 GEMM on
+                one GPU times the ranks (CUDA), a float32 GEMM on all the cores (CPU: the ranks share them);
 * peak        - max GPU memory allocated (CUDA) or peak RSS of rank 0 (CPU);
 * padding     - share of the computed token positions that were padding (learner/padding_frac).
 The no-grad pre-pass a step makes when it has several micro-batches (the entropy controller's input) is
@@ -132,14 +132,12 @@ def worker(args) -> None:
     if ranks.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = (time.perf_counter() - t) / args.steps
-    ranks.barrier()
-    rate = matmul_rate(ranks.device, getattr(torch, dtype_name)) if ranks.main else 0.0
     if ranks.main:
         seq_lens = [args.prompt_len + int(n) for n in lengths]
         peak = (torch.cuda.max_memory_allocated() if ranks.device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         result = {"step_s": elapsed, "tokens": sum(seq_lens), "flops": model_flops(shape, seq_lens, lengths.tolist()),
-                  "rate_per_rank": rate, "peak_bytes": peak, "padding_frac": m["learner/padding_frac"],
+                  "peak_bytes": peak, "padding_frac": m["learner/padding_frac"],
                   "micro_batches": m["learner/micro_batches"], "device": torch.cuda.get_device_name()
                   if ranks.device.type == "cuda" else f"cpu x {args.threads * ranks.world} threads"}
         Path(args.out).write_text(json.dumps(result))
@@ -194,12 +192,19 @@ def main() -> None:
         return worker(args)
     from launcher.ports import free_port
 
+    import torch
+
     cuda = _cuda()
+    if not cuda:
+        torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device("cuda" if cuda else "cpu")
+    rate = matmul_rate(device, torch.bfloat16 if cuda else torch.float32)
     shapes = args.shapes or (["qwen2.5-0.5b"] if cuda else ["tiny", "cpu-small"])
     rank_list = args.ranks or ([1] if cuda else [1, 2])
     print(f"{args.sequences} responses per step, lengths long-tailed up to {args.max_len} (+{args.prompt_len} prompt), "
           f"micro-batch budget {args.micro_batch_tokens} tokens, {args.steps} timed steps, attention {args.attn}"
-          f"{', activation checkpointing' if args.checkpointing else ''}\n")
+          f"{', activation checkpointing' if args.checkpointing else ''}; "
+          f"measured GEMM rate {rate / 1e12:.3g} TFLOP/s ({'bf16, one GPU' if cuda else 'float32, all cores'})\n")
     header = f"| shape | batching | ranks | micro-batches | padding | real tok/s | step s | MFU | peak GiB | device |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -211,7 +216,7 @@ def main() -> None:
                 if "error" in r:
                     print(f"| {shape} | {name} | {ranks} | failed: {r['error']} |||||||", flush=True)
                     continue
-                mfu = r["flops"] / r["step_s"] / (r["rate_per_rank"] * ranks)
+                mfu = r["flops"] / r["step_s"] / (rate * (ranks if cuda else 1))
                 print(f"| {shape} | {name} | {ranks} | {r['micro_batches']} | {r['padding_frac']:.1%} | "
                       f"{r['tokens'] / r['step_s']:,.0f} | {r['step_s']:.3f} | {mfu:.1%} | "
                       f"{r['peak_bytes'] / 2**30:.2f} | {r['device']} |", flush=True)

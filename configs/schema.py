@@ -193,15 +193,15 @@ class LearnerConfig(_Section):
     sharded with FSDP2 per decoder layer: parameters, gradients and AdamW state split across ranks, and each
     mini-batch's tokens split across ranks. Rank 0 talks to the buffer and the actors."""
     micro_batch_tokens: int = Field(16384, ge=1)
-    """Token budget of one micro-batch (one forward/backward): prompt + response tokens of the sequences packed
-    into it (with `packing = false`: rows x longest row, padding included). A mini-batch is cut into as many
+    """Token budget of one micro-batch (one forward/backward): prompt + response tokens with flash_attention_2,
+    rows x row length otherwise (padding included; docs/learner.md). A mini-batch is cut into as many
     micro-batches as it needs and gradients are accumulated: one optimiser step per mini-batch. Must be at least
     the longest allowed sequence (actors.max_prompt_tokens + the largest max_response_tokens of any stage)."""
     packing: bool = True
-    """Padding-free packing: sequences concatenated into one row per micro-batch, position ids restarting at 0 per
-    sequence and attention kept inside each sequence (sdpa / eager build the block-diagonal causal mask,
-    flash_attention_2 runs varlen). false: right-padded rows with an attention mask (the baseline; wastes the
-    padding's compute)."""
+    """Pack several sequences into each row, position ids restarting at 0 per sequence and attention kept inside
+    each sequence: flash_attention_2 runs varlen on one row per micro-batch (no padding); sdpa / eager get the
+    block-diagonal causal mask on rows as long as the micro-batch's longest sequence. false: one right-padded row
+    per sequence with an attention mask (the baseline; wastes the padding's compute)."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them (less memory, about
     one more forward of compute). For long contexts."""

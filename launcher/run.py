@@ -103,7 +103,7 @@ def supervise(config: Config, children: list[Child], learner: Child, view: Statu
                 print(f"warning: {late} did not exit {DRAIN_S:.0f}s after the learner finished; stopping them")
                 return
         elif not learner_finished(config) and any(c.returncode == 0 for c in children if c is not learner):
-            early = next(c for c in children if c is not learner and c.returncode == 0)  # learner ranks wait for it
+            early = next(c for c in children if c is not learner and c.returncode == 0)
             raise _fail(early, "a role exited before the learner finished")
         if time.monotonic() - started > config.run.max_wall_s:
             raise RunFailed(f"run.max_wall_s = {config.run.max_wall_s:.0f}s passed before the learner finished")
@@ -151,10 +151,11 @@ def _run(config: Config, stop: StopSignals) -> dict:
     try:  # a failure part-way through starting the roles still stops the ones already started
         children.append(spawn("buffer", "buffer.service", ["--config", cfg_path], logs))
         ranks, net = config.learner.ranks, config.net
-        for rank in range(ranks):  # rank 0 is "learner": the one that talks to the buffer and the actors
-            children.append(spawn("learner" if rank == 0 else f"learner{rank}", "learner.trainer",
-                                  ["--config", cfg_path], logs, learner_env(rank, ranks, net.host, net.learner_port, gpus)))
-        learner = children[1]
+        learner_ranks = [spawn("learner" if rank == 0 else f"learner{rank}", "learner.trainer", ["--config", cfg_path],
+                               logs, learner_env(rank, ranks, net.host, net.learner_port, gpus))
+                         for rank in range(ranks)]
+        children.extend(learner_ranks)
+        learner = learner_ranks[0]  # rank 0 talks to the buffer and the actors; its exit ends the run
         for i in range(config.actors.count):
             children.append(spawn(f"actor{i}", "actors.worker", ["--config", cfg_path, "--actor-id", str(i)], logs,
                                   role_env("actor", i, gpus, ranks)))

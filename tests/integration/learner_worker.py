@@ -55,8 +55,8 @@ def algo(aggregation):
 def step(ranks, out, variants):
     results = {}
     for case, aggregation in (("uneven", "token"), ("uneven", "sequence"), ("lonely", "token")):
-        for tokens, layout in variants:
-            policy = parallelize(small_policy(), ranks, torch.float32)
+        for tokens, layout, checkpointing in variants:
+            policy = parallelize(small_policy(), ranks, torch.float32, activation_checkpointing=checkpointing)
             start = {n: full_tensor(p.detach()).clone() for n, p in policy.lm.named_parameters()}
             reference = parallelize(small_policy(seed=1), ranks, torch.float32)  # a different policy: KL and its gradient > 0.eval().requires_grad_(False)
             a = algo(aggregation)
@@ -64,7 +64,7 @@ def step(ranks, out, variants):
             opt = torch.optim.SGD(policy.parameters(), lr=1.0)
             m = train_step(policy, opt, groups(case), settings, make_entropy_control(a.entropy), ranks, reference)
             grads = {n: (start[n] - full_tensor(p.detach())).numpy() for n, p in policy.lm.named_parameters()}
-            key = f"{case}-{aggregation}-{tokens}-{layout}"
+            key = f"{case}-{aggregation}-{tokens}-{layout}" + ("-ckpt" if checkpointing else "")
             results[key] = m
             if ranks.main:
                 np.savez(os.path.join(out, f"grad-{key}-r{ranks.world}.npz"), **grads)
@@ -76,7 +76,15 @@ def step(ranks, out, variants):
 def publish_weights(ranks, out, sync_port, store_port):
     import zmq
 
-    policy = parallelize(small_policy(seed=3), ranks, torch.float32)
+    policy = parallelize(small_policy(seed=3), ranks, torch.bfloat16)  # model.dtype = bfloat16
+    # fp32 master weights; forward in bf16 (what a decoder layer outputs), log-probs in fp32.
+    seen = []
+    policy.lm.model.layers[0].register_forward_hook(lambda mod, args, out: seen.append(
+        (out[0] if isinstance(out, tuple) else out).dtype))
+    lp, _ = policy(torch.tensor([[1, 2, 3, 4]]), torch.arange(4)[None], None, torch.zeros(3, dtype=torch.long),
+                   torch.arange(3), torch.tensor([2, 3, 4]))
+    dtypes = {"master": sorted({str(p.dtype) for p in policy.parameters()}), "compute": str(seen[0]),
+              "logprob": str(lp.dtype)}
     broadcaster = None
     if ranks.main:
         broadcaster = WeightBroadcaster(zmq.Context.instance(), "127.0.0.1", sync_port, store_port, 1, "gloo", 60.0,
@@ -86,6 +94,8 @@ def publish_weights(ranks, out, sync_port, store_port):
     full = {n: full_tensor(t.detach()).numpy() for n, t in named}
     if ranks.main:
         np.savez(os.path.join(out, "published.npz"), **full)
+        with open(os.path.join(out, "dtypes.json"), "w") as f:
+            json.dump(dtypes, f)
         broadcaster.close()
 
 
@@ -93,13 +103,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["step", "publish"])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--variants", default="100000:varlen", help="micro_batch_tokens:layout,... (learner/packing.py)")
+    parser.add_argument("--variants", default="100000:varlen",
+                        help="micro_batch_tokens:layout[:ckpt],... (layouts: learner/packing.py; ckpt: activation "
+                             "checkpointing)")
     parser.add_argument("--ports", default="0,0")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ranks = init_ranks("float32", 120.0)
     if args.mode == "step":
-        variants = [(int(t), layout) for t, layout in (v.split(":") for v in args.variants.split(","))]
+        variants = [(int(v.split(":")[0]), v.split(":")[1], v.endswith(":ckpt")) for v in args.variants.split(",")]
         step(ranks, args.out, variants)
     else:
         sync_port, store_port = (int(p) for p in args.ports.split(","))

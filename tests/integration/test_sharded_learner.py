@@ -2,7 +2,7 @@
 
 One training step of a small model (entropy bonus, KL to a reference, recomputed π_old with a TIS correction on)
 must give the same gradient and the same metrics whether the mini-batch runs whole, cut into micro-batches
-(packed or padded), or split over two sharded ranks; a rank that gets no data must not hang the others; and
+(packed or padded), or split over two sharded ranks (with and without activation checkpointing); a rank that gets no data must not hang the others; and
 what an actor receives from two sharded ranks must equal the learner's weights.
 """
 
@@ -61,7 +61,7 @@ def test_split_packed_padded_and_two_rank_steps_equal_the_unsplit_step(tmp_path)
     # 30 tokens = the longest sequence: every case needs several micro-batches (layouts: learner/packing.py).
     wait_all(start_ranks(1, ["step", "--out", str(tmp_path), "--variants",
                              "100000:varlen,30:varlen,30:rows,30:padded"], tmp_path), tmp_path)
-    wait_all(start_ranks(2, ["step", "--out", str(tmp_path), "--variants", "30:rows"], tmp_path), tmp_path)
+    wait_all(start_ranks(2, ["step", "--out", str(tmp_path), "--variants", "30:rows,30:rows:ckpt"], tmp_path), tmp_path)
     one = json.loads((tmp_path / "metrics-r1.json").read_text())
     two = json.loads((tmp_path / "metrics-r2.json").read_text())
     for case in ("uneven-token", "uneven-sequence", "lonely-token"):
@@ -70,7 +70,8 @@ def test_split_packed_padded_and_two_rank_steps_equal_the_unsplit_step(tmp_path)
         base = np.load(tmp_path / f"grad-{case}-100000-varlen-r1.npz")
         assert all(np.abs(base[k]).max() > 0 for k in base)  # every parameter gets a gradient to compare
         splits = [(f"{case}-30-{layout}-r1", one[f"{case}-30-{layout}"]) for layout in ("varlen", "rows", "padded")]
-        for split, metrics in splits + [(f"{case}-30-rows-r2", two[f"{case}-30-rows"])]:
+        sharded = [(f"{case}-30-rows{c}-r2", two[f"{case}-30-rows{c}"]) for c in ("", "-ckpt")]  # ckpt: checkpointing
+        for split, metrics in splits + sharded:
             grads = np.load(tmp_path / f"grad-{split}.npz")
             worst = max((relative(grads[k], base[k]), k) for k in base)
             assert worst[0] < 1e-5, (split, worst)
@@ -86,7 +87,7 @@ def test_split_packed_padded_and_two_rank_steps_equal_the_unsplit_step(tmp_path)
     assert two["lonely-token-30-rows"]["learner/micro_batches"] == 1
 
 
-def test_two_sharded_ranks_publish_exactly_the_learners_weights(tmp_path):
+def test_two_sharded_bf16_ranks_keep_fp32_masters_and_publish_exactly_the_learners_weights(tmp_path):
     sync_port, store_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     procs = start_ranks(2, ["publish", "--out", str(tmp_path), "--ports", f"{sync_port},{store_port}"], tmp_path)
     receiver = WeightReceiver(0, "127.0.0.1", sync_port, store_port, 2, "gloo", 60.0, torch.device("cpu"))
@@ -98,6 +99,9 @@ def test_two_sharded_ranks_publish_exactly_the_learners_weights(tmp_path):
         receiver.stop()
         receiver.join(10)
     assert staged is not None and staged.version == 5, receiver.error
+    # model.dtype = bfloat16: fp32 master weights, bf16 compute, fp32 log-probs, bf16 on the wire.
+    assert json.loads((tmp_path / "dtypes.json").read_text()) == {
+        "master": ["torch.float32"], "compute": "torch.bfloat16", "logprob": "torch.float32"}
     learner = np.load(tmp_path / "published.npz")
     received = dict(staged.tensors)
     assert sorted(received) == sorted(learner.files)

@@ -5,22 +5,34 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from learner.packing import LAYOUTS, first_fit_decreasing, plan
+from learner.packing import LAYOUTS, best_fit_decreasing, padded_bins, plan
 
 
-def test_first_fit_decreasing_respects_the_budget_and_keeps_every_sequence():
+def test_best_fit_decreasing_respects_the_budget_and_keeps_every_sequence():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 40, 97).tolist()
-    bins = first_fit_decreasing(list(range(97)), lengths, 64)
+    bins = best_fit_decreasing(list(range(97)), lengths, 64)
     assert sorted(i for b in bins for i in b) == list(range(97))
     assert all(sum(lengths[i] for i in b) <= 64 for b in bins)
-    assert len(bins) <= -(-sum(lengths) // 64) + 2  # FFD is near the lower bound on this kind of input
-    padded = first_fit_decreasing(list(range(97)), lengths, 64, padded_cost=True)
+    assert len(bins) <= -(-sum(lengths) // 64) + 2  # BFD is near the lower bound on this kind of input
+    padded = padded_bins(list(range(97)), lengths, 64)
+    assert sorted(i for b in padded for i in b) == list(range(97))
     assert all(len(b) * max(lengths[i] for i in b) <= 64 for b in padded)
 
 
 def test_a_sequence_over_the_budget_gets_a_bin_of_its_own():
-    assert first_fit_decreasing([0, 1, 2], [100, 3, 4], 10) == [[0], [2, 1]]
+    assert best_fit_decreasing([0, 1, 2], [100, 3, 4], 10) == [[0], [2, 1]]
+    assert padded_bins([0, 1, 2], [100, 3, 4], 10) == [[0], [2, 1]]
+
+
+def test_planning_thousands_of_sequences_takes_milliseconds():
+    import time
+
+    lengths = (np.random.default_rng(1).pareto(1.2, 4096) * 500 + 50).astype(int).clip(max=34816).tolist()
+    for layout in LAYOUTS:
+        start = time.perf_counter()
+        plan(lengths, 36864, 4, layout)
+        assert time.perf_counter() - start < 1.0, layout  # best fit with a sorted index: O(n log n)
 
 
 def cost(rows, lengths, layout):
