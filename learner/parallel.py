@@ -113,3 +113,10 @@ def parallelize(policy, ranks: Ranks, compute_dtype: torch.dtype, activation_che
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a (possibly sharded) parameter: an all-gather on every rank for a DTensor."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def release(module) -> None:
+    """Drop the gathered copies a sharded module keeps after a forward without backward (FSDP2 leaves the root's
+    parameters gathered then); a no-op for a plain module."""
+    if hasattr(module, "reshard"):
+        module.reshard()

@@ -35,7 +35,7 @@ from learner.loss import behaviour_kl_k3, policy_loss
 from learner.model import policy_logprobs
 from learner.off_policy import behaviour_weights
 from learner.packing import plan
-from learner.parallel import Ranks, full_tensor
+from learner.parallel import Ranks, full_tensor, release
 from learner.step_metrics import StepMetrics
 
 
@@ -89,6 +89,7 @@ def train_step(policy, optimizer, groups, settings: UpdateSettings, controller, 
                     lp, ent = policy_logprobs(policy, mb, device)
                     prox[i][j] = lp if recompute else None
                     _observe(before, lp, ent, mb, device)
+        release(policy)
         before.reduce(ranks)
 
     alpha = None
@@ -109,6 +110,7 @@ def train_step(policy, optimizer, groups, settings: UpdateSettings, controller, 
                 if reference is not None and algo.kl_coef > 0:
                     with torch.no_grad():
                         ref_N, _ = policy_logprobs(reference, mb, device)
+                    release(reference)
                 loss, stats = policy_loss(
                     logprob_N, entropy_N, prox[i][j] if recompute else behaviour_N, mb.advantage_N.to(device),
                     mb.weight_N.to(device), mb.real_N.to(device), settings.eps_low, settings.eps_high, alpha or 0.0,

@@ -18,7 +18,7 @@ from buffer.protocol import Response, TrajectoryGroup
 from configs.schema import AlgoConfig
 from learner.entropy_control import make_entropy_control
 from learner.model import Policy
-from learner.parallel import full_tensor, init_ranks, parallelize
+from learner.parallel import full_tensor, init_ranks, parallelize, release
 from learner.update import UpdateSettings, train_step
 from learner.weight_sync import WeightBroadcaster, publish
 
@@ -77,14 +77,15 @@ def publish_weights(ranks, out, sync_port, store_port):
     import zmq
 
     policy = parallelize(small_policy(seed=3), ranks, torch.bfloat16)  # model.dtype = bfloat16
-    # fp32 master weights; forward in bf16 (what a decoder layer outputs), log-probs in fp32.
+    # fp32 master weights (what AdamW updates); forward in bf16 (what a decoder layer outputs), log-probs in fp32.
+    master = sorted({str(p.dtype) for p in policy.parameters()})
     seen = []
     policy.lm.model.layers[0].register_forward_hook(lambda mod, args, out: seen.append(
         (out[0] if isinstance(out, tuple) else out).dtype))
     lp, _ = policy(torch.tensor([[1, 2, 3, 4]]), torch.arange(4)[None], None, torch.zeros(3, dtype=torch.long),
                    torch.arange(3), torch.tensor([2, 3, 4]))
-    dtypes = {"master": sorted({str(p.dtype) for p in policy.parameters()}), "compute": str(seen[0]),
-              "logprob": str(lp.dtype)}
+    release(policy)  # FSDP2 keeps the root's bf16 copies gathered after a forward without backward
+    dtypes = {"master": master, "compute": str(seen[0]), "logprob": str(lp.dtype)}
     broadcaster = None
     if ranks.main:
         broadcaster = WeightBroadcaster(zmq.Context.instance(), "127.0.0.1", sync_port, store_port, 1, "gloo", 60.0,

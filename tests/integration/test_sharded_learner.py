@@ -80,8 +80,8 @@ def test_split_packed_padded_and_two_rank_steps_equal_the_unsplit_step(tmp_path)
         if case != "lonely-token":
             assert one[f"{case}-30-varlen"]["learner/micro_batches"] > 1
             assert one[f"{case}-30-varlen"]["learner/padding_frac"] == 0.0
-            # rows as long as the longest sequence waste less than one padded row per sequence
-            assert one[f"{case}-30-rows"]["learner/padding_frac"] < one[f"{case}-30-padded"]["learner/padding_frac"]
+            # here rows waste no more than padding (much less on long tails: tests/unit/test_packing.py)
+            assert one[f"{case}-30-rows"]["learner/padding_frac"] <= one[f"{case}-30-padded"]["learner/padding_frac"]
     # One sequence, two ranks: rank 1 ran a weight-0 filler through the same collectives.
     assert two["lonely-token-30-rows"]["learner/padding_frac"] > 0
     assert two["lonely-token-30-rows"]["learner/micro_batches"] == 1
