@@ -20,7 +20,8 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
     load_times = [a["load_s_mean"] for a in actors if a.get("load_s_mean")]
     summary = {
         "eval": {},
-        "learner": {k: learner[k] for k in ("steps", "tokens_per_s", "wait_for_batch_frac")},
+        "learner": {**{k: learner[k] for k in ("steps", "tokens_per_s", "wait_for_batch_frac")},
+                    "ranks": learner.get("ranks", 1)},
         "actors": {
             "count": num_actors,
             # Aggregate generation throughput: what the learner is fed with.
@@ -68,8 +69,10 @@ def human(summary: dict) -> str:
     curve = summary.get("eval_curve", [])
     if len(curve) > 2 or (curve and not e):
         lines.append("eval by version     " + ", ".join(f"v{p['version']} {p['accuracy']:.3f}" for p in curve))
+    on_ranks = f" on {l['ranks']} ranks" if l.get("ranks", 1) > 1 else ""
     lines += [
-        f"learner             {l['steps']} steps, {l['tokens_per_s']:.0f} tok/s, waiting for batches {l['wait_for_batch_frac']:.0%} of the time",
+        f"learner             {l['steps']} steps{on_ranks}, {l['tokens_per_s']:.0f} tok/s, "
+        f"waiting for batches {l['wait_for_batch_frac']:.0%} of the time",
         f"actors              {a['count']} x vLLM, {a['tokens_per_s']:.0f} tok/s in all",
         f"staleness           mean {s['mean']:.2f}, max {s['max']} (bound {s['max_allowed']}), dropped {s['dropped']}",
         "rejection sampling  {} groups all right, {} all wrong dropped; {} prompts filtered online".format(

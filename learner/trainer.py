@@ -71,9 +71,10 @@ class Learner:
         except ValueError as err:
             raise ValueError(f"learner.logprob_impl: {err}") from None
         self.policy = self.load_policy().train()
+        lm_config = self.policy.lm.config
+        layout = layout_for(lc.packing, lm_config._attn_implementation)
         self.log.info("learner", rank=self.ranks.rank, ranks=self.ranks.world, sharded=self.ranks.sharded,
-                      device=str(self.device), logprob_impl=self.logprob_impl,
-                      layout=layout_for(lc.packing, self.policy.lm.config._attn_implementation),
+                      device=str(self.device), logprob_impl=self.logprob_impl, layout=layout,
                       micro_batch_tokens=lc.micro_batch_tokens, master_dtype=lc.master_dtype,
                       compute_dtype=config.model.dtype)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
@@ -88,7 +89,6 @@ class Learner:
                                                  pick_backend(config.sync.backend, self.device), config.sync.timeout_s,
                                                  self.device)
         self.version = 0
-        lm_config = self.policy.lm.config
         self.controller = make_entropy_control(config.algo.entropy)
         # A frozen copy of the initial policy, only when a KL penalty asks for one.
         self.reference = None
@@ -97,8 +97,7 @@ class Learner:
         self.settings = UpdateSettings(
             algo=config.algo, eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, grad_clip=lc.grad_clip,
             pad_id=lm_config.pad_token_id if lm_config.pad_token_id is not None else 0,
-            micro_batch_tokens=lc.micro_batch_tokens,
-            layout=layout_for(lc.packing, self.policy.lm.config._attn_implementation))
+            micro_batch_tokens=lc.micro_batch_tokens, layout=layout)
 
     def load_policy(self) -> Policy:
         cfg = self.config

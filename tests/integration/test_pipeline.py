@@ -122,6 +122,22 @@ def test_synchronous_eta0_is_on_policy(tmp_path):
     assert all(r["learner/behaviour_logprob_abs_diff"] < 1e-3 for r in learner), [r["learner/behaviour_logprob_abs_diff"] for r in learner]
 
 
+def test_two_sharded_learner_ranks_stay_on_policy(tmp_path):
+    """learner.ranks = 2 (FSDP2 over gloo), several micro-batches per step: at η = 0 the actors' vLLM log-probs
+    match the learner's, which holds only if every broadcast, gathered from two sets of shards, was exact."""
+    steps = 3
+    run_dir = run_launcher(tmp_path, "ranks2", "--set", "buffer.max_staleness=0", "--set", f"learner.steps={steps}",
+                           "--set", "learner.ranks=2", "--set", "learner.micro_batch_tokens=72")
+    summary, learner = check_common(run_dir, 0, steps)
+    assert summary["learner"]["ranks"] == 2
+    assert all(r["learner/ranks"] == 2 and r["learner/micro_batches"] >= 2 for r in learner)
+    assert all(r["learner/behaviour_logprob_abs_diff"] < 1e-3 for r in learner), \
+        [r["learner/behaviour_logprob_abs_diff"] for r in learner]
+    with open(os.path.join(run_dir, "logs", "learner1.jsonl")) as f:
+        assert any('"sharded": true' in line for line in f)
+    assert os.path.exists(os.path.join(run_dir, "final", "model.safetensors"))
+
+
 def test_async_eta2_respects_bound_with_two_actors_across_a_stage_switch(tmp_path):
     steps = 6
     run_dir = run_launcher(tmp_path, "eta2", "--set", "buffer.max_staleness=2", "--set", f"learner.steps={steps}",
