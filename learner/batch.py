@@ -51,10 +51,6 @@ class MiniBatch:
     lengths: np.ndarray  # (B,) response tokens
     truncated: np.ndarray  # (B,) bool: cut at the length limit
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.lengths.sum())
-
 
 @dataclass
 class MicroBatch:
