@@ -38,6 +38,7 @@ from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import max_over_stages
 from telemetry import log as tlog
+from telemetry.time_budget import TimeBudget
 
 GROUP_SEND_ATTEMPTS = 3
 
@@ -92,6 +93,7 @@ class Actor:
         self.version = 0  # the weights on disk are policy version 0
         self.seq = 0
         self.finishing = False  # after `stop`: saying bye and writing the figures
+        self.budget = TimeBudget()  # restarted when the run loop starts
         self.stats = {"tokens": 0, "groups": 0, "gen_s": 0.0, "load_s": [], "recv_s": [], "versions": [0],
                       "rejected": 0, "wait_weights_s": 0.0, "eval_s": 0.0, "evaluated": []}
         self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
@@ -106,6 +108,10 @@ class Actor:
     # ------------------------------------------------------------------ weights
 
     def load(self, staged) -> None:
+        with self.budget.measure("loading_weights"):
+            self._load(staged)
+
+    def _load(self, staged) -> None:
         start = time.perf_counter()
         self.engine.load_weights(staged.tensors)
         load_s = time.perf_counter() - start
@@ -142,6 +148,7 @@ class Actor:
         cfg = self.config
         self.client.request("hello", {"actor_id": self.actor_id}, cfg.net.request_timeout_s)
         self.metrics.log({"actor/version": 0, "actor/probe_logprob": self.probe()}, step=0)
+        self.budget = TimeBudget()  # where the wall time goes: roles/actor<i>.json "time", summary.json
         started = time.perf_counter()
         while True:
             staged = self.receiver.take()
@@ -149,20 +156,24 @@ class Actor:
                 self.load(staged)
             last = self.stats["evaluated"][-1] if self.stats["evaluated"] else 0
             if due(self.version, last, self.eval_every, cfg.learner.steps):
-                self.evaluate()
+                with self.budget.measure("evaluating"):
+                    self.evaluate()
                 continue  # newer weights may have arrived meanwhile
-            reply = self.client.request("grant_request", {"actor_id": self.actor_id, "version": self.version,
-                                                          "max_prompts": cfg.actors.prompts_per_chunk},
-                                        cfg.net.request_timeout_s)
+            with self.budget.measure("waiting_for_grant"):
+                reply = self.client.request("grant_request", {"actor_id": self.actor_id, "version": self.version,
+                                                              "max_prompts": cfg.actors.prompts_per_chunk},
+                                            cfg.net.request_timeout_s)
+                if reply.type == "wait":
+                    time.sleep(reply.body.get("retry_s", 0.05))
             if reply.type == "stop":
                 break
             if reply.type == "wait":
-                time.sleep(reply.body.get("retry_s", 0.05))
                 continue
             prompts = reply.body["prompts"]
             if self.version < reply.body["min_version"]:
                 t0 = time.perf_counter()
-                staged = self.receiver.wait_for(reply.body["min_version"], cfg.actors.grant_wait_s)
+                with self.budget.measure("waiting_for_weights"):
+                    staged = self.receiver.wait_for(reply.body["min_version"], cfg.actors.grant_wait_s)
                 self.stats["wait_weights_s"] += time.perf_counter() - t0
                 if staged is None:
                     self.log.warning("grant_returned", need=reply.body["min_version"], have=self.version)
@@ -187,13 +198,16 @@ class Actor:
 
         cfg = self.config.actors
         start = time.perf_counter()
-        outputs = self.engine.generate([p[1] for p in prompts], n, cfg.temperature, cfg.top_p, max_tokens,
-                                       self.codec.eos_id)
+        with self.budget.measure("generating"):
+            outputs = self.engine.generate([p[1] for p in prompts], n, cfg.temperature, cfg.top_p, max_tokens,
+                                           self.codec.eos_id)
         gen_s = time.perf_counter() - start
         n_tokens = sum(len(s.token_ids) for samples in outputs for s in samples)
         verify_start = time.perf_counter()
-        rewards = self.scorer.score([Sample(kind, self.codec.decode(s.token_ids), reference, s.finish_reason == "length")
-                                     for (_, _, kind, reference), samples in zip(prompts, outputs) for s in samples])
+        with self.budget.measure("scoring"):
+            rewards = self.scorer.score([Sample(kind, self.codec.decode(s.token_ids), reference,
+                                                s.finish_reason == "length")
+                                         for (_, _, kind, reference), samples in zip(prompts, outputs) for s in samples])
         verify_s = time.perf_counter() - verify_start
         position = 0
         for (prompt_id, prompt_ids, _, _), samples in zip(prompts, outputs):
@@ -203,12 +217,14 @@ class Actor:
                 position += 1
             group = TrajectoryGroup(prompt_id, prompt_ids, responses, self.actor_id, self.seq, gen_s / len(prompts))
             self.seq += 1
-            self.send(group)
+            with self.budget.measure("sending"):
+                self.send(group)
         self.stats["tokens"] += n_tokens
         self.stats["groups"] += len(prompts)
         self.stats["gen_s"] += gen_s
         self.metrics.log({"actor/tokens_per_s": n_tokens / gen_s, "actor/reward_mean": float(np.mean(rewards)),
                           "actor/verify_s": verify_s, "actor/verify_timeouts": self.scorer.timeouts,
+                          "actor/busy_frac": self.budget.busy_frac("generating", "scoring"),
                           "actor/version": self.version, "actor/tokens": self.stats["tokens"]}, step=self.version)
 
     def send(self, group) -> None:
@@ -242,6 +258,7 @@ class Actor:
             "versions_loaded": s["versions"], "versions_received": list(self.receiver.received_versions),
             "rejected": s["rejected"], "wait_weights_s": s["wait_weights_s"],
             "eval_s": s["eval_s"], "evaluated_versions": s["evaluated"],
+            "time": self.budget.as_dict(),
         }
         try:
             self.client.request("bye", {"actor_id": self.actor_id, "stats": summary}, 5.0)

@@ -38,6 +38,8 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         # Rejection sampling (all-equal groups dropped) and online filtering (mastered prompts removed).
         "filtering": {**buffer.get("rejection_sampling", {}), "online_filtered": buffer.get("online_filtered", 0)},
         "wall_s": wall_s,
+        # Seconds per activity of each role (telemetry/time_budget.py): who waited for whom.
+        "time": {"learner": learner.get("time", {}), "actors": [a.get("time", {}) for a in actors]},
     }
     summary["eval_curve"] = eval_curve(run_dir)
     before, after = os.path.join(run_dir, "eval_before.json"), os.path.join(run_dir, "eval_after.json")
@@ -79,6 +81,20 @@ def human(summary: dict) -> str:
             summary.get("filtering", {}).get("solve_all", 0), summary.get("filtering", {}).get("solve_none", 0),
             summary.get("filtering", {}).get("online_filtered", 0)),
         f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)",
+        *time_lines(summary.get("time", {})),
         f"wall                {summary['wall_s']:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def time_lines(time: dict) -> list[str]:
+    """One line per role: its wall time split into activities, largest first."""
+    roles = [("learner", time.get("learner", {}))] + [(f"actor{i}", t) for i, t in enumerate(time.get("actors", []))]
+    lines = []
+    for name, t in roles:
+        if not t:
+            continue
+        parts = sorted(((k, v) for k, v in t.items() if k != "wall" and v >= 0.05), key=lambda kv: -kv[1])
+        lines.append(f"time {name:<14} {t['wall']:.0f} s: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s"
+                                                                       for k, v in parts))
+    return lines

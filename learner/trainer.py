@@ -41,6 +41,7 @@ from learner.update import UpdateSettings, train_step
 from learner.weight_sync import WeightBroadcaster, pick_backend, publish
 from telemetry import log as tlog
 from telemetry.metrics import MetricsWriter
+from telemetry.time_budget import TimeBudget
 
 
 def groups_metrics(report: dict) -> dict:
@@ -143,21 +144,26 @@ class Learner:
         self.request("hello", {})
         self.request("version", {"version": 0})
         totals = {"wait_s": 0.0, "train_s": 0.0, "tokens": 0, "broadcast_s": [], "staleness": []}
+        budget = TimeBudget()  # where the wall time goes: roles/learner.json "time", summary.json
         started = time.perf_counter()
         for step in range(cfg.learner.steps):
             t0 = time.perf_counter()
-            groups, staleness, report = self.next_batch()
+            with budget.measure("waiting_for_batch"):
+                groups, staleness, report = self.next_batch()
             t1 = time.perf_counter()
-            values = self.step(groups)
+            with budget.measure("training"):
+                values = self.step(groups)
             t2 = time.perf_counter()
             self.version += 1
             if self.version % cfg.sync.every == 0 or step == cfg.learner.steps - 1:
-                broadcast_s = self.publish()
+                with budget.measure("broadcasting"):
+                    broadcast_s = self.publish()
                 totals["broadcast_s"].append(broadcast_s)
                 values["sync/broadcast_s"] = broadcast_s
             # The buffer learns the version only after the weights went out, so a grant for
             # version v never asks an actor for weights that are not on their way.
-            self.request("version", {"version": self.version})
+            with budget.measure("reporting_version"):
+                self.request("version", {"version": self.version})
             totals["wait_s"] += t1 - t0
             totals["train_s"] += t2 - t1
             totals["tokens"] += values["learner/tokens"]
@@ -173,6 +179,7 @@ class Learner:
                 "learner/step_s": t2 - t1,
                 "learner/tokens_per_s": values["learner/tokens"] / (t2 - t1),
                 "learner/wait_for_batch_frac": totals["wait_s"] / elapsed,
+                "learner/busy_frac": budget.busy_frac("training", "broadcasting"),
                 "learner/staleness_mean": float(np.mean(staleness)),
                 "learner/staleness_max": int(max(staleness)),
                 "learner/staleness_hist": np.bincount(staleness, minlength=cfg.buffer.max_staleness + 1).tolist(),
@@ -184,8 +191,10 @@ class Learner:
                           loss=round(values["learner/loss"], 4), staleness_max=int(max(staleness)),
                           micro_batches=values["learner/micro_batches"], wait_s=round(t1 - t0, 3))
         wall = time.perf_counter() - started
-        self.save_final()
+        with budget.measure("saving"):
+            self.save_final()
         summary = {
+            "time": budget.as_dict(),
             "steps": cfg.learner.steps,
             "ranks": self.ranks.world,
             "tokens_per_s": totals["tokens"] / totals["train_s"] if totals["train_s"] else 0.0,

@@ -312,6 +312,14 @@ def test_default_path_with_warm_start_and_eval_writes_the_documented_summary(tmp
                           "filtering": ["solve_all", "solve_none", "online_filtered"]}.items():
         assert set(keys) <= set(summary[section]), section
     assert summary["eval"]["n"] == 16 and 0.0 <= summary["eval"]["before"] <= 1.0 and summary["wall_s"] > 0
+    # Where each role's wall time went: named activities plus "other" add up to its wall time.
+    learner_time, (actor_time,) = summary["time"]["learner"], summary["time"]["actors"]
+    assert {"waiting_for_batch", "training", "broadcasting"} <= set(learner_time)
+    assert {"generating", "scoring", "waiting_for_grant", "evaluating", "sending"} <= set(actor_time)
+    for t in (learner_time, actor_time):
+        assert sum(v for k, v in t.items() if k != "wall") == pytest.approx(t["wall"], rel=1e-6)
+        assert all(v >= 0 for v in t.values())
+    assert actor_time["evaluating"] > 0 and learner_time["training"] > 0
     curve = summary["eval_curve"]
     assert [p["version"] for p in curve] == [0, 1, 2, steps]  # before, every step in between, after
     assert len({(p["accuracy"], p["greedy_accuracy"], p["pass_at_k"]) for p in curve}) == 1, curve
