@@ -95,7 +95,7 @@ class Actor:
         self.finishing = False  # after `stop`: saying bye and writing the figures
         self.budget = TimeBudget()  # restarted when the run loop starts
         self.stats = {"tokens": 0, "groups": 0, "gen_s": 0.0, "load_s": [], "recv_s": [], "versions": [0],
-                      "rejected": 0, "wait_weights_s": 0.0, "eval_s": 0.0, "evaluated": []}
+                      "rejected": 0, "eval_s": 0.0, "evaluated": []}
         self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
         self.eval_metrics = MetricsWriter(config.run_dir, "eval") if self.eval_every else None
 
@@ -171,10 +171,8 @@ class Actor:
                 continue
             prompts = reply.body["prompts"]
             if self.version < reply.body["min_version"]:
-                t0 = time.perf_counter()
                 with self.budget.measure("waiting_for_weights"):
                     staged = self.receiver.wait_for(reply.body["min_version"], cfg.actors.grant_wait_s)
-                self.stats["wait_weights_s"] += time.perf_counter() - t0
                 if staged is None:
                     self.log.warning("grant_returned", need=reply.body["min_version"], have=self.version)
                     self.client.request("grant_return", {"actor_id": self.actor_id,
@@ -256,7 +254,7 @@ class Actor:
             "load_s_mean": float(np.mean(s["load_s"])) if s["load_s"] else 0.0,
             "recv_s_mean": float(np.mean(s["recv_s"])) if s["recv_s"] else 0.0,
             "versions_loaded": s["versions"], "versions_received": list(self.receiver.received_versions),
-            "rejected": s["rejected"], "wait_weights_s": s["wait_weights_s"],
+            "rejected": s["rejected"], "wait_weights_s": self.budget.seconds.get("waiting_for_weights", 0.0),
             "eval_s": s["eval_s"], "evaluated_versions": s["evaluated"],
             "time": self.budget.as_dict(),
         }

@@ -143,7 +143,7 @@ class Learner:
         cfg = self.config
         self.request("hello", {})
         self.request("version", {"version": 0})
-        totals = {"wait_s": 0.0, "train_s": 0.0, "tokens": 0, "broadcast_s": [], "staleness": []}
+        totals = {"tokens": 0, "broadcast_s": [], "staleness": []}
         budget = TimeBudget()  # where the wall time goes: roles/learner.json "time", summary.json
         started = time.perf_counter()
         for step in range(cfg.learner.steps):
@@ -164,8 +164,6 @@ class Learner:
             # version v never asks an actor for weights that are not on their way.
             with budget.measure("reporting_version"):
                 self.request("version", {"version": self.version})
-            totals["wait_s"] += t1 - t0
-            totals["train_s"] += t2 - t1
             totals["tokens"] += values["learner/tokens"]
             totals["staleness"].extend(staleness)
             if not self.ranks.main:
@@ -178,7 +176,7 @@ class Learner:
                 "learner/wait_for_batch_s": t1 - t0,
                 "learner/step_s": t2 - t1,
                 "learner/tokens_per_s": values["learner/tokens"] / (t2 - t1),
-                "learner/wait_for_batch_frac": totals["wait_s"] / elapsed,
+                "learner/wait_for_batch_frac": budget.seconds["waiting_for_batch"] / elapsed,
                 "learner/busy_frac": budget.busy_frac("training", "broadcasting"),
                 "learner/staleness_mean": float(np.mean(staleness)),
                 "learner/staleness_max": int(max(staleness)),
@@ -197,8 +195,8 @@ class Learner:
             "time": budget.as_dict(),
             "steps": cfg.learner.steps,
             "ranks": self.ranks.world,
-            "tokens_per_s": totals["tokens"] / totals["train_s"] if totals["train_s"] else 0.0,
-            "wait_for_batch_frac": totals["wait_s"] / wall if wall else 0.0,
+            "tokens_per_s": totals["tokens"] / budget.seconds["training"] if budget.seconds.get("training") else 0.0,
+            "wait_for_batch_frac": budget.seconds.get("waiting_for_batch", 0.0) / wall if wall else 0.0,
             "broadcast_s_mean": float(np.mean(totals["broadcast_s"])) if totals["broadcast_s"] else 0.0,
             "staleness_trained": totals["staleness"],
             "wall_s": wall,
