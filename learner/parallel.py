@@ -59,7 +59,9 @@ class Ranks:
             dist.barrier(group=self.cpu_group)
 
     def close(self) -> None:
+        """Tear the process group down together: no rank closes its connections while another still uses them."""
         if dist.is_initialized():
+            self.barrier()
             dist.destroy_process_group()
 
 

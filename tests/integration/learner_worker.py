@@ -82,8 +82,9 @@ def publish_weights(ranks, out, sync_port, store_port):
     seen = []
     policy.lm.model.layers[0].register_forward_hook(lambda mod, args, out: seen.append(
         (out[0] if isinstance(out, tuple) else out).dtype))
-    lp, _ = policy(torch.tensor([[1, 2, 3, 4]]), torch.arange(4)[None], None, torch.zeros(3, dtype=torch.long),
-                   torch.arange(3), torch.tensor([2, 3, 4]))
+    with torch.no_grad():  # as the learner's own forwards without a backward (a graded one leaves FSDP hooks armed)
+        lp, _ = policy(torch.tensor([[1, 2, 3, 4]]), torch.arange(4)[None], None, torch.zeros(3, dtype=torch.long),
+                       torch.arange(3), torch.tensor([2, 3, 4]))
     release(policy)  # FSDP2 keeps the root's bf16 copies gathered after a forward without backward
     dtypes = {"master": master, "compute": str(seen[0]), "logprob": str(lp.dtype)}
     broadcaster = None
