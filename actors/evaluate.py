@@ -44,8 +44,8 @@ class Heldout:
 
 def heldout(config: Config, codec, model_dir: str) -> Heldout:
     limit = config.eval.max_problems
-    if config.task.kind == "arithmetic":
-        from tasks.arithmetic import make_splits
+    if config.task.kind != "files":
+        from tasks.builtin import make_splits
 
         _, problems = make_splits(config.task, config.run.seed)
         problems = problems[:limit]

@@ -30,6 +30,7 @@ class StagedWeights:
         self.version = version
         self.tensors = tensors
         self.recv_s = recv_s
+        self.staged_at = time.perf_counter()  # when the broadcast finished (weights-to-first-token latency)
 
 
 class WeightReceiver(threading.Thread):

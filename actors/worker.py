@@ -1,23 +1,22 @@
-"""The actor role: ask the buffer for prompts, generate groups with vLLM, score, send.
+"""The actor role: ask the buffer for prompts, stream groups through vLLM, score, send.
 
-Loop (one chunk = one vLLM call over `actors.prompts_per_chunk` prompts):
-  swap in staged weights (if any) -> grant_request -> [wait for the version
-  the grant requires] -> generate `group_size` samples per prompt -> score ->
-  send each group and wait for its ack.
-The evaluating actor (`eval.actor`, when `eval.every_steps` > 0) also runs the
-held-out evaluation (actors/evaluate.py) at the top of the loop after loading
-a version that crosses a multiple of `eval.every_steps`; it holds no grant
-then, so no granted prompt waits on it. Its receiver thread keeps taking
-broadcasts meanwhile, so the learner never waits on an evaluation.
+An `Actor` wires the parts together and says goodbye at the end:
+  * actors/rollout.py   the decode loop: grants, weight updates (between decoding
+                        steps, or between chunks), one engine step at a time;
+  * actors/outbox.py    scoring and sending finished groups on another thread;
+  * actors/engine.py    vLLM (engine-level request API);
+  * actors/weight_receiver.py  the broadcast, received on its own thread;
+  * actors/evaluate.py  held-out evaluation.
+The evaluating actor (`eval.actor`, when `eval.every_steps` > 0) drains its
+engine after loading a version that crosses a multiple of `eval.every_steps`,
+then evaluates; it asks for no grants meanwhile, so no granted prompt waits on
+it. Its receiver thread keeps taking broadcasts, so the learner never waits on
+an evaluation.
 
-Talks to the buffer by request/reply with deadlines (`net.request_timeout_s`).
-Groups are delivered at least once: a group whose ack does not arrive is sent
-again with the same (actor_id, seq), which the buffer dedupes. A group the
-buffer reports `full` is retried after a pause; one it `rejected` is logged
-and counted (it is a bug on this side, never silently dropped). On `stop`
-(the learner is done) the actor says `bye` with its figures and exits.
-SIGTERM (the launcher stopping the run) unwinds whatever the actor is blocked
-in (generation, a request to a buffer that may be gone, a wait for weights),
+On `stop` (the learner is done) the actor aborts what is still generating,
+sends what is finished, says `bye` with its figures and exits. SIGTERM (the
+launcher stopping the run) unwinds whatever the actor is blocked in
+(generation, a request to a buffer that may be gone, a wait for weights),
 stops its verifier processes and exits at once; only while it is already
 finishing after `stop` is SIGTERM left to the launcher's SIGKILL.
 """
@@ -38,9 +37,7 @@ from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import max_over_stages
 from telemetry import log as tlog
-from telemetry.time_budget import TimeBudget
 
-GROUP_SEND_ATTEMPTS = 3
 
 
 class Stopped(BaseException):
@@ -55,12 +52,42 @@ def cpu_cores_for(actor_id: int, threads: int) -> str:
     return ",".join(str(c) for c in cores)
 
 
+def rollout_settings(config: Config, codec):
+    from actors.rollout import RolloutSettings
+
+    a = config.actors
+    return RolloutSettings(
+        update_mode=a.update_mode, inflight_kv=a.inflight_kv,
+        target_sequences=a.inflight_sequences or a.prompts_per_chunk * max_over_stages(config, "group_size"),
+        prompts_per_chunk=a.prompts_per_chunk, group_size=a.group_size, temperature=a.temperature, top_p=a.top_p,
+        stop_token_id=codec.eos_id, grant_wait_s=a.grant_wait_s, outbox_timeout_s=config.net.request_timeout_s * 3,
+        probe_prompt=codec.encode_prompt("12+34=") if a.probe else None)
+
+
+class Evaluation:
+    """When the evaluating actor pauses to evaluate: after loading a version that crosses `eval.every_steps`."""
+
+    def __init__(self, actor: "Actor"):
+        self.actor = actor
+
+    def due(self, version: int) -> bool:
+        a = self.actor
+        last = a.stats["evaluated"][-1] if a.stats["evaluated"] else 0
+        return due(version, last, a.eval_every, a.config.learner.steps)
+
+    def run(self, version: int) -> None:
+        self.actor.evaluate()
+
+
 class Actor:
     def __init__(self, config: Config, actor_id: int):
         import torch
         import zmq
 
+        from actors.buffer_link import BufferLink
         from actors.engine import Engine
+        from actors.outbox import Outbox
+        from actors.rollout import Rollout
         from actors.weight_receiver import WeightReceiver
         from buffer.transport import Client, endpoint
         from learner.weight_sync import pick_backend
@@ -88,16 +115,24 @@ class Actor:
         self.engine = Engine(config.model.path, config.model.dtype, config.run.seed * 1000 + actor_id,
                              max_model_len=self._max_model_len(), gpu_memory_utilization=config.actors.gpu_memory_utilization)
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
-        self.client = Client(zmq.Context.instance(), endpoint(net.host, net.buffer_actor_port), f"actor-{actor_id}",
-                             config.buffer.max_message_bytes, "buffer")
-        self.version = 0  # the weights on disk are policy version 0
-        self.seq = 0
+        ctx = zmq.Context.instance()
+        buffer_at = endpoint(net.host, net.buffer_actor_port)
+        self.client = Client(ctx, buffer_at, f"actor-{actor_id}", config.buffer.max_message_bytes, "buffer")
+        self.link = BufferLink(self.client, actor_id, net.request_timeout_s, config.actors.group_size,
+                               config.actors.max_response_tokens)
+        # Groups go out on their own socket, from the outbox thread.
+        self.outbox = Outbox(actor_id, self.scorer, self.codec,
+                             Client(ctx, buffer_at, f"actor-{actor_id}-groups", config.buffer.max_message_bytes,
+                                    "buffer"),
+                             net.request_timeout_s, self.metrics, self.log)
+        self.outbox.start()
         self.finishing = False  # after `stop`: saying bye and writing the figures
-        self.budget = TimeBudget()  # restarted when the run loop starts
-        self.stats = {"tokens": 0, "groups": 0, "gen_s": 0.0, "load_s": [], "recv_s": [], "versions": [0],
-                      "rejected": 0, "eval_s": 0.0, "evaluated": []}
+        self.stats = {"load_s": [], "recv_s": [], "versions": [0], "eval_s": 0.0, "evaluated": []}
         self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
         self.eval_metrics = MetricsWriter(config.run_dir, "eval") if self.eval_every else None
+        self.rollout = Rollout(self.engine, self.link, self.receiver, self.outbox, rollout_settings(config, self.codec),
+                               self.log, self.metrics, on_loaded=self.on_loaded,
+                               pause=Evaluation(self) if self.eval_every else None)
 
     def _max_model_len(self) -> int:
         response = max_over_stages(self.config, "max_response_tokens")
@@ -105,23 +140,19 @@ class Actor:
             response = max(response, response_tokens(self.config))
         return self.config.actors.max_prompt_tokens + response
 
-    # ------------------------------------------------------------------ weights
+    @property
+    def version(self) -> int:
+        """The policy version loaded in the engine (not the one staged)."""
+        return self.rollout.version
 
-    def load(self, staged) -> None:
-        with self.budget.measure("loading_weights"):
-            self._load(staged)
-
-    def _load(self, staged) -> None:
-        start = time.perf_counter()
-        self.engine.load_weights(staged.tensors)
-        load_s = time.perf_counter() - start
-        self.version = staged.version
+    def on_loaded(self, staged, load_s: float) -> None:
         self.stats["load_s"].append(load_s)
         self.stats["recv_s"].append(staged.recv_s)
         self.stats["versions"].append(staged.version)
-        self.metrics.log({"actor/version": self.version, "sync/load_s": load_s, "sync/recv_s": staged.recv_s,
-                          "actor/probe_logprob": self.probe()}, step=self.version)
-        self.log.info("weights_loaded", version=self.version, load_s=round(load_s, 4))
+        self.metrics.log({"actor/version": staged.version, "sync/load_s": load_s, "sync/recv_s": staged.recv_s},
+                         step=staged.version)
+        self.log.info("weights_loaded", version=staged.version, load_s=round(load_s, 4),
+                      running=len(self.rollout.inflight))
 
     def evaluate(self) -> None:
         """The held-out protocol of eval_before/eval_after on the weights in the engine (version `self.version`)."""
@@ -133,130 +164,40 @@ class Actor:
         self.log.info("eval", version=self.version, accuracy=round(result["accuracy"], 4),
                       greedy_accuracy=round(result["greedy_accuracy"], 4), seconds=round(result["seconds"], 2))
 
-    def probe(self) -> float:
-        """Sum of greedy log-probs on a fixed prompt: deterministic for fixed weights, so it
-        changes exactly when the engine's weights change (the integration tests rely on it)."""
-        prompt = self.codec.encode_prompt("12+34=")
-        [[sample]] = self.engine.generate([prompt], 1, 0.0, 1.0, 4, self.codec.eos_id)
-        return float(sample.logprobs.sum())
-
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        from buffer.protocol import unpack_array
-
-        cfg = self.config
-        self.client.request("hello", {"actor_id": self.actor_id}, cfg.net.request_timeout_s)
-        self.metrics.log({"actor/version": 0, "actor/probe_logprob": self.probe()}, step=0)
-        self.budget = TimeBudget()  # where the wall time goes: roles/actor<i>.json "time", summary.json
+        self.link.hello()
+        self.metrics.log({"actor/version": 0}, step=0)
+        if self.rollout.s.probe_prompt is not None:
+            self.rollout.start_probe()  # version 0's probe
         started = time.perf_counter()
-        while True:
-            staged = self.receiver.take()
-            if staged is not None:
-                self.load(staged)
-            last = self.stats["evaluated"][-1] if self.stats["evaluated"] else 0
-            if due(self.version, last, self.eval_every, cfg.learner.steps):
-                with self.budget.measure("evaluating"):
-                    self.evaluate()
-                continue  # newer weights may have arrived meanwhile
-            with self.budget.measure("waiting_for_grant"):
-                reply = self.client.request("grant_request", {"actor_id": self.actor_id, "version": self.version,
-                                                              "max_prompts": cfg.actors.prompts_per_chunk},
-                                            cfg.net.request_timeout_s)
-                if reply.type == "wait":
-                    time.sleep(reply.body.get("retry_s", 0.05))
-            if reply.type == "stop":
-                break
-            if reply.type == "wait":
-                continue
-            prompts = reply.body["prompts"]
-            if self.version < reply.body["min_version"]:
-                with self.budget.measure("waiting_for_weights"):
-                    staged = self.receiver.wait_for(reply.body["min_version"], cfg.actors.grant_wait_s)
-                if staged is None:
-                    self.log.warning("grant_returned", need=reply.body["min_version"], have=self.version)
-                    self.client.request("grant_return", {"actor_id": self.actor_id,
-                                                         "prompt_ids": [p["prompt_id"] for p in prompts]},
-                                        cfg.net.request_timeout_s)
-                    continue
-                self.load(staged)
-            sampling = reply.body.get("sampling", {})
-            self.generate_and_send([(p["prompt_id"], unpack_array(p["token_ids"], "token_ids", "<i4"),
-                                     p.get("kind", "arithmetic"), p.get("reference", p["answer"])) for p in prompts],
-                                   n=sampling.get("n", cfg.actors.group_size),
-                                   max_tokens=sampling.get("max_tokens", cfg.actors.max_response_tokens))
+        self.rollout.run()
+        self.outbox.drain(self.config.net.request_timeout_s * 3)
         self.stats["wall_s"] = time.perf_counter() - started
         self.finish()
 
-    def generate_and_send(self, prompts: list[tuple[int, np.ndarray, str, object]], n: int, max_tokens: int) -> None:
-        """`n` samples of at most `max_tokens` per prompt (the current stage's, as the grant says), scored
-        through the Scorer: inline for arithmetic, in the verifier pool for math / code."""
-        from buffer.protocol import Response, TrajectoryGroup
-        from tasks.scoring import Sample
-
-        cfg = self.config.actors
-        start = time.perf_counter()
-        with self.budget.measure("generating"):
-            outputs = self.engine.generate([p[1] for p in prompts], n, cfg.temperature, cfg.top_p, max_tokens,
-                                           self.codec.eos_id)
-        gen_s = time.perf_counter() - start
-        n_tokens = sum(len(s.token_ids) for samples in outputs for s in samples)
-        verify_start = time.perf_counter()
-        with self.budget.measure("scoring"):
-            rewards = self.scorer.score([Sample(kind, self.codec.decode(s.token_ids), reference,
-                                                s.finish_reason == "length")
-                                         for (_, _, kind, reference), samples in zip(prompts, outputs) for s in samples])
-        verify_s = time.perf_counter() - verify_start
-        position = 0
-        for (prompt_id, prompt_ids, _, _), samples in zip(prompts, outputs):
-            responses = []
-            for s in samples:
-                responses.append(Response(s.token_ids, s.logprobs, self.version, s.finish_reason, rewards[position]))
-                position += 1
-            group = TrajectoryGroup(prompt_id, prompt_ids, responses, self.actor_id, self.seq, gen_s / len(prompts))
-            self.seq += 1
-            with self.budget.measure("sending"):
-                self.send(group)
-        self.stats["tokens"] += n_tokens
-        self.stats["groups"] += len(prompts)
-        self.stats["gen_s"] += gen_s
-        self.metrics.log({"actor/tokens_per_s": n_tokens / gen_s, "actor/reward_mean": float(np.mean(rewards)),
-                          "actor/verify_s": verify_s, "actor/verify_timeouts": self.scorer.timeouts,
-                          "actor/busy_frac": self.budget.busy_frac("generating", "scoring"),
-                          "actor/version": self.version, "actor/tokens": self.stats["tokens"]}, step=self.version)
-
-    def send(self, group) -> None:
-        body = group.to_wire()
-        for attempt in range(GROUP_SEND_ATTEMPTS):
-            try:
-                ack = self.client.request("group", body, self.config.net.request_timeout_s)
-            except TimeoutError:
-                self.log.warning("group_ack_timeout", seq=group.seq, attempt=attempt)
-                continue
-            status = ack.body.get("status")
-            if status in ("accepted", "duplicate"):
-                return
-            if status == "full":
-                time.sleep(0.2)
-                continue
-            self.stats["rejected"] += 1
-            self.log.error("group_rejected", seq=group.seq, reason=ack.body.get("reason"), detail=ack.body.get("detail"))
-            return
-        raise RuntimeError(f"group seq={group.seq} not acknowledged after {GROUP_SEND_ATTEMPTS} attempts")
-
     def finish(self) -> None:
         self.finishing = True
-        s = self.stats
+        s, r = self.stats, self.rollout
+        time_budget = r.budget.as_dict()
+        gen_s = time_budget.get("generating", 0.0)
+        tokens = self.outbox.sent["tokens"]
+        first_token = r.stats["first_token_s"]
         summary = {
-            "tokens": s["tokens"], "groups": s["groups"], "gen_s": s["gen_s"], "wall_s": s.get("wall_s", 0.0),
-            "tokens_per_s": s["tokens"] / s["wall_s"] if s.get("wall_s") else 0.0,
-            "gen_tokens_per_s": s["tokens"] / s["gen_s"] if s["gen_s"] else 0.0,
+            "tokens": tokens, "groups": self.outbox.sent["groups"], "tokens_generated": r.stats["tokens"],
+            "gen_s": gen_s, "wall_s": s.get("wall_s", 0.0),
+            "tokens_per_s": tokens / s["wall_s"] if s.get("wall_s") else 0.0,
+            "gen_tokens_per_s": r.stats["tokens"] / gen_s if gen_s else 0.0,
+            "engine_steps": r.stats["steps"], "restarted_sequences": r.stats["restarted"],
+            "returned_prompts": r.stats["returned"], "update_mode": r.s.update_mode,
+            "first_token_s_mean": float(np.mean(first_token)) if first_token else 0.0,
             "load_s_mean": float(np.mean(s["load_s"])) if s["load_s"] else 0.0,
             "recv_s_mean": float(np.mean(s["recv_s"])) if s["recv_s"] else 0.0,
             "versions_loaded": s["versions"], "versions_received": list(self.receiver.received_versions),
-            "rejected": s["rejected"], "wait_weights_s": self.budget.seconds.get("waiting_for_weights", 0.0),
+            "rejected": self.outbox.sent["rejected"], "wait_weights_s": time_budget.get("waiting_for_weights", 0.0),
             "eval_s": s["eval_s"], "evaluated_versions": s["evaluated"],
-            "time": self.budget.as_dict(),
+            "time": time_budget, "time_outbox": self.outbox.budget.as_dict(),
         }
         try:
             self.client.request("bye", {"actor_id": self.actor_id, "stats": summary}, 5.0)
@@ -266,10 +207,11 @@ class Actor:
         with open(os.path.join(self.config.run_dir, "roles", f"actor{self.actor_id}.json"), "w") as f:
             json.dump(summary, f, indent=2)
         self.close()
-        self.log.info("exit", tokens=s["tokens"], groups=s["groups"])
+        self.log.info("exit", tokens=tokens, groups=summary["groups"])
 
     def close(self) -> None:
         self.receiver.stop()
+        self.outbox.stop()
         self.scorer.close()
 
     def on_sigterm(self, *_) -> None:
@@ -285,7 +227,8 @@ def main(config: Config, actor_id: int) -> None:
     except Stopped:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's SIGKILL bounds the rest
         actor.close()
-        actor.log.info("stopped", reason="SIGTERM", tokens=actor.stats["tokens"], groups=actor.stats["groups"])
+        actor.log.info("stopped", reason="SIGTERM", tokens=actor.rollout.stats["tokens"],
+                       groups=actor.outbox.sent["groups"])
         sys.exit(128 + signal.SIGTERM)
 
 

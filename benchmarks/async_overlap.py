@@ -6,7 +6,8 @@
 Runs `launch.py run` twice with the same config and seeds, `buffer.max_staleness` 0 (synchronous: the
 learner and the actors take turns) and 2 (asynchronous), and reads each run's time budget from summary.json
 (telemetry/time_budget.py). From the synchronous run's busy times, T_train (learner training + broadcasting)
-and T_gen (actor generating + scoring + loading weights), the best async can do is max(T_gen, T_train)
+and T_gen (actor generating + loading weights; scoring and sending run beside them on the actor's outbox
+thread), the best async can do is max(T_gen, T_train)
 against T_gen + T_train, so the ideal speed-up is (T_gen + T_train) / max(T_gen, T_train). It prints both
 runs' budgets, the measured speed-up (RL wall time, eta = 0 over eta = 2) and its share of the ideal.
 On this 2-core machine the actor pins its threads to core 0 and the learner runs one thread; they still
@@ -26,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LEARNER_BUSY = ("training", "broadcasting")
-ACTOR_BUSY = ("generating", "scoring", "loading_weights")
+ACTOR_BUSY = ("generating", "loading_weights")  # scoring runs beside them, on the outbox thread
 
 
 def run(eta: int, args, out: str) -> dict:
@@ -55,7 +56,7 @@ def main() -> None:
     runs = {eta: run(eta, args, out) for eta in (0, 2)}
 
     print("\n| eta | RL wall s | learner training+broadcast s | learner waiting for batch s | "
-          "actor generating+scoring+loading s | actor waiting for grant s | actor waiting for weights s |")
+          "actor generating+loading s | actor waiting for grant s | actor waiting for weights s |")
     print("|---|---|---|---|---|---|---|")
     for eta, s in runs.items():
         lt, actors = s["time"]["learner"], s["time"]["actors"]

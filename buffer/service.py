@@ -37,7 +37,7 @@ from buffer.transport import Server, endpoint
 from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import groups_through, max_over_stages, stage_at
-from tasks.arithmetic import make_splits
+from tasks.builtin import make_splits
 from tasks.codec import TextCodec
 from telemetry import log as tlog
 from telemetry.metrics import MetricsWriter
@@ -115,7 +115,7 @@ class BufferService:
             raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
 
     def training_problems(self) -> list:
-        if self.config.task.kind == "arithmetic":
+        if self.config.task.kind != "files":
             train, _ = make_splits(self.config.task, self.config.run.seed)
             return train
         from tasks.dataset import load_problems
@@ -130,7 +130,7 @@ class BufferService:
 
     def grant_entry(self, problem) -> dict:
         """One granted prompt: its token ids and what the actor needs to score it."""
-        if self.config.task.kind == "arithmetic":
+        if self.config.task.kind != "files":  # built-in task: exact-answer scoring
             return {"prompt_id": problem.id, "token_ids": pack_array(self.codec.encode_prompt(problem.prompt)),
                     "answer": problem.answer, "kind": "arithmetic"}
         return {"prompt_id": problem.id, "token_ids": pack_array(self.prompt_ids[problem.id]),

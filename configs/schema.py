@@ -76,9 +76,11 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    kind: Literal["arithmetic", "files"] = "arithmetic"
-    """"arithmetic": the built-in synthetic task (exact-answer reward). "files": math / code problems from
-    `train_files` / `heldout_files`, rewarded by the math and code verifiers (docs/verifiers.md)."""
+    kind: Literal["arithmetic", "repeat", "files"] = "arithmetic"
+    """"arithmetic": the built-in synthetic task (exact-answer reward). "repeat": `37*5=` -> `3737373737`, response
+    lengths long-tailed up to `max_repeat` x `digits` tokens (tasks/repeat.py; for studying generation scheduling).
+    "files": math / code problems from `train_files` / `heldout_files`, rewarded by the math and code verifiers
+    (docs/verifiers.md)."""
     train_files: list[str] = []
     """kind = "files": training data, local .jsonl / .parquet (verl or plain layout)."""
     heldout_files: list[str] = []
@@ -89,6 +91,8 @@ class TaskConfig(_Section):
     """Largest operand has this many digits."""
     operations: list[Literal["+", "-", "*"]] = ["+"]
     """Operations drawn uniformly per problem."""
+    max_repeat: int = Field(24, ge=1)
+    """kind = "repeat": most times a number is repeated (the tail of the length distribution; median 2)."""
     train_size: int = Field(5000, ge=10)
     """Problems in the training split."""
     heldout_size: int = Field(256, ge=1)
@@ -139,7 +143,24 @@ class ActorsConfig(_Section):
     max_response_tokens: int = Field(16, ge=1)
     """Length limit of one response; longer responses end with finish reason `length`."""
     prompts_per_chunk: int = Field(8, ge=1)
-    """Prompts generated per vLLM call; new weights are swapped in between chunks."""
+    """update_mode = "chunk": prompts per grant, generated together; the next grant (and new weights) wait until
+    the whole chunk is done. "inflight": sets the default of `inflight_sequences`."""
+    update_mode: Literal["chunk", "inflight"] = "inflight"
+    """When new weights enter the engine. "inflight": between two decoding steps, as soon as they arrive; running
+    sequences continue on them (see `inflight_kv`) and every token records the version that sampled it; the engine
+    is refilled with new prompts as sequences finish, so it stays full. "chunk": only once every running sequence
+    has finished, and new prompts only then too (the old behaviour, kept for comparison)."""
+    inflight_kv: Literal["keep", "recompute"] = "keep"
+    """update_mode = "inflight": what running sequences do at a switch. "keep": continue on the KV cache the old
+    weights computed (PipelineRL; free; later tokens see old-weight keys and values, and their behaviour log-probs
+    are exactly what was sampled). "recompute": restart each on the new weights from prompt + tokens so far (one
+    prefill per running sequence; later tokens are exactly the new version's)."""
+    inflight_sequences: int = Field(0, ge=0)
+    """update_mode = "inflight": sequences kept in the engine; new prompts are asked for as they finish.
+    0 = prompts_per_chunk x the largest group size."""
+    probe: bool = False
+    """After every weight load, generate 4 greedy tokens of a fixed prompt and log their summed log-prob as
+    `actor/probe_logprob` (changes exactly when the engine's weights change: a check for weight sync)."""
     threads: int = Field(1, ge=1)
     """CPU threads per vLLM engine (CPU only)."""
     kv_cache_gib: float = Field(1.0, gt=0)
@@ -408,7 +429,7 @@ class Config(_Section):
                              '= false and eval.every_steps = 0 to train without evaluating)')
         if self.eval.every_steps and self.eval.actor >= self.actors.count:
             raise ValueError(f"eval.actor ({self.eval.actor}) must be below actors.count ({self.actors.count})")
-        if self.task.kind == "arithmetic" and self.eval.max_problems > self.task.heldout_size:
+        if self.task.kind != "files" and self.eval.max_problems > self.task.heldout_size:
             raise ValueError(
                 f"eval.max_problems ({self.eval.max_problems}) exceeds task.heldout_size ({self.task.heldout_size})"
             )

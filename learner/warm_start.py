@@ -22,7 +22,7 @@ from telemetry import log as tlog
 
 def warm_start_key(config: Config) -> str:
     # Only what the warm start trains on: the built-in task's split (never the RL data files).
-    task = config.task.model_dump(include={"digits", "operations", "train_size", "heldout_size"})
+    task = config.task.model_dump(include={"kind", "digits", "operations", "max_repeat", "train_size", "heldout_size"})
     blob = json.dumps({"model": tiny_model_key(config), "task": task,
                        "warm_start": config.warm_start.model_dump(), "seed": config.run.seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -33,7 +33,7 @@ def supervised_train(model_dir: str, config: Config, out_dir: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tasks.arithmetic import make_splits
+    from tasks.builtin import make_splits
     from tasks.codec import TextCodec
 
     log = tlog.get("prepare")

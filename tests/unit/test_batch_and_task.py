@@ -70,6 +70,25 @@ def test_splits_are_disjoint_deterministic_and_correct():
         assert int(p.answer) == int(a) + int(b)
 
 
+def test_repeat_task_is_long_tailed_disjoint_and_deterministic():
+    import pytest
+
+    from tasks.builtin import make_splits as builtin_splits
+
+    cfg = TaskConfig(kind="repeat", digits=3, max_repeat=30, train_size=2000, heldout_size=100)
+    train, held = builtin_splits(cfg, seed=1)
+    assert builtin_splits(cfg, seed=1) == (train, held)
+    assert not {p.prompt for p in train} & {p.prompt for p in held}
+    for p in train[:100]:
+        a, n = p.prompt.rstrip("=").split("*")
+        assert p.answer == a * int(n)
+    repeats = np.array([int(p.prompt.rstrip("=").split("*")[1]) for p in train])
+    assert repeats.min() == 1 and repeats.max() == 30
+    assert np.median(repeats) <= 3 and (repeats >= 10).mean() > 0.03  # most short, a heavy tail
+    with pytest.raises(ValueError, match="max_repeat"):
+        builtin_splits(TaskConfig(kind="repeat", digits=1, max_repeat=2, train_size=100, heldout_size=10), seed=0)
+
+
 def test_exact_answer_verifier():
     assert score("168", "168") == 1.0 and score(" 168\n", "168") == 1.0
     assert score("167", "168") == 0.0 and score("1688", "168") == 0.0 and score("", "168") == 0.0

@@ -1,0 +1,153 @@
+"""Score finished groups and send them to the buffer, beside generation.
+
+The rollout loop hands every completed group to `Outbox.put` and goes back to
+decoding; this thread scores what has queued up (inline for arithmetic, in the
+verifier pool for math / code, all queued groups in one call so the pool's
+workers run side by side) and sends each group on its own socket, waiting for
+the buffer's ack. The queue is bounded (`capacity` groups): when the buffer is
+slower than generation, `put` blocks and the loop's time shows up as
+"waiting_for_outbox".
+
+Delivery is at-least-once: a group whose ack does not arrive is sent again with
+the same (actor_id, seq), which the buffer dedupes. `full` is retried after a
+pause; `rejected` is logged and counted (a bug on this side, never silently
+dropped). A group that cannot be delivered after `SEND_ATTEMPTS` stops the
+thread; the loop re-raises the error on its next `put` or `drain`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+
+from actors.sequences import Group
+from telemetry.time_budget import TimeBudget
+
+SEND_ATTEMPTS = 3
+
+
+def to_trajectory(group: Group, rewards: list[float], actor_id: int, seq: int):
+    """A completed group as the wire's TrajectoryGroup. Per-token versions travel only when a response
+    spans more than one version (an in-flight update); otherwise `min_version` says it all."""
+    from buffer.protocol import Response, TrajectoryGroup
+
+    responses = []
+    for s, reward in zip(group.sequences, rewards):
+        versions = np.asarray(s.versions, dtype=np.int32)
+        mixed = len(versions) > 0 and versions.min() != versions.max()
+        responses.append(Response(np.asarray(s.tokens, dtype=np.int32), np.asarray(s.logprobs, dtype=np.float32),
+                                  int(versions.min()) if len(versions) else 0, s.finish_reason, reward,
+                                  versions if mixed else None))
+    return TrajectoryGroup(group.prompt.prompt_id, group.prompt.token_ids, responses, actor_id, seq, group.gen_s)
+
+
+class Outbox(threading.Thread):
+    def __init__(self, actor_id: int, scorer, codec, client, request_timeout_s: float, metrics, log,
+                 capacity: int = 64):
+        super().__init__(name=f"outbox-{actor_id}", daemon=True)
+        self.actor_id = actor_id
+        self.scorer, self.codec, self.client = scorer, codec, client
+        self.request_timeout_s = request_timeout_s
+        self.metrics, self.log = metrics, log
+        self._queue: queue.Queue[Group] = queue.Queue(maxsize=capacity)
+        self._stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.seq = 0
+        self.budget = TimeBudget()  # scoring / sending, concurrent with the loop's own budget
+        self.sent = {"groups": 0, "tokens": 0, "rejected": 0}
+
+    # ------------------------------------------------------------------ the loop's side
+
+    def put(self, group: Group, timeout_s: float) -> None:
+        self.check()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._queue.put(group, timeout=0.2)
+                return
+            except queue.Full:
+                self.check()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"outbox full for {timeout_s:.0f}s: the buffer is not taking groups") from None
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait until every group put so far is sent (or failed)."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and self.error is None:  # put() counts up, task_done() down
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._queue.unfinished_tasks} groups not sent within {timeout_s:.0f}s")
+            time.sleep(0.02)
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"outbox failed: {self.error!r}") from self.error
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # ------------------------------------------------------------------ the thread
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    first = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                groups = [first]
+                while True:
+                    try:
+                        groups.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._score_and_send(groups)
+                for _ in groups:
+                    self._queue.task_done()
+        except BaseException as exc:  # surfaced to the loop on its next put / drain
+            self.error = exc
+            self.log.error("outbox_failed", error=repr(exc))
+
+    def _score_and_send(self, groups: list[Group]) -> None:
+        from tasks.scoring import Sample
+
+        start = time.perf_counter()
+        with self.budget.measure("scoring"):
+            rewards = self.scorer.score([Sample(g.prompt.kind, self.codec.decode(s.tokens), g.prompt.reference,
+                                                s.finish_reason == "length")
+                                         for g in groups for s in g.sequences])
+        verify_s = time.perf_counter() - start
+        at = 0
+        for g in groups:
+            group = to_trajectory(g, rewards[at:at + len(g.sequences)], self.actor_id, self.seq)
+            at += len(g.sequences)
+            self.seq += 1
+            with self.budget.measure("sending"):
+                self._send(group)
+            self.sent["groups"] += 1
+            self.sent["tokens"] += group.num_tokens
+        self.metrics.log({"actor/reward_mean": float(np.mean(rewards)), "actor/verify_s": verify_s,
+                          "actor/verify_timeouts": self.scorer.timeouts, "actor/groups_sent": self.sent["groups"]},
+                         step=max(max(s.versions, default=0) for g in groups for s in g.sequences))
+
+    def _send(self, group) -> None:
+        body = group.to_wire()
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                ack = self.client.request("group", body, self.request_timeout_s)
+            except TimeoutError:
+                self.log.warning("group_ack_timeout", seq=group.seq, attempt=attempt)
+                continue
+            status = ack.body.get("status")
+            if status in ("accepted", "duplicate"):
+                return
+            if status == "full":
+                time.sleep(0.2)
+                continue
+            self.sent["rejected"] += 1
+            self.log.error("group_rejected", seq=group.seq, reason=ack.body.get("reason"), detail=ack.body.get("detail"))
+            return
+        raise RuntimeError(f"group seq={group.seq} not acknowledged after {SEND_ATTEMPTS} attempts")

@@ -1,0 +1,263 @@
+"""The actor's decode loop: keep the engine full, hand each group on as soon as it is complete.
+
+One `tick`:
+  1. weights: take newly staged weights; load them now (`update_mode =
+     "inflight"`: between two decoding steps, running sequences kept) or once
+     the engine has drained (`"chunk"`: the old behaviour, for comparison).
+     With `inflight_kv = "recompute"` every running sequence is restarted on
+     the new weights from its prompt plus the tokens so far (its KV recomputed);
+     with `"keep"` it continues on its KV cache as it is (PipelineRL's way);
+  2. prompts: ask the buffer for a grant when there is room (inflight: enough
+     free sequence slots under `target_sequences`; chunk: only when the
+     engine is empty, `prompts_per_chunk` prompts);
+  3. start granted prompts whose `min_version` the engine has reached (a
+     grant that needs newer weights waits for them up to `grant_wait_s`, then
+     goes back to the buffer);
+  4. one engine step; every new token is recorded with its behaviour
+     log-prob and the version that sampled it; a group whose last sequence
+     finished goes to the outbox (scored and sent on another thread).
+Nothing here blocks the decode loop except an engine with nothing to do.
+
+The engine, buffer link, weight source and outbox are injected (see
+tests/unit/test_rollout.py for fakes): `engine` has add / step / abort /
+running / load_weights; `weights` has take / wait_for; `link` has ask /
+give_back; `outbox` has put.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from actors.buffer_link import Grant, Stop, Wait
+from actors.sequences import InFlight
+from telemetry.time_budget import TimeBudget
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    update_mode: str = "inflight"  # "chunk" | "inflight" (configs/schema.py ActorsConfig documents both)
+    inflight_kv: str = "keep"  # "keep" | "recompute"
+    target_sequences: int = 64  # sequences kept in the engine (inflight mode)
+    prompts_per_chunk: int = 8  # prompts per grant in chunk mode; group-size default before the first grant
+    group_size: int = 8  # samples per prompt until a grant says otherwise
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_token_id: int = 2
+    grant_wait_s: float = 30.0
+    outbox_timeout_s: float = 120.0
+    metrics_every_s: float = 2.0
+    probe_prompt: np.ndarray | None = field(default=None, compare=False)  # greedy probe after each load
+
+
+@dataclass
+class _Pending:
+    grant: Grant
+    since: float
+
+
+class Rollout:
+    def __init__(self, engine, link, weights, outbox, settings: RolloutSettings, log, metrics=None,
+                 on_loaded=None, pause=None):
+        self.engine, self.link, self.weights, self.outbox = engine, link, weights, outbox
+        self.s = settings
+        self.log, self.metrics = log, metrics
+        self.on_loaded = on_loaded  # (staged, load_s) -> None: the actor's per-load metrics
+        self.pause = pause  # optional: .due(version) -> bool and .run(version) (held-out evaluation, engine idle)
+        self.version = 0
+        self.inflight = InFlight()
+        self.pending: list[_Pending] = []
+        self.staged = None  # weights received and not yet loaded
+        self.stopped = False
+        self.n = settings.group_size  # latest grant's group size
+        self.retry_at = 0.0
+        self.budget = TimeBudget()
+        self.stats = {"tokens": 0, "groups": 0, "steps": 0, "loads": 0, "restarted": 0, "returned": 0,
+                      "first_token_s": []}
+        self._window = {"start": time.perf_counter(), "tokens": 0, "gen_s": 0.0, "occupancy": 0.0, "steps": 0}
+        self._first_token_due: float | None = None  # staged_at of weights loaded, until a token uses them
+        self._probes: dict[str, dict] = {}  # request id -> {version, logprob}
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        self.budget = TimeBudget()
+        while not self.stopped:
+            self.tick()
+        self.engine.abort(self.inflight.drop_all())
+        while self._probes and self.engine.running():  # a few greedy tokens: every loaded version gets its probe
+            self.decode()
+
+    def tick(self) -> None:
+        self.take_weights()
+        draining = self.pause is not None and self.pause.due(self.version)
+        if draining and not self.engine.running() and not self.pending:
+            with self.budget.measure("evaluating"):
+                self.pause.run(self.version)
+            return
+        if not draining and self.wants_prompts():
+            self.ask()
+        self.start_ready()
+        if self.engine.running():
+            self.decode()
+        elif not self.stopped:
+            self.idle()
+
+    # ------------------------------------------------------------------ weights
+
+    def take_weights(self) -> None:
+        staged = self.weights.take()
+        if staged is not None:
+            self.staged = staged  # a newer one replaces one still waiting
+        if self.staged is not None and (self.s.update_mode == "inflight" or not self.engine.running()):
+            staged, self.staged = self.staged, None
+            self.load(staged)
+
+    def load(self, staged) -> None:
+        start = time.perf_counter()
+        with self.budget.measure("loading_weights"):
+            self.engine.load_weights(staged.tensors)
+            self.version = staged.version
+            if self.s.inflight_kv == "recompute":
+                self.restart_running()
+        load_s = time.perf_counter() - start
+        self.stats["loads"] += 1
+        self._first_token_due = getattr(staged, "staged_at", start)
+        if self.on_loaded is not None:
+            self.on_loaded(staged, load_s)
+        if self.s.probe_prompt is not None:
+            self.start_probe()
+
+    def restart_running(self) -> None:
+        """Re-read every running sequence (prompt + tokens so far) on the new weights."""
+        running = self.inflight.running()
+        if not running:
+            return
+        old = [self.inflight.restart(seq) for seq in running]
+        self.engine.abort(old)
+        for seq in running:
+            self.engine.add(seq.request_id, seq.resume_prompt(), seq.tokens_left, self.s.temperature, self.s.top_p,
+                            self.s.stop_token_id, salt=f"v{self.version}")
+        self.stats["restarted"] += len(running)
+
+    # ------------------------------------------------------------------ prompts
+
+    def free_prompts(self) -> int:
+        """How many more prompts the engine has room for now."""
+        if self.stopped or time.perf_counter() < self.retry_at:
+            return 0
+        if self.s.update_mode == "chunk":
+            busy = self.engine.running() or self.pending or self.staged is not None
+            return 0 if busy else self.s.prompts_per_chunk
+        queued = sum(len(p.grant.prompts) for p in self.pending) * self.n
+        return max(self.s.target_sequences - len(self.inflight) - queued, 0) // self.n
+
+    def wants_prompts(self) -> bool:
+        free = self.free_prompts()
+        if self.s.update_mode == "chunk" or not self.engine.running():
+            return free > 0
+        # Refill in batches of about a quarter of the target: one round trip per several groups, not per group.
+        return free >= max(1, self.s.target_sequences // self.n // 4)
+
+    def ask(self) -> None:
+        with self.budget.measure("waiting_for_grant"):
+            reply = self.link.ask(self.free_prompts(), self.version)
+        if isinstance(reply, Stop):
+            self.stopped = True
+        elif isinstance(reply, Wait):
+            self.retry_at = time.perf_counter() + reply.retry_s
+        elif isinstance(reply, Grant):
+            self.n = reply.n
+            self.pending.append(_Pending(reply, time.perf_counter()))
+
+    def start_ready(self) -> None:
+        now = time.perf_counter()
+        keep = []
+        for p in self.pending:
+            if self.version >= p.grant.min_version:
+                for prompt in p.grant.prompts:
+                    for seq in self.inflight.start(prompt, p.grant.n, p.grant.max_tokens):
+                        self.engine.add(seq.request_id, prompt.token_ids, p.grant.max_tokens, self.s.temperature,
+                                        self.s.top_p, self.s.stop_token_id, salt=f"v{self.version}")
+            elif now - p.since > self.s.grant_wait_s:
+                self.log.warning("grant_returned", need=p.grant.min_version, have=self.version)
+                self.link.give_back([q.prompt_id for q in p.grant.prompts])
+                self.stats["returned"] += len(p.grant.prompts)
+            else:
+                keep.append(p)
+        self.pending = keep
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self) -> None:
+        running = len(self.inflight)
+        start = time.perf_counter()
+        with self.budget.measure("generating"):
+            deltas = self.engine.step()
+        gen_s = time.perf_counter() - start
+        tokens = 0
+        for d in deltas:
+            if d.request_id in self._probes:
+                self.record_probe(d)
+                continue
+            tokens += len(d.token_ids)
+            group = self.inflight.record(d.request_id, d.token_ids, d.logprobs, self.version, d.finish_reason)
+            if group is not None:
+                self.stats["groups"] += 1
+                with self.budget.measure("waiting_for_outbox"):
+                    self.outbox.put(group, self.s.outbox_timeout_s)
+        if tokens and self._first_token_due is not None:
+            self.stats["first_token_s"].append(time.perf_counter() - self._first_token_due)
+            self._first_token_due = None
+        self.stats["tokens"] += tokens
+        self.stats["steps"] += 1
+        w = self._window
+        w["tokens"] += tokens
+        w["gen_s"] += gen_s
+        w["occupancy"] += running / max(self.s.target_sequences, 1)
+        w["steps"] += 1
+        if self.metrics is not None and time.perf_counter() - w["start"] >= self.s.metrics_every_s:
+            self.flush_metrics()
+
+    def idle(self) -> None:
+        """Nothing in the engine: wait for the weights a grant needs, or until the buffer may have room."""
+        if self.pending:
+            need = min(p.grant.min_version for p in self.pending)
+            with self.budget.measure("waiting_for_weights"):
+                staged = self.weights.wait_for(need, 0.5)
+            if staged is not None:
+                self.staged = staged
+            return
+        if self.staged is not None:
+            return
+        with self.budget.measure("waiting_for_grant"):
+            time.sleep(min(max(self.retry_at - time.perf_counter(), 0.0), 0.05))
+
+    # ------------------------------------------------------------------ probe and metrics
+
+    def start_probe(self) -> None:
+        """4 greedy tokens of a fixed prompt on the weights just loaded (one probe per version; a probe still
+        running at the next load finishes on the newer weights, like any running sequence in "keep" mode)."""
+        request_id = f"probe-v{self.version}"
+        self._probes[request_id] = {"version": self.version, "logprob": 0.0}
+        self.engine.add(request_id, self.s.probe_prompt, 4, 0.0, 1.0, self.s.stop_token_id, salt=f"v{self.version}")
+
+    def record_probe(self, d) -> None:
+        probe = self._probes[d.request_id]
+        probe["logprob"] += float(np.sum(d.logprobs))
+        if d.finish_reason is not None:
+            del self._probes[d.request_id]
+            if self.metrics is not None:
+                self.metrics.log({"actor/probe_logprob": probe["logprob"]}, step=probe["version"])
+
+    def flush_metrics(self) -> None:
+        w = self._window
+        self.metrics.log({
+            "actor/tokens_per_s": w["tokens"] / w["gen_s"] if w["gen_s"] else 0.0,
+            "actor/occupancy": w["occupancy"] / w["steps"] if w["steps"] else 0.0,
+            "actor/busy_frac": self.budget.busy_frac("generating"),
+            "actor/version": self.version, "actor/tokens": self.stats["tokens"],
+        }, step=self.version)
+        self._window = {"start": time.perf_counter(), "tokens": 0, "gen_s": 0.0, "occupancy": 0.0, "steps": 0}

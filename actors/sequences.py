@@ -1,0 +1,144 @@
+"""The sequences an actor has in its engine, grouped by granted prompt.
+
+A granted prompt becomes `n` sequences (one engine request each, so they
+join and leave the running batch independently). Every step's new tokens are
+appended with the behaviour log-probs the engine reports and the policy
+version loaded when they were sampled; a group is complete when its last
+sequence finishes, and is handed on at once, whatever its neighbours are
+doing. Pure bookkeeping: no engine, no sockets (tests drive it directly).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GrantedPrompt:
+    """One prompt of a grant, with what scoring needs."""
+
+    prompt_id: int
+    token_ids: np.ndarray  # (P,) int32
+    kind: str  # arithmetic | math | code
+    reference: object  # answer string, or the code tests
+
+
+@dataclass
+class Sequence:
+    """One sample being generated. `request_id` changes when the sequence is restarted (recompute)."""
+
+    request_id: str
+    prompt: GrantedPrompt
+    max_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def resume_prompt(self) -> np.ndarray:
+        """Prompt plus the tokens so far: what the engine re-reads to continue on new weights."""
+        return np.concatenate([self.prompt.token_ids, np.asarray(self.tokens, dtype=np.int32)])
+
+    @property
+    def tokens_left(self) -> int:
+        return self.max_tokens - len(self.tokens)
+
+
+@dataclass
+class Group:
+    """The `n` sequences of one granted prompt."""
+
+    prompt: GrantedPrompt
+    sequences: list[Sequence]
+    started: float  # perf_counter at the first request
+    finished: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return all(s.finish_reason is not None for s in self.sequences)
+
+    @property
+    def gen_s(self) -> float:
+        return self.finished - self.started
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self.sequences)
+
+
+class InFlight:
+    """Groups with sequences in the engine, indexed by request id."""
+
+    def __init__(self):
+        self.groups: dict[int, Group] = {}  # prompt id -> group
+        self._by_request: dict[str, Sequence] = {}
+        self._group_of: dict[str, Group] = {}
+        self._ids = itertools.count()
+
+    def start(self, prompt: GrantedPrompt, n: int, max_tokens: int) -> list[Sequence]:
+        """Open a group of `n` sequences; returns them for the engine to add."""
+        if prompt.prompt_id in self.groups:
+            raise ValueError(f"prompt {prompt.prompt_id} is already in flight")
+        group = Group(prompt, [Sequence(self._new_id(prompt), prompt, max_tokens) for _ in range(n)],
+                      time.perf_counter())
+        self.groups[prompt.prompt_id] = group
+        for s in group.sequences:
+            self._index(s, group)
+        return group.sequences
+
+    def record(self, request_id: str, token_ids, logprobs, version: int, finish_reason: str | None) -> Group | None:
+        """Append one step's tokens to their sequence; the group if this completed it. Unknown ids (a request
+        aborted by a restart, whose last output was already queued) are ignored."""
+        seq = self._by_request.get(request_id)
+        if seq is None:
+            return None
+        if len(token_ids) != len(logprobs):
+            raise ValueError(f"{request_id}: {len(token_ids)} tokens, {len(logprobs)} log-probs")
+        seq.tokens.extend(int(t) for t in token_ids)
+        seq.logprobs.extend(float(x) for x in logprobs)
+        seq.versions.extend([version] * len(token_ids))
+        if finish_reason is None:
+            return None
+        seq.finish_reason = finish_reason
+        group = self._group_of.pop(request_id)
+        del self._by_request[request_id]
+        if not group.done:
+            return None
+        group.finished = time.perf_counter()
+        del self.groups[group.prompt.prompt_id]
+        return group
+
+    def restart(self, seq: Sequence) -> str:
+        """Give a running sequence a fresh request id (its old request is aborted by the caller); returns the old id."""
+        old = seq.request_id
+        group = self._group_of.pop(old)
+        del self._by_request[old]
+        seq.request_id = self._new_id(seq.prompt)
+        self._index(seq, group)
+        return old
+
+    def running(self) -> list[Sequence]:
+        return list(self._by_request.values())
+
+    def __len__(self) -> int:
+        """Sequences still generating."""
+        return len(self._by_request)
+
+    def drop_all(self) -> list[str]:
+        """Forget everything (the run is over); returns the request ids to abort."""
+        ids = list(self._by_request)
+        self._by_request.clear()
+        self._group_of.clear()
+        self.groups.clear()
+        return ids
+
+    def _new_id(self, prompt: GrantedPrompt) -> str:
+        return f"p{prompt.prompt_id}-r{next(self._ids)}"
+
+    def _index(self, seq: Sequence, group: Group) -> None:
+        self._by_request[seq.request_id] = seq
+        self._group_of[seq.request_id] = group
