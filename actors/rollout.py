@@ -9,7 +9,9 @@ One `tick`:
      with `"keep"` it continues on its KV cache as it is (PipelineRL's way);
   2. prompts: ask the buffer for a grant when there is room (inflight: enough
      free sequence slots under `target_sequences`; chunk: only when the
-     engine is empty, `prompts_per_chunk` prompts);
+     engine is empty, `prompts_per_chunk` prompts), and at least every
+     `heartbeat_s` (for 0 prompts when full), so a `stop` is heard while long
+     sequences run;
   3. start granted prompts whose `min_version` the engine has reached (a
      grant that needs newer weights waits for them up to `grant_wait_s`, then
      goes back to the buffer);
@@ -49,6 +51,7 @@ class RolloutSettings:
     grant_wait_s: float = 30.0
     outbox_timeout_s: float = 120.0
     metrics_every_s: float = 2.0
+    heartbeat_s: float = 1.0  # ask (for 0 prompts if there is no room) at least this often: learns of `stop` in time
     probe_prompt: np.ndarray | None = field(default=None, compare=False)  # greedy probe after each load
 
 
@@ -73,6 +76,7 @@ class Rollout:
         self.stopped = False
         self.n = settings.group_size  # latest grant's group size
         self.retry_at = 0.0
+        self.last_ask = 0.0
         self.budget = TimeBudget()
         self.stats = {"tokens": 0, "groups": 0, "steps": 0, "loads": 0, "restarted": 0, "returned": 0,
                       "first_token_s": []}
@@ -97,7 +101,7 @@ class Rollout:
             with self.budget.measure("evaluating"):
                 self.pause.run(self.version)
             return
-        if not draining and self.wants_prompts():
+        if not draining and (self.wants_prompts() or time.perf_counter() - self.last_ask > self.s.heartbeat_s):
             self.ask()
         self.start_ready()
         if self.engine.running():
@@ -162,6 +166,7 @@ class Rollout:
         return free >= max(1, self.s.target_sequences // self.n // 4)
 
     def ask(self) -> None:
+        self.last_ask = time.perf_counter()
         with self.budget.measure("waiting_for_grant"):
             reply = self.link.ask(self.free_prompts(), self.version)
         if isinstance(reply, Stop):

@@ -87,7 +87,10 @@ class BufferService:
             if self.done_at is not None:
                 server.reply(ident, msg, "stop", {})
                 return
-            n = self.budget.grant(require(body, "max_prompts", int))
+            wanted = require(body, "max_prompts", int)
+            if wanted < 0:
+                raise ProtocolError("bad_value", f"max_prompts {wanted} is negative")
+            n = self.budget.grant(wanted)
             if n == 0:
                 server.reply(ident, msg, "wait", {"retry_s": 0.05})
                 return
@@ -270,10 +273,12 @@ class BufferService:
                 for sock, _ in poller.poll(50):
                     server, handler = (actors, self.on_actor) if sock is actors.sock else (learner, self.on_learner)
                     ident, raw = server.recv()
+                    msg = None
                     try:
-                        handler(server, ident, decode(raw, cfg.buffer.max_message_bytes))
-                    except ProtocolError as exc:
-                        server.reply(ident, None, "ack", self.reject(exc))
+                        msg = decode(raw, cfg.buffer.max_message_bytes)
+                        handler(server, ident, msg)
+                    except ProtocolError as exc:  # answered with the request's id once the envelope decoded
+                        server.reply(ident, msg, "ack", self.reject(exc))
                 self.serve_batch(learner)
                 if self.done_at is not None:
                     all_said_bye = self.actors_seen and self.actors_seen <= self.actors_done

@@ -72,6 +72,11 @@ def test_bad_messages_are_counted_and_good_groups_survive(service):
     assert grant.type == "grant" and len(grant.body["prompts"]) == 2  # η = 0: one step's worth
     assert grant.body["min_version"] == 0
     p0, p1 = grant.body["prompts"]
+    # A negative request would have handed admission slots back: refused, and the budget is untouched.
+    ack = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": -3}, TIMEOUT).body
+    assert (ack["status"], ack["reason"]) == ("rejected", "bad_value") and svc.budget.in_flight == 2
+    # A zero-prompt request is the actor's heartbeat: `wait` (or `stop`), nothing granted.
+    assert actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 0}, TIMEOUT).type == "wait"
 
     actor.sock.send(b"\x00garbage")  # not msgpack
     assert actor.sock.poll(int(TIMEOUT * 1000))
@@ -90,6 +95,7 @@ def test_bad_messages_are_counted_and_good_groups_survive(service):
     assert sorted(g["prompt_id"] for g in batch.body["groups"]) == sorted([p0["prompt_id"], p1["prompt_id"]])
     assert all(len(g["responses"]) == 2 for g in batch.body["groups"])  # groups kept whole
     assert svc.rejected["not_msgpack"] == 1 and svc.rejected["non_finite"] == 1 and svc.duplicates == 1
+    assert svc.rejected["bad_value"] == 1
 
 
 def test_stale_groups_are_dropped_not_trained(service):

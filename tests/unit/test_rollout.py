@@ -224,6 +224,15 @@ def test_stop_aborts_what_is_still_running():
     assert engine.running() == 0 and len(engine.aborted) == 4 and not outbox.groups
 
 
+def test_a_full_engine_still_hears_stop_and_aborts_its_sequences():
+    rollout, engine, link, outbox = make([40, 40], target=4, heartbeat_s=0.0)
+    rollout.tick()  # granted: 4 sequences of 40 tokens, no room asked for after that
+    link.prompts, link.outstanding = [], 0  # the learner is done: the next ask hears `stop`
+    rollout.run()
+    assert engine.step_count < 40 and not outbox.groups and len(engine.aborted) == 4
+    assert link.asked[-1][0] == 0  # a heartbeat asks for nothing
+
+
 def test_in_flight_bookkeeping_ignores_outputs_of_a_restarted_request():
     flight = InFlight()
     prompt = GrantedPrompt(7, np.array([1, 2], np.int32), "arithmetic", "3")
