@@ -3,9 +3,13 @@
 Two ways in:
 * streaming (the rollout loop, actors/rollout.py): `add` one sequence, `step`
   the engine once (one decoding step for every running sequence, prefills
-  included) and get each sequence's new tokens, `abort`. This is vLLM's
-  engine-level request API (`LLMEngine.add_request` / `step`), so sequences
-  join and leave the running batch at any step;
+  included), `abort`. This is vLLM's engine-level request API
+  (`LLMEngine.add_request` / `step`), so sequences join and leave the running
+  batch at any step. A sequence added with `stream=True` reports its new
+  tokens every step; otherwise only once, when it finishes, with the policy
+  version of every token from vLLM's own weight-version spans (`load_weights`
+  labels each load): per-step outputs for hundreds of sequences cost the
+  Python loop more than the decoding step itself on a small model;
 * `generate` (held-out evaluation): a blocking call over a list of prompts,
   only while nothing is streaming (it would consume the stream's outputs).
 
@@ -44,9 +48,10 @@ class Delta:
     """What one `step` produced for one sequence."""
 
     request_id: str
-    token_ids: np.ndarray  # (k,) int32 new tokens (k is 1 per decoding step)
+    token_ids: np.ndarray  # (k,) int32 new tokens (1 per step when streamed, else all of them at the end)
     logprobs: np.ndarray  # (k,) float32 their behaviour log-probs
     finish_reason: str | None  # None while running, then stop | length
+    versions: np.ndarray | None = None  # (k,) int32 policy version of each token (non-streamed sequences)
 
 
 @dataclass
@@ -74,44 +79,58 @@ class Engine:
         )
 
         self.engine = self.llm.llm_engine
-        self.streaming: set[str] = set()
+        self.engine.set_weight_version("0")  # the weights on disk are version 0
+        self.sizes: dict[str, int] = {}  # request id -> sequences in it, until reported
 
     # ------------------------------------------------------------------ streaming
 
     def add(self, request_id: str, prompt: np.ndarray, max_tokens: int, temperature: float, top_p: float,
-            stop_token_id: int, salt: str) -> None:
-        """Start one sequence. `salt` separates prefix-cache entries: KV computed by one version's weights is
-        never reused under another's (vLLM's `cache_salt`)."""
+            stop_token_id: int, salt: str, stream: bool = False, n: int = 1) -> None:
+        """Start `n` sequences of one prompt. `salt` separates prefix-cache entries: KV computed by one version's
+        weights is never reused under another's (vLLM's `cache_salt`). `stream`: report tokens every step (one
+        sequence per request). With n > 1 the sequences are reported together when the last one finishes, as
+        `request_id/0` .. `request_id/{n-1}` (one request: vLLM prepares it once, not n times)."""
+        if stream and n != 1:
+            raise ValueError("a streamed request holds one sequence")
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
-                                stop_token_ids=[stop_token_id], output_kind=RequestOutputKind.DELTA)
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
+                                stop_token_ids=[stop_token_id],
+                                output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
         self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt.tolist(), cache_salt=salt), params)
-        self.streaming.add(request_id)
+        self.sizes[request_id] = n
 
     def step(self) -> list[Delta]:
-        """One engine step; returns the sequences that produced tokens or finished."""
+        """One engine step; returns the streamed sequences' new tokens and every sequence that finished."""
         deltas = []
         for out in self.engine.step():
-            c = out.outputs[0]
-            ids = np.asarray(c.token_ids, dtype=np.int32)
-            lps = np.asarray([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs or [])], dtype=np.float32)
-            reason = None
-            if out.finished:
-                reason = "length" if c.finish_reason == "length" else "stop"
-                self.streaming.discard(out.request_id)
-            deltas.append(Delta(out.request_id, ids, lps, reason))
+            n = self.sizes.pop(out.request_id, 1) if out.finished else 1
+            for c in out.outputs:
+                ids = np.asarray(c.token_ids, dtype=np.int32)
+                lps = np.asarray([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs or [])], dtype=np.float32)
+                reason, versions = None, None
+                if out.finished:
+                    reason = "length" if c.finish_reason == "length" else "stop"
+                    if c.weight_versions:  # non-streamed: its whole output, with the version spans
+                        versions = np.empty(len(ids), dtype=np.int32)
+                        for span in c.weight_versions:
+                            versions[span.start:span.end] = int(span.version)
+                request_id = f"{out.request_id}/{c.index}" if n > 1 else out.request_id
+                deltas.append(Delta(request_id, ids, lps, reason, versions))
         return deltas
 
     def abort(self, request_ids: list[str]) -> None:
+        """Abort requests (a request of n sequences as a whole: by the id it was added with)."""
         self.engine.abort_request(list(request_ids))
-        self.streaming.difference_update(request_ids)
+        for request_id in request_ids:
+            self.sizes.pop(request_id, None)
 
     def running(self) -> int:
-        """Sequences added and not yet finished or aborted."""
-        return len(self.streaming)
+        """Sequences in the engine now: a finished sequence of a request of n stops counting at once, though
+        it is reported with its group."""
+        return self.engine.get_num_unfinished_requests()
 
     # ------------------------------------------------------------------ blocking
 
@@ -120,7 +139,7 @@ class Engine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        assert not self.streaming, "generate() would consume the streaming sequences' outputs"
+        assert not self.sizes, "generate() would consume the streaming sequences' outputs"
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
                                 stop_token_ids=[stop_token_id], seed=seed)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.tolist()) for p in prompts], params,
@@ -135,8 +154,10 @@ class Engine:
             groups.append(samples)
         return groups
 
-    def load_weights(self, named_tensors) -> None:
+    def load_weights(self, named_tensors, version: int) -> None:
+        """Load new weights between two steps; tokens sampled from now on are labelled `version`."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors),
                                                           "is_checkpoint_format": True})
+        self.engine.set_weight_version(str(version))
         # Fails (returns False) while sequences run; their salts keep old KV from being reused anyway.
         self.llm.reset_prefix_cache()

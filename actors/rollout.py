@@ -6,7 +6,9 @@ One `tick`:
      the engine has drained (`"chunk"`: the old behaviour, for comparison).
      With `inflight_kv = "recompute"` every running sequence is restarted on
      the new weights from its prompt plus the tokens so far (its KV recomputed);
-     with `"keep"` it continues on its KV cache as it is (PipelineRL's way);
+     with `"keep"` it continues on its KV cache as it is (PipelineRL's way).
+     Only "recompute" needs each step's tokens (to restart from them); otherwise
+     a sequence reports once, when it finishes, with its tokens' versions;
   2. prompts: ask the buffer for a grant when there is room (inflight: enough
      free sequence slots under `target_sequences`; chunk: only when the
      engine is empty, `prompts_per_chunk` prompts), and at least every
@@ -15,9 +17,9 @@ One `tick`:
   3. start granted prompts whose `min_version` the engine has reached (a
      grant that needs newer weights waits for them up to `grant_wait_s`, then
      goes back to the buffer);
-  4. one engine step; every new token is recorded with its behaviour
-     log-prob and the version that sampled it; a group whose last sequence
-     finished goes to the outbox (scored and sent on another thread).
+  4. one engine step; every token is recorded with its behaviour log-prob
+     and the version that sampled it; a group whose last sequence finished
+     goes to the outbox (scored and sent on another thread).
 Nothing here blocks the decode loop except an engine with nothing to do.
 
 The engine, buffer link, weight source and outbox are injected (see
@@ -81,7 +83,8 @@ class Rollout:
         self.stats = {"tokens": 0, "groups": 0, "steps": 0, "loads": 0, "restarted": 0, "returned": 0,
                       "first_token_s": []}
         self._window = {"start": time.perf_counter(), "tokens": 0, "gen_s": 0.0, "occupancy": 0.0, "steps": 0}
-        self._first_token_due: float | None = None  # staged_at of weights loaded, until a token uses them
+        self._first_token_due: float | None = None  # staged_at of weights loaded, until a step uses them
+        self.stream = settings.update_mode == "inflight" and settings.inflight_kv == "recompute"
         self._probes: dict[str, dict] = {}  # request id -> {version, logprob}
 
     # ------------------------------------------------------------------ loop
@@ -122,7 +125,7 @@ class Rollout:
     def load(self, staged) -> None:
         start = time.perf_counter()
         with self.budget.measure("loading_weights"):
-            self.engine.load_weights(staged.tensors)
+            self.engine.load_weights(staged.tensors, staged.version)
             self.version = staged.version
             if self.s.inflight_kv == "recompute":
                 self.restart_running()
@@ -143,7 +146,7 @@ class Rollout:
         self.engine.abort(old)
         for seq in running:
             self.engine.add(seq.request_id, seq.resume_prompt(), seq.tokens_left, self.s.temperature, self.s.top_p,
-                            self.s.stop_token_id, salt=f"v{self.version}")
+                            self.s.stop_token_id, salt=f"v{self.version}", stream=True)
         self.stats["restarted"] += len(running)
 
     # ------------------------------------------------------------------ prompts
@@ -156,7 +159,7 @@ class Rollout:
             busy = self.engine.running() or self.pending or self.staged is not None
             return 0 if busy else self.s.prompts_per_chunk
         queued = sum(len(p.grant.prompts) for p in self.pending) * self.n
-        return max(self.s.target_sequences - len(self.inflight) - queued, 0) // self.n
+        return max(self.s.target_sequences - self.engine.running() - queued, 0) // self.n
 
     def wants_prompts(self) -> bool:
         free = self.free_prompts()
@@ -183,9 +186,7 @@ class Rollout:
         for p in self.pending:
             if self.version >= p.grant.min_version:
                 for prompt in p.grant.prompts:
-                    for seq in self.inflight.start(prompt, p.grant.n, p.grant.max_tokens):
-                        self.engine.add(seq.request_id, prompt.token_ids, p.grant.max_tokens, self.s.temperature,
-                                        self.s.top_p, self.s.stop_token_id, salt=f"v{self.version}")
+                    self.start_group(prompt, p.grant.n, p.grant.max_tokens)
             elif now - p.since > self.s.grant_wait_s:
                 self.log.warning("grant_returned", need=p.grant.min_version, have=self.version)
                 self.link.give_back([q.prompt_id for q in p.grant.prompts])
@@ -194,10 +195,18 @@ class Rollout:
                 keep.append(p)
         self.pending = keep
 
+    def start_group(self, prompt, n: int, max_tokens: int) -> None:
+        """Streamed sequences (recompute) are one request each; otherwise the group is one request of n, which
+        vLLM prepares once and reports whole when its last sequence ends."""
+        sequences = self.inflight.start(prompt, n, max_tokens, together=not self.stream)
+        for rid in dict.fromkeys(s.engine_request for s in sequences):
+            self.engine.add(rid, prompt.token_ids, max_tokens, self.s.temperature, self.s.top_p, self.s.stop_token_id,
+                            salt=f"v{self.version}", stream=self.stream, n=1 if self.stream else n)
+
     # ------------------------------------------------------------------ decoding
 
     def decode(self) -> None:
-        running = len(self.inflight)
+        running = self.engine.running()
         start = time.perf_counter()
         with self.budget.measure("generating"):
             deltas = self.engine.step()
@@ -208,12 +217,13 @@ class Rollout:
                 self.record_probe(d)
                 continue
             tokens += len(d.token_ids)
-            group = self.inflight.record(d.request_id, d.token_ids, d.logprobs, self.version, d.finish_reason)
+            group = self.inflight.record(d.request_id, d.token_ids, d.logprobs, self.version, d.finish_reason,
+                                         d.versions)
             if group is not None:
                 self.stats["groups"] += 1
                 with self.budget.measure("waiting_for_outbox"):
                     self.outbox.put(group, self.s.outbox_timeout_s)
-        if tokens and self._first_token_due is not None:
+        if running and self._first_token_due is not None:  # every running sequence sampled on the new weights
             self.stats["first_token_s"].append(time.perf_counter() - self._first_token_due)
             self._first_token_due = None
         self.stats["tokens"] += tokens

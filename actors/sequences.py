@@ -29,11 +29,14 @@ class GrantedPrompt:
 
 @dataclass
 class Sequence:
-    """One sample being generated. `request_id` changes when the sequence is restarted (recompute)."""
+    """One sample being generated. `request_id` changes when the sequence is restarted (recompute).
+    `engine_request` is the engine request holding it: its own id, or its group's when the group's
+    samples are one request of n (then `request_id` is `<engine_request>/<index>`)."""
 
     request_id: str
     prompt: GrantedPrompt
     max_tokens: int
+    engine_request: str = ""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
@@ -79,28 +82,36 @@ class InFlight:
         self._group_of: dict[str, Group] = {}
         self._ids = itertools.count()
 
-    def start(self, prompt: GrantedPrompt, n: int, max_tokens: int) -> list[Sequence]:
-        """Open a group of `n` sequences; returns them for the engine to add."""
+    def start(self, prompt: GrantedPrompt, n: int, max_tokens: int, together: bool = False) -> list[Sequence]:
+        """Open a group of `n` sequences; returns them for the engine to add, one request each, or
+        (`together`) one request of n whose id is their `engine_request`."""
         if prompt.prompt_id in self.groups:
             raise ValueError(f"prompt {prompt.prompt_id} is already in flight")
-        group = Group(prompt, [Sequence(self._new_id(prompt), prompt, max_tokens) for _ in range(n)],
-                      time.perf_counter())
+        if together:
+            base = self._new_id(prompt)
+            sequences = [Sequence(f"{base}/{k}", prompt, max_tokens, base) for k in range(n)]
+        else:
+            sequences = [Sequence(rid, prompt, max_tokens, rid) for rid in (self._new_id(prompt) for _ in range(n))]
+        group = Group(prompt, sequences, time.perf_counter())
         self.groups[prompt.prompt_id] = group
         for s in group.sequences:
             self._index(s, group)
         return group.sequences
 
-    def record(self, request_id: str, token_ids, logprobs, version: int, finish_reason: str | None) -> Group | None:
-        """Append one step's tokens to their sequence; the group if this completed it. Unknown ids (a request
-        aborted by a restart, whose last output was already queued) are ignored."""
+    def record(self, request_id: str, token_ids, logprobs, version: int, finish_reason: str | None,
+               versions=None) -> Group | None:
+        """Append tokens to their sequence, each labelled `version` (one step's tokens) or with its own entry of
+        `versions` (a sequence reported whole at its end); the group if this completed it. Unknown ids (a
+        request aborted by a restart, whose last output was already queued) are ignored."""
         seq = self._by_request.get(request_id)
         if seq is None:
             return None
-        if len(token_ids) != len(logprobs):
-            raise ValueError(f"{request_id}: {len(token_ids)} tokens, {len(logprobs)} log-probs")
+        if len(token_ids) != len(logprobs) or (versions is not None and len(versions) != len(token_ids)):
+            raise ValueError(f"{request_id}: {len(token_ids)} tokens, {len(logprobs)} log-probs, versions "
+                             f"{None if versions is None else len(versions)}")
         seq.tokens.extend(int(t) for t in token_ids)
         seq.logprobs.extend(float(x) for x in logprobs)
-        seq.versions.extend([version] * len(token_ids))
+        seq.versions.extend([version] * len(token_ids) if versions is None else [int(v) for v in versions])
         if finish_reason is None:
             return None
         seq.finish_reason = finish_reason
@@ -115,9 +126,11 @@ class InFlight:
     def restart(self, seq: Sequence) -> str:
         """Give a running sequence a fresh request id (its old request is aborted by the caller); returns the old id."""
         old = seq.request_id
+        if seq.engine_request != old:
+            raise ValueError(f"{old} shares its engine request with its group: it cannot restart alone")
         group = self._group_of.pop(old)
         del self._by_request[old]
-        seq.request_id = self._new_id(seq.prompt)
+        seq.request_id = seq.engine_request = self._new_id(seq.prompt)
         self._index(seq, group)
         return old
 
@@ -129,8 +142,8 @@ class InFlight:
         return len(self._by_request)
 
     def drop_all(self) -> list[str]:
-        """Forget everything (the run is over); returns the request ids to abort."""
-        ids = list(self._by_request)
+        """Forget everything (the run is over); returns the engine requests to abort."""
+        ids = list(dict.fromkeys(s.engine_request for s in self._by_request.values()))
         self._by_request.clear()
         self._group_of.clear()
         self.groups.clear()

@@ -2,6 +2,7 @@
 
     python benchmarks/generation.py                       # repeat task, 30 steps, both modes
     python benchmarks/generation.py --steps 20 --set actors.inflight_kv=recompute
+    python benchmarks/generation.py --engine-only         # the engine alone, no learner, no buffer
 
 Runs `launch.py run` once per `actors.update_mode` with the same config and seeds, on the built-in "repeat"
 task (tasks/repeat.py: response lengths from a few tokens to ~90, median ~10), evaluations off:
@@ -12,6 +13,12 @@ For each it prints the actor's throughput (tokens generated per second of the ac
 of engine stepping), the engine's mean occupancy (running sequences / target, averaged over steps) and its
 course over the run, the time from a broadcast's arrival to the first token sampled on those weights, and the
 learner's time waiting for batches. The ratio row is inflight over chunk.
+
+Then the engine alone on one core (no learner beside it, no buffer): the same prompts of the same task
+generated three ways, tokens per second of wall time: chunks through vLLM's blocking `generate` (the old
+actor), the decode loop with one request per group reporting at its end ("keep"), and the decode loop with one
+streamed request per sample ("recompute", no weight switch): the loop's own overhead and what refilling gains
+without the learner's contention.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 TASK = ["task.kind=\"repeat\"", "task.digits=3", "task.max_repeat=30", "task.train_size=3000",
         "actors.max_response_tokens=96"]
 
@@ -64,11 +73,98 @@ def course(values: list[float], parts: int = 5) -> str:
     return " ".join(f"{sum(values[i:i + size]) / len(values[i:i + size]):.2f}" for i in range(0, len(values), size))
 
 
+def engine_only(args) -> None:
+    from actors.engine import cpu_environment
+
+    os.environ.update(cpu_environment(1, "0", os.path.join(tempfile.gettempdir(), "asyncor-vllm-cache")))
+    from actors.buffer_link import Grant, Stop, Wait
+    from actors.engine import Engine
+    from actors.rollout import Rollout, RolloutSettings
+    from actors.sequences import GrantedPrompt
+    from configs.loader import load_config
+    from learner.warm_start import prepare_policy
+    from tasks.builtin import make_splits
+    from tasks.codec import TextCodec
+
+    config = load_config(None, TASK + args.set)
+    a = config.actors
+    model_dir = prepare_policy(config)
+    codec = TextCodec(model_dir)
+    engine = Engine(model_dir, config.model.dtype, config.run.seed, a.max_prompt_tokens + a.max_response_tokens, 0.3)
+    train, _ = make_splits(config.task, config.run.seed)
+    prompts = [codec.encode_prompt(p.prompt) for p in train[:args.prompts]]
+    target = a.inflight_sequences or a.prompts_per_chunk * a.group_size
+
+    def chunked(prompts: list) -> int:
+        tokens = 0
+        for i in range(0, len(prompts), a.prompts_per_chunk):
+            out = engine.generate(prompts[i:i + a.prompts_per_chunk], a.group_size, a.temperature, a.top_p,
+                                  a.max_response_tokens, codec.eos_id)
+            tokens += sum(len(s.token_ids) for g in out for s in g)
+        return tokens
+
+    def looped(kv: str, prompts: list) -> int:
+        class Link:
+            left, out, granted = list(prompts), 0, 0
+
+            def ask(self, k, version):
+                if not self.left:
+                    return Stop() if self.out == 0 else Wait(0.0)
+                take, self.left = self.left[:k], self.left[k:]
+                grant = [GrantedPrompt(self.granted + i, p, "arithmetic", "") for i, p in enumerate(take)]
+                self.out, self.granted = self.out + len(take), self.granted + len(take)
+                return Grant(grant, 0, a.group_size, a.max_response_tokens)
+
+        class Outbox:
+            def put(self, group, timeout_s):
+                link.out -= 1
+
+        class Weights:
+            def take(self):
+                return None
+
+            def wait_for(self, version, timeout_s):
+                return None
+
+        class Log:
+            def warning(self, *_, **__):
+                pass
+
+        link = Link()
+        rollout = Rollout(engine, link, Weights(), Outbox(), RolloutSettings(
+            update_mode="inflight", inflight_kv=kv, target_sequences=target, group_size=a.group_size,
+            temperature=a.temperature, top_p=a.top_p, stop_token_id=codec.eos_id, metrics_every_s=1e9), Log())
+        rollout.run()
+        return rollout.stats["tokens"]
+
+    ways = {"chunked generate (old actor)": chunked,
+            "loop, request per group (keep)": lambda ps: looped("keep", ps),
+            "loop, streamed per sample (recompute)": lambda ps: looped("recompute", ps)}
+    for way in ways.values():  # warm-up: the first batches are several times slower
+        way(prompts[:a.prompts_per_chunk])
+    print(f"\nengine alone: {len(prompts)} prompts x {a.group_size} samples, {target} sequences in flight for the "
+          f"loop, chunks of {a.prompts_per_chunk} prompts for generate\n")
+    print("| way | tokens | wall s | tokens/s | vs chunked |")
+    print("|---|---|---|---|---|")
+    base = None
+    for name, way in ways.items():
+        start = time.perf_counter()
+        tokens = way(prompts)
+        wall = time.perf_counter() - start
+        base = base or tokens / wall
+        print(f"| {name} | {tokens} | {wall:.1f} | {tokens / wall:.0f} | {tokens / wall / base:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--set", action="append", default=[], help="extra config override (repeatable)")
+    parser.add_argument("--engine-only", action="store_true", help="only the engine-alone comparison")
+    parser.add_argument("--prompts", type=int, default=512, help="prompts for the engine-alone comparison")
     args = parser.parse_args()
+    if args.engine_only:
+        engine_only(args)
+        return
     out = tempfile.mkdtemp(prefix="asyncor-generation-")
     results = {mode: read(run(mode, args, out)) for mode in ("chunk", "inflight")}
 
@@ -88,6 +184,7 @@ def main() -> None:
     print(f"| inflight / chunk | {i[0] / c[0]:.2f}x | {i[1] / c[1]:.2f}x | {i[2] / c[2]:.2f}x | {i[3] / c[3]:.2f}x | | "
           f"{i[4] / c[4] if c[4] else 0:.3f}x | {i[5] / c[5] if c[5] else 0:.2f}x |")
     print(f"\nrun directories: {out}")
+    engine_only(args)
 
 
 if __name__ == "__main__":

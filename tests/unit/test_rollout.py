@@ -3,7 +3,8 @@
 The fake engine samples one token per running sequence per step; its log-prob is -w where w is the
 "weight" last loaded, so every recorded log-prob tells which weights produced it. A sequence stops after
 the number of tokens its prompt's first id asks for (continuation tokens are 9, so a restarted sequence
-still knows how far it got).
+still knows how far it got). Like vLLM, a streamed sequence reports every step's token, any other only once,
+at its end, with the version of each token.
 """
 
 import numpy as np
@@ -20,15 +21,21 @@ TOKEN = 9
 
 class FakeEngine:
     def __init__(self):
-        self.w = 0.5
-        self.requests = {}  # id -> [prompt, max_tokens, generated]
+        self.w, self.version = 0.5, 0
+        self.requests = {}  # sequence id -> [prompt, max_tokens, generated, stream, tokens, logprobs, versions, request]
+        self.held = {}  # request of n -> its finished sequences' deltas, reported when the last one ends
         self.added, self.aborted = [], []
         self.step_count = 0
         self.batch_sizes = []
 
-    def add(self, request_id, prompt, max_tokens, temperature, top_p, stop_token_id, salt):
-        assert request_id not in self.requests
-        self.requests[request_id] = [np.asarray(prompt), max_tokens, 0]
+    def add(self, request_id, prompt, max_tokens, temperature, top_p, stop_token_id, salt, stream=False, n=1):
+        assert not (stream and n > 1)
+        ids = [request_id] if n == 1 else [f"{request_id}/{k}" for k in range(n)]
+        for sid in ids:
+            assert sid not in self.requests
+            self.requests[sid] = [np.asarray(prompt), max_tokens, 0, stream, [], [], [], request_id]
+        if n > 1:
+            self.held[request_id] = []
         self.added.append((request_id, list(np.asarray(prompt)), max_tokens, salt))
 
     def step(self):
@@ -37,27 +44,40 @@ class FakeEngine:
         self.step_count += 1
         self.batch_sizes.append(len(self.requests))
         out = []
-        for rid, (prompt, max_tokens, done) in list(self.requests.items()):
+        for sid, (prompt, max_tokens, done, stream, tokens, logprobs, versions, rid) in list(self.requests.items()):
             done += 1
-            self.requests[rid][2] = done
+            self.requests[sid][2] = done
             so_far = int(np.sum(prompt == TOKEN)) + done
             reason = "stop" if so_far >= prompt[0] else ("length" if done >= max_tokens else None)
             if reason:
-                del self.requests[rid]
-            out.append(Delta(rid, np.array([TOKEN], np.int32), np.array([-self.w], np.float32), reason))
+                del self.requests[sid]
+            tokens.append(TOKEN), logprobs.append(-self.w), versions.append(self.version)
+            if stream:
+                out.append(Delta(sid, np.array([TOKEN], np.int32), np.array([-self.w], np.float32), reason))
+            elif reason:
+                delta = Delta(sid, np.array(tokens, np.int32), np.array(logprobs, np.float32), reason,
+                              np.array(versions, np.int32))
+                if rid in self.held:
+                    self.held[rid].append(delta)
+                    if not any(r[7] == rid for r in self.requests.values()):
+                        out.extend(self.held.pop(rid))
+                else:
+                    out.append(delta)
         return out
 
     def abort(self, ids):
         for rid in ids:
-            self.requests.pop(rid, None)
+            for sid in [s for s, r in self.requests.items() if r[7] == rid]:
+                del self.requests[sid]
+            self.held.pop(rid, None)
         self.aborted.extend(ids)
 
     def running(self):
         return len(self.requests)
 
-    def load_weights(self, tensors):
+    def load_weights(self, tensors, version):
         [(_, w)] = tensors
-        self.w = w
+        self.w, self.version = w, version
 
 
 class Staged:
@@ -221,7 +241,7 @@ def test_stop_aborts_what_is_still_running():
     assert engine.running() == 4
     rollout.stopped = True
     rollout.run()
-    assert engine.running() == 0 and len(engine.aborted) == 4 and not outbox.groups
+    assert engine.running() == 0 and len(engine.aborted) == 2 and not outbox.groups  # 2 requests of n = 2
 
 
 def test_a_full_engine_still_hears_stop_and_aborts_its_sequences():
@@ -229,7 +249,7 @@ def test_a_full_engine_still_hears_stop_and_aborts_its_sequences():
     rollout.tick()  # granted: 4 sequences of 40 tokens, no room asked for after that
     link.prompts, link.outstanding = [], 0  # the learner is done: the next ask hears `stop`
     rollout.run()
-    assert engine.step_count < 40 and not outbox.groups and len(engine.aborted) == 4
+    assert engine.step_count < 40 and not outbox.groups and len(engine.aborted) == 2
     assert link.asked[-1][0] == 0  # a heartbeat asks for nothing
 
 
@@ -242,6 +262,10 @@ def test_in_flight_bookkeeping_ignores_outputs_of_a_restarted_request():
     assert flight.record(a.request_id, [5], [-0.1], 1, "stop") is None
     group = flight.record(b.request_id, [6, 2], [-0.2, -0.3], 1, "stop")
     assert group is not None and group.num_tokens == 3 and len(flight) == 0
-    flight.start(prompt, 2, 8)
+    together = flight.start(prompt, 2, 8, together=True)
+    assert [s.request_id for s in together] == [f"{together[0].engine_request}/0", f"{together[0].engine_request}/1"]
     with pytest.raises(ValueError, match="already in flight"):
         flight.start(prompt, 2, 8)
+    with pytest.raises(ValueError, match="cannot restart alone"):
+        flight.restart(together[0])
+    assert flight.drop_all() == [together[0].engine_request]  # one engine request to abort for the group
