@@ -3,8 +3,9 @@
 The rollout loop hands every completed group to `Outbox.put` and goes back to
 decoding; this thread scores what has queued up (inline for arithmetic, in the
 verifier pool for math / code, all queued groups in one call so the pool's
-workers run side by side) and sends each group on its own socket, waiting for
-the buffer's ack. The queue is bounded (`capacity` groups): when the buffer is
+workers run side by side) and sends them on its own socket, all at once, then
+collects the buffer's acks (one round trip's latency for the lot, not one per
+group). The queue is bounded (`capacity` groups): when the buffer is
 slower than generation, `put` blocks and the loop's time shows up as
 "waiting_for_outbox".
 
@@ -120,18 +121,36 @@ class Outbox(threading.Thread):
                                                 s.finish_reason == "length")
                                          for g in groups for s in g.sequences])
         verify_s = time.perf_counter() - start
-        at = 0
+        at, trajectories = 0, []
         for g in groups:
-            group = to_trajectory(g, rewards[at:at + len(g.sequences)], self.actor_id, self.seq)
+            trajectories.append(to_trajectory(g, rewards[at:at + len(g.sequences)], self.actor_id, self.seq))
             at += len(g.sequences)
             self.seq += 1
-            with self.budget.measure("sending"):
-                self._send(group)
-            self.sent["groups"] += 1
-            self.sent["tokens"] += group.num_tokens
+        with self.budget.measure("sending"):
+            self._send_all(trajectories)
+        self.sent["groups"] += len(trajectories)
+        self.sent["tokens"] += sum(t.num_tokens for t in trajectories)
         self.metrics.log({"actor/reward_mean": float(np.mean(rewards)), "actor/verify_s": verify_s,
                           "actor/verify_timeouts": self.scorer.timeouts, "actor/groups_sent": self.sent["groups"]},
                          step=max(max(s.versions, default=0) for g in groups for s in g.sequences))
+
+    def _send_all(self, groups: list) -> None:
+        """All at once (one round trip's latency); a group without a clear answer goes the one-by-one way."""
+        replies = self.client.request_many("group", [g.to_wire() for g in groups], self.request_timeout_s)
+        for group, reply in zip(groups, replies):
+            status = reply.body.get("status") if reply is not None else None
+            if status in ("accepted", "duplicate"):
+                continue
+            if status == "rejected":
+                self._rejected(group, reply)
+                continue
+            if reply is None:
+                self.log.warning("group_ack_timeout", seq=group.seq, attempt="batch")
+            self._send(group)  # no ack (lost, or late) or `full`: again, with the same seq
+
+    def _rejected(self, group, ack) -> None:
+        self.sent["rejected"] += 1
+        self.log.error("group_rejected", seq=group.seq, reason=ack.body.get("reason"), detail=ack.body.get("detail"))
 
     def _send(self, group) -> None:
         body = group.to_wire()
@@ -147,7 +166,6 @@ class Outbox(threading.Thread):
             if status == "full":
                 time.sleep(0.2)
                 continue
-            self.sent["rejected"] += 1
-            self.log.error("group_rejected", seq=group.seq, reason=ack.body.get("reason"), detail=ack.body.get("detail"))
+            self._rejected(group, ack)
             return
         raise RuntimeError(f"group seq={group.seq} not acknowledged after {SEND_ATTEMPTS} attempts")

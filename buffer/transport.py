@@ -48,6 +48,26 @@ class Client:
             if reply.body.get("rid") == rid:
                 return reply
 
+    def request_many(self, type_: str, bodies: list[dict], timeout_s: float) -> list[Message | None]:
+        """Send every request at once, then collect the replies by request id: one round trip's latency for
+        all of them. A request with no reply within `timeout_s` gets None."""
+        at = {}
+        for i, body in enumerate(bodies):
+            rid = next(self._rids)
+            at[rid] = i
+            self.sock.send(encode(type_, {**body, "rid": rid}))
+        replies: list[Message | None] = [None] * len(bodies)
+        deadline = time.monotonic() + timeout_s
+        while at:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                break
+            reply = decode(self.sock.recv(), self.max_bytes)
+            i = at.pop(reply.body.get("rid"), None)
+            if i is not None:
+                replies[i] = reply
+        return replies
+
     def send(self, type_: str, body: dict) -> None:
         """Fire-and-forget (used for `bye`)."""
         self.sock.send(encode(type_, body), zmq.NOBLOCK)

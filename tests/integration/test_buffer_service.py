@@ -102,8 +102,11 @@ def test_stale_groups_are_dropped_not_trained(service):
     svc, actor, learner, _ = service
     learner.request("version", {"version": 0}, TIMEOUT)
     grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2}, TIMEOUT)
-    for seq, prompt in enumerate(grant.body["prompts"]):
-        actor.request("group", group_for(prompt, seq=seq).to_wire(), TIMEOUT)
+    # Sent together (the outbox's way): every reply finds its request by id.
+    groups = [group_for(prompt, seq=seq).to_wire() for seq, prompt in enumerate(grant.body["prompts"])]
+    acks = actor.request_many("group", groups + [groups[0]], TIMEOUT)
+    assert [a.body["status"] for a in acks] == ["accepted", "accepted", "duplicate"]
+    assert [a.body["seq"] for a in acks] == [0, 1, 0]
     learner.request("version", {"version": 1}, TIMEOUT)  # the learner moved on: version-0 data is too old for η = 0
     assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "wait"
     assert svc.dropped_stale == 2
