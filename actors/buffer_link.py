@@ -40,11 +40,14 @@ class BufferLink:
     def hello(self) -> None:
         self.client.request("hello", {"actor_id": self.actor_id}, self.timeout_s)
 
-    def ask(self, max_prompts: int, version: int) -> Grant | Wait | Stop:
+    def ask(self, max_prompts: int, version: int, hold_s: float = 0.0) -> Grant | Wait | Stop:
+        """`hold_s` > 0: the buffer may keep the request that long when it has nothing to grant, answering the
+        moment it has (an idle actor's way of waiting for the next version without polling)."""
         from buffer.protocol import unpack_array
 
         reply = self.client.request("grant_request", {"actor_id": self.actor_id, "version": version,
-                                                      "max_prompts": max_prompts}, self.timeout_s)
+                                                      "max_prompts": max_prompts, "hold_s": hold_s},
+                                    self.timeout_s + hold_s)
         if reply.type == "stop":
             return Stop()
         if reply.type == "wait":

@@ -53,6 +53,7 @@ class RolloutSettings:
     grant_wait_s: float = 30.0
     outbox_timeout_s: float = 120.0
     metrics_every_s: float = 2.0
+    grant_hold_s: float = 0.5  # an idle engine's grant request may wait this long in the buffer for room
     heartbeat_s: float = 1.0  # ask (for 0 prompts if there is no room) at least this often: learns of `stop` in time
     probe_prompt: np.ndarray | None = field(default=None, compare=False)  # greedy probe after each load
 
@@ -127,7 +128,7 @@ class Rollout:
         with self.budget.measure("loading_weights"):
             self.engine.load_weights(staged.tensors, staged.version)
             self.version = staged.version
-            if self.s.inflight_kv == "recompute":
+            if self.stream:  # inflight + recompute (in chunk mode nothing runs at a load)
                 self.restart_running()
         load_s = time.perf_counter() - start
         self.stats["loads"] += 1
@@ -170,8 +171,9 @@ class Rollout:
 
     def ask(self) -> None:
         self.last_ask = time.perf_counter()
+        idle = not self.engine.running() and not self.pending and self.staged is None
         with self.budget.measure("waiting_for_grant"):
-            reply = self.link.ask(self.free_prompts(), self.version)
+            reply = self.link.ask(self.free_prompts(), self.version, self.s.grant_hold_s if idle else 0.0)
         if isinstance(reply, Stop):
             self.stopped = True
         elif isinstance(reply, Wait):

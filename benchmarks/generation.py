@@ -107,7 +107,7 @@ def engine_only(args) -> None:
         class Link:
             left, out, granted = list(prompts), 0, 0
 
-            def ask(self, k, version):
+            def ask(self, k, version, hold_s=0.0):
                 if not self.left:
                     return Stop() if self.out == 0 else Wait(0.0)
                 take, self.left = self.left[:k], self.left[k:]

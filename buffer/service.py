@@ -4,7 +4,10 @@ Two ROUTER sockets, one event loop, no threads:
 
 * actors (DEALER) send `hello`, `grant_request`, `group`, `grant_return`, `bye`.
   A grant carries prompts and the oldest policy version they may be generated
-  with; with no capacity the actor is told to `wait`. Every `group` is acked:
+  with; with no capacity the actor is told to `wait`, at once or, if its
+  request says `hold_s`, when that much time has passed without room (a held
+  request is granted the moment room appears: an idle actor hears of a new
+  version without polling). Every `group` is acked:
   accepted, duplicate (already stored: at-least-once delivery), full (retry
   later) or rejected with the protocol reason (counted, logged, never fatal).
 * the learner (DEALER) sends `batch_request` (long-polled: answered as soon as
@@ -43,6 +46,15 @@ from telemetry import log as tlog
 from telemetry.metrics import MetricsWriter
 
 LONG_POLL_S = 1.0
+MAX_GRANT_HOLD_S = 2.0
+
+
+def grant_hold(body: dict) -> float:
+    """A grant request's optional `hold_s`: how long the buffer may hold it when it has nothing to grant."""
+    hold = body.get("hold_s", 0.0)
+    if isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0.0 <= hold <= MAX_GRANT_HOLD_S:
+        raise ProtocolError("bad_value", f"hold_s {hold!r} is not a number in [0, {MAX_GRANT_HOLD_S}]")
+    return float(hold)
 
 
 class BufferService:
@@ -70,6 +82,7 @@ class BufferService:
         self.actors_done: set[int] = set()
         self.actor_stats: dict[int, dict] = {}
         self.pending_batch: tuple[bytes, Message] | None = None
+        self.held_grants: dict[bytes, tuple[Message, int, int, float]] = {}  # ident -> (request, actor, wanted, until)
         self.pending_since = 0.0
         self.done_at: float | None = None
         self.stop_requested = False
@@ -90,20 +103,15 @@ class BufferService:
             wanted = require(body, "max_prompts", int)
             if wanted < 0:
                 raise ProtocolError("bad_value", f"max_prompts {wanted} is negative")
-            n = self.budget.grant(wanted)
-            if n == 0:
-                server.reply(ident, msg, "wait", {"retry_s": 0.05})
+            hold_s = grant_hold(body)
+            if self.try_grant(server, ident, msg, actor_id, wanted):
                 return
-            problems = self.prompts.take(n)
-            for p in problems:
-                self.granted[p.id] = (actor_id, p)
-            stage = stage_at(self.config, self.budget.version)
-            server.reply(ident, msg, "grant", {
-                "min_version": self.budget.min_version_for_grant(),
-                # The current stage's sampling: actors switch length and group size without restarting.
-                "sampling": {"stage": stage.index, "n": stage.group_size, "max_tokens": stage.max_response_tokens},
-                "prompts": [self.grant_entry(p) for p in problems],
-            })
+            if wanted and hold_s:
+                # Nothing to grant now: answer the moment there is (a new version, a slot given back), or `wait`
+                # when the hold ends. One held request per actor socket.
+                self.held_grants[ident] = (msg, actor_id, wanted, time.monotonic() + hold_s)
+            else:
+                server.reply(ident, msg, "wait", {"retry_s": 0.05})
         elif msg.type == "group":
             server.reply(ident, msg, "ack", self.ingest(msg.body))
         elif msg.type == "grant_return":
@@ -116,6 +124,38 @@ class BufferService:
             server.reply(ident, msg, "ack", {"status": "ok"})
         else:
             raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
+
+    def try_grant(self, server: Server, ident: bytes, msg: Message, actor_id: int, wanted: int) -> bool:
+        """Grant up to `wanted` prompts if the staleness budget has room; True if a grant was sent."""
+        n = self.budget.grant(wanted)
+        if n == 0:
+            return False
+        problems = self.prompts.take(n)
+        for p in problems:
+            self.granted[p.id] = (actor_id, p)
+        stage = stage_at(self.config, self.budget.version)
+        server.reply(ident, msg, "grant", {
+            "min_version": self.budget.min_version_for_grant(),
+            # The current stage's sampling: actors switch length and group size without restarting.
+            "sampling": {"stage": stage.index, "n": stage.group_size, "max_tokens": stage.max_response_tokens},
+            "prompts": [self.grant_entry(p) for p in problems],
+        })
+        return True
+
+    def serve_held_grants(self, server: Server) -> None:
+        """Answer held grant requests: a grant as soon as there is room, `stop` once the learner is done,
+        `wait` when the hold ends."""
+        now = time.monotonic()
+        for ident, (msg, actor_id, wanted, deadline) in list(self.held_grants.items()):
+            if self.done_at is not None:
+                server.reply(ident, msg, "stop", {})
+            elif self.try_grant(server, ident, msg, actor_id, wanted):
+                pass
+            elif now >= deadline:
+                server.reply(ident, msg, "wait", {"retry_s": 0.05})
+            else:
+                continue
+            del self.held_grants[ident]
 
     def training_problems(self) -> list:
         if self.config.task.kind != "files":
@@ -280,6 +320,7 @@ class BufferService:
                     except ProtocolError as exc:  # answered with the request's id once the envelope decoded
                         server.reply(ident, msg, "ack", self.reject(exc))
                 self.serve_batch(learner)
+                self.serve_held_grants(actors)
                 if self.done_at is not None:
                     all_said_bye = self.actors_seen and self.actors_seen <= self.actors_done
                     if all_said_bye or time.monotonic() - self.done_at > cfg.net.request_timeout_s:

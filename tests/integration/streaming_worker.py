@@ -44,7 +44,7 @@ def main() -> None:
         def __init__(self):
             self.left, self.out = list(prompts), 0
 
-        def ask(self, max_prompts, version):
+        def ask(self, max_prompts, version, hold_s=0.0):
             if not self.left:
                 return Stop() if self.out == 0 else Wait(0.0)
             take, self.left = self.left, []

@@ -116,6 +116,35 @@ def test_stale_groups_are_dropped_not_trained(service):
     assert grant.type == "grant" and len(grant.body["prompts"]) == 4 and grant.body["min_version"] == 1
 
 
+def test_a_held_grant_request_is_granted_the_moment_a_new_version_makes_room(service):
+    import time
+
+    from buffer.protocol import decode, encode
+
+    svc, actor, learner, _ = service
+    learner.request("version", {"version": 0}, TIMEOUT)
+    grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2}, TIMEOUT)
+    for seq, prompt in enumerate(grant.body["prompts"]):
+        actor.request("group", group_for(prompt, seq=seq).to_wire(), TIMEOUT)
+    # η = 0 and the step's groups are in: nothing to grant until version 1. An idle actor asks to be held.
+    actor.sock.send(encode("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2, "hold_s": 2.0, "rid": 77}))
+    time.sleep(0.3)
+    assert not actor.sock.poll(0)  # held, not answered `wait`
+    assert learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT).type == "batch"
+    start = time.monotonic()
+    learner.request("version", {"version": 1}, TIMEOUT)
+    assert actor.sock.poll(1000)
+    reply = decode(actor.sock.recv(), 1 << 24)
+    assert reply.type == "grant" and reply.body["rid"] == 77 and reply.body["min_version"] == 1
+    assert time.monotonic() - start < 0.5  # at the version, not at the end of the hold
+    # With still nothing to grant a held request ends in `wait` when its hold does; bad holds are refused.
+    held = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 2, "hold_s": 0.3}, TIMEOUT)
+    assert held.type == "wait"
+    for bad in (-1, 60.0, "1", True, float("nan")):
+        ack = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 1, "hold_s": bad}, TIMEOUT)
+        assert (ack.body["status"], ack.body["reason"]) == ("rejected", "bad_value"), bad
+
+
 def test_all_equal_groups_are_dropped_counted_and_replaced(service):
     """Rejection sampling, refill mode (the default): the batch stays full of groups with signal."""
     svc, actor, learner, _ = service

@@ -111,11 +111,12 @@ class FakeLink:
         self.prompts = [GrantedPrompt(i, np.array([length, 1, 2], np.int32), "arithmetic", "x")
                         for i, length in enumerate(lengths)]
         self.n, self.max_tokens, self.min_version = n, max_tokens, min_version
-        self.asked, self.returned = [], []
+        self.asked, self.returned, self.holds = [], [], []
         self.outstanding = 0
 
-    def ask(self, max_prompts, version):
+    def ask(self, max_prompts, version, hold_s=0.0):
         self.asked.append((max_prompts, version))
+        self.holds.append(hold_s)
         if not self.prompts:
             return Stop() if self.outstanding == 0 else Wait(0.0)
         take, self.prompts = self.prompts[:max_prompts], self.prompts[max_prompts:]
@@ -251,6 +252,7 @@ def test_a_full_engine_still_hears_stop_and_aborts_its_sequences():
     rollout.run()
     assert engine.step_count < 40 and not outbox.groups and len(engine.aborted) == 2
     assert link.asked[-1][0] == 0  # a heartbeat asks for nothing
+    assert link.holds[0] > 0 and link.holds[-1] == 0  # only an idle engine lets the buffer hold its request
 
 
 def test_in_flight_bookkeeping_ignores_outputs_of_a_restarted_request():
