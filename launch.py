@@ -6,6 +6,7 @@
     python launch.py config                                # print every key, its default and docstring
     python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
     python launch.py filter --model DIR --data IN.parquet --out OUT.parquet --samples 16  # difficulty filter
+    python launch.py plan --config configs/skywork_or1_7b.toml --nodes 2 --gpus-per-node 8   # who runs where
 
 The config is parsed and validated before anything heavy is imported, so
 `--help` and config errors are instant.
@@ -78,6 +79,25 @@ def _sample_command(args) -> int:
     return 0
 
 
+def _plan_command(args) -> int:
+    import json
+
+    from configs.loader import ConfigError, load_config
+    from launcher.plan import PlanError, make_plan
+
+    try:
+        # The data may live on the cluster only: its paths are not checked here.
+        plan = make_plan(load_config(args.config, args.set, check_files=False), args.nodes, args.gpus_per_node)
+    except (ConfigError, PlanError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.table())
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(plan.to_json(), f, indent=2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -86,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one key, e.g. --set buffer.max_staleness=0 (repeatable)")
     sub.add_parser("config", help="list every config key with its default and meaning")
+    plan_p = sub.add_parser("plan", help="which role runs on which node and GPU of a cluster (nothing starts)")
+    plan_p.add_argument("--config", default=None, help="TOML run file (default: configs/tiny.toml)")
+    plan_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    plan_p.add_argument("--nodes", type=int, required=True, help="nodes in the allocation")
+    plan_p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node (0: CPU nodes)")
+    plan_p.add_argument("--out", default=None, help="also write the plan as JSON to this file")
     eval_p = sub.add_parser("eval", help="avg@k and pass@k of a saved policy on local data (jsonl / parquet)")
     eval_p.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
     eval_p.add_argument("--out", default=None, help="output directory (default: <model>/eval)")
@@ -109,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         _print_config_reference()
         return 0
+    if args.command == "plan":
+        return _plan_command(args)
     if args.command in (None, "run"):
         from configs.loader import ConfigError, load_config
 

@@ -64,15 +64,16 @@ def _format_error(err: dict) -> str:
     return f"{key}: {msg} (got {given!r})"
 
 
-def validate(tree: dict) -> Config:
+def validate(tree: dict, check_files: bool = True) -> Config:
+    """`check_files = False`: data paths need not exist here (planning a cluster run from another machine)."""
     try:
-        return Config.model_validate(tree)
+        return Config.model_validate(tree, context={"check_files": check_files})
     except ValidationError as exc:
         lines = [_format_error(e) for e in exc.errors()]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | None = None, overrides: list[str] = (), check_files: bool = True) -> Config:
     path = path or DEFAULT_CONFIG
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
@@ -83,7 +84,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for assignment in overrides:
         apply_override(tree, assignment)
-    return validate(tree)
+    return validate(tree, check_files)
 
 
 def load_resolved(path: str) -> Config:
