@@ -33,6 +33,11 @@ class RunConfig(_Section):
     """Where the locally built tiny model, tokenizer and warm start are cached."""
     max_wall_s: float = Field(1800.0, gt=0)
     """Hard deadline for the RL phase; the launcher stops the run (error) when it passes."""
+    prepare_timeout_s: float = Field(1800.0, gt=0)
+    """Deadline for preparing the policy (building the tiny model and its warm start, or checking model.path)."""
+    eval_timeout_s: float = Field(900.0, gt=0)
+    """Deadline for each held-out evaluation before and after RL (eval.before_and_after); long-context
+    evaluations of large models need hours."""
 
 
 class TinyModelConfig(_Section):

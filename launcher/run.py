@@ -48,8 +48,10 @@ def stop_children(children: list[Child]) -> None:
               file=sys.stderr, flush=True)
 
 
-def run_phase(name: str, module: str, args: list[str], log_dir: str, timeout_s: float, stop: StopSignals) -> None:
-    """One child that must finish (warm start, evaluation), with stop-signal and deadline handling."""
+def run_phase(name: str, module: str, args: list[str], log_dir: str, timeout_s: float, stop: StopSignals,
+              deadline_key: str) -> None:
+    """One child that must finish (warm start, evaluation), with stop-signal and deadline handling;
+    `deadline_key` is the config key that sets `timeout_s` (named when it passes)."""
     stop.check()
     child = spawn(name, module, args, log_dir)
     deadline = time.monotonic() + timeout_s
@@ -57,7 +59,7 @@ def run_phase(name: str, module: str, args: list[str], log_dir: str, timeout_s: 
         while child.returncode is None:
             stop.check()
             if time.monotonic() > deadline:
-                raise RunFailed(f"{name} did not finish within {timeout_s:.0f}s")
+                raise RunFailed(f"{name} did not finish within {timeout_s:g} s (raise {deadline_key})")
             time.sleep(0.2)
     finally:
         stop_children([child])
@@ -132,7 +134,8 @@ def _run(config: Config, stop: StopSignals) -> dict:
 
     print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
     policy_json = os.path.join(run_dir, "policy.json")
-    run_phase("prepare", "learner.warm_start", ["--config", cfg_path, "--out", policy_json], logs, 1800, stop)
+    run_phase("prepare", "learner.warm_start", ["--config", cfg_path, "--out", policy_json], logs,
+              config.run.prepare_timeout_s, stop, "run.prepare_timeout_s")
     with open(policy_json) as f:
         config.model.path = json.load(f)["model_dir"]
     dump_resolved(config, cfg_path)  # the fully resolved config: ports and the policy actually used
@@ -141,7 +144,8 @@ def _run(config: Config, stop: StopSignals) -> dict:
         print("evaluating the starting policy on the held-out split ...", flush=True)
         run_phase("eval_before", "actors.evaluate", ["--config", cfg_path, "--model", config.model.path,
                                                      "--out", os.path.join(run_dir, "eval_before.json"),
-                                                     "--tag", "eval_before", "--version", "0"], logs, 900, stop)
+                                                     "--tag", "eval_before", "--version", "0"], logs,
+                  config.run.eval_timeout_s, stop, "run.eval_timeout_s")
         print(f"  accuracy before RL: {json.load(open(os.path.join(run_dir, 'eval_before.json')))['accuracy']:.3f}")
 
     print(f"starting buffer, learner and {config.actors.count} actor(s) ...", flush=True)
@@ -172,7 +176,7 @@ def _run(config: Config, stop: StopSignals) -> dict:
         run_phase("eval_after", "actors.evaluate", ["--config", cfg_path, "--model", os.path.join(run_dir, "final"),
                                                     "--out", os.path.join(run_dir, "eval_after.json"),
                                                     "--tag", "eval_after", "--version", str(config.learner.steps)],
-                  logs, 900, stop)
+                  logs, config.run.eval_timeout_s, stop, "run.eval_timeout_s")
     summary = build_summary(run_dir, config.actors.count, rl_wall)
     summary["total_wall_s"] = time.monotonic() - wall_start
     with open(os.path.join(run_dir, "summary.json"), "w") as f:

@@ -296,6 +296,15 @@ def test_bad_config_is_refused_before_any_process_starts(tmp_path):
     assert time.monotonic() - start < 10
 
 
+def test_a_phase_past_its_configured_deadline_fails_naming_the_key(tmp_path):
+    proc = subprocess.run(launch_args(tmp_path, "late", "--set", "eval.before_and_after=true",
+                                      "--set", "run.eval_timeout_s=0.5"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "eval_before did not finish within 0.5 s (raise run.eval_timeout_s)" in proc.stderr
+    assert not children_of(os.path.join(tmp_path, "late"))  # the evaluation's process was stopped
+
+
 def test_default_path_with_warm_start_and_eval_writes_the_documented_summary(tmp_path):
     """Also evaluation during RL. With learner.lr = 0 every version has the starting weights, so the actor's
     evaluations at versions 1 and 2 (its own engine, weights received by broadcast) must give exactly the
