@@ -45,6 +45,18 @@ def learner_env(rank: int, ranks: int, host: str, port: int, gpus: list[str]) ->
             "LOCAL_RANK": str(rank), "MASTER_ADDR": host, "MASTER_PORT": str(port)}
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it resolves to whatever the network says
+
+
 def check_placement(config, gpus: list[str]) -> None:
     """Settings that cannot run on this host, refused before any process starts (ValueError naming the key)."""
     ranks = config.learner.ranks

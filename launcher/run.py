@@ -19,7 +19,7 @@ import time
 
 from configs.loader import dump_resolved
 from configs.schema import Config
-from launcher.placement import check_placement, learner_env, role_env, visible_gpus
+from launcher.placement import check_placement, is_loopback, learner_env, role_env, visible_gpus
 from launcher.ports import assign_ports
 from launcher.processes import Child, spawn, stop_all
 from launcher.status import StatusView
@@ -131,6 +131,10 @@ def _run(config: Config, stop: StopSignals) -> dict:
     assign_ports(config)
     dump_resolved(config, cfg_path)
     print(f"run dir: {run_dir}   (logs in {logs})", flush=True)
+    if not is_loopback(config.net.host):
+        print(f"warning: net.host = {config.net.host} is not a loopback address: the buffer and learner ports accept "
+              "messages from anything that can reach them, with no authentication (every message is still "
+              "checked and bad ones refused). Use a private network.", file=sys.stderr, flush=True)
 
     print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
     policy_json = os.path.join(run_dir, "policy.json")

@@ -35,6 +35,13 @@ def test_impossible_placements_are_refused_by_key_before_anything_starts():
     check_placement(load_config(None, ["learner.ranks=2"]), [])  # CPU: ranks are processes, any count
 
 
+def test_loopback_hosts_are_told_apart_from_network_addresses():
+    from launcher.placement import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("127.3.2.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("10.0.0.5") and not is_loopback("0.0.0.0") and not is_loopback("node12")
+
+
 def test_cpu_cores_give_each_actor_its_own_and_the_learner_what_is_left():
     from launcher.cpu_cores import actor_cores, learner_cores
 
