@@ -45,7 +45,7 @@ class RolloutSettings:
     update_mode: str = "inflight"  # "chunk" | "inflight" (configs/schema.py ActorsConfig documents both)
     inflight_kv: str = "keep"  # "keep" | "recompute"
     target_sequences: int = 64  # sequences kept in the engine (inflight mode)
-    prompts_per_chunk: int = 8  # prompts per grant in chunk mode; group-size default before the first grant
+    prompts_per_chunk: int = 8  # prompts per grant in chunk mode
     group_size: int = 8  # samples per prompt until a grant says otherwise
     temperature: float = 1.0
     top_p: float = 1.0
@@ -81,7 +81,7 @@ class Rollout:
         self.retry_at = 0.0
         self.last_ask = 0.0
         self.budget = TimeBudget()
-        self.stats = {"tokens": 0, "groups": 0, "steps": 0, "loads": 0, "restarted": 0, "returned": 0,
+        self.stats = {"tokens": 0, "steps": 0, "restarted": 0, "returned": 0,
                       "first_token_s": []}
         self._window = {"start": time.perf_counter(), "tokens": 0, "gen_s": 0.0, "occupancy": 0.0, "steps": 0}
         self._first_token_due: float | None = None  # staged_at of weights loaded, until a step uses them
@@ -131,7 +131,6 @@ class Rollout:
             if self.stream:  # inflight + recompute (in chunk mode nothing runs at a load)
                 self.restart_running()
         load_s = time.perf_counter() - start
-        self.stats["loads"] += 1
         self._first_token_due = getattr(staged, "staged_at", start)
         if self.on_loaded is not None:
             self.on_loaded(staged, load_s)
@@ -222,7 +221,6 @@ class Rollout:
             group = self.inflight.record(d.request_id, d.token_ids, d.logprobs, self.version, d.finish_reason,
                                          d.versions)
             if group is not None:
-                self.stats["groups"] += 1
                 with self.budget.measure("waiting_for_outbox"):
                     self.outbox.put(group, self.s.outbox_timeout_s)
         if running and self._first_token_due is not None:  # every running sequence sampled on the new weights
