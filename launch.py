@@ -7,6 +7,9 @@
     python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
     python launch.py filter --model DIR --data IN.parquet --out OUT.parquet --samples 16  # difficulty filter
     python launch.py plan --config configs/skywork_or1_7b.toml --nodes 2 --gpus-per-node 8   # who runs where
+    python launch.py run --cluster slurm --config configs/skywork_or1_7b.toml     # inside salloc / sbatch
+    python launch.py submit --cluster slurm --nodes 2 --config configs/skywork_or1_7b.toml -- --time=24:00:00
+    python launch.py run --cluster ray --address auto --config configs/skywork_or1_7b.toml
 
 The config is parsed and validated before anything heavy is imported, so
 `--help` and config errors are instant.
@@ -98,13 +101,45 @@ def _plan_command(args) -> int:
     return 0
 
 
+def _submit_command(args) -> int:
+    from configs.loader import ConfigError, load_config
+    from launcher.slurm import SubmitError, submit
+
+    try:
+        config = load_config(args.config, args.set)
+        job = submit(config, args.config, args.set, args.nodes, args.gpus_per_node, args.sbatch_args, args.wait)
+    except (ConfigError, SubmitError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"submitted job {job.job_id}: script {job.script}, output {job.output}")
+    if args.wait:
+        print(f"job {job.job_id} ended with exit code {job.exit_code}")
+        return 0 if job.exit_code == 0 else 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
-    run_p = sub.add_parser("run", help="run buffer + learner + actors on this machine")
+    run_p = sub.add_parser("run", help="run buffer + learner + actors (this machine, a SLURM allocation or Ray)")
     run_p.add_argument("--config", default=None, help="TOML run file (default: configs/tiny.toml)")
     run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one key, e.g. --set buffer.max_staleness=0 (repeatable)")
+    run_p.add_argument("--cluster", default="local", choices=["local", "slurm", "ray"],
+                       help="where roles run: this machine (default), the nodes of the SLURM allocation this "
+                            "runs in (salloc / sbatch), or an existing Ray cluster")
+    run_p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else 'auto')")
+    run_p.add_argument("--gpus-per-node", type=int, default=None,
+                       help="GPUs the plan uses per node (default: what SLURM or Ray reports)")
+    submit_p = sub.add_parser("submit", help="write and submit a batch script that runs `launch.py run --cluster slurm`")
+    submit_p.add_argument("--cluster", default="slurm", choices=["slurm"], help="the scheduler (slurm)")
+    submit_p.add_argument("--config", default=None, help="TOML run file (default: configs/tiny.toml)")
+    submit_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    submit_p.add_argument("--nodes", type=int, default=1, help="nodes to allocate (default 1)")
+    submit_p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs to allocate per node (--gpus-per-node)")
+    submit_p.add_argument("--wait", action="store_true", help="wait for the job to end (sbatch --wait); exit with its status")
+    submit_p.add_argument("sbatch_args", nargs="*", metavar="-- SBATCH_OPTION",
+                          help="further sbatch options after `--`, e.g. -- --partition=gpu --time=24:00:00")
     sub.add_parser("config", help="list every config key with its default and meaning")
     plan_p = sub.add_parser("plan", help="which role runs on which node and GPU of a cluster (nothing starts)")
     plan_p.add_argument("--config", default=None, help="TOML run file (default: configs/tiny.toml)")
@@ -137,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "plan":
         return _plan_command(args)
+    if args.command == "submit":
+        return _submit_command(args)
     if args.command in (None, "run"):
         from configs.loader import ConfigError, load_config
 
@@ -149,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         from launcher.stop_signals import Interrupted
 
         try:
-            run(config)
+            run(config, getattr(args, "cluster", "local"), getattr(args, "address", None),
+                getattr(args, "gpus_per_node", None))
         except RunFailed as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 1

@@ -62,7 +62,8 @@ class Sample:
 
 
 class Engine:
-    def __init__(self, model_dir: str, dtype: str, seed: int, max_model_len: int, gpu_memory_utilization: float):
+    def __init__(self, model_dir: str, dtype: str, seed: int, max_model_len: int, gpu_memory_utilization: float,
+                 tensor_parallel_size: int = 1):
         import torch
         from vllm import LLM
 
@@ -76,6 +77,8 @@ class Engine:
             enforce_eager=not self.on_cuda,  # CPU graph compilation costs ~30 s and gains nothing here
             logprobs_mode="processed_logprobs",
             gpu_memory_utilization=gpu_memory_utilization if self.on_cuda else 0.3,
+            # k > 1: k worker processes, each holding a shard; `load_weights` reaches every one (collective_rpc).
+            tensor_parallel_size=tensor_parallel_size,
         )
 
         self.engine = self.llm.llm_engine

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from configs.loader import load_resolved
 from configs.schema import Config
 from telemetry import log as tlog
+from telemetry.role_summary import write_role_summary
 
 
 @dataclass
@@ -114,7 +115,8 @@ def evaluate(config: Config, model_dir: str) -> dict:
                     needs_pool=config.task.kind == "files")
     try:
         engine = Engine(model_dir, config.model.dtype, config.run.seed,
-                        config.actors.max_prompt_tokens + response_tokens(config), config.actors.gpu_memory_utilization)
+                        config.actors.max_prompt_tokens + response_tokens(config), config.actors.gpu_memory_utilization,
+                        config.actors.tensor_parallel_size)
         result = evaluate_engine(config, engine, codec, scorer, problems)
     finally:
         scorer.close()
@@ -125,7 +127,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="asyncor held-out evaluation")
     parser.add_argument("--config", required=True, help="resolved config.json")
     parser.add_argument("--model", required=True, help="model directory to evaluate")
-    parser.add_argument("--out", required=True, help="where to write the result json")
+    parser.add_argument("--out", default=None, help="also write the result json here")
     parser.add_argument("--tag", default="eval", help="log name")
     parser.add_argument("--version", type=int, default=None,
                         help="policy version of --model: the result is also logged to metrics.jsonl at this step")
@@ -137,11 +139,14 @@ if __name__ == "__main__":
     os.environ.update(cpu_environment(cfg.actors.kv_cache_gib, f"0-{(os.cpu_count() or 1) - 1}",
                                       os.path.join(os.path.abspath(cfg.run.cache_dir), "vllm")))
     result = evaluate(cfg, args.model)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
     if args.version is not None:
         from telemetry.metrics import MetricsWriter
 
-        MetricsWriter(cfg.run_dir, "eval").log({**metrics_of(result), "eval/version": args.version},
-                                               step=args.version)
+        metrics = MetricsWriter(cfg.run_dir, "eval", cfg.net.telemetry_address)
+        metrics.log({**metrics_of(result), "eval/version": args.version}, step=args.version)
+        metrics.close()
+    write_role_summary(cfg, args.tag, result)  # to the launcher (roles/<tag>.json)
     tlog.get(args.tag).info("eval_done", **result)

@@ -37,6 +37,7 @@ from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import max_over_stages
 from telemetry import log as tlog
+from telemetry.role_summary import write_role_summary
 
 
 
@@ -90,11 +91,11 @@ class Actor:
         self.config = config
         self.actor_id = actor_id
         self.log = tlog.get(f"actor{actor_id}")
-        self.metrics = MetricsWriter(config.run_dir, f"actor:{actor_id}")
+        self.metrics = MetricsWriter(config.run_dir, f"actor:{actor_id}", config.net.telemetry_address)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net = config.net
         # The receiver joins the broadcast group first so the learner never waits on vLLM start-up.
-        self.receiver = WeightReceiver(actor_id, net.host, net.sync_port, net.store_port, config.actors.count + 1,
+        self.receiver = WeightReceiver(actor_id, net.learner_address, net.sync_port, net.store_port, config.actors.count + 1,
                                        pick_backend(config.sync.backend, device), config.sync.timeout_s, device)
         self.receiver.start()
         self.codec = TextCodec(config.model.path)
@@ -105,10 +106,11 @@ class Actor:
                              needs_pool=config.task.kind == "files")
         start = time.perf_counter()
         self.engine = Engine(config.model.path, config.model.dtype, config.run.seed * 1000 + actor_id,
-                             max_model_len=self._max_model_len(), gpu_memory_utilization=config.actors.gpu_memory_utilization)
+                             max_model_len=self._max_model_len(), gpu_memory_utilization=config.actors.gpu_memory_utilization,
+                             tensor_parallel_size=config.actors.tensor_parallel_size)
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
         ctx = zmq.Context.instance()
-        buffer_at = endpoint(net.host, net.buffer_actor_port)
+        buffer_at = endpoint(net.buffer_address, net.buffer_actor_port)
         self.client = Client(ctx, buffer_at, f"actor-{actor_id}", config.buffer.max_message_bytes, "buffer")
         self.link = BufferLink(self.client, actor_id, net.request_timeout_s, config.actors.group_size,
                                config.actors.max_response_tokens)
@@ -121,7 +123,7 @@ class Actor:
         self.finishing = False  # after `stop`: saying bye and writing the figures
         self.stats = {"load_s": [], "recv_s": [], "versions": [0], "eval_s": 0.0, "evaluated": []}
         self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
-        self.eval_metrics = MetricsWriter(config.run_dir, "eval") if self.eval_every else None
+        self.eval_metrics = MetricsWriter(config.run_dir, "eval", config.net.telemetry_address) if self.eval_every else None
         self.rollout = Rollout(self.engine, self.link, self.receiver, self.outbox, rollout_settings(config, self.codec),
                                self.log, self.metrics, on_loaded=self.on_loaded,
                                pause=Evaluation(self) if self.eval_every else None)
@@ -195,9 +197,7 @@ class Actor:
             self.client.request("bye", {"actor_id": self.actor_id, "stats": summary}, 5.0)
         except TimeoutError:
             self.log.warning("bye_not_acknowledged")
-        os.makedirs(os.path.join(self.config.run_dir, "roles"), exist_ok=True)
-        with open(os.path.join(self.config.run_dir, "roles", f"actor{self.actor_id}.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_role_summary(self.config, f"actor{self.actor_id}", summary)
         self.close()
         self.log.info("exit", tokens=tokens, groups=summary["groups"])
 

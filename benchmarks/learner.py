@@ -211,7 +211,7 @@ def main() -> None:
     for shape in shapes:
         for ranks in rank_list:
             for packing in (True, False):
-                r = run_config(args, shape, packing, ranks, free_port("127.0.0.1"))
+                r = run_config(args, shape, packing, ranks, free_port())
                 name = "packed" if packing else "padded"
                 if "error" in r:
                     print(f"| {shape} | {name} | {ranks} | failed: {r['error']} |||||||", flush=True)

@@ -15,6 +15,8 @@ Message types (producer -> consumer):
   learner -> actor    weights (announcement of one broadcast; the tensors
                       themselves travel through the collective, see
                       learner/weight_sync.py)
+  any role -> launcher  metrics (one metrics record), summary (a role's final
+                      figures; acknowledged with ack), see telemetry/collector.py
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ MESSAGE_TYPES = frozenset(
         "grant", "wait", "ack", "stop",
         "batch_request", "version", "done", "batch",
         "weights",
+        "metrics", "summary",
     }
 )
 

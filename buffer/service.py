@@ -43,6 +43,7 @@ from configs.stages import groups_through, max_over_stages, stage_at
 from tasks.builtin import make_splits
 from tasks.codec import TextCodec
 from telemetry import log as tlog
+from telemetry.role_summary import write_role_summary
 from telemetry.metrics import MetricsWriter
 
 LONG_POLL_S = 1.0
@@ -61,7 +62,7 @@ class BufferService:
     def __init__(self, config: Config):
         self.config = config
         self.log = tlog.get("buffer")
-        self.metrics = MetricsWriter(config.run_dir, "buffer")
+        self.metrics = MetricsWriter(config.run_dir, "buffer", config.net.telemetry_address)
         self.codec = TextCodec(config.model.path)
         self.prompt_ids: dict[int, np.ndarray] = {}  # pre-rendered prompts (task.kind = "files")
         self.prompts = PromptStream(self.training_problems(), config.run.seed)
@@ -302,8 +303,9 @@ class BufferService:
     def run(self) -> dict:
         cfg = self.config
         ctx = zmq.Context()
-        actors = Server(ctx, endpoint(cfg.net.host, cfg.net.buffer_actor_port))
-        learner = Server(ctx, endpoint(cfg.net.host, cfg.net.buffer_learner_port))
+        bind = cfg.net.bind_address(cfg.net.buffer_address)
+        actors = Server(ctx, endpoint(bind, cfg.net.buffer_actor_port))
+        learner = Server(ctx, endpoint(bind, cfg.net.buffer_learner_port))
         poller = zmq.Poller()
         poller.register(actors.sock, zmq.POLLIN)
         poller.register(learner.sock, zmq.POLLIN)
@@ -354,9 +356,7 @@ def main(config: Config) -> None:
     service = BufferService(config)
     signal.signal(signal.SIGTERM, lambda *_: setattr(service, "stop_requested", True))
     summary = service.run()
-    os.makedirs(os.path.join(config.run_dir, "roles"), exist_ok=True)
-    with open(os.path.join(config.run_dir, "roles", "buffer.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_role_summary(config, "buffer", summary)
     tlog.get("buffer").info("exit", **summary["staleness"])
 
 

@@ -138,6 +138,9 @@ class WarmStartConfig(_Section):
 class ActorsConfig(_Section):
     count: int = Field(1, ge=1, le=256)
     """Number of actor processes (vLLM engines)."""
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    """GPUs per vLLM engine (tensor parallelism within one node); weights received by broadcast reach every
+    tensor-parallel worker, which loads its own shard. CPU engines run with 1."""
     group_size: int = Field(8, ge=1)
     """Samples generated per prompt (the GRPO group)."""
     temperature: float = Field(1.0, gt=0)
@@ -266,7 +269,23 @@ class SyncConfig(_Section):
 
 class NetConfig(_Section):
     host: str = "127.0.0.1"
-    """Address the buffer and learner bind and everyone connects to."""
+    """Address of every role on one host: the buffer and learner bind it and everyone connects to it. On a
+    cluster the launcher advertises each role's node instead (`buffer_host`, `learner_host`)."""
+    bind_host: str | None = None
+    """Address the buffer and learner bind (an IP, a host name, or "0.0.0.0" for every interface); None binds
+    the address they are advertised at (`buffer_host` / `learner_host`, else `host`)."""
+    buffer_host: str | None = None
+    """Address actors and the learner reach the buffer at; None: `host`. Cluster launchers set it to the
+    buffer's node."""
+    learner_host: str | None = None
+    """Address actors reach the learner at (weight announcements, the broadcast group's store) and learner
+    ranks meet at; None: `host`. Cluster launchers set it to the learner's node."""
+    launcher_host: str | None = None
+    """Address of the launcher's telemetry collector: when set, roles send their metrics and final summary
+    there as messages (the launcher is the only writer of metrics.jsonl and roles/); None: roles write those
+    files themselves (roles started by hand). Set by `launch.py run`."""
+    telemetry_port: int = Field(0, ge=0, le=65535)
+    """Port of the launcher's telemetry collector (0 = pick a free port)."""
     buffer_actor_port: int = Field(0, ge=0, le=65535)
     """Buffer port for actors (0 = pick a free port)."""
     buffer_learner_port: int = Field(0, ge=0, le=65535)
@@ -279,6 +298,33 @@ class NetConfig(_Section):
     """Rendezvous port (MASTER_PORT) of the learner ranks' own process group (0 = pick a free port)."""
     request_timeout_s: float = Field(30.0, gt=0)
     """Deadline for one request/reply on a socket; past it the role fails with an error."""
+
+    @property
+    def telemetry_address(self) -> str | None:
+        """The launcher's telemetry collector, or None when roles write their own files."""
+        return f"tcp://{self.launcher_host}:{self.telemetry_port}" if self.launcher_host else None
+
+    @property
+    def buffer_address(self) -> str:
+        """Where to reach the buffer."""
+        return self.buffer_host or self.host
+
+    @property
+    def learner_address(self) -> str:
+        """Where to reach the learner (rank 0)."""
+        return self.learner_host or self.host
+
+    def bind_address(self, advertised: str) -> str:
+        """The IP a server advertised at `advertised` binds (ZeroMQ binds IPs and interfaces, not host names)."""
+        import socket
+
+        host = self.bind_host or advertised
+        if host in ("0.0.0.0", "*"):
+            return "*"
+        try:
+            return socket.gethostbyname(host)
+        except OSError as exc:
+            raise ValueError(f"net.bind_host / advertised address {host!r} does not resolve: {exc}") from None
 
 
 class EvalConfig(_Section):

@@ -1,11 +1,12 @@
 """Which devices each role gets, as environment variables for its process.
 
-On a machine with N GPUs (as `nvidia-smi -L` lists them, or as
-CUDA_VISIBLE_DEVICES restricts them) the R learner ranks take the first R
-GPUs (each rank sees all R and uses LOCAL_RANK, as torchrun does) and actor i
-the next ones in turn, so learner and actors never share a device unless
-there are fewer GPUs than roles. Without GPUs nothing is set (actors pin
-their OpenMP threads to cores themselves, see actors/worker.py).
+The plan (launcher/plan.py) says which GPUs of its node a role uses, as
+indices; `slot_env` turns them into CUDA_VISIBLE_DEVICES with the node's
+device ids (on one host: as `nvidia-smi -L` lists them, or as
+CUDA_VISIBLE_DEVICES restricts them). Learner ranks each see every learner
+GPU and pick theirs with LOCAL_RANK, as torchrun does. Without GPUs nothing
+is set (actors pin their OpenMP threads to cores themselves, see
+actors/worker.py).
 
 Every learner rank also gets the torch.distributed environment (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
@@ -30,19 +31,18 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def role_env(role: str, index: int, gpus: list[str], learner_ranks: int = 1) -> dict[str, str]:
-    """`role` is learner | actor; `index` the learner rank or the actor id."""
-    if not gpus:
-        return {}
-    if role == "learner":
-        return {"CUDA_VISIBLE_DEVICES": ",".join(gpus[:learner_ranks])}
-    pool = gpus[learner_ranks:] or gpus  # no GPU left: actors share the learner's
-    return {"CUDA_VISIBLE_DEVICES": pool[index % len(pool)]}
-
-
-def learner_env(rank: int, ranks: int, host: str, port: int, gpus: list[str]) -> dict[str, str]:
-    return {**role_env("learner", rank, gpus, ranks), "RANK": str(rank), "WORLD_SIZE": str(ranks),
-            "LOCAL_RANK": str(rank), "MASTER_ADDR": host, "MASTER_PORT": str(port)}
+def slot_env(plan, slot, device_ids: list[str], master_addr: str, master_port: int) -> dict[str, str]:
+    """The environment of the role in `slot`; `device_ids[i]` is the id of GPU index i on the slot's node."""
+    if slot.role == "learner":
+        learners = sorted((s for s in plan.slots if s.role == "learner"), key=lambda s: s.index)
+        env = {"RANK": str(slot.index), "WORLD_SIZE": str(len(learners)), "LOCAL_RANK": str(slot.index),
+               "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)}
+        gpus = [g for s in learners for g in s.gpus]
+    else:
+        env, gpus = {}, list(slot.gpus)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(device_ids[g] for g in gpus)
+    return env
 
 
 def is_loopback(host: str) -> bool:
@@ -59,10 +59,6 @@ def is_loopback(host: str) -> bool:
 
 def check_placement(config, gpus: list[str]) -> None:
     """Settings that cannot run on this host, refused before any process starts (ValueError naming the key)."""
-    ranks = config.learner.ranks
-    if gpus and ranks > len(gpus):
-        raise ValueError(f"learner.ranks = {ranks} but this host has {len(gpus)} GPU(s) ({','.join(gpus)}): "
-                         f"one GPU per learner rank; set learner.ranks <= {len(gpus)}")
     if config.learner.offload_optimizer and not gpus:
         raise ValueError("learner.offload_optimizer = true needs CUDA GPUs (it moves the optimiser off the GPU); "
                          "on a CPU host the optimiser already is in CPU memory: set it to false")

@@ -8,12 +8,15 @@ The rules, GPU clusters:
   * the buffer is a CPU process on node 0;
   * learner rank r takes GPU r of node 0 (ranks do not span nodes yet: the learner's process group is
     started on one host, docs/learner.md);
-  * actor engines take the remaining GPUs in order, node by node, one GPU each (tensor-parallel engines
-    are not supported yet), several engines per node where they fit;
+  * actor engines take the remaining GPUs in order, node by node, `actors.tensor_parallel_size` GPUs each
+    (an engine never spans nodes), several engines per node where they fit;
   * GPUs left over are reported as idle.
 Without GPUs (gpus_per_node = 0) the learner ranks and the buffer run on node 0 and the actors are spread
 over the nodes round-robin, starting at node 1 when there is one.
 A layout that cannot run is refused with a `PlanError` naming the key and what would fit.
+
+`local_plan` is the one-host layout of `launch.py run`: it may share GPUs between actors when there are
+fewer GPUs than engines (a development box), which a cluster plan never does.
 """
 
 from __future__ import annotations
@@ -89,11 +92,13 @@ def make_plan(config, nodes: int, gpus_per_node: int) -> Plan:
         raise PlanError(f"--nodes {nodes}: a cluster has at least 1 node")
     if gpus_per_node < 0:
         raise PlanError(f"--gpus-per-node {gpus_per_node}: must be >= 0 (0 = CPU nodes)")
-    ranks, actors = config.learner.ranks, config.actors.count
+    ranks, actors, tp = config.learner.ranks, config.actors.count, config.actors.tensor_parallel_size
     slots = [Slot("buffer", 0, 0, ())]
     if gpus_per_node == 0:
         if config.learner.offload_optimizer:
             raise PlanError("learner.offload_optimizer = true needs GPUs: set it to false for CPU nodes")
+        if tp > 1:
+            raise PlanError(f"actors.tensor_parallel_size = {tp} needs GPUs: CPU engines run with 1")
         slots += [Slot("learner", r, 0, ()) for r in range(ranks)]
         first = 1 if nodes > 1 else 0
         slots += [Slot("actor", i, first + i % (nodes - first), ()) for i in range(actors)]
@@ -101,13 +106,39 @@ def make_plan(config, nodes: int, gpus_per_node: int) -> Plan:
     if ranks > gpus_per_node:
         raise PlanError(f"learner.ranks = {ranks} needs {ranks} GPUs on one node, nodes have {gpus_per_node}: "
                         f"learner ranks do not span nodes yet; set learner.ranks <= {gpus_per_node}")
-    total = nodes * gpus_per_node
-    if ranks + actors > total:
-        fix = f"set actors.count <= {total - ranks}" if total > ranks else "lower learner.ranks to leave actors a GPU"
-        raise PlanError(f"actors.count = {actors} with learner.ranks = {ranks} needs {ranks + actors} GPUs, the "
-                        f"cluster has {nodes} x {gpus_per_node} = {total}: {fix} "
-                        f"or add nodes ({-(-(ranks + actors) // gpus_per_node)} would fit it)")
+    if tp > gpus_per_node:
+        raise PlanError(f"actors.tensor_parallel_size = {tp} needs {tp} GPUs on one node, nodes have "
+                        f"{gpus_per_node}: an engine does not span nodes; set it <= {gpus_per_node}")
+    # Engine places: (node, first GPU), node 0 after the learner's GPUs.
+    places = [(n, first) for n in range(nodes)
+              for first in range(ranks if n == 0 else 0, gpus_per_node - tp + 1, tp)]
+    if actors > len(places):
+        on_node0, per_node = (gpus_per_node - ranks) // tp, gpus_per_node // tp
+        need = 1 + max(0, -(-(actors - on_node0) // per_node))
+        fix = (f"set actors.count <= {len(places)}" if places
+               else "lower learner.ranks or actors.tensor_parallel_size to leave an engine room on node 0")
+        raise PlanError(f"actors.count = {actors} engines of actors.tensor_parallel_size = {tp} GPU(s) with "
+                        f"learner.ranks = {ranks} need {ranks + actors * tp} GPUs, the cluster has {nodes} x "
+                        f"{gpus_per_node} = {nodes * gpus_per_node}: {fix} or add nodes ({need} would fit it)")
     slots += [Slot("learner", r, 0, (r,)) for r in range(ranks)]
-    free = [(n, g) for n in range(nodes) for g in range(gpus_per_node) if n > 0 or g >= ranks]
-    slots += [Slot("actor", i, n, (g,)) for i, (n, g) in zip(range(actors), free)]
+    slots += [Slot("actor", i, n, tuple(range(first, first + tp))) for i, (n, first) in zip(range(actors), places)]
     return Plan(nodes, gpus_per_node, tuple(slots))
+
+
+def local_plan(config, gpus: int) -> Plan:
+    """One host with `gpus` GPUs: learner ranks on the first ones, engines on the rest (shared round-robin
+    when there are fewer GPUs than engines, or the learner's when none is left); CPU: one node, no GPUs."""
+    ranks, actors, tp = config.learner.ranks, config.actors.count, config.actors.tensor_parallel_size
+    slots = [Slot("buffer", 0, 0, ())]
+    if gpus == 0:
+        return make_plan(config, 1, 0)
+    if ranks > gpus:
+        raise PlanError(f"learner.ranks = {ranks} but this host has {gpus} GPU(s): one GPU per learner rank; "
+                        f"set learner.ranks <= {gpus}")
+    pool = list(range(ranks, gpus)) or list(range(gpus))
+    if tp > len(pool):
+        raise PlanError(f"actors.tensor_parallel_size = {tp} but {len(pool)} GPU(s) are left for each engine on "
+                        f"this host; set it <= {len(pool)}")
+    slots += [Slot("learner", r, 0, (r,)) for r in range(ranks)]
+    slots += [Slot("actor", i, 0, tuple(pool[(i * tp + j) % len(pool)] for j in range(tp))) for i in range(actors)]
+    return Plan(1, gpus, tuple(slots))

@@ -3,7 +3,9 @@
 Each role runs as `python -m <module> ...` in a new session (its own process
 group, so a signal reaches it and everything it started), with
 PR_SET_PDEATHSIG so it is terminated even if the launcher itself is killed.
-stdout and stderr go to `logs/<name>.out`. `stop_all` sends SIGTERM to every
+stdout and stderr go to `logs/<name>.out`. A `prefix` runs the role through
+another command (the SLURM back-end's `srun ...`, which forwards the remote
+task's output and signals). `stop_all` sends SIGTERM to every
 group, waits up to `grace_s`, then SIGKILLs what is left; it never waits
 longer than `grace_s + reap_s`.
 """
@@ -33,6 +35,7 @@ class Child:
     name: str
     proc: subprocess.Popen
     log_path: str
+    node: str = "localhost"  # where the role runs, for messages
 
     @property
     def returncode(self) -> int | None:
@@ -48,7 +51,8 @@ class Child:
         return "\n".join(keep[-lines:])
 
 
-def spawn(name: str, module: str, args: list[str], log_dir: str, env: dict[str, str] | None = None) -> Child:
+def spawn(name: str, module: str, args: list[str], log_dir: str, env: dict[str, str] | None = None,
+          prefix: list[str] | None = None, node: str = "localhost") -> Child:
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.out")
     out = open(log_path, "ab")
@@ -57,11 +61,11 @@ def spawn(name: str, module: str, args: list[str], log_dir: str, env: dict[str, 
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
                             env=child_env, cwd=os.getcwd())
     out.close()
-    return Child(name, proc, log_path)
+    return Child(name, proc, log_path, node)
 
 
 def _signal_group(child: Child, sig: int) -> None:

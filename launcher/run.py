@@ -1,12 +1,15 @@
 """`launch.py run`: prepare the policy, evaluate, run buffer + learner + actors, evaluate, summarise.
 
-The launcher is a supervisor only: every piece of work runs in a child process
-(launcher/processes.py) with its own log. It polls the children twice a
-second: the run succeeds when the learner exits 0 and the buffer and actors
-follow; any role exiting with an error, a stop signal (Ctrl-C, SIGTERM,
-SIGHUP: launcher/stop_signals.py), or `run.max_wall_s` passing stops every
-child within `SHUTDOWN_GRACE_S` + `REAP_S` seconds and reports which role
-failed and the end of its log.
+The launcher is a supervisor only, the same on every back-end (launcher/backend.py: local, slurm, ray):
+  plan      which role runs on which node and GPUs (launcher/plan.py), and the addresses roles bind and
+            advertise; written to `plan.json` in the run directory;
+  start     every piece of work is a role process started by the back-end on its node, its output
+            gathered into `logs/<role>.out`; metrics and final figures come back as messages to the
+            launcher's collector (telemetry/collector.py), the only writer of metrics.jsonl and roles/;
+  watch     twice a second: the run succeeds when the learner exits 0 and the buffer and actors follow;
+  stop      any role exiting with an error (reported with its node and the end of its log), a stop
+            signal (Ctrl-C, SIGTERM, SIGHUP, scancel: launcher/stop_signals.py), or `run.max_wall_s`
+            passing stops every role within `SHUTDOWN_GRACE_S` + `REAP_S` seconds.
 """
 
 from __future__ import annotations
@@ -19,169 +22,268 @@ import time
 
 from configs.loader import dump_resolved
 from configs.schema import Config
-from launcher.placement import check_placement, is_loopback, learner_env, role_env, visible_gpus
+from launcher.backend import Backend, Handle, RoleSpec
+from launcher.placement import check_placement, is_loopback, slot_env
+from launcher.plan import Plan, PlanError, local_plan, make_plan
 from launcher.ports import assign_ports
-from launcher.processes import Child, spawn, stop_all
 from launcher.status import StatusView
 from launcher.stop_signals import StopSignals
 from launcher.summary import build_summary, human
+from telemetry.collector import Collector
 
 POLL_S = 0.5
 SHUTDOWN_GRACE_S = 5.0  # SIGTERM -> SIGKILL
 REAP_S = 3.0  # SIGKILL -> reaped
 DRAIN_S = 30.0
+CLUSTERS = ("local", "slurm", "ray")
 
 
 class RunFailed(RuntimeError):
     pass
 
 
-def _fail(child: Child, what: str) -> RunFailed:
-    return RunFailed(f"{what}: role '{child.name}' exited with code {child.returncode}.\n"
-                     f"--- last lines of {child.log_path} ---\n{child.tail()}")
+def _fail(handle: Handle, what: str) -> RunFailed:
+    return RunFailed(f"{what}: role '{handle.name}' on {handle.node} exited with code {handle.returncode}.\n"
+                     f"--- last lines of {handle.log_path} ---\n{handle.tail()}")
 
 
-def stop_children(children: list[Child]) -> None:
-    stuck = stop_all(children, SHUTDOWN_GRACE_S, REAP_S)
+def stop_roles(backend: Backend, handles: list[Handle]) -> None:
+    stuck = backend.stop(handles, SHUTDOWN_GRACE_S, REAP_S)
+    backend.poll(handles)  # the last lines of every log
     if stuck:
         print(f"warning: {', '.join(stuck)} not reaped {REAP_S:.0f}s after SIGKILL (stuck in the kernel?)",
               file=sys.stderr, flush=True)
 
 
-def run_phase(name: str, module: str, args: list[str], log_dir: str, timeout_s: float, stop: StopSignals,
+def run_phase(backend: Backend, spec: RoleSpec, log_dir: str, timeout_s: float, stop: StopSignals,
               deadline_key: str) -> None:
-    """One child that must finish (warm start, evaluation), with stop-signal and deadline handling;
+    """One role that must finish (warm start, evaluation), with stop-signal and deadline handling;
     `deadline_key` is the config key that sets `timeout_s` (named when it passes)."""
     stop.check()
-    child = spawn(name, module, args, log_dir)
+    handle = backend.start(spec, log_dir)
     deadline = time.monotonic() + timeout_s
     try:
-        while child.returncode is None:
+        while True:
+            backend.poll([handle])
+            if handle.returncode is not None:
+                break
             stop.check()
             if time.monotonic() > deadline:
-                raise RunFailed(f"{name} did not finish within {timeout_s:g} s (raise {deadline_key})")
+                raise RunFailed(f"{spec.name} did not finish within {timeout_s:g} s (raise {deadline_key})")
             time.sleep(0.2)
     finally:
-        stop_children([child])
-    if child.returncode != 0:
-        raise _fail(child, name)
+        stop_roles(backend, [handle])
+    if handle.returncode != 0:
+        raise _fail(handle, spec.name)
 
 
 def prepare_run_dir(config: Config) -> str:
     run_dir = config.run_dir
-    if os.path.exists(run_dir):
+    # `launch.py submit` leaves only its batch script (submit/) there: that is not an old run.
+    if os.path.exists(run_dir) and set(os.listdir(run_dir)) - {"submit"}:
         if not config.run.overwrite:
             raise RunFailed(f"{run_dir} exists and run.overwrite = false; pick another run.name")
         # Old outputs would mix with the new ones (metrics.jsonl is appended to).
         for old in ("logs", "roles", "final"):
             shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
-        for old in ("metrics.jsonl", "summary.json", "eval_before.json", "eval_after.json", "policy.json"):
+        for old in ("metrics.jsonl", "summary.json", "plan.json"):
             if os.path.exists(os.path.join(run_dir, old)):
                 os.remove(os.path.join(run_dir, old))
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
     return run_dir
 
 
-def learner_finished(config: Config) -> bool:
-    """The learner writes its figures just before telling the buffer it is done."""
-    return os.path.exists(os.path.join(config.run_dir, "roles", "learner.json"))
-
-
-def supervise(config: Config, children: list[Child], learner: Child, view: StatusView, stop: StopSignals) -> None:
+def supervise(config: Config, backend: Backend, roles: list[Handle], learner: Handle, view: StatusView,
+              collector: Collector, stop: StopSignals) -> None:
     started = time.monotonic()
     learner_done_at = None
     while True:
         stop.check()
+        backend.poll(roles)
         view.poll()
-        for c in children:
-            if c.returncode not in (None, 0):
-                raise _fail(c, "run failed")
+        for r in roles:
+            if r.returncode not in (None, 0):
+                raise _fail(r, "run failed")
         if learner.returncode == 0:
             learner_done_at = learner_done_at or time.monotonic()
-            if all(c.returncode == 0 for c in children):
+            if all(r.returncode == 0 for r in roles):
                 return
             if time.monotonic() - learner_done_at > DRAIN_S:
-                late = [c.name for c in children if c.returncode is None]
+                late = [r.name for r in roles if r.returncode is None]
                 print(f"warning: {late} did not exit {DRAIN_S:.0f}s after the learner finished; stopping them")
                 return
-        elif not learner_finished(config) and any(c.returncode == 0 for c in children if c is not learner):
-            early = next(c for c in children if c is not learner and c.returncode == 0)
+        elif not collector.has_summary("learner") and any(r.returncode == 0 for r in roles if r is not learner):
+            early = next(r for r in roles if r is not learner and r.returncode == 0)
             raise _fail(early, "a role exited before the learner finished")
         if time.monotonic() - started > config.run.max_wall_s:
             raise RunFailed(f"run.max_wall_s = {config.run.max_wall_s:.0f}s passed before the learner finished")
         time.sleep(POLL_S)
 
 
-def run(config: Config) -> dict:
+def open_backend(cluster: str, config: Config, address: str | None = None, gpus_per_node: int | None = None):
+    if cluster == "local":
+        from launcher.local import LocalBackend
+
+        return LocalBackend(config.net.host)
+    if cluster == "slurm":
+        from launcher.slurm import SlurmBackend
+
+        return SlurmBackend(gpus_per_node)
+    if cluster == "ray":
+        from launcher.ray_cluster import RayBackend
+
+        return RayBackend(address, gpus_per_node)
+    raise RunFailed(f"--cluster {cluster!r}: choose one of {', '.join(CLUSTERS)}")
+
+
+def run(config: Config, cluster: str = "local", address: str | None = None,
+        gpus_per_node: int | None = None) -> dict:
     """Raises RunFailed, or launcher.stop_signals.Interrupted after a stop signal (every role stopped)."""
     with StopSignals() as stop:
-        return _run(config, stop)
+        try:
+            backend = open_backend(cluster, config, address, gpus_per_node)
+        except (RuntimeError, ValueError) as exc:
+            raise RunFailed(str(exc)) from None
+        try:
+            return _run(config, stop, backend)
+        finally:
+            backend.close()
 
 
-def _run(config: Config, stop: StopSignals) -> dict:
-    wall_start = time.monotonic()
-    gpus = visible_gpus()
+def make_layout(config: Config, backend: Backend) -> Plan:
+    """The plan for this back-end's nodes, and the addresses every role uses (set in config.net)."""
     try:
-        check_placement(config, gpus)
-    except ValueError as err:
+        if backend.kind == "local":
+            check_placement(config, list(backend.nodes[0].device_ids))
+            plan = local_plan(config, len(backend.nodes[0].device_ids))
+        else:
+            plan = make_plan(config, len(backend.nodes), min(len(n.device_ids) for n in backend.nodes))
+    except (PlanError, ValueError) as err:
         raise RunFailed(str(err)) from None
+    net = config.net
+    if backend.kind != "local":  # on one host everyone uses net.host
+        buffer_node = next(s.node for s in plan.slots if s.role == "buffer")
+        net.buffer_host = net.buffer_host or backend.nodes[buffer_node].address
+        net.learner_host = net.learner_host or backend.nodes[0].address
+    net.launcher_host = backend.launcher_address
+    return plan
+
+
+def write_plan(run_dir: str, plan: Plan, backend: Backend, config: Config) -> None:
+    net = config.net
+    doc = {**plan.to_json(), "cluster": backend.kind,
+           "node_addresses": [n.address for n in backend.nodes], "node_labels": [n.label for n in backend.nodes],
+           "addresses": {"buffer": net.buffer_address, "learner": net.learner_address,
+                         "launcher": net.launcher_host, "bind": net.bind_host or "(each role's advertised address)"},
+           "ports": {k: getattr(net, k) for k in ("buffer_actor_port", "buffer_learner_port", "sync_port",
+                                                   "store_port", "learner_port", "telemetry_port")}}
+    with open(os.path.join(run_dir, "plan.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+
+
+def _warn_if_exposed(config: Config) -> None:
+    net = config.net
+    exposed = [a for a in {net.bind_host or net.buffer_address, net.bind_host or net.learner_address} if not is_loopback(a)]
+    if exposed:
+        print(f"warning: the buffer and learner bind {', '.join(sorted(exposed))}, not a loopback address: their "
+              "ports accept messages from anything that can reach them, with no authentication (every message is "
+              "still checked and bad ones refused). Use a private network.", file=sys.stderr, flush=True)
+
+
+def _run(config: Config, stop: StopSignals, backend: Backend) -> dict:
+    wall_start = time.monotonic()
+    plan = make_layout(config, backend)
     run_dir = prepare_run_dir(config)
     logs = os.path.join(run_dir, "logs")
     cfg_path = os.path.join(run_dir, "config.json")
     assign_ports(config)
     dump_resolved(config, cfg_path)
+    write_plan(run_dir, plan, backend, config)
+    if backend.kind != "local":
+        print(plan.table(), flush=True)
     print(f"run dir: {run_dir}   (logs in {logs})", flush=True)
-    if not is_loopback(config.net.host):
-        print(f"warning: net.host = {config.net.host} is not a loopback address: the buffer and learner ports accept "
-              "messages from anything that can reach them, with no authentication (every message is still "
-              "checked and bad ones refused). Use a private network.", file=sys.stderr, flush=True)
+    _warn_if_exposed(config)
+    net = config.net
+    collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port).start()
+    try:
+        return _run_roles(config, stop, backend, plan, collector, cfg_path, wall_start)
+    finally:
+        collector.stop()
 
+
+def _result(collector: Collector, role: str) -> dict:
+    result = collector.result(role)
+    if result is None:
+        raise RunFailed(f"{role} exited 0 without reporting its result (logs/{role}.out)")
+    return result
+
+
+def _spec(plan: Plan, backend: Backend, config: Config, role: str, index: int, name: str, module: str,
+          args: list[str]) -> RoleSpec:
+    slot = next(s for s in plan.slots if s.role == role and s.index == index)
+    env = slot_env(plan, slot, list(backend.nodes[slot.node].device_ids), config.net.learner_address,
+                   config.net.learner_port)
+    return RoleSpec(name, module, args, slot.node, env)
+
+
+def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, collector: Collector,
+               cfg_path: str, wall_start: float) -> dict:
+    run_dir = config.run_dir
+    logs = os.path.join(run_dir, "logs")
     print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
-    policy_json = os.path.join(run_dir, "policy.json")
-    run_phase("prepare", "learner.warm_start", ["--config", cfg_path, "--out", policy_json], logs,
-              config.run.prepare_timeout_s, stop, "run.prepare_timeout_s")
-    with open(policy_json) as f:
-        config.model.path = json.load(f)["model_dir"]
+    prepare = _spec(plan, backend, config, "learner", 0, "prepare", "learner.warm_start", ["--config", cfg_path])
+    prepare = RoleSpec(prepare.name, prepare.module, prepare.args, prepare.node,
+                       {k: v for k, v in prepare.env.items() if k == "CUDA_VISIBLE_DEVICES"})  # one process, no group
+    run_phase(backend, prepare, logs, config.run.prepare_timeout_s, stop, "run.prepare_timeout_s")
+    config.model.path = _result(collector, "prepare")["model_dir"]
     dump_resolved(config, cfg_path)  # the fully resolved config: ports and the policy actually used
+
+    def evaluation(tag: str, model: str, version: int) -> None:
+        # Before and after RL no engine runs: evaluation takes actor 0's node and GPUs.
+        spec = _spec(plan, backend, config, "actor", 0, tag, "actors.evaluate",
+                     ["--config", cfg_path, "--model", model, "--tag", tag, "--version", str(version)])
+        run_phase(backend, spec, logs, config.run.eval_timeout_s, stop, "run.eval_timeout_s")
 
     if config.eval.before_and_after:
         print("evaluating the starting policy on the held-out split ...", flush=True)
-        run_phase("eval_before", "actors.evaluate", ["--config", cfg_path, "--model", config.model.path,
-                                                     "--out", os.path.join(run_dir, "eval_before.json"),
-                                                     "--tag", "eval_before", "--version", "0"], logs,
-                  config.run.eval_timeout_s, stop, "run.eval_timeout_s")
-        print(f"  accuracy before RL: {json.load(open(os.path.join(run_dir, 'eval_before.json')))['accuracy']:.3f}")
+        evaluation("eval_before", config.model.path, 0)
+        print(f"  accuracy before RL: {_result(collector, 'eval_before')['accuracy']:.3f}")
 
     print(f"starting buffer, learner and {config.actors.count} actor(s) ...", flush=True)
     rl_start = time.monotonic()
-    children: list[Child] = []
+    roles: list[Handle] = []
     view = None
     try:  # a failure part-way through starting the roles still stops the ones already started
-        children.append(spawn("buffer", "buffer.service", ["--config", cfg_path], logs))
-        ranks, net = config.learner.ranks, config.net
-        learner_ranks = [spawn("learner" if rank == 0 else f"learner{rank}", "learner.trainer", ["--config", cfg_path],
-                               logs, learner_env(rank, ranks, net.host, net.learner_port, gpus))
-                         for rank in range(ranks)]
-        children.extend(learner_ranks)
+        roles.append(backend.start(_spec(plan, backend, config, "buffer", 0, "buffer", "buffer.service",
+                                         ["--config", cfg_path]), logs))
+        learner_ranks = [backend.start(_spec(plan, backend, config, "learner", rank,
+                                             "learner" if rank == 0 else f"learner{rank}", "learner.trainer",
+                                             ["--config", cfg_path]), logs)
+                         for rank in range(config.learner.ranks)]
+        roles.extend(learner_ranks)
         learner = learner_ranks[0]  # rank 0 talks to the buffer and the actors; its exit ends the run
         for i in range(config.actors.count):
-            children.append(spawn(f"actor{i}", "actors.worker", ["--config", cfg_path, "--actor-id", str(i)], logs,
-                                  role_env("actor", i, gpus, ranks)))
+            roles.append(backend.start(_spec(plan, backend, config, "actor", i, f"actor{i}", "actors.worker",
+                                             ["--config", cfg_path, "--actor-id", str(i)]), logs))
         view = StatusView(run_dir, config.learner.steps)
-        supervise(config, children, learner, view, stop)
+        supervise(config, backend, roles, learner, view, collector, stop)
     finally:
         if view is not None:
             view.close()
-        stop_children(children)
+        stop_roles(backend, roles)
     rl_wall = time.monotonic() - rl_start
 
     if config.eval.before_and_after:
         print("evaluating the trained policy ...", flush=True)
-        run_phase("eval_after", "actors.evaluate", ["--config", cfg_path, "--model", os.path.join(run_dir, "final"),
-                                                    "--out", os.path.join(run_dir, "eval_after.json"),
-                                                    "--tag", "eval_after", "--version", str(config.learner.steps)],
-                  logs, config.run.eval_timeout_s, stop, "run.eval_timeout_s")
+        evaluation("eval_after", os.path.join(run_dir, "final"), config.learner.steps)
     summary = build_summary(run_dir, config.actors.count, rl_wall)
+    summary["cluster"] = {"kind": backend.kind, "nodes": len(backend.nodes),
+                          "roles_by_node": {backend.nodes[n].label: [s.role if s.role == "buffer" else
+                                                                     f"{s.role}{s.index}" for s in plan.on_node(n)]
+                                            for n in range(plan.nodes)}}
+    if collector.refused:
+        summary["rejected_messages"] = {**summary["rejected_messages"],
+                                        **{f"telemetry_{k}": v for k, v in collector.refused.items()}}
     summary["total_wall_s"] = time.monotonic() - wall_start
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -42,7 +42,7 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         "time": {"learner": learner.get("time", {}), "actors": [a.get("time", {}) for a in actors]},
     }
     summary["eval_curve"] = eval_curve(run_dir)
-    before, after = os.path.join(run_dir, "eval_before.json"), os.path.join(run_dir, "eval_after.json")
+    before, after = os.path.join(roles, "eval_before.json"), os.path.join(roles, "eval_after.json")
     if os.path.exists(before) and os.path.exists(after):
         b, a = _load(before), _load(after)
         summary["eval"] = {"before": b["accuracy"], "after": a["accuracy"], "n": a["n"],

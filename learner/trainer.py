@@ -41,6 +41,7 @@ from learner.parallel import Ranks, full_tensor, init_ranks, parallelize
 from learner.update import UpdateSettings, train_step
 from learner.weight_sync import WeightBroadcaster, pick_backend, publish
 from telemetry import log as tlog
+from telemetry.role_summary import write_role_summary
 from telemetry.metrics import MetricsWriter
 from telemetry.time_budget import TimeBudget
 
@@ -83,16 +84,17 @@ class Learner:
                       micro_batch_tokens=lc.micro_batch_tokens, master_dtype=lc.master_dtype,
                       compute_dtype=config.model.dtype)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
-        self.metrics = MetricsWriter(config.run_dir, "learner") if self.ranks.main else None
+        self.metrics = MetricsWriter(config.run_dir, "learner", config.net.telemetry_address) if self.ranks.main else None
         net = config.net
         self.buffer = self.broadcaster = None
         if self.ranks.main:
             ctx = zmq.Context.instance()
-            self.buffer = Client(ctx, endpoint(net.host, net.buffer_learner_port), "learner",
+            self.buffer = Client(ctx, endpoint(net.buffer_address, net.buffer_learner_port), "learner",
                                  config.buffer.max_message_bytes, "buffer")
-            self.broadcaster = WeightBroadcaster(ctx, net.host, net.sync_port, net.store_port, config.actors.count,
-                                                 pick_backend(config.sync.backend, self.device), config.sync.timeout_s,
-                                                 self.device)
+            self.broadcaster = WeightBroadcaster(ctx, net.learner_address, net.sync_port, net.store_port,
+                                                 config.actors.count, pick_backend(config.sync.backend, self.device),
+                                                 config.sync.timeout_s, self.device,
+                                                 bind=net.bind_address(net.learner_address))
         self.version = 0
         self.controller = make_entropy_control(config.algo.entropy)
         # A frozen copy of the initial policy, only when a KL penalty asks for one.
@@ -206,10 +208,8 @@ class Learner:
             "wall_s": wall,
         }
         if self.ranks.main:
-            # Written before `done`: once the buffer hears it, the others may exit at any moment.
-            os.makedirs(os.path.join(cfg.run_dir, "roles"), exist_ok=True)
-            with open(os.path.join(cfg.run_dir, "roles", "learner.json"), "w") as f:
-                json.dump(summary, f, indent=2)
+            # Delivered before `done`: once the buffer hears it, the others may exit at any moment.
+            write_role_summary(cfg, "learner", summary)
         self.ranks.barrier()  # no rank exits before learner.json exists (the launcher reads an early exit as a failure)
         self.request("done", {})
         if self.broadcaster is not None:

@@ -113,12 +113,16 @@ if __name__ == "__main__":
     import argparse
 
     from configs.loader import load_resolved
+    from telemetry.role_summary import write_role_summary
 
     parser = argparse.ArgumentParser(description="asyncor: build / fetch from cache the policy RL starts from")
     parser.add_argument("--config", required=True, help="resolved config.json")
-    parser.add_argument("--out", required=True, help="json file to write {'model_dir': ...} to")
+    parser.add_argument("--out", default=None, help="also write {'model_dir': ...} to this json file")
     args = parser.parse_args()
     cfg = load_resolved(args.config)
     tlog.setup("prepare", cfg.run_dir)
-    with open(args.out, "w") as f:
-        json.dump({"model_dir": prepare_policy(cfg)}, f)
+    result = {"model_dir": prepare_policy(cfg)}
+    write_role_summary(cfg, "prepare", result)  # to the launcher (roles/prepare.json)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f)

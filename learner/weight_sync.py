@@ -111,12 +111,14 @@ class WeightBroadcaster:
     """Learner side: rank 0 of the broadcast group plus the announcement socket."""
 
     def __init__(self, ctx: zmq.Context, host: str, sync_port: int, store_port: int, num_actors: int,
-                 backend: str, timeout_s: float, device: torch.device):
+                 backend: str, timeout_s: float, device: torch.device, bind: str | None = None):
+        """`host`: the address actors reach this learner at (the store's address too); `bind`: the IP or
+        interface the announcement socket binds (default `host`)."""
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, HWM)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.bind(f"tcp://{host}:{sync_port}")
+        self.sock.bind(f"tcp://{bind or host}:{sync_port}")
         self.timeout_s = timeout_s
         self.device = device
         # Every actor says hello before joining the group, so once the group

@@ -1,9 +1,11 @@
 """Metrics: one JSON object per line in `runs/<name>/metrics.jsonl`, shared by all roles.
 
 Each record is `{"ts": unix_s, "role": ..., "step": int|None, "<role>/<metric>": value, ...}`.
-Roles append with a single `write` on an O_APPEND descriptor, so lines from
-different processes never interleave. The launcher tails the file for the live
-status view and the final summary; TensorBoard export reads the same lines.
+Under `launch.py` (`launcher` set) a role sends each record to the launcher's
+collector (telemetry/link.py), the file's only writer, wherever the role runs.
+Started by hand, a role appends with a single `write` on an O_APPEND
+descriptor, so lines from different processes on one host never interleave.
+The launcher tails the file for the live status view and the final summary.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ import time
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str, role: str):
+    def __init__(self, run_dir: str, role: str, launcher: str | None = None):
+        """`launcher`: the collector's address (`config.net.telemetry_address`); None writes the file."""
         self.role = role
         self.path = os.path.join(run_dir, "metrics.jsonl")
-        os.makedirs(run_dir, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._link = self._fd = None
+        if launcher:
+            from telemetry.link import link_to
+
+            self._link = link_to(launcher)
+        else:
+            os.makedirs(run_dir, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def log(self, values: dict, step: int | None = None) -> None:
         prefix = self.role.split(":")[0]
@@ -28,10 +37,18 @@ class MetricsWriter:
             assert "/" in key and key.split("/")[0] in (prefix, "reward", "sync", "eval"), key
         record = {"ts": time.time(), "role": self.role, "step": step}
         record.update({k: _jsonable(v) for k, v in values.items()})
-        os.write(self._fd, (json.dumps(record) + "\n").encode())
+        if self._link is not None:
+            self._link.record(record)
+        else:
+            os.write(self._fd, (json.dumps(record) + "\n").encode())
 
-    def close(self) -> None:
-        os.close(self._fd)
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Returns once every record is written (or `timeout_s` passed: the launcher is gone)."""
+        if self._link is not None:
+            self._link.flush(timeout_s)
+        elif self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _jsonable(v):

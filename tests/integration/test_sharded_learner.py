@@ -25,7 +25,7 @@ WORKER = [sys.executable, "-m", "tests.integration.learner_worker"]
 
 
 def start_ranks(world, args, tmp_path):
-    port = free_port("127.0.0.1")
+    port = free_port()
     procs = []
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
@@ -88,7 +88,7 @@ def test_split_packed_padded_and_two_rank_steps_equal_the_unsplit_step(tmp_path)
 
 
 def test_two_sharded_bf16_ranks_keep_fp32_masters_and_publish_exactly_the_learners_weights(tmp_path):
-    sync_port, store_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    sync_port, store_port = free_port(), free_port()
     procs = start_ranks(2, ["publish", "--out", str(tmp_path), "--ports", f"{sync_port},{store_port}"], tmp_path)
     receiver = WeightReceiver(0, "127.0.0.1", sync_port, store_port, 2, "gloo", 60.0, torch.device("cpu"))
     receiver.start()

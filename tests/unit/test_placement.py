@@ -1,35 +1,47 @@
-from launcher.placement import role_env
+from configs.loader import load_config
+from launcher.placement import slot_env
+from launcher.plan import local_plan, make_plan
 
 
-def test_learner_and_actors_get_their_own_gpus():
-    gpus = ["0", "1", "2"]
-    assert role_env("learner", 0, gpus) == {"CUDA_VISIBLE_DEVICES": "0"}
-    assert [role_env("actor", i, gpus)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["1", "2", "1"]
+def envs(plan, role, ids, addr="10.0.0.1", port=29500):
+    return {s.index: slot_env(plan, s, ids, addr, port) for s in plan.slots if s.role == role}
 
 
-def test_single_gpu_is_shared_and_cpu_sets_nothing():
-    assert role_env("actor", 3, ["5"]) == {"CUDA_VISIBLE_DEVICES": "5"}
-    assert role_env("actor", 0, []) == {} and role_env("learner", 0, []) == {}
+def test_learner_and_actors_get_their_own_gpus_by_device_id():
+    plan = local_plan(load_config(None, ["actors.count=3"]), 3)
+    ids = ["3", "5", "7"]  # CUDA_VISIBLE_DEVICES=3,5,7 on this host
+    assert envs(plan, "learner", ids)[0]["CUDA_VISIBLE_DEVICES"] == "3"
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs(plan, "actor", ids).values()] == ["5", "7", "5"]
 
 
-def test_learner_ranks_take_the_first_gpus_and_get_the_distributed_environment():
-    from launcher.placement import learner_env
+def test_single_gpu_is_shared_and_cpu_sets_no_devices():
+    plan = local_plan(load_config(None, ["actors.count=4"]), 1)
+    assert envs(plan, "actor", ["5"])[3] == {"CUDA_VISIBLE_DEVICES": "5"}
+    cpu = local_plan(load_config(None, []), 0)
+    assert envs(cpu, "actor", []) == {0: {}} and "CUDA_VISIBLE_DEVICES" not in envs(cpu, "learner", [])[0]
 
-    gpus = ["0", "1", "2", "3", "4"]
-    env = learner_env(1, 2, "10.0.0.1", 29500, gpus)
+
+def test_learner_ranks_see_every_learner_gpu_and_get_the_distributed_environment():
+    plan = local_plan(load_config(None, ["learner.ranks=2", "actors.count=4"]), 5)
+    env = envs(plan, "learner", ["0", "1", "2", "3", "4"])[1]
     assert env == {"CUDA_VISIBLE_DEVICES": "0,1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
                    "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
-    assert [role_env("actor", i, gpus, 2)["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["2", "3", "4", "2"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs(plan, "actor", list("01234")).values()] == ["2", "3", "4", "2"]
+
+
+def test_tensor_parallel_engine_sees_its_k_gpus_on_its_node():
+    plan = make_plan(load_config(None, ["actors.count=3", "actors.tensor_parallel_size=2"]), 2, 4)
+    ids = [str(i) for i in range(4)]
+    assert {i: (s.node, e["CUDA_VISIBLE_DEVICES"]) for (i, e), s in
+            zip(envs(plan, "actor", ids).items(), [s for s in plan.slots if s.role == "actor"])} == \
+        {0: (0, "1,2"), 1: (1, "0,1"), 2: (1, "2,3")}
 
 
 def test_impossible_placements_are_refused_by_key_before_anything_starts():
     import pytest
 
-    from configs.loader import load_config
     from launcher.placement import check_placement
 
-    with pytest.raises(ValueError, match="learner.ranks = 3 but this host has 2 GPU"):
-        check_placement(load_config(None, ["learner.ranks=3"]), ["0", "1"])
     with pytest.raises(ValueError, match="learner.offload_optimizer"):
         check_placement(load_config(None, ["learner.offload_optimizer=true"]), [])
     check_placement(load_config(None, ["learner.ranks=2"]), [])  # CPU: ranks are processes, any count

@@ -1,0 +1,27 @@
+"""One host: every role is a child process of the launcher (launcher/processes.py)."""
+
+from __future__ import annotations
+
+from launcher.backend import Node, RoleSpec
+from launcher.placement import visible_gpus
+from launcher.processes import Child, spawn, stop_all
+
+
+class LocalBackend:
+    kind = "local"
+
+    def __init__(self, host: str):
+        self.nodes = [Node(host, "localhost", tuple(visible_gpus()))]
+        self.launcher_address = host
+
+    def start(self, spec: RoleSpec, log_dir: str) -> Child:
+        return spawn(spec.name, spec.module, spec.args, log_dir, spec.env)
+
+    def poll(self, handles: list[Child]) -> None:
+        pass  # children write their logs straight into the run directory
+
+    def stop(self, handles: list[Child], grace_s: float, reap_s: float) -> list[str]:
+        return stop_all(handles, grace_s, reap_s)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,189 @@
+"""Ray: `launch.py run --cluster ray [--address ADDR]` places the roles on an existing Ray cluster.
+
+Plan nodes are the cluster's alive nodes. One placement group holds one bundle per node (STRICT_SPREAD,
+each bundle reserving that node's GPUs), so no other Ray job takes the GPUs the plan hands out, and plan
+node k is wherever bundle k landed. Every role is a `RoleProcess` Ray actor scheduled into its node's
+bundle: it starts the role's process there (`python -m <module>`, the same command as on one host, with
+the launcher's environment plus the role's), keeps its output in a node-local file, and answers `poll`
+(exit status), `read` (output from an offset: the launcher gathers it into `runs/<name>/logs/<role>.out`,
+no shared filesystem needed) and `signal`. The process dies with its actor (PR_SET_PDEATHSIG), and Ray
+kills the actors when the launcher's job ends, however it ends.
+
+The repository must be at the same path on every node (as the Python environment must), which is how Ray
+clusters built from one image, or sharing a filesystem, look.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import time
+
+from launcher.backend import Node, RoleSpec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READ_CHUNK = 1 << 20
+RPC_TIMEOUT_S = 30.0
+LOST = -1000  # returncode of a role whose Ray actor (or node) died
+
+
+class RoleProcess:
+    """Runs on the role's node (as a Ray actor, see `_actor_class`)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: str):
+        import ctypes
+        import subprocess
+
+        def die_with_actor():
+            try:
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            except OSError:
+                pass
+
+        fd, self.log_path = tempfile.mkstemp(prefix=f"asyncor-{name}-", suffix=".out")
+        self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                     cwd=cwd if os.path.isdir(cwd) else None, start_new_session=True,
+                                     preexec_fn=die_with_actor)
+        os.close(fd)
+
+    def status(self, offset: int) -> tuple[int | None, bytes]:
+        """(exit status or None, output from `offset`, at most READ_CHUNK bytes)."""
+        code = self.proc.poll()
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return code, f.read(READ_CHUNK)
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def where(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+class RayRole:
+    """The launcher's handle on one role (same attributes as launcher.processes.Child)."""
+
+    def __init__(self, name: str, node: str, log_path: str, actor):
+        self.name, self.node, self.log_path, self.actor = name, node, log_path, actor
+        self.offset = 0
+        self._returncode = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._returncode
+
+    def tail(self, lines: int = 15) -> str:
+        from launcher.processes import Child
+
+        return Child.tail(self, lines)  # same filtering as a local child's log
+
+    def lost(self, why: str) -> None:
+        self._returncode = LOST
+        with open(self.log_path, "a") as f:
+            f.write(f"\n[launcher] the role's Ray actor is gone: {why}\n")
+
+
+def _launcher_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class RayBackend:
+    kind = "ray"
+
+    def __init__(self, address: str | None = None, gpus_per_node: int | None = None):
+        import ray
+        from ray.util.placement_group import placement_group
+
+        self.ray = ray
+        address = address or os.environ.get("RAY_ADDRESS") or "auto"
+        try:
+            # The role actors import launcher/ from the repository, at the same path on every node.
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING",
+                     runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+        except ConnectionError as exc:
+            raise RuntimeError(f"--cluster ray: no Ray cluster at {address!r} ({exc}); start one with "
+                               "`ray start --head` or pass --address") from None
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        gpus = min(int(n["Resources"].get("GPU", 0)) for n in alive) if gpus_per_node is None else gpus_per_node
+        bundles = [{"CPU": 0.01, **({"GPU": gpus} if gpus else {})} for _ in alive]
+        self.pg = placement_group(bundles, strategy="STRICT_SPREAD", name=f"asyncor-{os.getpid()}")
+        try:
+            ray.get(self.pg.ready(), timeout=60)
+        except Exception as exc:  # GetTimeoutError: resources taken by another job
+            ray.util.remove_placement_group(self.pg)
+            raise RuntimeError(f"--cluster ray: could not reserve {len(alive)} node(s) with {gpus} GPU(s) each "
+                               f"within 60 s ({type(exc).__name__}); is another job holding them?") from None
+        by_id = {n["NodeID"]: n for n in alive}
+        bundle_nodes = ray.util.placement_group_table(self.pg)["bundles_to_node_id"]
+        self.nodes = []
+        for k in range(len(alive)):
+            info = by_id[bundle_nodes[k]]
+            address = info["NodeManagerAddress"]
+            self.nodes.append(Node(address, f"ray node {address} ({info['NodeID'][:8]})",
+                                   tuple(str(i) for i in range(gpus))))
+        self.launcher_address = ray.util.get_node_ip_address()
+        self._actor = ray.remote(num_cpus=0)(RoleProcess)
+
+    def start(self, spec: RoleSpec, log_dir: str) -> RayRole:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        os.makedirs(log_dir, exist_ok=True)
+        log_path = os.path.join(log_dir, f"{spec.name}.out")
+        open(log_path, "ab").close()
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=spec.node)
+        actor = self._actor.options(scheduling_strategy=strategy, name=None, max_restarts=0).remote(
+            spec.name, [sys.executable, "-m", spec.module, *spec.args], {**_launcher_env(), **spec.env},
+            os.getcwd())
+        return RayRole(spec.name, self.nodes[spec.node].label, log_path, actor)
+
+    def poll(self, handles: list[RayRole]) -> None:
+        ray = self.ray
+        live = [h for h in handles if h.returncode is None or h.offset >= 0]
+        refs = [h.actor.status.remote(h.offset) for h in live]
+        for h, ref in zip(live, refs):
+            try:
+                code, data = ray.get(ref, timeout=RPC_TIMEOUT_S)
+            except Exception as exc:  # RayActorError (node or actor died), GetTimeoutError
+                if h.returncode is None:
+                    h.lost(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                h.offset = -1
+                continue
+            if data:
+                with open(h.log_path, "ab") as f:
+                    f.write(data)
+                h.offset += len(data)
+            if code is not None and len(data) < READ_CHUNK:
+                h._returncode = code  # only once its output is all here
+
+    def stop(self, handles: list[RayRole], grace_s: float, reap_s: float) -> list[str]:
+        ray = self.ray
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, reap_s)):
+            running = [h for h in handles if h.returncode is None]
+            for h in running:
+                h.actor.signal.remote(sig)
+            deadline = time.monotonic() + wait_s
+            while running and time.monotonic() < deadline:
+                time.sleep(0.1)
+                self.poll(running)
+                running = [h for h in running if h.returncode is None]
+        stuck = [f"{h.name} on {h.node}" for h in handles if h.returncode is None]
+        for h in handles:
+            ray.kill(h.actor)  # its process dies with it (PR_SET_PDEATHSIG)
+        return stuck
+
+    def close(self) -> None:
+        ray = self.ray
+        try:
+            ray.util.remove_placement_group(self.pg)
+        finally:
+            ray.shutdown()

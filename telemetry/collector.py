@@ -1,0 +1,158 @@
+"""The launcher's end of the telemetry links (telemetry/link.py): the only writer of a run's
+`metrics.jsonl` and `roles/<role>.json`.
+
+A thread in the launcher process with one ROUTER socket. Messages are
+untrusted like any other on the wire: the envelope is checked, a metrics
+record must be a map of plain values (numbers, strings, booleans, null, lists
+and maps of them, at most `MAX_DEPTH` deep) from a known role, and a summary
+must name a known role. Anything else is refused and counted by reason
+(`refused`), never written. Summaries are written atomically (temp + rename)
+and acknowledged; so is a record-less `metrics` message (a role's flush).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import re
+import threading
+
+import zmq
+
+from buffer.protocol import ProtocolError, decode
+from buffer.transport import Server
+
+MAX_BYTES = 16 << 20
+MAX_DEPTH = 6
+MAX_STR = 4096
+RECORD_ROLE = re.compile(r"^(learner|buffer|eval|actor:\d{1,6})$")
+SUMMARY_ROLE = re.compile(r"^(learner|buffer|actor\d{1,6}|prepare|eval_before|eval_after)$")
+
+
+def plain(obj, depth: int = 0):
+    """A JSON-able copy of a decoded msgpack value, or ProtocolError. Non-finite floats become null (JSON has
+    none)."""
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int):
+        if abs(obj) >= 1 << 63:
+            raise ProtocolError("bad_value", "integer out of range")
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        if len(obj) > MAX_STR:
+            raise ProtocolError("bad_value", f"string longer than {MAX_STR}")
+        return obj
+    if depth >= MAX_DEPTH:
+        raise ProtocolError("bad_field", f"nested deeper than {MAX_DEPTH}")
+    if isinstance(obj, list):
+        return [plain(x, depth + 1) for x in obj]
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) and len(k) <= 256 for k in obj):
+            raise ProtocolError("bad_field", "map keys must be strings")
+        return {k: plain(v, depth + 1) for k, v in obj.items()}
+    raise ProtocolError("bad_field", f"value of type {type(obj).__name__}")
+
+
+def parse_record(body: dict) -> dict:
+    record = body["record"]
+    if not isinstance(record, dict):
+        raise ProtocolError("bad_field", "'record' is not a map")
+    record = plain(record)
+    if not isinstance(record.get("role"), str) or not RECORD_ROLE.match(record["role"]):
+        raise ProtocolError("bad_value", f"record role {record.get('role')!r}")
+    step = record.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise ProtocolError("bad_value", f"record step {step!r}")
+    if not isinstance(record.get("ts"), (int, float)) or isinstance(record.get("ts"), bool):
+        raise ProtocolError("bad_field", "record ts")
+    bad = [k for k in record if k not in ("ts", "role", "step") and "/" not in k]
+    if bad:
+        raise ProtocolError("bad_field", f"metric names without role/: {bad[:3]}")
+    return record
+
+
+def parse_summary(body: dict) -> tuple[str, dict]:
+    role, summary = body.get("role"), body.get("summary")
+    if not isinstance(role, str) or not SUMMARY_ROLE.match(role):
+        raise ProtocolError("bad_value", f"summary role {role!r}")
+    if not isinstance(summary, dict):
+        raise ProtocolError("bad_field", "'summary' is not a map")
+    return role, plain(summary)
+
+
+class Collector:
+    def __init__(self, run_dir: str, bind: str, port: int):
+        self.run_dir = run_dir
+        self.server = Server(zmq.Context.instance(), f"tcp://{bind}:{port}")
+        self.server.sock.setsockopt(zmq.MAXMSGSIZE, MAX_BYTES)
+        os.makedirs(os.path.join(run_dir, "roles"), exist_ok=True)
+        self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self.summaries: dict[str, dict] = {}
+        self.refused: collections.Counter = collections.Counter()
+        self.records = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="telemetry-collector", daemon=True)
+
+    def start(self) -> "Collector":
+        self._thread.start()
+        return self
+
+    def has_summary(self, role: str) -> bool:
+        return role in self.summaries or os.path.exists(os.path.join(self.run_dir, "roles", f"{role}.json"))
+
+    def result(self, role: str) -> dict | None:
+        """The summary `role` sent (or, when it could not reach the collector, wrote to roles/ itself)."""
+        if role in self.summaries:
+            return self.summaries[role]
+        path = os.path.join(self.run_dir, "roles", f"{role}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def stop(self) -> None:
+        """Write what has arrived, then close."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._metrics.close()
+        self.server.close()
+
+    def _loop(self) -> None:
+        while True:
+            if not self.server.sock.poll(100):
+                if self._stop.is_set():
+                    return
+                continue
+            ident, raw = self.server.recv()
+            self.handle(ident, raw)
+
+    def handle(self, ident: bytes, raw: bytes) -> None:
+        try:
+            msg = decode(raw, MAX_BYTES)
+            if msg.type == "metrics" and "record" in msg.body:
+                self._metrics.write(json.dumps(parse_record(msg.body)) + "\n")
+                self._metrics.flush()
+                self.records += 1
+            elif msg.type == "summary":
+                role, summary = parse_summary(msg.body)
+                self._write_summary(role, summary)
+            elif msg.type != "metrics":
+                raise ProtocolError("unknown_type", f"{msg.type!r} is not for the launcher")
+        except ProtocolError as exc:
+            self.refused[exc.reason] += 1
+            return
+        rid = msg.body.get("rid")
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            self._metrics.flush()
+            self.server.reply(ident, msg, "ack", {})
+
+    def _write_summary(self, role: str, summary: dict) -> None:
+        path = os.path.join(self.run_dir, "roles", f"{role}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(path + ".tmp", path)
+        self.summaries[role] = summary

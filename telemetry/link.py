@@ -1,0 +1,82 @@
+"""A role's line to the launcher's telemetry collector (telemetry/collector.py).
+
+Run by `launch.py`, every role sends its metrics records and its final summary
+to the launcher as messages, wherever it runs: the launcher is then the only
+writer of `metrics.jsonl` and `roles/`, so nothing depends on appends from
+several nodes to one file on a shared filesystem (not atomic on NFS).
+
+One link per process (`link_to`), one DEALER socket, so messages arrive in the
+order they were sent: when the launcher acknowledges a message (`flush`, a
+summary) every record sent before it is already written. Records are
+fire-and-forget on a bounded queue: if the launcher falls behind by `HWM`
+records, newer ones are dropped and counted (`dropped`), never blocking
+training.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+
+import zmq
+
+from buffer.protocol import ProtocolError, decode, encode
+
+HWM = 10_000
+
+_links: dict[str, "LauncherLink"] = {}
+_links_lock = threading.Lock()
+
+
+def link_to(address: str) -> "LauncherLink":
+    """This process's link to the collector at `address` (created on first use)."""
+    with _links_lock:
+        if address not in _links:
+            _links[address] = LauncherLink(address)
+        return _links[address]
+
+
+class LauncherLink:
+    def __init__(self, address: str):
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged (flush, summary) before exit
+        self.sock.setsockopt(zmq.SNDHWM, HWM)
+        self.sock.connect(address)
+        self.address = address
+        self.dropped = 0
+        self._rids = itertools.count(1)
+        self._lock = threading.Lock()  # roles log from more than one thread; a ZeroMQ socket is not thread-safe
+
+    def record(self, record: dict) -> None:
+        with self._lock:
+            try:
+                self.sock.send(encode("metrics", {"record": record}), zmq.NOBLOCK)
+            except zmq.Again:
+                self.dropped += 1
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the launcher has written every record sent so far; False past the deadline."""
+        return self._acknowledged("metrics", {}, timeout_s)
+
+    def summary(self, name: str, summary: dict, timeout_s: float) -> bool:
+        """Send the role's final figures; True once the launcher has them on disk (and every earlier record)."""
+        return self._acknowledged("summary", {"role": name, "summary": summary}, timeout_s)
+
+    def _acknowledged(self, type_: str, body: dict, timeout_s: float) -> bool:
+        with self._lock:
+            rid = next(self._rids)
+            try:
+                self.sock.send(encode(type_, {**body, "rid": rid, "pid": os.getpid()}), zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0 and self.sock.poll(int(left * 1000) + 1):
+                try:
+                    reply = decode(self.sock.recv(), 1 << 16)
+                except ProtocolError:
+                    continue
+                if reply.type == "ack" and reply.body.get("rid") == rid:
+                    return True
+            return False

@@ -1,0 +1,32 @@
+"""A role's final figures: `runs/<name>/roles/<role>.json`, read by launcher/summary.py.
+
+Under `launch.py` the summary travels to the launcher as an acknowledged
+message (telemetry/link.py), so the role may run on any node; started by hand,
+or if the launcher does not acknowledge in time, the role writes the file
+itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from telemetry import log as tlog
+
+
+def write_role_summary(config, name: str, summary: dict) -> None:
+    """`name`: buffer | learner | actor<i>. Returns once the launcher (or the file) has it."""
+    address = config.net.telemetry_address
+    if address:
+        from telemetry.link import link_to
+
+        if link_to(address).summary(name, summary, config.net.request_timeout_s):
+            return
+        tlog.get(name).warning("summary_not_acknowledged", launcher=address,
+                                           fallback="written to the run directory")
+    path = os.path.join(config.run_dir, "roles", f"{name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, path)
