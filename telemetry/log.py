@@ -1,5 +1,9 @@
 """Structured logging: every role writes JSON lines to `runs/<name>/logs/<role>.jsonl`.
 
+On a cluster (ASYNCOR_LOG_TO_STDOUT=1, set by the SLURM and Ray back-ends) the lines go to stdout
+instead, which the back-end gathers into `logs/<role>.out` on the launcher's host, whichever node the
+role runs on.
+
 `setup(role, run_dir)` configures structlog once per process; `get()` returns
 the bound logger. Lines carry `ts`, `role`, `level`, `event` and key/values.
 """
@@ -22,6 +26,8 @@ def setup(role: str, run_dir: str | None) -> structlog.BoundLogger:
     ]
     if run_dir is None:
         stream = sys.stderr
+    elif os.environ.get("ASYNCOR_LOG_TO_STDOUT") == "1":
+        stream = sys.stdout
     else:
         os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
         stream = open(os.path.join(run_dir, "logs", f"{role}.jsonl"), "a", buffering=1)
