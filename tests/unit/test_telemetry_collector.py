@@ -1,0 +1,88 @@
+"""The launcher's telemetry collector over real ZeroMQ sockets: honest records and summaries are written,
+hostile messages are refused and counted, and the collector keeps serving."""
+
+import json
+import os
+
+import msgpack
+import zmq
+
+from buffer.protocol import encode
+from launcher.ports import free_port
+from telemetry.collector import Collector
+from telemetry.link import LauncherLink
+from telemetry.metrics import MetricsWriter
+
+
+def lines(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_records_and_summaries_arrive_in_order_and_are_acknowledged(tmp_path):
+    port = free_port()
+    collector = Collector(str(tmp_path), "127.0.0.1", port).start()
+    try:
+        writer = MetricsWriter(str(tmp_path), "actor:3", f"tcp://127.0.0.1:{port}")
+        for step in range(50):
+            writer.log({"actor/tokens_per_s": step * 1.5, "reward/mean": float("nan")}, step=step)
+        writer.close()  # returns once all 50 are written
+        records = lines(tmp_path)
+        assert [r["step"] for r in records] == list(range(50)) and records[0]["role"] == "actor:3"
+        assert records[1]["actor/tokens_per_s"] == 1.5 and records[1]["reward/mean"] is None  # NaN is not JSON
+        link = LauncherLink(f"tcp://127.0.0.1:{port}")
+        assert link.summary("learner", {"steps": 3, "time": {"training": 1.25}}, 5.0)
+        with open(tmp_path / "roles" / "learner.json") as f:
+            assert json.load(f) == {"steps": 3, "time": {"training": 1.25}}
+        assert collector.result("learner")["steps"] == 3 and collector.has_summary("learner")
+        assert collector.result("buffer") is None
+    finally:
+        collector.stop()
+
+
+def test_hostile_messages_are_refused_by_reason_and_honest_ones_still_served(tmp_path):
+    port = free_port()
+    collector = Collector(str(tmp_path), "127.0.0.1", port).start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        record = {"ts": 1.0, "role": "learner", "step": 1, "learner/loss": 0.5}
+        hostile = [
+            b"\xc1garbage",  # not msgpack
+            msgpack.packb([1, 2, 3]),  # not an envelope
+            encode("metrics", {"record": "not a map"}),
+            encode("metrics", {"record": {**record, "role": "../../etc"}}),  # role outside the known names
+            encode("metrics", {"record": {**record, "step": -4}}),
+            encode("metrics", {"record": {**record, "learner/blob": b"\x00" * 10}}),  # bytes are not JSON
+            encode("metrics", {"record": {**record, "nested": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}}),
+            encode("metrics", {"record": {**record, "loss": 1.0}}),  # a metric name without role/
+            encode("summary", {"role": "../learner", "summary": {}, "rid": 1}),
+            encode("summary", {"role": "buffer", "summary": [1, 2], "rid": 2}),
+            encode("grant", {"rid": 3}),  # a buffer message sent to the launcher
+        ]
+        for raw in hostile:
+            sock.send(raw)
+        writer = MetricsWriter(str(tmp_path), "learner", f"tcp://127.0.0.1:{port}")
+        writer.log({"learner/loss": 0.25}, step=7)
+        writer.close()
+        assert [r["learner/loss"] for r in lines(tmp_path)] == [0.25]
+        assert sum(collector.refused.values()) == len(hostile)
+        assert set(collector.refused) == {"not_msgpack", "bad_envelope", "bad_field", "bad_value", "unknown_type"}
+        assert not os.listdir(tmp_path / "roles")  # no refused summary reached the disk
+    finally:
+        sock.close(linger=0)
+        collector.stop()
+
+
+def test_without_a_launcher_roles_write_their_own_files(tmp_path):
+    from configs.loader import load_config
+    from telemetry.role_summary import write_role_summary
+
+    config = load_config(None, [f"run.output_dir={tmp_path}", "run.name=solo"])
+    write_role_summary(config, "buffer", {"staleness": {"max": 1}})
+    with open(os.path.join(config.run_dir, "roles", "buffer.json")) as f:
+        assert json.load(f) == {"staleness": {"max": 1}}
+    writer = MetricsWriter(config.run_dir, "buffer")
+    writer.log({"buffer/size": 3})
+    writer.close()
+    assert lines(config.run_dir)[0]["buffer/size"] == 3
