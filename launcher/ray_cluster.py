@@ -105,6 +105,20 @@ def _launcher_env() -> dict[str, str]:
     return env
 
 
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """ray.init waits minutes for a GCS that is not there; a host:port is tried first (TCP connect)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address == "auto" or address.startswith(("ray://", "local")) or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RuntimeError(f"--cluster ray: no Ray cluster at {address!r} ({exc}); start one with "
+                           "`ray start --head` or pass --address") from None
+
+
 class RayBackend:
     kind = "ray"
 
@@ -114,6 +128,7 @@ class RayBackend:
 
         self.ray = ray
         address = address or os.environ.get("RAY_ADDRESS") or "auto"
+        _check_reachable(address)
         try:
             # The role actors import launcher/ from the repository, at the same path on every node.
             ray.init(address=address, log_to_driver=False, logging_level="WARNING",

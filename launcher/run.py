@@ -28,7 +28,7 @@ from launcher.plan import Plan, PlanError, local_plan, make_plan
 from launcher.ports import assign_ports
 from launcher.status import StatusView
 from launcher.stop_signals import StopSignals
-from launcher.summary import build_summary, human
+from launcher.summary import build_summary, first_step_ts, human
 from telemetry.collector import Collector
 
 POLL_S = 0.5
@@ -139,13 +139,14 @@ def open_backend(cluster: str, config: Config, address: str | None = None, gpus_
 def run(config: Config, cluster: str = "local", address: str | None = None,
         gpus_per_node: int | None = None) -> dict:
     """Raises RunFailed, or launcher.stop_signals.Interrupted after a stop signal (every role stopped)."""
+    launched_at = time.time()  # bring-up cost is measured from here (summary: time_to_first_step_s)
     with StopSignals() as stop:
         try:
             backend = open_backend(cluster, config, address, gpus_per_node)
         except (RuntimeError, ValueError) as exc:
             raise RunFailed(str(exc)) from None
         try:
-            return _run(config, stop, backend)
+            return _run(config, stop, backend, launched_at)
         finally:
             backend.close()
 
@@ -190,7 +191,7 @@ def _warn_if_exposed(config: Config) -> None:
               "still checked and bad ones refused). Use a private network.", file=sys.stderr, flush=True)
 
 
-def _run(config: Config, stop: StopSignals, backend: Backend) -> dict:
+def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float) -> dict:
     wall_start = time.monotonic()
     plan = make_layout(config, backend)
     run_dir = prepare_run_dir(config)
@@ -206,7 +207,7 @@ def _run(config: Config, stop: StopSignals, backend: Backend) -> dict:
     net = config.net
     collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port).start()
     try:
-        return _run_roles(config, stop, backend, plan, collector, cfg_path, wall_start)
+        return _run_roles(config, stop, backend, plan, collector, cfg_path, wall_start, launched_at)
     finally:
         collector.stop()
 
@@ -227,7 +228,7 @@ def _spec(plan: Plan, backend: Backend, config: Config, role: str, index: int, n
 
 
 def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, collector: Collector,
-               cfg_path: str, wall_start: float) -> dict:
+               cfg_path: str, wall_start: float, launched_at: float) -> dict:
     run_dir = config.run_dir
     logs = os.path.join(run_dir, "logs")
     print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
@@ -285,6 +286,8 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
         summary["rejected_messages"] = {**summary["rejected_messages"],
                                         **{f"telemetry_{k}": v for k, v in collector.refused.items()}}
     summary["total_wall_s"] = time.monotonic() - wall_start
+    first = first_step_ts(run_dir)
+    summary["time_to_first_step_s"] = first - launched_at if first is not None else None
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(human(summary))

@@ -51,6 +51,14 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
     return summary
 
 
+def first_step_ts(run_dir: str) -> float | None:
+    """Unix time of the learner's first logged step (bring-up cost: launch -> first step)."""
+    from telemetry.metrics import read_metrics
+
+    records, _ = read_metrics(run_dir)
+    return min((r["ts"] for r in records if r.get("role") == "learner"), default=None)
+
+
 def eval_curve(run_dir: str) -> list[dict]:
     """Every held-out evaluation of the run (before, every `eval.every_steps`, after), by policy version."""
     from telemetry.metrics import read_metrics
@@ -82,7 +90,9 @@ def human(summary: dict) -> str:
             summary.get("filtering", {}).get("online_filtered", 0)),
         f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)",
         *time_lines(summary.get("time", {})),
-        f"wall                {summary['wall_s']:.0f} s",
+        f"wall                {summary['wall_s']:.0f} s of RL"
+        + (f"; launch -> first learner step {summary['time_to_first_step_s']:.0f} s"
+           if summary.get("time_to_first_step_s") is not None else ""),
     ]
     return "\n".join(lines)
 

@@ -78,6 +78,10 @@ def check_common(run_dir, eta, steps):
     assert summary["staleness"]["max_allowed"] == eta
     assert summary["staleness"]["max"] <= eta
     assert summary["actors"]["tokens_per_s"] > 0 and summary["sync"]["broadcast_s_mean"] > 0
+    # Every metrics record and role summary reached the launcher as a message (none refused).
+    assert not [k for k in summary["rejected_messages"] if k.startswith("telemetry_")], summary["rejected_messages"]
+    assert "summary_not_acknowledged" not in open(os.path.join(run_dir, "logs", "buffer.jsonl")).read() \
+        if os.path.exists(os.path.join(run_dir, "logs", "buffer.jsonl")) else True
     records = metrics(run_dir)
     learner = [r for r in records if r["role"] == "learner"]
     assert len(learner) == steps

@@ -34,8 +34,17 @@ def test_records_and_summaries_arrive_in_order_and_are_acknowledged(tmp_path):
         assert link.summary("learner", {"steps": 3, "time": {"training": 1.25}}, 5.0)
         with open(tmp_path / "roles" / "learner.json") as f:
             assert json.load(f) == {"steps": 3, "time": {"training": 1.25}}
+        # A role's summary as roles build it (int keys, as the buffer's per-actor figures) is accepted.
+        from configs.loader import load_config
+        from telemetry.role_summary import write_role_summary
+
+        config = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "net.launcher_host=127.0.0.1",
+                                    f"net.telemetry_port={port}", "net.request_timeout_s=5"])
+        write_role_summary(config, "buffer", {"actors": {0: {"groups": 3}}, "mean": float("nan")})
+        assert collector.result("buffer") == {"actors": {"0": {"groups": 3}}, "mean": None}
+        assert not os.path.exists(os.path.join(config.run_dir, "roles"))  # delivered, no fallback file
         assert collector.result("learner")["steps"] == 3 and collector.has_summary("learner")
-        assert collector.result("buffer") is None
+        assert collector.result("actor0") is None and not collector.refused
     finally:
         collector.stop()
 
