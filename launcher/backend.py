@@ -57,3 +57,6 @@ class Backend(Protocol):
     def stop(self, handles: list[Handle], grace_s: float, reap_s: float) -> list[str]: ...
 
     def close(self) -> None: ...
+
+    # Optional: `ended() -> str | None`, why the cluster took the roles away (the SLURM job ended), asked when
+    # a role fails so the report names the cause rather than the first role that died of it.

@@ -88,6 +88,19 @@ class SlurmBackend:
     def poll(self, handles: list[Child]) -> None:
         pass  # srun writes the task's output into the log as it comes
 
+    def ended(self) -> str | None:
+        """Why the allocation is over (scancel, time limit, salloc interrupted), or None while it runs."""
+        try:
+            out = subprocess.run(["squeue", "--noheader", f"--jobs={self.job_id}", "--format=%T"],
+                                 capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        state = out.stdout.strip()
+        if out.returncode == 0 and state in ("RUNNING", "CONFIGURING"):
+            return None
+        return (f"SLURM job {self.job_id} ended ({state or 'no longer queued'}: scancel, its time limit, or "
+                "salloc interrupted)")
+
     def step_ids(self, names: set[str]) -> list[str]:
         """`<job>.<step>` of this job's running steps named in `names`."""
         try:

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.cluster.slurm_cluster import slurm_available, slurm_cluster
-from tests.integration.test_pipeline import check_common, children_of
+from tests.integration.test_pipeline import check_common, children_of, cmdline, live_pids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -93,3 +93,38 @@ def test_scancel_stops_every_role(slurm, tmp_path):
     while children_of(run_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not children_of(run_dir), "roles left running 15 s after scancel"
+
+
+def start_under_salloc(slurm, tmp_path, name):
+    proc = subprocess.Popen(["salloc", "--nodes=1", sys.executable, "launch.py", "run", "--cluster", "slurm",
+                             *overrides(tmp_path, name, "learner.steps=1000", "eval.before_and_after=false")],
+                            cwd=ROOT, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    run_dir = os.path.join(tmp_path, name)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.monotonic() + 240
+    while not (os.path.exists(metrics) and '"role": "learner"' in open(metrics).read()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the learner never trained a step"
+        time.sleep(1)
+    return proc, run_dir
+
+
+def launcher_pid(run_dir):
+    return next(pid for pid in live_pids() if cmdline(pid).startswith(sys.executable)  # not salloc
+                and "launch.py run --cluster slurm" in cmdline(pid) and f"run.name={os.path.basename(run_dir)}" in cmdline(pid))
+
+
+def test_ctrl_c_to_the_launcher_under_salloc_stops_every_role(slurm, tmp_path):
+    proc, run_dir = start_under_salloc(slurm, tmp_path, "ctrlc")
+    os.kill(launcher_pid(run_dir), signal.SIGINT)  # Ctrl-C in the terminal salloc gave the command to
+    out, err = proc.communicate(timeout=60)
+    assert "interrupted (SIGINT): every role was stopped." in err, out[-1500:] + err[-3000:]
+    assert proc.returncode == 130 and not children_of(run_dir)
+
+
+def test_salloc_interrupted_revokes_the_allocation_and_the_launcher_says_so(slurm, tmp_path):
+    proc, run_dir = start_under_salloc(slurm, tmp_path, "revoked")
+    os.kill(proc.pid, signal.SIGINT)  # salloc itself: it gives the allocation up, SLURM ends every step
+    out, err = proc.communicate(timeout=60)
+    assert "ended (" in err and "every role was stopped" in err, out[-1500:] + err[-3000:]
+    assert proc.returncode != 0 and not children_of(run_dir)
