@@ -158,7 +158,12 @@ class Engine:
         return groups
 
     def load_weights(self, named_tensors, version: int) -> None:
-        """Load new weights between two steps; tokens sampled from now on are labelled `version`."""
+        """Load new weights between two steps; tokens sampled from now on are labelled `version`.
+
+        With tensor_parallel_size > 1 the call runs on every worker, and each keeps its shard of the full
+        tensors (tests/integration/test_tensor_parallel.py). That needs the engine core in this process
+        (VLLM_ENABLE_V1_MULTIPROCESSING=0, `cpu_environment`): a separate core process's msgpack channel
+        hands the workers each tensor as a plain list."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(named_tensors),
                                                           "is_checkpoint_format": True})
         self.engine.set_weight_version(str(version))
