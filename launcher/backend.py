@@ -5,7 +5,8 @@ A back-end knows the nodes it has (`nodes`: the address other roles reach each o
 messages, its GPU device ids) and the address roles reach the launcher at; it starts a role on a node
 (`start`, returning a handle with `name`, `node`, `log_path`, `returncode` and `tail()`), refreshes the
 handles and gathers their output into `runs/<name>/logs/` (`poll`), and stops them within a bounded time
-(`stop`). The roles themselves are the same processes on every back-end.
+(`stop`), and says when the cluster itself ended the run (`ended`). The roles themselves are the same
+processes on every back-end.
 
   launcher/local.py       child processes of the launcher (one host)
   launcher/slurm.py       one `srun` job step per role inside a SLURM allocation
@@ -56,7 +57,9 @@ class Backend(Protocol):
 
     def stop(self, handles: list[Handle], grace_s: float, reap_s: float) -> list[str]: ...
 
-    def close(self) -> None: ...
+    def ended(self) -> str | None:
+        """Why the cluster took the roles away (a SLURM job that ended), or None; asked when a role fails, so
+        the report names the cause rather than the first role that died of it."""
+        ...
 
-    # Optional: `ended() -> str | None`, why the cluster took the roles away (the SLURM job ended), asked when
-    # a role fails so the report names the cause rather than the first role that died of it.
+    def close(self) -> None: ...

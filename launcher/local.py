@@ -23,5 +23,8 @@ class LocalBackend:
     def stop(self, handles: list[Child], grace_s: float, reap_s: float) -> list[str]:
         return stop_all(handles, grace_s, reap_s)
 
+    def ended(self) -> None:
+        return None  # nothing outside the launcher stops a local run
+
     def close(self) -> None:
         pass

@@ -205,6 +205,9 @@ class RayBackend:
             ray.kill(h.actor)  # its process dies with it (PR_SET_PDEATHSIG)
         return stuck
 
+    def ended(self) -> None:
+        return None  # a lost node shows as its roles' failure (RayRole.lost), reported with the node
+
     def close(self) -> None:
         ray = self.ray
         try:

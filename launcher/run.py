@@ -103,7 +103,7 @@ def supervise(config: Config, backend: Backend, roles: list[Handle], learner: Ha
         view.poll()
         for r in roles:
             if r.returncode not in (None, 0):
-                ended = getattr(backend, "ended", lambda: None)()  # the cluster took the roles away
+                ended = backend.ended()
                 raise RunFailed(f"{ended}: every role was stopped") if ended else _fail(r, "run failed")
         if learner.returncode == 0:
             learner_done_at = learner_done_at or time.monotonic()
