@@ -69,11 +69,6 @@ class RoleProcess:
                 except (ProcessLookupError, PermissionError):
                     pass
 
-    def where(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
 
 class RayRole:
     """The launcher's handle on one role (same attributes as launcher.processes.Child)."""
@@ -164,7 +159,7 @@ class RayBackend:
         log_path = os.path.join(log_dir, f"{spec.name}.out")
         open(log_path, "ab").close()
         strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=spec.node)
-        actor = self._actor.options(scheduling_strategy=strategy, name=None, max_restarts=0).remote(
+        actor = self._actor.options(scheduling_strategy=strategy, max_restarts=0).remote(
             spec.name, [sys.executable, "-m", spec.module, *spec.args],
             {**_launcher_env(), **spec.env, "ASYNCOR_LOG_TO_STDOUT": "1"},  # structured logs come back with the output
             os.getcwd())
@@ -172,12 +167,14 @@ class RayBackend:
 
     def poll(self, handles: list[RayRole]) -> None:
         ray = self.ray
-        live = [h for h in handles if h.returncode is None or h.offset >= 0]
+        live = [h for h in handles if h.offset >= 0]  # -1: its actor is gone
         refs = [h.actor.status.remote(h.offset) for h in live]
         for h, ref in zip(live, refs):
             try:
                 code, data = ray.get(ref, timeout=RPC_TIMEOUT_S)
-            except Exception as exc:  # RayActorError (node or actor died), GetTimeoutError
+            except ray.exceptions.GetTimeoutError:
+                continue  # a busy node: ask again next poll
+            except ray.exceptions.RayError as exc:  # the actor or its node died
                 if h.returncode is None:
                     h.lost(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 h.offset = -1
