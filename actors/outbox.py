@@ -10,10 +10,13 @@ slower than generation, `put` blocks and the loop's time shows up as
 "waiting_for_outbox".
 
 Delivery is at-least-once: a group whose ack does not arrive is sent again with
-the same (actor_id, seq), which the buffer dedupes. `full` is retried after a
-pause; `rejected` is logged and counted (a bug on this side, never silently
-dropped). A group that cannot be delivered after `SEND_ATTEMPTS` stops the
-thread; the loop re-raises the error on its next `put` or `drain`.
+the same (actor_id, seq), which the buffer dedupes. `full` is backpressure, not
+an error: it is retried with a growing pause (up to `FULL_PAUSE_MAX_S`) for as
+long as the buffer keeps answering, and the time shows as "waiting for outbox"
+in the loop; `rejected` is logged and counted (a bug on this side, never
+silently dropped). A group whose ack does not arrive after `SEND_ATTEMPTS`
+sends stops the thread; the loop re-raises the error on its next `put` or
+`drain`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np
 from actors.sequences import Group
 from telemetry.time_budget import TimeBudget
 
-SEND_ATTEMPTS = 3
+SEND_ATTEMPTS = 3  # sends without any answer before the buffer counts as gone
+FULL_PAUSE_MAX_S = 2.0
 
 
 def to_trajectory(group: Group, rewards: list[float], actor_id: int, seq: int):
@@ -154,18 +158,23 @@ class Outbox(threading.Thread):
 
     def _send(self, group) -> None:
         body = group.to_wire()
-        for attempt in range(SEND_ATTEMPTS):
+        unanswered, pause = 0, 0.05
+        while unanswered < SEND_ATTEMPTS:
             try:
                 ack = self.client.request("group", body, self.request_timeout_s)
             except TimeoutError:
-                self.log.warning("group_ack_timeout", seq=group.seq, attempt=attempt)
+                unanswered += 1
+                self.log.warning("group_ack_timeout", seq=group.seq, attempt=unanswered)
                 continue
             status = ack.body.get("status")
             if status in ("accepted", "duplicate"):
                 return
-            if status == "full":
-                time.sleep(0.2)
+            if status == "full":  # the learner has not caught up: wait, as long as the buffer answers
+                if self._stopping.is_set():
+                    return
+                time.sleep(pause)
+                pause = min(2 * pause, FULL_PAUSE_MAX_S)
                 continue
             self._rejected(group, ack)
             return
-        raise RuntimeError(f"group seq={group.seq} not acknowledged after {SEND_ATTEMPTS} attempts")
+        raise RuntimeError(f"group seq={group.seq} not acknowledged after {SEND_ATTEMPTS} sends without an answer")

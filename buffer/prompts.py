@@ -28,19 +28,30 @@ class PromptStream:
         random.Random(f"{self.seed}-{self.epoch}").shuffle(self._order)
         self._cursor = 0
 
-    def take(self, n: int) -> list[Problem]:
-        out = []
-        while len(out) < n:
-            if self._returned:
-                out.append(self._returned.popleft())
-                continue
+    def take(self, n: int, busy: set[int] | frozenset = frozenset()) -> list[Problem]:
+        """Up to `n` prompts, none of them in `busy` (granted and not yet answered): with a pool smaller than
+        the in-flight window a new epoch would otherwise hand out a prompt still in flight. Fewer than `n`
+        when every other prompt is busy (one pass over the order at most)."""
+        out, taken = [], set()
+        while len(out) < n and self._returned:
+            out.append(self._returned.popleft())
+            taken.add(out[-1].id)
+        for _ in range(len(self._order)):
+            if len(out) == n:
+                break
             if self._cursor == len(self._order):
                 self.epoch += 1
                 self._reshuffle()
             problem = self.problems[self._order[self._cursor]]
+            if problem.id in busy or problem.id in taken:
+                if len(busy) + len(taken) >= self.remaining:
+                    break  # everything left is in flight: leave the cursor on it for later
+                self._cursor += 1
+                continue
             self._cursor += 1
             if problem.id not in self._removed:
                 out.append(problem)
+                taken.add(problem.id)
         return out
 
     def state_dict(self) -> dict:

@@ -131,7 +131,11 @@ class BufferService:
         n = self.budget.grant(wanted)
         if n == 0:
             return False
-        problems = self.prompts.take(n)
+        problems = self.prompts.take(n, busy=self.granted.keys())
+        if len(problems) < n:  # every other prompt is in flight: the slots not used go back
+            self.budget.on_returned(n - len(problems))
+            if not problems:
+                return False
         for p in problems:
             self.granted[p.id] = (actor_id, p)
         stage = stage_at(self.config, self.budget.version)
@@ -237,6 +241,10 @@ class BufferService:
                 self.enter_stage(after)
             server.reply(ident, msg, "ack", {"status": "ok"})
         elif msg.type == "batch_request":
+            # Checked here, inside the handler's error path: serve_batch runs outside it.
+            n_groups = require(msg.body, "n_groups", int)
+            if not 1 <= n_groups <= self.config.buffer.max_groups:
+                raise ProtocolError("bad_value", f"n_groups {n_groups} is not in [1, buffer.max_groups]")
             self.pending_batch = (ident, msg)
             self.pending_since = time.monotonic()
         elif msg.type == "done":

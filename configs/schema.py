@@ -498,6 +498,13 @@ class Config(_Section):
             if minibatch and stage.prompts_per_step % minibatch:
                 raise ValueError(f"algo.off_policy.minibatch_prompts ({minibatch}) must divide {where} "
                                  f"({stage.prompts_per_step})")
+        # Admission lets (η + 1) steps' groups exist at once; a smaller store would refuse ("full") groups the
+        # budget already granted.
+        window = (self.buffer.max_staleness + 1) * max(stage.prompts_per_step for stage in stages(self))
+        if self.buffer.max_groups < window:
+            raise ValueError(f"buffer.max_groups ({self.buffer.max_groups}) is below (buffer.max_staleness + 1) x "
+                             f"the largest prompts_per_step = {window}, the groups admission lets exist at once; "
+                             f"set it to at least {window}")
         longest = self.actors.max_prompt_tokens + max(stage.max_response_tokens for stage in stages(self))
         if self.learner.micro_batch_tokens < longest:
             raise ValueError(f"learner.micro_batch_tokens ({self.learner.micro_batch_tokens}) is below the longest "

@@ -103,3 +103,17 @@ def test_prompt_stream_epochs_and_given_back_prompts_first():
     s.give_back(first[:2])
     assert s.take(2) == first[:2]
     assert s.take(1) and s.epoch == 1
+
+
+def test_prompt_stream_never_hands_out_a_prompt_still_in_flight():
+    cfg = TaskConfig(digits=1, train_size=10, heldout_size=5)
+    train, _ = make_splits(cfg, seed=0)
+    s = PromptStream(train, seed=0)
+    first = s.take(7)
+    busy = {p.id for p in first}
+    nxt = s.take(7, busy=busy)  # 3 left in this epoch, then a new epoch whose busy prompts are skipped
+    assert len(nxt) == 3 and not {p.id for p in nxt} & busy and len({p.id for p in nxt}) == 3
+    everything = busy | {p.id for p in nxt}
+    assert s.take(5, busy=everything) == []  # all 10 in flight: nothing, and no endless loop
+    again = s.take(4, busy=busy)
+    assert {p.id for p in again} <= {p.id for p in nxt} and len(again) == 3

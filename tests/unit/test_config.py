@@ -98,3 +98,10 @@ def test_micro_batch_budget_below_the_longest_sequence_is_refused():
 def test_bf16_adamw_without_master_weights_is_refused_with_the_reason():
     msg = error_of('learner.master_dtype="bfloat16"')
     assert "learner.master_dtype" in msg and "1/256" in msg
+
+
+def test_a_store_smaller_than_the_admission_window_is_refused_naming_the_key():
+    """(η + 1) x prompts_per_step groups may exist at once; a smaller store would refuse granted groups."""
+    message = error_of("buffer.max_groups=40", "buffer.max_staleness=2", "learner.prompts_per_step=16")
+    assert "buffer.max_groups (40)" in message and "at least 48" in message
+    load_config(None, ["buffer.max_groups=48", "buffer.max_staleness=2", "learner.prompts_per_step=16"])

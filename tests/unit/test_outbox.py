@@ -112,6 +112,17 @@ def test_a_lost_ack_is_resent_with_the_same_seq_and_a_full_buffer_is_retried():
     assert box.sent["groups"] == 1 and "group_ack_timeout" in box.log.events
 
 
+def test_a_full_buffer_is_backpressure_not_a_failure():
+    """Issue 14: three quick `full` answers used to stop the actor (and the run) while the learner caught up."""
+    client = Client(["full"] * 8 + ["accepted"])
+    box = outbox_with(client)
+    box.put(finished_group(3, [[5]]), timeout_s=5)
+    box.drain(timeout_s=20)
+    box.check()  # no error
+    box.stop()
+    assert box.sent["groups"] == 1 and [g.seq for g in client.sent] == [0] * 9
+
+
 def test_a_rejected_group_is_counted_not_retried():
     client = Client(["rejected"])
     box = outbox_with(client)
