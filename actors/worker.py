@@ -24,7 +24,6 @@ finishing after `stop` is SIGTERM left to the launcher's SIGKILL.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys

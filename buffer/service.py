@@ -22,17 +22,18 @@ final figures to `roles/buffer.json`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import re
 import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
 
 from buffer.online_filter import OnlineFilter
 from buffer.prompts import PromptStream
-from buffer.protocol import REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require
+from buffer.protocol import (REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require,
+                             unpack_array)
 from buffer.rejection import GroupTally, uniform_kind
 from buffer.replay import ReplayStore
 from buffer.staleness import StalenessBudget
@@ -48,6 +49,26 @@ from telemetry.metrics import MetricsWriter
 
 LONG_POLL_S = 1.0
 MAX_GRANT_HOLD_S = 2.0
+PEER = re.compile(r"^actor-(\d{1,6})(-groups)?$")  # the identities actors/worker.py gives its two sockets
+
+
+@dataclass
+class Grant:
+    """What an actor was granted for one prompt: its group must match it."""
+
+    actor_id: int
+    problem: object
+    token_ids: np.ndarray
+    group_size: int
+    max_tokens: int
+
+
+def sender_of(ident: bytes, actor_id: int) -> int:
+    """The actor a message claims to come from must be the socket that sent it (a peer acts only for itself)."""
+    m = PEER.match(ident.decode(errors="replace"))
+    if m is None or int(m.group(1)) != actor_id:
+        raise ProtocolError("bad_value", f"actor_id {actor_id} does not match the sending socket")
+    return actor_id
 
 
 def grant_hold(body: dict) -> float:
@@ -72,7 +93,7 @@ class BufferService:
         self.online_filter = OnlineFilter()
         self.online_filtered = 0
         self.store = ReplayStore(config.buffer.max_groups)
-        self.granted: dict[int, tuple[int, object]] = {}  # prompt id -> (actor id, problem)
+        self.granted: dict[int, Grant] = {}  # prompt id -> what was granted, until its group arrives
         self.rejected = {r: 0 for r in REJECT_REASONS}
         self.dropped_stale = 0
         self.tally = GroupTally()
@@ -92,7 +113,7 @@ class BufferService:
 
     def on_actor(self, server: Server, ident: bytes, msg: Message) -> None:
         body = msg.body
-        actor_id = require(body, "actor_id", int)
+        actor_id = sender_of(ident, require(body, "actor_id", int))
         if msg.type == "hello":
             self.actors_seen.add(actor_id)
             server.reply(ident, msg, "ack", {"status": "ok", "version": self.budget.version})
@@ -114,14 +135,22 @@ class BufferService:
             else:
                 server.reply(ident, msg, "wait", {"retry_s": 0.05})
         elif msg.type == "group":
-            server.reply(ident, msg, "ack", self.ingest(msg.body))
+            server.reply(ident, msg, "ack", self.ingest(msg.body, actor_id))
         elif msg.type == "grant_return":
-            self.return_grants(require(body, "prompt_ids", list))
+            ids = require(body, "prompt_ids", list)
+            if len(ids) > len(self.granted) or not all(type(i) is int for i in ids):
+                raise ProtocolError("bad_field", "prompt_ids must be a list of granted prompt ids")
+            if any(i in self.granted and self.granted[i].actor_id != actor_id for i in ids):
+                raise ProtocolError("bad_value", "grant_return names prompts granted to another actor")
+            self.return_grants(ids)  # ids no longer granted (answered, returned already) are ignored
             server.reply(ident, msg, "ack", {"status": "ok"})
         elif msg.type == "bye":
+            stats = body.get("stats", {})
+            if not isinstance(stats, dict):
+                raise ProtocolError("bad_field", "'stats' is not a map")
             self.actors_done.add(actor_id)
-            self.actor_stats[actor_id] = body.get("stats", {})
-            self.return_grants([i for i, (a, _) in self.granted.items() if a == actor_id])
+            self.actor_stats[actor_id] = stats
+            self.return_grants([i for i, g in self.granted.items() if g.actor_id == actor_id])
             server.reply(ident, msg, "ack", {"status": "ok"})
         else:
             raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
@@ -136,14 +165,16 @@ class BufferService:
             self.budget.on_returned(n - len(problems))
             if not problems:
                 return False
-        for p in problems:
-            self.granted[p.id] = (actor_id, p)
         stage = stage_at(self.config, self.budget.version)
+        entries = [self.grant_entry(p) for p in problems]
+        for p, entry in zip(problems, entries):
+            self.granted[p.id] = Grant(actor_id, p, unpack_array(entry["token_ids"], "token_ids", "<i4"),
+                                       stage.group_size, stage.max_response_tokens)
         server.reply(ident, msg, "grant", {
             "min_version": self.budget.min_version_for_grant(),
             # The current stage's sampling: actors switch length and group size without restarting.
             "sampling": {"stage": stage.index, "n": stage.group_size, "max_tokens": stage.max_response_tokens},
-            "prompts": [self.grant_entry(p) for p in problems],
+            "prompts": entries,
         })
         return True
 
@@ -188,18 +219,36 @@ class BufferService:
         """Unused grants: free their admission slots and serve their prompts again first."""
         ids = [i for i in prompt_ids if i in self.granted]
         self.budget.on_returned(len(ids))
-        self.prompts.give_back([self.granted.pop(i)[1] for i in ids])
+        self.prompts.give_back([self.granted.pop(i).problem for i in ids])
 
-    def ingest(self, body: dict) -> dict:
+    def check_against_grant(self, group, sender: int) -> None:
+        """A group must answer a grant its sender holds: that prompt, the granted group size and length
+        limit, tokens the model can embed."""
+        grant = self.granted.get(group.prompt_id)
+        if grant is None:
+            raise ProtocolError("bad_value", f"prompt {group.prompt_id} was not granted (or already answered)")
+        if group.actor_id != sender or grant.actor_id != sender:
+            raise ProtocolError("bad_value", f"prompt {group.prompt_id} was granted to actor {grant.actor_id}")
+        if not np.array_equal(group.prompt_ids, grant.token_ids):
+            raise ProtocolError("bad_value", f"prompt {group.prompt_id}: the tokens differ from the granted prompt")
+        if len(group.responses) != grant.group_size:
+            raise ProtocolError("bad_value", f"{len(group.responses)} responses, granted {grant.group_size}")
+        vocab = self.codec.vocab_size
+        for r in group.responses:
+            if len(r.token_ids) > grant.max_tokens:
+                raise ProtocolError("bad_value", f"a response of {len(r.token_ids)} tokens, limit {grant.max_tokens}")
+            if len(r.token_ids) and (int(r.token_ids.min()) < 0 or int(r.token_ids.max()) >= vocab):
+                raise ProtocolError("bad_value", f"a token id outside the model's vocabulary [0, {vocab})")
+
+    def ingest(self, body: dict, sender: int) -> dict:
         try:
             group = parse_group(body, max_group_size=self.max_group_size)
+            if self.store.is_duplicate(group):
+                self.duplicates += 1
+                return {"status": "duplicate", "seq": group.seq}
+            self.check_against_grant(group, sender)
         except ProtocolError as exc:
             return self.reject(exc)
-        if self.store.is_duplicate(group):
-            self.duplicates += 1
-            return {"status": "duplicate", "seq": group.seq}
-        if group.prompt_id not in self.granted:
-            return self.reject(ProtocolError("bad_value", f"prompt {group.prompt_id} was not granted (or already answered)"))
         if self.store.is_full():
             return {"status": "full", "seq": group.seq}
         self.granted.pop(group.prompt_id)

@@ -26,6 +26,9 @@ class TextCodec:
         self.eos_id = self.tok.token_to_id(eos) if isinstance(eos, str) else gen_cfg.get("eos_token_id")
         if self.eos_id is None:
             raise ValueError(f"{model_dir}: no eos token in tokenizer_config.json or config.json")
+        # Token ids the model can embed: its embedding rows (config.json), else the tokenizer's vocabulary.
+        vocab = gen_cfg.get("vocab_size")
+        self.vocab_size = vocab if isinstance(vocab, int) and vocab > 0 else self.tok.get_vocab_size(with_added_tokens=True)
 
     def encode_prompt(self, text: str) -> np.ndarray:
         ids = self.tok.encode(text, add_special_tokens=False).ids

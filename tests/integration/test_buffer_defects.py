@@ -46,3 +46,52 @@ def test_a_batch_request_missing_a_field_is_refused_with_its_id_and_the_buffer_k
     assert learner.request("hello", {}, TIMEOUT).body["status"] == "ok"  # still serving
     assert actor.request("hello", {"actor_id": 0}, TIMEOUT).body["status"] == "ok"
     assert svc.rejected["bad_field"] == 1 and svc.rejected["bad_value"] == 1
+
+
+def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_themselves(tmp_path):
+    """Issue 14 item 1: data a peer was never granted, or that the model cannot embed, never reaches the
+    learner; one peer cannot return, answer or end another's work."""
+    import dataclasses
+
+    import numpy as np
+    import zmq
+
+    from buffer.protocol import Response
+    from buffer.transport import Client, endpoint
+
+    svc, actor0, learner, result, thread = start_service(tmp_path, actors={"group_size": 2,
+                                                                            "max_response_tokens": 4})
+    net = svc.config.net
+    actor1 = Client(zmq.Context.instance(), endpoint(net.host, net.buffer_actor_port), "actor-1", 1 << 24, "buffer")
+    try:
+        learner.request("version", {"version": 0}, TIMEOUT)
+        p0, p1 = actor0.request("grant_request", {"actor_id": 0, "max_prompts": 2}, TIMEOUT).body["prompts"]
+        honest = group_for(p0, seq=0)
+        forged = {
+            "claims another actor": dataclasses.replace(honest, actor_id=1),
+            "wrong prompt tokens": dataclasses.replace(honest, prompt_ids=honest.prompt_ids[::-1].copy()),
+            "wrong group size": dataclasses.replace(honest, responses=honest.responses[:1]),
+            "too long": dataclasses.replace(honest, responses=[
+                Response(np.arange(3, 9, dtype=np.int32), np.full(6, -0.1, np.float32), 0, "length", 0.0)] * 2),
+            "outside the vocabulary": dataclasses.replace(honest, responses=[
+                Response(np.array([5, 10**6], np.int32), np.array([-0.1, -0.1], np.float32), 0, "stop", 1.0)] * 2),
+        }
+        for what, group in forged.items():
+            ack = actor0.request("group", group.to_wire(), TIMEOUT).body
+            assert (ack["status"], ack["reason"]) == ("rejected", "bad_value"), what
+        # Actor 1 holds no grant: it can neither answer actor 0's prompt nor hand it back or say bye for actor 0.
+        ack = actor1.request("group", dataclasses.replace(honest, actor_id=1).to_wire(), TIMEOUT).body
+        assert ack["status"] == "rejected"
+        assert actor1.request("grant_return", {"actor_id": 1, "prompt_ids": [p0["prompt_id"]]}, TIMEOUT
+                              ).body["status"] == "rejected"
+        assert actor1.request("bye", {"actor_id": 0}, TIMEOUT).body["status"] == "rejected"
+        assert svc.actors_done == set() and set(svc.granted) == {p0["prompt_id"], p1["prompt_id"]}
+        # The honest answers still go through.
+        assert actor0.request("group", honest.to_wire(), TIMEOUT).body["status"] == "accepted"
+        assert actor0.request("group", group_for(p1, seq=1).to_wire(), TIMEOUT).body["status"] == "accepted"
+        assert svc.rejected["bad_value"] == len(forged) + 3
+    finally:
+        svc.stop_requested = True
+        thread.join(timeout=5)
+        for c in (actor0, actor1, learner):
+            c.close()
