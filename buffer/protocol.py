@@ -227,8 +227,10 @@ def parse_group(body: dict, max_group_size: int = 1 << 16) -> TrajectoryGroup:
     if not math.isfinite(gen_time) or gen_time < 0:
         raise ProtocolError("non_finite", "gen_time_s")
     details = body.get("details", {})
-    if not isinstance(details, dict):
-        raise ProtocolError("bad_field", "'details' is not a map")
+    if not isinstance(details, dict) or len(details) > 64 or not all(
+            isinstance(k, str) and len(k) <= 64 and (v is None or isinstance(v, (bool, int, float, str)))
+            and not (isinstance(v, str) and len(v) > 1024) for k, v in details.items()):
+        raise ProtocolError("bad_field", "'details' must be a map of at most 64 names to scalars")
     prompt_ids = unpack_array(require(body, "prompt_ids", dict), "prompt_ids", "<i4")
     group = TrajectoryGroup(
         prompt_id=require(body, "prompt_id", int),

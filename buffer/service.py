@@ -118,14 +118,14 @@ class BufferService:
             self.actors_seen.add(actor_id)
             server.reply(ident, msg, "ack", {"status": "ok", "version": self.budget.version})
         elif msg.type == "grant_request":
+            wanted = require(body, "max_prompts", int)
+            if not 0 <= wanted <= self.config.buffer.max_groups:
+                raise ProtocolError("bad_value", f"max_prompts {wanted} is not in [0, buffer.max_groups]")
+            hold_s = grant_hold(body)
             self.actors_seen.add(actor_id)
             if self.done_at is not None:
                 server.reply(ident, msg, "stop", {})
                 return
-            wanted = require(body, "max_prompts", int)
-            if wanted < 0:
-                raise ProtocolError("bad_value", f"max_prompts {wanted} is negative")
-            hold_s = grant_hold(body)
             if self.try_grant(server, ident, msg, actor_id, wanted):
                 return
             if wanted and hold_s:
@@ -235,6 +235,9 @@ class BufferService:
             raise ProtocolError("bad_value", f"{len(group.responses)} responses, granted {grant.group_size}")
         vocab = self.codec.vocab_size
         for r in group.responses:
+            newest = int(r.versions.max()) if r.versions is not None and len(r.versions) else r.min_version
+            if newest > self.budget.version:  # no policy that new exists yet (its staleness would be negative)
+                raise ProtocolError("bad_value", f"version {newest} is newer than the learner's {self.budget.version}")
             if len(r.token_ids) > grant.max_tokens:
                 raise ProtocolError("bad_value", f"a response of {len(r.token_ids)} tokens, limit {grant.max_tokens}")
             if len(r.token_ids) and (int(r.token_ids.min()) < 0 or int(r.token_ids.max()) >= vocab):
@@ -280,10 +283,14 @@ class BufferService:
     # ------------------------------------------------------------------ learner
 
     def on_learner(self, server: Server, ident: bytes, msg: Message) -> None:
+        if ident != b"learner":  # the identity learner/trainer.py gives its socket
+            raise ProtocolError("bad_value", "learner messages come from the learner's socket only")
         if msg.type == "hello":
             server.reply(ident, msg, "ack", {"status": "ok"})
         elif msg.type == "version":
             version = require(msg.body, "version", int)
+            if not self.budget.version <= version <= self.config.learner.steps:
+                raise ProtocolError("bad_value", f"version {version} is not in [{self.budget.version}, learner.steps]")
             before, after = stage_at(self.config, self.budget.version), stage_at(self.config, version)
             self.budget.on_version(version)
             if after.index != before.index:
