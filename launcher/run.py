@@ -26,6 +26,7 @@ from launcher.backend import Backend, Handle, RoleSpec
 from launcher.placement import check_placement, is_loopback, slot_env
 from launcher.plan import Plan, PlanError, local_plan, make_plan
 from launcher.ports import assign_ports
+from launcher.preflight import PreflightError, check_environment
 from launcher.status import StatusView
 from launcher.stop_signals import StopSignals
 from launcher.summary import build_summary, first_step_ts, human
@@ -195,6 +196,10 @@ def _warn_if_exposed(config: Config) -> None:
 def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float) -> dict:
     wall_start = time.monotonic()
     plan = make_layout(config, backend)
+    try:
+        check_environment(config, local=backend.kind == "local", gpus=len(backend.nodes[0].device_ids))
+    except PreflightError as exc:
+        raise RunFailed(str(exc)) from None
     run_dir = prepare_run_dir(config)
     logs = os.path.join(run_dir, "logs")
     cfg_path = os.path.join(run_dir, "config.json")
