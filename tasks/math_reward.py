@@ -1,10 +1,13 @@
 """Rule-based math reward (Skywork-OR1 §7.1, `math_verify_reward_function` in the released code).
 
 1. Take the text after the last `</think>` (the whole text if there is none).
-2. Parse it with the `math-verify` package under a timeout; nothing parsed -> 0.
-3. 1 if the extracted answer string equals the gold answer, else 1 if
+2. Parse it with the `math-verify` package under a timeout; nothing extracted -> 0.
+3. 1 if the extracted answer string equals the gold answer (also when math-verify
+   could not read it as mathematics), else 1 if
    `verify(parse("\\boxed{gold}"), parsed)` holds (wrapping the gold answer in
-   \\boxed is what makes plain gold strings parse reliably), else 0.
+   \\boxed is what makes plain gold strings parse reliably), else 0. A gold
+   written with a decimal comma (`0,5`; not `1,000`, a thousands separator) is
+   also tried as `0.5`: boxed as is, math-verify reads it as the set {0, 5}.
 
 math-verify handles the equivalences (fractions, \\frac / \\dfrac, decimals,
 intervals, sets, units stripped). Its timeouts use SIGALRM, which only works
@@ -15,7 +18,10 @@ Any error in parsing or verification is a 0, never an exception.
 
 from __future__ import annotations
 
+import re
+
 THINK_END = "</think>"
+DECIMAL_COMMA = re.compile(r"^-?\d+,(\d{1,2}|\d{4,})$")
 
 
 def solution_text(response: str) -> str:
@@ -30,11 +36,17 @@ def math_reward(response: str, gold: str, timeout_s: int = 5) -> float:
 
     try:
         parsed = parse(solution_text(response), parsing_timeout=timeout_s)
-        if len(parsed) < 2:
+        if not parsed:
             return 0.0
-        if str(parsed[1]).strip() == gold.strip():
+        if str(parsed[-1]).strip() == gold.strip():  # the extracted string: [expression, string] or [string]
             return 1.0
-        gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=timeout_s)
-        return 1.0 if gold_parsed and verify(gold_parsed, parsed, timeout_seconds=timeout_s) else 0.0
+        if len(parsed) < 2:
+            return 0.0  # math-verify found no expression in it
+        golds = [gold] + ([gold.strip().replace(",", ".")] if DECIMAL_COMMA.match(gold.strip()) else [])
+        for g in golds:
+            gold_parsed = parse("\\boxed{" + g + "}", parsing_timeout=timeout_s)
+            if gold_parsed and verify(gold_parsed, parsed, timeout_seconds=timeout_s):
+                return 1.0
+        return 0.0
     except Exception:  # noqa: BLE001 - a malformed answer scores 0; the actor must never crash on it
         return 0.0

@@ -55,3 +55,23 @@ def test_pathological_input_returns_within_the_timeout():
 def test_solution_text_takes_what_follows_the_last_think():
     assert solution_text("<think>a</think>b</think>c") == "c"
     assert solution_text("no tags") == "no tags"
+
+
+def test_an_answer_math_verify_cannot_read_still_matches_the_gold_string():
+    """Issue 14: the exact-string match was skipped when math-verify found no expression."""
+    from tasks.math_reward import math_reward
+
+    assert math_reward("so the answer is \\boxed{@#}", "@#") == 1.0
+    assert math_reward("so the answer is \\boxed{@#}", "#@") == 0.0
+    assert math_reward("no answer at all", "@#") == 0.0
+
+
+def test_a_gold_with_a_decimal_comma_is_a_number_not_a_set():
+    """Issue 14: boxing the gold "0,5" made it the set {0, 5}, so the right answer 0.5 scored 0."""
+    from tasks.math_reward import math_reward
+
+    assert math_reward("\\boxed{0.5}", "0,5") == 1.0
+    assert math_reward("\\boxed{\\frac{1}{2}}", "0,5") == 1.0
+    assert math_reward("\\boxed{0,5}", "0,5") == 1.0
+    assert math_reward("\\boxed{0.6}", "0,5") == 0.0
+    assert math_reward("\\boxed{1000}", "1,000") == 1.0  # a thousands separator stays one
