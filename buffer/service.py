@@ -99,6 +99,7 @@ class BufferService:
         self.tally = GroupTally()
         self.rejected_uniform = {"solve_all": 0, "solve_none": 0}
         self.duplicates = 0
+        self.accepted = 0  # groups accepted; each ends trained, dropped stale, dropped uniform or still stored
         self.staleness_trained: list[int] = []
         self.actors_seen: set[int] = set()
         self.actors_done: set[int] = set()
@@ -255,6 +256,7 @@ class BufferService:
         if self.store.is_full():
             return {"status": "full", "seq": group.seq}
         self.granted.pop(group.prompt_id)
+        self.accepted += 1
         self.budget.on_group_accepted()
         self.tally.on_arrival(group)
         self.online_filter.observe(group.prompt_id, group.rewards)
@@ -397,6 +399,14 @@ class BufferService:
             ctx.term()
         return self.summary()
 
+    def ledger(self) -> dict:
+        """Where every accepted group went; `unaccounted` is 0 unless a group was lost or counted twice.
+        Retried duplicates were never accepted (`duplicates`)."""
+        ends = {"trained": len(self.staleness_trained), "dropped_stale": self.dropped_stale,
+                "dropped_uniform": sum(self.rejected_uniform.values()), "still_buffered": len(self.store)}
+        return {"accepted": self.accepted, **ends, "unaccounted": self.accepted - sum(ends.values()),
+                "duplicates_discarded": self.duplicates}
+
     def summary(self) -> dict:
         ages = self.staleness_trained
         return {
@@ -412,6 +422,7 @@ class BufferService:
             "online_filtered": self.online_filtered,
             "duplicates": self.duplicates,
             "groups_trained": len(ages),
+            "ledger": self.ledger(),
             "actors": self.actor_stats,
         }
 

@@ -37,6 +37,8 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         "rejected_messages": buffer.get("rejected", {}),
         # Rejection sampling (all-equal groups dropped) and online filtering (mastered prompts removed).
         "filtering": {**buffer.get("rejection_sampling", {}), "online_filtered": buffer.get("online_filtered", 0)},
+        # Every group the buffer accepted: trained once, dropped stale, dropped as all-equal, or still stored.
+        "ledger": buffer.get("ledger", {}),
         "wall_s": wall_s,
         # Seconds per activity of each role (telemetry/time_budget.py): who waited for whom.
         "time": {"learner": learner.get("time", {}), "actors": [a.get("time", {}) for a in actors]},
@@ -88,6 +90,9 @@ def human(summary: dict) -> str:
         "rejection sampling  {} groups all right, {} all wrong dropped; {} prompts filtered online".format(
             summary.get("filtering", {}).get("solve_all", 0), summary.get("filtering", {}).get("solve_none", 0),
             summary.get("filtering", {}).get("online_filtered", 0)),
+        "groups              {accepted} accepted = {trained} trained + {dropped_stale} stale + {dropped_uniform} "
+        "all-equal + {still_buffered} left; {unaccounted} unaccounted, {duplicates_discarded} duplicates "
+        "discarded".format(**summary["ledger"]) if summary.get("ledger") else "groups              (no ledger)",
         f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)",
         *time_lines(summary.get("time", {})),
         f"wall                {summary['wall_s']:.0f} s of RL"

@@ -95,3 +95,29 @@ def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_th
         thread.join(timeout=5)
         for c in (actor0, actor1, learner):
             c.close()
+
+
+def test_the_ledger_accounts_for_every_accepted_group_once(tmp_path):
+    """Issue 14 item 4: trained once, dropped stale, dropped as all-equal, or still buffered; retries are
+    discarded as duplicates and never counted."""
+    svc, actor, learner, result, thread = start_service(tmp_path)  # η = 0, 2 prompts per step, groups of 2
+    try:
+        learner.request("version", {"version": 0}, TIMEOUT)
+        p = actor.request("grant_request", {"actor_id": 0, "max_prompts": 2}, TIMEOUT).body["prompts"]
+        for seq, prompt in enumerate(p):
+            assert actor.request("group", group_for(prompt, seq=seq).to_wire(), TIMEOUT).body["status"] == "accepted"
+        learner.request("version", {"version": 1}, TIMEOUT)  # both are now stale for η = 0
+        assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "wait"
+        p = actor.request("grant_request", {"actor_id": 0, "max_prompts": 4}, TIMEOUT).body["prompts"]
+        bodies = [group_for(p[0], seq=2, version=1, rewards=(1.0, 1.0)).to_wire()]  # all right: dropped
+        bodies += [group_for(q, seq=3 + i, version=1).to_wire() for i, q in enumerate(p[1:])]
+        for body in bodies + bodies[1:2]:  # one retry
+            actor.request("group", body, TIMEOUT)
+        assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "batch"
+        assert svc.ledger() == {"accepted": 6, "trained": 2, "dropped_stale": 2, "dropped_uniform": 1,
+                                "still_buffered": 1, "unaccounted": 0, "duplicates_discarded": 1}
+    finally:
+        svc.stop_requested = True
+        thread.join(timeout=5)
+        actor.close()
+        learner.close()

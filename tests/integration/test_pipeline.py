@@ -78,6 +78,9 @@ def check_common(run_dir, eta, steps):
     assert summary["staleness"]["max_allowed"] == eta
     assert summary["staleness"]["max"] <= eta
     assert summary["actors"]["tokens_per_s"] > 0 and summary["sync"]["broadcast_s_mean"] > 0
+    # Every accepted group is accounted for exactly once (trained, dropped stale or all-equal, or left).
+    ledger = summary["ledger"]
+    assert ledger["accepted"] >= ledger["trained"] > 0 and ledger["unaccounted"] == 0, ledger
     # Every metrics record and role summary reached the launcher as a message (none refused).
     assert not [k for k in summary["rejected_messages"] if k.startswith("telemetry_")], summary["rejected_messages"]
     assert "summary_not_acknowledged" not in open(os.path.join(run_dir, "logs", "buffer.jsonl")).read() \
