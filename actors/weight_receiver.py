@@ -22,7 +22,7 @@ import zmq
 
 from buffer.protocol import decode, encode, require
 from buffer.transport import HWM
-from learner.weight_sync import Bucket, make_group, unflatten
+from learner.weight_sync import Bucket, hello_identity, make_group, unflatten
 
 
 class StagedWeights:
@@ -55,6 +55,7 @@ class WeightReceiver(threading.Thread):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.IDENTITY, hello_identity(self.actor_id))  # the learner checks it against actor_id
         try:
             sock.connect(f"tcp://{host}:{sync_port}")
             sock.send(encode("hello", {"actor_id": self.actor_id}))

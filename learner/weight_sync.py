@@ -30,10 +30,15 @@ from datetime import timedelta
 import torch
 import zmq
 
-from buffer.protocol import decode, encode, require
+from buffer.protocol import ProtocolError, decode, encode, require
 from buffer.transport import HWM
 
 BUCKET_BYTES = 256 * 2**20
+
+
+def hello_identity(actor_id: int) -> bytes:
+    """The socket identity of actor `actor_id`'s weight receiver: its hello must come from it."""
+    return f"actor-{actor_id}-weights".encode()
 
 
 def make_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
@@ -125,13 +130,23 @@ class WeightBroadcaster:
         # exists every hello is already queued on the socket.
         self.pg, self._store = make_group(host, store_port, 0, num_actors + 1, backend, timeout_s)
         self.actors: dict[int, bytes] = {}
+        self.refused = 0  # messages on the announcement port that are not an actor's hello
         deadline = time.monotonic() + timeout_s
         while len(self.actors) < num_actors:
             if not self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
                 raise TimeoutError(f"only {len(self.actors)}/{num_actors} actors said hello to the weight sync")
-            ident, raw = self.sock.recv_multipart()
-            msg = decode(raw, 1 << 20)
-            self.actors[require(msg.body, "actor_id", int)] = ident
+            frames = self.sock.recv_multipart()
+            try:
+                self._hello(frames[0], frames[-1], num_actors)
+            except ProtocolError:
+                self.refused += 1  # anything can reach this port: a bad message is refused, never fatal
+
+    def _hello(self, ident: bytes, raw: bytes, num_actors: int) -> None:
+        msg = decode(raw, 1 << 16)
+        actor_id = require(msg.body, "actor_id", int)
+        if msg.type != "hello" or not 0 <= actor_id < num_actors or ident != hello_identity(actor_id):
+            raise ProtocolError("bad_value", f"not a hello from actor {actor_id}'s weight receiver")
+        self.actors[actor_id] = ident
 
     def announce(self, version: int, buckets: list[Bucket]) -> None:
         announcement = encode("weights", {"version": version, "buckets": [b.to_wire() for b in buckets]})
