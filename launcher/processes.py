@@ -42,13 +42,18 @@ class Child:
         return self.proc.poll()
 
     def tail(self, lines: int = 15) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                text = f.read().splitlines()
-        except OSError:
-            return ""
-        keep = [l for l in text if "Warning" not in l and l.strip()]
-        return "\n".join(keep[-lines:])
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(path: str, lines: int = 15) -> str:
+    """The last non-empty lines of a role's log, warnings left out (for failure reports)."""
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read().splitlines()
+    except OSError:
+        return ""
+    keep = [l for l in text if "Warning" not in l and l.strip()]
+    return "\n".join(keep[-lines:])
 
 
 def spawn(name: str, module: str, args: list[str], log_dir: str, env: dict[str, str] | None = None,

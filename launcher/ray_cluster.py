@@ -83,9 +83,9 @@ class RayRole:
         return self._returncode
 
     def tail(self, lines: int = 15) -> str:
-        from launcher.processes import Child
+        from launcher.processes import log_tail
 
-        return Child.tail(self, lines)  # same filtering as a local child's log
+        return log_tail(self.log_path, lines)
 
     def lost(self, why: str) -> None:
         self._returncode = LOST

@@ -39,12 +39,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Iterator, Mapping, Sequence
+
+from launcher.ports import free_port
 
 __all__ = ["ray_available", "ray_cluster", "RayClusterError"]
 
@@ -80,12 +81,6 @@ def _ray_cli() -> str | None:
     if os.access(cand, os.X_OK):
         return cand
     return shutil.which("ray")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: str, n: int = 4000) -> str:
@@ -293,10 +288,10 @@ def ray_cluster(
         return p
 
     try:
-        port = _free_port()
+        port = free_port()
         head = start(["--head", f"--port={port}", f"--temp-dir={temp_dir}",
                       "--include-dashboard=false",
-                      f"--ray-client-server-port={_free_port()}"],
+                      f"--ray-client-server-port={free_port()}"],
                      "head", 0)
         _wait_started(head, logs[0], deadline, "ray head")
         address_file = os.path.join(temp_dir, "ray_current_cluster")
