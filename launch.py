@@ -3,6 +3,8 @@
 
     python launch.py run                                   # the tiny default (configs/tiny.toml)
     python launch.py run --config configs/tiny.toml --set buffer.max_staleness=0 --set actors.count=2
+    python launch.py run --resume runs/tiny                # continue from its newest checkpoint
+    python launch.py run --resume runs/tiny --set learner.steps=300   # train a finished run further
     python launch.py config                                # print every key, its default and docstring
     python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
     python launch.py filter --model DIR --data IN.parquet --out OUT.parquet --samples 16  # difficulty filter
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--cluster", default="local", choices=["local", "slurm", "ray"],
                        help="where roles run: this machine (default), the nodes of the SLURM allocation this "
                             "runs in (salloc / sbatch), or an existing Ray cluster")
+    run_p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="continue a run from its newest checkpoint (or from the checkpoint directory given), "
+                            "with the config it was launched with; --set still applies (e.g. a larger "
+                            "learner.steps)")
     run_p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else 'auto')")
     run_p.add_argument("--gpus-per-node", type=int, default=None,
                        help="GPUs the plan uses per node (default: what SLURM or Ray reports)")
@@ -178,7 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         from configs.loader import ConfigError, load_config
 
         try:
-            config = load_config(getattr(args, "config", None), getattr(args, "set", []))
+            if getattr(args, "resume", None):
+                if args.config:
+                    raise ConfigError("--resume continues a run with the config it was launched with; "
+                                      "drop --config (change keys with --set)")
+                from launcher.resume import resume_config
+
+                config = resume_config(args.resume, args.set)
+            else:
+                config = load_config(getattr(args, "config", None), getattr(args, "set", []))
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

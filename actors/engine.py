@@ -63,7 +63,7 @@ class Sample:
 
 class Engine:
     def __init__(self, model_dir: str, dtype: str, seed: int, max_model_len: int, gpu_memory_utilization: float,
-                 tensor_parallel_size: int = 1):
+                 tensor_parallel_size: int = 1, version: int = 0):
         import torch
         from vllm import LLM
 
@@ -82,17 +82,18 @@ class Engine:
         )
 
         self.engine = self.llm.llm_engine
-        self.engine.set_weight_version("0")  # the weights on disk are version 0
+        self.engine.set_weight_version(str(version))  # the version of the weights on disk (a checkpoint's, resumed)
         self.sizes: dict[str, int] = {}  # request id -> sequences in it, until reported
 
     # ------------------------------------------------------------------ streaming
 
     def add(self, request_id: str, prompt: np.ndarray, max_tokens: int, temperature: float, top_p: float,
-            stop_token_id: int, salt: str, stream: bool = False, n: int = 1) -> None:
+            stop_token_id: int, salt: str, stream: bool = False, n: int = 1, seed: int | None = None) -> None:
         """Start `n` sequences of one prompt. `salt` separates prefix-cache entries: KV computed by one version's
         weights is never reused under another's (vLLM's `cache_salt`). `stream`: report tokens every step (one
         sequence per request). With n > 1 the sequences are reported together when the last one finishes, as
-        `request_id/0` .. `request_id/{n-1}` (one request: vLLM prepares it once, not n times)."""
+        `request_id/0` .. `request_id/{n-1}` (one request: vLLM prepares it once, not n times). `seed`: this
+        request's own sampling seed (vLLM gives sequence i of n the seed `seed + i`); None: the engine's stream."""
         if stream and n != 1:
             raise ValueError("a streamed request holds one sequence")
         from vllm import SamplingParams
@@ -100,7 +101,7 @@ class Engine:
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
-                                stop_token_ids=[stop_token_id],
+                                stop_token_ids=[stop_token_id], seed=seed,
                                 output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
         self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt.tolist(), cache_salt=salt), params)
         self.sizes[request_id] = n

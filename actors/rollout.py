@@ -30,6 +30,7 @@ give_back; `outbox` has put.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -56,6 +57,14 @@ class RolloutSettings:
     grant_hold_s: float = 0.5  # an idle engine's grant request may wait this long in the buffer for room
     heartbeat_s: float = 1.0  # ask (for 0 prompts if there is no room) at least this often: learns of `stop` in time
     probe_prompt: np.ndarray | None = field(default=None, compare=False)  # greedy probe after each load
+    seed: int | None = None  # actors.seeded_requests: requests' sampling seeds derive from this (else engine's)
+
+
+def request_seed(run_seed: int, prompt_id: int, version: int, sample: int = 0, tokens_done: int = 0) -> int:
+    """A request's sampling seed from what it is, never from when it ran: run seed, prompt, policy version, the
+    sample's index in its group and (a restarted sequence) how many tokens it already has."""
+    digest = hashlib.blake2b(f"{run_seed}/{prompt_id}/{version}/{sample}/{tokens_done}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") >> 2  # vLLM adds the sample index: stay well inside int64
 
 
 @dataclass
@@ -146,7 +155,8 @@ class Rollout:
         self.engine.abort(old)
         for seq in running:
             self.engine.add(seq.request_id, seq.resume_prompt(), seq.tokens_left, self.s.temperature, self.s.top_p,
-                            self.s.stop_token_id, salt=f"v{self.version}", stream=True)
+                            self.s.stop_token_id, salt=f"v{self.version}", stream=True,
+                            seed=self.seed_of(seq.prompt.prompt_id, seq.index, len(seq.tokens)))
         self.stats["restarted"] += len(running)
 
     # ------------------------------------------------------------------ prompts
@@ -200,9 +210,19 @@ class Rollout:
         """Streamed sequences (recompute) are one request each; otherwise the group is one request of n, which
         vLLM prepares once and reports whole when its last sequence ends."""
         sequences = self.inflight.start(prompt, n, max_tokens, together=not self.stream)
-        for rid in dict.fromkeys(s.engine_request for s in sequences):
-            self.engine.add(rid, prompt.token_ids, max_tokens, self.s.temperature, self.s.top_p, self.s.stop_token_id,
-                            salt=f"v{self.version}", stream=self.stream, n=1 if self.stream else n)
+        first: dict[str, object] = {}  # each engine request's first sequence
+        for seq in sequences:
+            first.setdefault(seq.engine_request, seq)
+        for seq in first.values():
+            self.engine.add(seq.engine_request, prompt.token_ids, max_tokens, self.s.temperature, self.s.top_p,
+                            self.s.stop_token_id, salt=f"v{self.version}", stream=self.stream,
+                            n=1 if self.stream else n, seed=self.seed_of(prompt.prompt_id, seq.index))
+
+    def seed_of(self, prompt_id: int, sample: int, tokens_done: int = 0) -> int | None:
+        """actors.seeded_requests: the request's own sampling seed (request_seed); else None (engine's stream)."""
+        if self.s.seed is None:
+            return None
+        return request_seed(self.s.seed, prompt_id, self.version, sample, tokens_done)
 
     # ------------------------------------------------------------------ decoding
 

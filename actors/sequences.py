@@ -41,6 +41,7 @@ class Sequence:
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    index: int = 0  # its place in the group (0 .. n-1)
 
     def resume_prompt(self) -> np.ndarray:
         """Prompt plus the tokens so far: what the engine re-reads to continue on new weights."""
@@ -89,9 +90,10 @@ class InFlight:
             raise ValueError(f"prompt {prompt.prompt_id} is already in flight")
         if together:
             base = self._new_id(prompt)
-            sequences = [Sequence(f"{base}/{k}", prompt, max_tokens, base) for k in range(n)]
+            sequences = [Sequence(f"{base}/{k}", prompt, max_tokens, base, index=k) for k in range(n)]
         else:
-            sequences = [Sequence(rid, prompt, max_tokens, rid) for rid in (self._new_id(prompt) for _ in range(n))]
+            sequences = [Sequence(rid, prompt, max_tokens, rid, index=k)
+                         for k, rid in enumerate(self._new_id(prompt) for _ in range(n))]
         group = Group(prompt, sequences, time.perf_counter())
         self.groups[prompt.prompt_id] = group
         for s in group.sequences:

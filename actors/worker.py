@@ -53,7 +53,8 @@ def rollout_settings(config: Config, codec):
         target_sequences=a.inflight_sequences or a.prompts_per_chunk * max_over_stages(config, "group_size"),
         prompts_per_chunk=a.prompts_per_chunk, group_size=a.group_size, temperature=a.temperature, top_p=a.top_p,
         stop_token_id=codec.eos_id, grant_wait_s=a.grant_wait_s, outbox_timeout_s=config.net.request_timeout_s * 3,
-        probe_prompt=codec.encode_prompt("12+34=") if a.probe else None)
+        probe_prompt=codec.encode_prompt("12+34=") if a.probe else None,
+        seed=config.run.seed if a.seeded_requests else None)
 
 
 class Evaluation:
@@ -64,7 +65,7 @@ class Evaluation:
 
     def due(self, version: int) -> bool:
         a = self.actor
-        last = a.stats["evaluated"][-1] if a.stats["evaluated"] else 0
+        last = a.stats["evaluated"][-1] if a.stats["evaluated"] else a.start_version
         return due(version, last, a.eval_every, a.config.learner.steps)
 
     def run(self, version: int) -> None:
@@ -82,6 +83,7 @@ class Actor:
         from actors.rollout import Rollout
         from actors.weight_receiver import WeightReceiver
         from buffer.transport import Client, endpoint
+        from learner.checkpoint import read_meta
         from learner.weight_sync import pick_backend
         from tasks.codec import TextCodec
         from tasks.scoring import Scorer
@@ -103,10 +105,12 @@ class Actor:
         # Verifier processes start before vLLM (spawned, never forked from the engine's process state).
         self.scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
                              needs_pool=config.task.kind == "files")
+        # A resumed run's engine starts with the checkpoint's weights, that version.
+        self.start_version = read_meta(config.checkpoint.resume_from)["version"] if config.checkpoint.resume_from else 0
         start = time.perf_counter()
-        self.engine = Engine(config.model.path, config.model.dtype, config.run.seed * 1000 + actor_id,
+        self.engine = Engine(config.policy_path, config.model.dtype, config.run.seed * 1000 + actor_id,
                              max_model_len=self._max_model_len(), gpu_memory_utilization=config.actors.gpu_memory_utilization,
-                             tensor_parallel_size=config.actors.tensor_parallel_size)
+                             tensor_parallel_size=config.actors.tensor_parallel_size, version=self.start_version)
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
         ctx = zmq.Context.instance()
         buffer_at = endpoint(net.buffer_address, net.buffer_actor_port)
@@ -120,12 +124,13 @@ class Actor:
                              net.request_timeout_s, self.metrics, self.log)
         self.outbox.start()
         self.finishing = False  # after `stop`: saying bye and writing the figures
-        self.stats = {"load_s": [], "recv_s": [], "versions": [0], "eval_s": 0.0, "evaluated": []}
+        self.stats = {"load_s": [], "recv_s": [], "versions": [self.start_version], "eval_s": 0.0, "evaluated": []}
         self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
         self.eval_metrics = MetricsWriter(config.run_dir, "eval", config.net.telemetry_address) if self.eval_every else None
         self.rollout = Rollout(self.engine, self.link, self.receiver, self.outbox, rollout_settings(config, self.codec),
                                self.log, self.metrics, on_loaded=self.on_loaded,
                                pause=Evaluation(self) if self.eval_every else None)
+        self.rollout.version = self.start_version
 
     def _max_model_len(self) -> int:
         response = max_over_stages(self.config, "max_response_tokens")
@@ -161,9 +166,9 @@ class Actor:
 
     def run(self) -> None:
         self.link.hello()
-        self.metrics.log({"actor/version": 0}, step=0)
+        self.metrics.log({"actor/version": self.version}, step=self.version)
         if self.rollout.s.probe_prompt is not None:
-            self.rollout.start_probe()  # version 0's probe
+            self.rollout.start_probe()  # the starting version's probe
         started = time.perf_counter()
         self.rollout.run()
         self.outbox.drain(self.config.net.request_timeout_s * 3)

@@ -19,6 +19,12 @@ class OnlineFilter:
         solved = bool(np.all(np.asarray(rewards) >= 1.0))
         self._all_correct[prompt_id] = self._all_correct.get(prompt_id, True) and solved
 
+    def state_dict(self) -> dict:
+        return {"prompt_ids": list(self._all_correct), "all_correct": list(self._all_correct.values())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._all_correct = {int(p): bool(ok) for p, ok in zip(state["prompt_ids"], state["all_correct"], strict=True)}
+
     def end_stage(self) -> set[int]:
         """Prompts solved in every sample during the stage that ends now; starts counting afresh."""
         solved = {pid for pid, ok in self._all_correct.items() if ok}

@@ -10,8 +10,9 @@ Message types (producer -> consumer):
 
   actor   -> buffer   hello, grant_request, group, grant_return, bye
   buffer  -> actor    grant, wait, ack, stop
-  learner -> buffer   hello, batch_request, version, done
-  buffer  -> learner  batch, wait, stop
+  learner -> buffer   hello, batch_request, version, checkpoint, done
+  buffer  -> learner  batch, wait, stop, ack (to checkpoint: the buffer's
+                      state, saved in the learner's checkpoint)
   learner -> actor    weights (announcement of one broadcast; the tensors
                       themselves travel through the collective, see
                       learner/weight_sync.py)
@@ -34,7 +35,7 @@ MESSAGE_TYPES = frozenset(
     {
         "hello", "grant_request", "group", "grant_return", "bye",
         "grant", "wait", "ack", "stop",
-        "batch_request", "version", "done", "batch",
+        "batch_request", "version", "checkpoint", "done", "batch",
         "weights",
         "metrics", "summary",
     }

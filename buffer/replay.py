@@ -24,6 +24,10 @@ class ReplayStore:
     def __len__(self) -> int:
         return len(self._groups)
 
+    def prompt_ids(self) -> list[int]:
+        """The prompts of the stored groups, oldest first."""
+        return [g.prompt_id for g in self._groups]
+
     def is_duplicate(self, group: TrajectoryGroup) -> bool:
         return (group.actor_id, group.seq) in self._seen
 

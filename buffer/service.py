@@ -12,7 +12,9 @@ Two ROUTER sockets, one event loop, no threads:
   later) or rejected with the protocol reason (counted, logged, never fatal).
 * the learner (DEALER) sends `batch_request` (long-polled: answered as soon as
   enough fresh groups exist, or `wait` after `poll_s`), `version` after it
-  publishes weights, and `done` at the end.
+  publishes weights, `checkpoint` (answered with `state_dict`, which the
+  learner saves in its checkpoint; a resumed buffer starts from it) and `done`
+  at the end.
 
 After `done`, actors asking for work are told to `stop`; the buffer exits once
 every actor said `bye` (or `net.request_timeout_s` has passed), writing its
@@ -22,6 +24,8 @@ final figures to `roles/buffer.json`.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import signal
 import time
@@ -100,6 +104,7 @@ class BufferService:
         self.rejected_uniform = {"solve_all": 0, "solve_none": 0}
         self.duplicates = 0
         self.accepted = 0  # groups accepted; each ends trained, dropped stale, dropped uniform or still stored
+        self.requeued = 0  # groups stored at the checkpoint a run resumed from: given back, generated again
         self.staleness_trained: list[int] = []
         self.actors_seen: set[int] = set()
         self.actors_done: set[int] = set()
@@ -109,6 +114,8 @@ class BufferService:
         self.pending_since = 0.0
         self.done_at: float | None = None
         self.stop_requested = False
+        if config.checkpoint.resume_from:
+            self.load_state(config.checkpoint.resume_from)
 
     # ------------------------------------------------------------------ actors
 
@@ -305,6 +312,8 @@ class BufferService:
                 raise ProtocolError("bad_value", f"n_groups {n_groups} is not in [1, buffer.max_groups]")
             self.pending_batch = (ident, msg)
             self.pending_since = time.monotonic()
+        elif msg.type == "checkpoint":  # the learner saves this with its checkpoint of the current version
+            server.reply(ident, msg, "ack", {"status": "ok", "state": self.state_dict()})
         elif msg.type == "done":
             self.done_at = time.monotonic()
             server.reply(ident, msg, "ack", {"status": "ok"})
@@ -403,9 +412,53 @@ class BufferService:
         """Where every accepted group went; `unaccounted` is 0 unless a group was lost or counted twice.
         Retried duplicates were never accepted (`duplicates`)."""
         ends = {"trained": len(self.staleness_trained), "dropped_stale": self.dropped_stale,
-                "dropped_uniform": sum(self.rejected_uniform.values()), "still_buffered": len(self.store)}
+                "dropped_uniform": sum(self.rejected_uniform.values()), "still_buffered": len(self.store),
+                "requeued_at_resume": self.requeued}
         return {"accepted": self.accepted, **ends, "unaccounted": self.accepted - sum(ends.values()),
                 "duplicates_discarded": self.duplicates}
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def state_dict(self) -> dict:
+        """What a run resumed at this version needs from the buffer (saved in the learner's checkpoint as
+        buffer_state.json). Groups not trained yet, stored or still being generated, are not kept: their
+        prompts go back to the front of the stream, to be generated again by the resumed policy."""
+        prompts = self.prompts.state_dict()
+        prompts["returned"] = self.store.prompt_ids() + list(self.granted) + prompts["returned"]
+        ages = self.staleness_trained
+        return {
+            "version": self.budget.version,
+            "budget_accepted": self.budget.accepted - len(self.store),  # groups consumed by the steps so far
+            "prompts": prompts,
+            "online_filter": self.online_filter.state_dict(),
+            "online_filtered": self.online_filtered,
+            "accepted": self.accepted, "dropped_stale": self.dropped_stale, "duplicates": self.duplicates,
+            "requeued": self.requeued + len(self.store),
+            "rejected_uniform": dict(self.rejected_uniform),
+            "rejected": dict(self.rejected),
+            "trained_staleness_hist": np.bincount(ages).tolist() if ages else [],
+        }
+
+    def load_state(self, checkpoint: str) -> None:
+        """Continue from `<checkpoint>/buffer_state.json` (written by `state_dict`)."""
+        path = os.path.join(checkpoint, "buffer_state.json")
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            self.prompts.load_state_dict(state["prompts"])
+            self.budget.on_version(int(state["version"]))
+            self.budget.accepted = int(state["budget_accepted"])
+            self.online_filter.load_state_dict(state["online_filter"])
+            self.online_filtered = int(state["online_filtered"])
+            self.accepted, self.dropped_stale = int(state["accepted"]), int(state["dropped_stale"])
+            self.duplicates, self.requeued = int(state["duplicates"]), int(state["requeued"])
+            self.rejected_uniform.update({k: int(state["rejected_uniform"][k]) for k in self.rejected_uniform})
+            self.rejected.update({k: int(v) for k, v in state["rejected"].items() if k in self.rejected})
+            self.staleness_trained = [age for age, n in enumerate(state["trained_staleness_hist"]) for _ in range(int(n))]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"cannot resume the buffer from {path}: {exc!r}") from None
+        self.log.info("resumed", version=self.budget.version, requeued=len(state["prompts"]["returned"]),
+                      epoch=self.prompts.epoch, trained=len(self.staleness_trained))
 
     def summary(self) -> dict:
         ages = self.staleness_trained

@@ -167,6 +167,11 @@ class ActorsConfig(_Section):
     inflight_sequences: int = Field(0, ge=0)
     """update_mode = "inflight": sequences kept in the engine; new prompts are asked for as they finish.
     0 = prompts_per_chunk x the largest group size."""
+    seeded_requests: bool = False
+    """Give every generation request its own sampling seed, from run.seed, the request (prompt and sample) and
+    the policy version: the same weights and prompt give the same samples whatever else runs in the engine, so a run resumed
+    from a checkpoint (with buffer.max_staleness = 0) repeats the uninterrupted one. Costs one noise draw per
+    request per decoding step."""
     probe: bool = False
     """After every weight load, generate 4 greedy tokens of a fixed prompt and log their summed log-prob as
     `actor/probe_logprob` (changes exactly when the engine's weights change: a check for weight sync)."""
@@ -449,6 +454,21 @@ class AlgoConfig(_Section):
         return self
 
 
+class CheckpointConfig(_Section):
+    """Learner checkpoints under `<run_dir>/checkpoints/step_NNNNNN/` and how a run continues from one
+    (docs/checkpoints.md)."""
+
+    every_steps: int = Field(50, ge=0)
+    """Write a checkpoint after every this many learner steps (0: only at the end of the run). The last step
+    always writes one, so a finished run can be extended with `launch.py run --resume RUN_DIR --set
+    learner.steps=N`."""
+    keep: int = Field(2, ge=1)
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+    resume_from: str = ""
+    """A checkpoint directory this run continues from. Set by `launch.py run --resume`, not by hand: every
+    role reads its part of that directory at start."""
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     """Run identity and outputs."""
@@ -472,6 +492,8 @@ class Config(_Section):
     """Addresses, ports and request deadlines."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Held-out evaluation."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpoints and resuming."""
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":
@@ -514,6 +536,14 @@ class Config(_Section):
             raise ValueError(f"algo.stages: a stage starts at step {self.algo.stages[-1].start_step}, but the run "
                              f"has only learner.steps = {self.learner.steps}")
         return self
+
+    @property
+    def policy_path(self) -> str:
+        """The weights the policy starts from: the checkpoint's model when resuming, else `model.path`
+        (which stays the starting policy: the KL reference, the tokenizer)."""
+        import os
+
+        return os.path.join(self.checkpoint.resume_from, "model") if self.checkpoint.resume_from else self.model.path
 
     @property
     def run_dir(self) -> str:

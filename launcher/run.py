@@ -14,6 +14,7 @@ The launcher is a supervisor only, the same on every back-end (launcher/backend.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from launcher.placement import check_placement, is_loopback, slot_env
 from launcher.plan import Plan, PlanError, local_plan, make_plan
 from launcher.ports import assign_ports
 from launcher.preflight import PreflightError, check_environment
+from launcher.resume import LAUNCH_CONFIG, prepare_resumed_dir, save_launch_config
 from launcher.status import StatusView
 from launcher.stop_signals import StopSignals
 from launcher.summary import build_summary, first_step_ts, human
@@ -80,14 +82,16 @@ def run_phase(backend: Backend, spec: RoleSpec, log_dir: str, timeout_s: float, 
 
 def prepare_run_dir(config: Config) -> str:
     run_dir = config.run_dir
+    if config.checkpoint.resume_from:  # continuing: keep everything up to the checkpoint
+        prepare_resumed_dir(config)
     # `launch.py submit` leaves only its batch script (submit/) there: that is not an old run.
-    if os.path.exists(run_dir) and set(os.listdir(run_dir)) - {"submit"}:
+    elif os.path.exists(run_dir) and set(os.listdir(run_dir)) - {"submit"}:
         if not config.run.overwrite:
             raise RunFailed(f"{run_dir} exists and run.overwrite = false; pick another run.name")
-        # Old outputs would mix with the new ones (metrics.jsonl is appended to).
-        for old in ("logs", "roles", "final"):
+        # Old outputs would mix with the new ones (metrics.jsonl is appended to; --resume reads checkpoints/).
+        for old in ("logs", "roles", "final", "checkpoints", *map(os.path.basename, glob.glob(os.path.join(run_dir, "logs.*")))):
             shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
-        for old in ("metrics.jsonl", "summary.json", "plan.json"):
+        for old in ("metrics.jsonl", "summary.json", "plan.json", LAUNCH_CONFIG):
             if os.path.exists(os.path.join(run_dir, old)):
                 os.remove(os.path.join(run_dir, old))
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
@@ -195,12 +199,15 @@ def _warn_if_exposed(config: Config) -> None:
 
 def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float) -> dict:
     wall_start = time.monotonic()
+    given = config.model_copy(deep=True)  # before addresses, ports and the policy path are filled in
     plan = make_layout(config, backend)
     try:
         check_environment(config, local=backend.kind == "local", gpus=len(backend.nodes[0].device_ids))
     except PreflightError as exc:
         raise RunFailed(str(exc)) from None
     run_dir = prepare_run_dir(config)
+    if not config.checkpoint.resume_from:
+        save_launch_config(given, run_dir)  # what `launch.py run --resume` continues with
     logs = os.path.join(run_dir, "logs")
     cfg_path = os.path.join(run_dir, "config.json")
     assign_ports(config)
@@ -237,13 +244,17 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
                cfg_path: str, wall_start: float, launched_at: float) -> dict:
     run_dir = config.run_dir
     logs = os.path.join(run_dir, "logs")
-    print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
-    prepare = _spec(plan, backend, config, "learner", 0, "prepare", "learner.warm_start", ["--config", cfg_path])
-    prepare = RoleSpec(prepare.name, prepare.module, prepare.args, prepare.node,
-                       {k: v for k, v in prepare.env.items() if k == "CUDA_VISIBLE_DEVICES"})  # one process, no group
-    run_phase(backend, prepare, logs, config.run.prepare_timeout_s, stop, "run.prepare_timeout_s")
-    config.model.path = _result(collector, "prepare")["model_dir"]
-    dump_resolved(config, cfg_path)  # the fully resolved config: ports and the policy actually used
+    resumed = config.checkpoint.resume_from
+    if resumed:  # the policy was prepared and evaluated before the checkpoint was written
+        print(f"resuming from {resumed}", flush=True)
+    else:
+        print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
+        prepare = _spec(plan, backend, config, "learner", 0, "prepare", "learner.warm_start", ["--config", cfg_path])
+        prepare = RoleSpec(prepare.name, prepare.module, prepare.args, prepare.node,
+                           {k: v for k, v in prepare.env.items() if k == "CUDA_VISIBLE_DEVICES"})  # one process
+        run_phase(backend, prepare, logs, config.run.prepare_timeout_s, stop, "run.prepare_timeout_s")
+        config.model.path = _result(collector, "prepare")["model_dir"]
+        dump_resolved(config, cfg_path)  # the fully resolved config: ports and the policy actually used
 
     def evaluation(tag: str, model: str, version: int) -> None:
         # Before and after RL no engine runs: evaluation takes actor 0's node and GPUs.
@@ -251,7 +262,7 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
                      ["--config", cfg_path, "--model", model, "--tag", tag, "--version", str(version)])
         run_phase(backend, spec, logs, config.run.eval_timeout_s, stop, "run.eval_timeout_s")
 
-    if config.eval.before_and_after:
+    if config.eval.before_and_after and not resumed:
         print("evaluating the starting policy on the held-out split ...", flush=True)
         evaluation("eval_before", config.model.path, 0)
         print(f"  accuracy before RL: {_result(collector, 'eval_before')['accuracy']:.3f}")
@@ -292,7 +303,9 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
         summary["rejected_messages"] = {**summary["rejected_messages"],
                                         **{f"telemetry_{k}": v for k, v in collector.refused.items()}}
     summary["total_wall_s"] = time.monotonic() - wall_start
-    first = first_step_ts(run_dir)
+    if resumed:
+        summary["resumed_from"] = resumed
+    first = first_step_ts(run_dir, since=launched_at)
     summary["time_to_first_step_s"] = first - launched_at if first is not None else None
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -53,12 +53,23 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
     return summary
 
 
-def first_step_ts(run_dir: str) -> float | None:
-    """Unix time of the learner's first logged step (bring-up cost: launch -> first step)."""
+def ledger_line(ledger: dict | None) -> str:
+    if not ledger:
+        return "groups              (no ledger)"
+    requeued = " + {requeued_at_resume} generated again after resuming".format(**ledger) \
+        if ledger.get("requeued_at_resume") else ""
+    return ("groups              {accepted} accepted = {trained} trained + {dropped_stale} stale + {dropped_uniform} "
+            "all-equal + {still_buffered} left" + requeued + "; {unaccounted} unaccounted, {duplicates_discarded} "
+            "duplicates discarded").format(**ledger)
+
+
+def first_step_ts(run_dir: str, since: float = 0.0) -> float | None:
+    """Unix time of the learner's first step logged after `since` (bring-up cost: launch -> first step; a
+    resumed run's metrics also hold the steps before it)."""
     from telemetry.metrics import read_metrics
 
     records, _ = read_metrics(run_dir)
-    return min((r["ts"] for r in records if r.get("role") == "learner"), default=None)
+    return min((r["ts"] for r in records if r.get("role") == "learner" and r["ts"] >= since), default=None)
 
 
 def eval_curve(run_dir: str) -> list[dict]:
@@ -90,9 +101,7 @@ def human(summary: dict) -> str:
         "rejection sampling  {} groups all right, {} all wrong dropped; {} prompts filtered online".format(
             summary.get("filtering", {}).get("solve_all", 0), summary.get("filtering", {}).get("solve_none", 0),
             summary.get("filtering", {}).get("online_filtered", 0)),
-        "groups              {accepted} accepted = {trained} trained + {dropped_stale} stale + {dropped_uniform} "
-        "all-equal + {still_buffered} left; {unaccounted} unaccounted, {duplicates_discarded} duplicates "
-        "discarded".format(**summary["ledger"]) if summary.get("ledger") else "groups              (no ledger)",
+        ledger_line(summary.get("ledger")),
         f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)",
         *time_lines(summary.get("time", {})),
         f"wall                {summary['wall_s']:.0f} s of RL"

@@ -36,12 +36,12 @@ def attention_implementation(setting: str, device: torch.device) -> str:
     return "sdpa"
 
 
-def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype = torch.float32):
-    """The model at `cfg.path` in `dtype` (the learner's fp32 master weights by default)."""
+def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype = torch.float32, path: str = ""):
+    """The model at `path` (default `cfg.path`) in `dtype` (the learner's fp32 master weights by default)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        cfg.path, dtype=dtype, attn_implementation=attention_implementation(cfg.attn_implementation, device)
+        path or cfg.path, dtype=dtype, attn_implementation=attention_implementation(cfg.attn_implementation, device)
     )
     return model.to(device)
 

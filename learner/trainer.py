@@ -11,16 +11,18 @@ receiver thread is always ready). Waiting for a batch is measured
 (`learner/wait_for_batch_s`); past `learner.batch_wait_s` without data the
 learner fails with an error.
 
-At the end it saves the policy (model.dtype) to `runs/<name>/final/`, tells
-the buffer `done`, and writes its figures to `roles/learner.json`.
+Every `checkpoint.every_steps` steps and after the last one it writes a
+checkpoint (learner/checkpoint.py: fp32 weights, optimiser, RNG, entropy
+controller, version, and the buffer's state fetched with a `checkpoint`
+message); with `checkpoint.resume_from` set it starts from one. At the end it
+saves the policy (model.dtype) to `runs/<name>/final/`, tells the buffer
+`done`, and writes its figures to `roles/learner.json`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import time
 
 import numpy as np
@@ -34,6 +36,7 @@ from configs.schema import Config
 from configs.stages import stage_at
 from kernels.logprob_entropy import resolve_impl
 from launcher.cpu_cores import learner_cores, pin
+from learner import checkpoint
 from learner.entropy_control import make_entropy_control
 from learner.model import Policy, load_causal_lm
 from learner.packing import layout_for
@@ -76,7 +79,7 @@ class Learner:
             self.logprob_impl = resolve_impl(lc.logprob_impl, self.device)
         except ValueError as err:
             raise ValueError(f"learner.logprob_impl: {err}") from None
-        self.policy = self.load_policy().train()
+        self.policy = self.load_policy(config.policy_path).train()
         lm_config = self.policy.lm.config
         layout = layout_for(lc.packing, lm_config._attn_implementation)
         self.log.info("learner", rank=self.ranks.rank, ranks=self.ranks.world, sharded=self.ranks.sharded,
@@ -97,18 +100,25 @@ class Learner:
                                                  bind=net.bind_address(net.learner_address))
         self.version = 0
         self.controller = make_entropy_control(config.algo.entropy)
-        # A frozen copy of the initial policy, only when a KL penalty asks for one.
+        self.resumed_from = config.checkpoint.resume_from
+        if self.resumed_from:  # weights came from <checkpoint>/model; the rest from the checkpoint's files
+            state = checkpoint.load(self.resumed_from, self.policy, self.optimizer, self.ranks)
+            self.version = int(state["version"])
+            self.controller.load_state_dict(state["entropy_control"])
+            self.log.info("resumed", checkpoint=self.resumed_from, version=self.version)
+        self.start_version = self.version
+        # A frozen copy of the initial policy (model.path), only when a KL penalty asks for one.
         self.reference = None
         if config.algo.kl_coef > 0:
-            self.reference = self.load_policy().eval().requires_grad_(False)
+            self.reference = self.load_policy(config.model.path).eval().requires_grad_(False)
         self.settings = UpdateSettings(
             algo=config.algo, eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, grad_clip=lc.grad_clip,
             pad_id=lm_config.pad_token_id if lm_config.pad_token_id is not None else 0,
             micro_batch_tokens=lc.micro_batch_tokens, layout=layout)
 
-    def load_policy(self) -> Policy:
+    def load_policy(self, path: str) -> Policy:
         cfg = self.config
-        lm = load_causal_lm(cfg.model, self.device, torch.float32)  # fp32 masters (learner.master_dtype)
+        lm = load_causal_lm(cfg.model, self.device, torch.float32, path)  # fp32 masters (learner.master_dtype)
         policy = Policy(lm, cfg.actors.temperature, self.logprob_impl, cfg.learner.logprob_chunk)
         return parallelize(policy, self.ranks, self.dtype, cfg.learner.activation_checkpointing,
                            cfg.learner.offload_optimizer)
@@ -148,11 +158,11 @@ class Learner:
     def run(self) -> dict:
         cfg = self.config
         self.request("hello", {})
-        self.request("version", {"version": 0})
+        self.request("version", {"version": self.version})
         totals = {"tokens": 0, "broadcast_s": [], "staleness": []}
         budget = TimeBudget()  # where the wall time goes: roles/learner.json "time", summary.json
         started = time.perf_counter()
-        for step in range(cfg.learner.steps):
+        for step in range(self.start_version, cfg.learner.steps):
             t0 = time.perf_counter()
             with budget.measure("waiting_for_batch"):
                 groups, staleness, report = self.next_batch()
@@ -172,34 +182,41 @@ class Learner:
                 self.request("version", {"version": self.version})
             totals["tokens"] += values["learner/tokens"]
             totals["staleness"].extend(staleness)
-            if not self.ranks.main:
-                continue
-            elapsed = time.perf_counter() - started
-            values.update({
-                "learner/step": step + 1,
-                "learner/version": self.version,
-                "learner/ranks": self.ranks.world,
-                "learner/wait_for_batch_s": t1 - t0,
-                "learner/step_s": t2 - t1,
-                "learner/tokens_per_s": values["learner/tokens"] / (t2 - t1),
-                "learner/wait_for_batch_frac": budget.seconds["waiting_for_batch"] / elapsed,
-                "learner/busy_frac": budget.busy_frac("training", "broadcasting"),
-                "learner/staleness_mean": float(np.mean(staleness)),
-                "learner/staleness_max": int(max(staleness)),
-                "learner/staleness_hist": np.bincount(staleness, minlength=cfg.buffer.max_staleness + 1).tolist(),
-                "learner/stage": stage_at(cfg, step).index,
-                **groups_metrics(report),
-            })
-            self.metrics.log(values, step=self.version)
-            self.log.info("step", step=step + 1, reward=round(values["reward/mean"], 3),
-                          loss=round(values["learner/loss"], 4), staleness_max=int(max(staleness)),
-                          micro_batches=values["learner/micro_batches"], wait_s=round(t1 - t0, 3))
+            if self.ranks.main:
+                elapsed = time.perf_counter() - started
+                values.update({
+                    "learner/step": step + 1,
+                    "learner/version": self.version,
+                    "learner/ranks": self.ranks.world,
+                    "learner/wait_for_batch_s": t1 - t0,
+                    "learner/step_s": t2 - t1,
+                    "learner/tokens_per_s": values["learner/tokens"] / (t2 - t1),
+                    "learner/wait_for_batch_frac": budget.seconds["waiting_for_batch"] / elapsed,
+                    "learner/busy_frac": budget.busy_frac("training", "broadcasting"),
+                    "learner/staleness_mean": float(np.mean(staleness)),
+                    "learner/staleness_max": int(max(staleness)),
+                    "learner/staleness_hist": np.bincount(staleness, minlength=cfg.buffer.max_staleness + 1).tolist(),
+                    "learner/stage": stage_at(cfg, step).index,
+                    **groups_metrics(report),
+                })
+                self.metrics.log(values, step=self.version)
+                self.log.info("step", step=step + 1, reward=round(values["reward/mean"], 3),
+                              loss=round(values["learner/loss"], 4), staleness_max=int(max(staleness)),
+                              micro_batches=values["learner/micro_batches"], wait_s=round(t1 - t0, 3))
+            # Every rank, after the step's metrics went out (a run resumed from here keeps the records before it).
+            every = cfg.checkpoint.every_steps
+            if every and self.version % every == 0 and self.version < cfg.learner.steps:
+                with budget.measure("checkpointing"):
+                    self.save_checkpoint()
         wall = time.perf_counter() - started
+        with budget.measure("checkpointing"):
+            self.save_checkpoint()
         with budget.measure("saving"):
             self.save_final()
         summary = {
             "time": budget.as_dict(),
             "steps": cfg.learner.steps,
+            "resumed_from_step": self.start_version if self.resumed_from else None,
             "ranks": self.ranks.world,
             "tokens_per_s": totals["tokens"] / budget.seconds["training"] if budget.seconds.get("training") else 0.0,
             "wait_for_batch_frac": budget.seconds.get("waiting_for_batch", 0.0) / wall if wall else 0.0,
@@ -217,25 +234,41 @@ class Learner:
         self.ranks.close()
         return summary
 
-    def save_final(self) -> None:
-        """The policy in model.dtype, gathered one tensor at a time (every rank takes part; rank 0 writes)."""
+    def gathered_state(self, dtype: torch.dtype) -> dict | None:
+        """The whole policy in `dtype`, gathered one tensor at a time (every rank takes part; rank 0 gets it,
+        the others None)."""
         state = {}
         for name, t in self.policy.lm.state_dict().items():
             whole = full_tensor(t.detach())
             if self.ranks.main:
-                state[name] = whole.to(self.dtype if whole.is_floating_point() else whole.dtype).cpu()
-        if not self.ranks.main:
-            return
-        out = os.path.join(self.config.run_dir, "final")
-        self.policy.lm.config.dtype = self.dtype
-        self.policy.lm.save_pretrained(out, state_dict=state, safe_serialization=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
-            src = os.path.join(self.config.model.path, name)
-            if os.path.exists(src) and not os.path.exists(os.path.join(out, name)):
-                shutil.copy(src, out)
-        # What a resumed run needs besides weights and optimiser: the version and the entropy controller.
-        with open(os.path.join(out, "learner_state.json"), "w") as f:
-            json.dump({"version": self.version, "entropy_control": self.controller.state_dict()}, f, indent=2)
+                state[name] = whole.to(dtype if whole.is_floating_point() else whole.dtype).cpu()
+        return state if self.ranks.main else None
+
+    def save_checkpoint(self) -> None:
+        """Checkpoint of the current version (learner/checkpoint.py), the buffer's state included."""
+        start = time.perf_counter()
+        reply = self.request("checkpoint", {})
+        buffer_state = None
+        if self.ranks.main:
+            if reply.type != "ack" or not isinstance(reply.body.get("state"), dict):
+                raise RuntimeError(f"the buffer did not send its state for the checkpoint: {reply.type} {reply.body}")
+            buffer_state = reply.body["state"]
+        cfg = self.config
+        path = checkpoint.save(cfg.run_dir, self.version, self.version, self.policy, self.optimizer, self.ranks,
+                               self.gathered_state(torch.float32),
+                               {"version": self.version, "entropy_control": self.controller.state_dict()},
+                               buffer_state, cfg.model.path, cfg.checkpoint.keep, protect=self.resumed_from)
+        if self.ranks.main:
+            seconds = time.perf_counter() - start
+            self.metrics.log({"learner/checkpoint_s": seconds}, step=self.version)
+            self.log.info("checkpoint", path=path, seconds=round(seconds, 3))
+
+    def save_final(self) -> None:
+        """The policy in model.dtype, for evaluation and use (the checkpoints keep the fp32 masters)."""
+        state = self.gathered_state(self.dtype)
+        if self.ranks.main:
+            checkpoint.save_model(self.policy.lm, state, os.path.join(self.config.run_dir, "final"), self.dtype,
+                                  self.config.model.path)
 
 
 def main(config: Config) -> None:

@@ -20,7 +20,7 @@ TIMEOUT = 10.0
 
 def start_service(tmp_path, **overrides):
     model_dir = tmp_path / "tok"
-    model_dir.mkdir(exist_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
     build_tokenizer().save(str(model_dir / "tokenizer.json"))
     (model_dir / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
     (model_dir / "config.json").write_text(json.dumps({"eos_token_id": 2}))
@@ -223,3 +223,63 @@ def test_shrink_mode_trains_on_fewer_groups_and_skips_an_all_equal_batch(tmp_pat
         thread.join(timeout=5)
         actor.close()
         learner.close()
+
+
+def test_checkpoint_state_gives_untrained_groups_back_and_a_resumed_buffer_continues_from_it(tmp_path):
+    """The `checkpoint` reply is what a resumed buffer starts from: the data cursor, the version, the
+    budget and the ledger; groups stored or in flight at the checkpoint are granted again first."""
+    svc, actor, learner, _, thread = start_service(tmp_path / "a", buffer={"max_staleness": 1})
+    try:
+        learner.request("version", {"version": 0}, TIMEOUT)
+        grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 3}, TIMEOUT)
+        p0, p1, p2 = grant.body["prompts"]  # η = 1: up to two steps' worth (4) may be granted
+        for seq, p in enumerate((p0, p1)):
+            assert actor.request("group", group_for(p, seq=seq).to_wire(), TIMEOUT).body["status"] == "accepted"
+        assert learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT).type == "batch"
+        learner.request("version", {"version": 1}, TIMEOUT)
+        assert actor.request("group", group_for(p2, seq=2).to_wire(), TIMEOUT).body["status"] == "accepted"
+        p3 = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 1}, TIMEOUT).body["prompts"][0]
+        reply = learner.request("checkpoint", {}, TIMEOUT)
+        assert reply.type == "ack" and reply.body["status"] == "ok"
+        state = reply.body["state"]
+        # Trained: p0, p1. Stored: p2. In flight: p3. Both untrained ones come back, stored first.
+        assert state["version"] == 1 and state["budget_accepted"] == 2
+        assert state["prompts"]["returned"] == [p2["prompt_id"], p3["prompt_id"]]
+        assert state["requeued"] == 1 and state["accepted"] == 3 and state["trained_staleness_hist"] == [2]
+        # A message the buffer does not accept from the actors' side.
+        ack = actor.request("checkpoint", {"actor_id": 0}, TIMEOUT).body
+        assert (ack["status"], ack["reason"]) == ("rejected", "unknown_type")
+    finally:
+        svc.stop_requested = True
+        thread.join(timeout=5)
+        actor.close()
+        learner.close()
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "buffer_state.json").write_text(json.dumps(state))
+    svc2, actor2, learner2, _, thread2 = start_service(tmp_path / "b", buffer={"max_staleness": 1},
+                                                       checkpoint={"resume_from": str(ckpt)})
+    try:
+        assert svc2.budget.version == 1 and svc2.budget.accepted == 2
+        grant = actor2.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 4}, TIMEOUT)
+        ids = [p["prompt_id"] for p in grant.body["prompts"]]
+        # (η + v + 1) · B - accepted = 3 · 2 - 2 = 4 grants; the two given back come first.
+        assert len(ids) == 4 and ids[:2] == [p2["prompt_id"], p3["prompt_id"]]
+        assert len(set(ids) | {p0["prompt_id"], p1["prompt_id"]}) == 6  # nothing trained comes back
+        ledger = svc2.ledger()
+        assert ledger["accepted"] == 3 and ledger["trained"] == 2 and ledger["requeued_at_resume"] == 1
+        assert ledger["unaccounted"] == 0
+    finally:
+        svc2.stop_requested = True
+        thread2.join(timeout=5)
+        actor2.close()
+        learner2.close()
+
+
+def test_a_broken_buffer_state_is_refused_naming_the_file(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "buffer_state.json").write_text('{"version": 1}')
+    with pytest.raises(RuntimeError, match="buffer_state.json"):
+        start_service(tmp_path / "b", checkpoint={"resume_from": str(ckpt)})

@@ -25,10 +25,11 @@ class FakeEngine:
         self.requests = {}  # sequence id -> [prompt, max_tokens, generated, stream, tokens, logprobs, versions, request]
         self.held = {}  # request of n -> its finished sequences' deltas, reported when the last one ends
         self.added, self.aborted = [], []
+        self.seeds = {}  # request id -> the sampling seed it was added with
         self.step_count = 0
         self.batch_sizes = []
 
-    def add(self, request_id, prompt, max_tokens, temperature, top_p, stop_token_id, salt, stream=False, n=1):
+    def add(self, request_id, prompt, max_tokens, temperature, top_p, stop_token_id, salt, stream=False, n=1, seed=None):
         assert not (stream and n > 1)
         ids = [request_id] if n == 1 else [f"{request_id}/{k}" for k in range(n)]
         for sid in ids:
@@ -37,6 +38,7 @@ class FakeEngine:
         if n > 1:
             self.held[request_id] = []
         self.added.append((request_id, list(np.asarray(prompt)), max_tokens, salt))
+        self.seeds[request_id] = seed
 
     def step(self):
         from actors.engine import Delta
@@ -271,3 +273,27 @@ def test_in_flight_bookkeeping_ignores_outputs_of_a_restarted_request():
     with pytest.raises(ValueError, match="cannot restart alone"):
         flight.restart(together[0])
     assert flight.drop_all() == [together[0].engine_request]  # one engine request to abort for the group
+
+
+@pytest.mark.parametrize("kv", ["keep", "recompute"])
+def test_seeded_requests_draw_from_what_they_are_not_when_they_run(kv):
+    """actors.seeded_requests: a request's seed depends on the prompt, the sample, the version (and, restarted,
+    the tokens it has), never on request ids or timing, so a resumed run samples what the uninterrupted one did."""
+    from actors.rollout import request_seed
+
+    def seeds(lengths, seed, target=8):
+        rollout, engine, _, _ = make(lengths, schedule=[(3, 1)], n=2, target=target, update_mode="inflight",
+                                     inflight_kv=kv, seed=seed)
+        rollout.run()
+        return engine, sorted(v for v in engine.seeds.values() if v is not None)
+
+    # Other lengths and a smaller engine: the requests finish, start and restart in another order.
+    engine, forward = seeds([6, 7, 8], seed=5)
+    _, other = seeds([8, 7, 6], seed=5, target=6)
+    assert forward == other and len(set(forward)) == len(forward)
+    assert request_seed(5, 0, 0) in forward and request_seed(5, 0, 0) != request_seed(6, 0, 0)
+    assert request_seed(5, 0, 0) != request_seed(5, 0, 1) != request_seed(5, 1, 0)
+    if kv == "recompute":  # restarted on version 1 with the tokens so far
+        assert any(v == request_seed(5, 0, 1, sample, 3) for v in forward for sample in (0, 1))
+    _, unseeded = seeds([6, 7, 8], seed=None)
+    assert unseeded == []  # off: the engine's own stream

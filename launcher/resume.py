@@ -1,0 +1,108 @@
+"""`launch.py run --resume PATH`: continue a run from a checkpoint (learner/checkpoint.py).
+
+PATH is a run directory (its newest complete checkpoint is used) or one checkpoint directory
+(`<run_dir>/checkpoints/step_NNNNNN`). The run continues in the same run directory with the config it was
+launched with (`launch_config.json`, written by every run), plus any `--set` given now (e.g. a larger
+`learner.steps` to extend a finished run). The policy preparation and the evaluation before RL are not
+repeated; metrics written after the checkpoint are dropped from metrics.jsonl (that part of the run is done
+again), and the interrupted attempt's logs move to `logs.<N>/`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from configs.loader import ConfigError, apply_override, validate
+from configs.schema import Config
+from learner.checkpoint import CheckpointError, complete, read_meta
+
+LAUNCH_CONFIG = "launch_config.json"  # the config as given to `launch.py run` (before ports and paths are filled)
+KEPT_ROLE_FILES = ("prepare.json", "eval_before.json")  # results of phases a resumed run does not repeat
+
+
+def find_checkpoint(path: str) -> tuple[str, str]:
+    """(run directory, checkpoint directory) for PATH; ConfigError says what is missing."""
+    path = os.path.normpath(os.path.abspath(path))
+    if os.path.exists(os.path.join(path, "meta.json")):
+        return os.path.dirname(os.path.dirname(path)), path
+    if not os.path.isdir(path):
+        raise ConfigError(f"--resume {path}: no such run or checkpoint directory")
+    found = complete(path)
+    if not found:
+        raise ConfigError(f"--resume {path}: no complete checkpoint under {path}/checkpoints "
+                          "(they are written every checkpoint.every_steps steps and at the end of a run)")
+    return path, found[-1]
+
+
+def resume_config(path: str, overrides: list[str] = ()) -> Config:
+    """The config of the run at PATH, continued from its checkpoint, with `overrides` (KEY=VALUE) applied."""
+    run_dir, ckpt = find_checkpoint(path)
+    try:
+        meta = read_meta(ckpt)
+    except CheckpointError as exc:
+        raise ConfigError(f"--resume: {exc}") from None
+    try:
+        with open(os.path.join(run_dir, LAUNCH_CONFIG)) as f:
+            tree = json.load(f)
+        with open(os.path.join(run_dir, "config.json")) as f:
+            resolved = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume {run_dir}: cannot read the run's config ({exc})") from None
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    config = validate(tree)
+    config.run.output_dir, config.run.name = os.path.split(run_dir)
+    config.run.overwrite = True
+    config.model.path = resolved["model"]["path"]  # the prepared starting policy: KL reference, tokenizer
+    config.checkpoint.resume_from = ckpt
+    if meta["version"] >= config.learner.steps:
+        raise ConfigError(f"--resume: the checkpoint is at step {meta['version']} and learner.steps = "
+                          f"{config.learner.steps}: nothing left to train (to train further, add --set "
+                          f"learner.steps=N with N > {meta['version']})")
+    return config
+
+
+def save_launch_config(config: Config, run_dir: str) -> None:
+    with open(os.path.join(run_dir, LAUNCH_CONFIG), "w") as f:
+        json.dump(config.model_dump(mode="json"), f, indent=2)
+
+
+def prepare_resumed_dir(config: Config) -> None:
+    """Keep what the run did up to the checkpoint; set aside what came after it."""
+    run_dir = config.run_dir
+    written_at = read_meta(config.checkpoint.resume_from).get("written_at", float("inf"))
+    keep_records_before(os.path.join(run_dir, "metrics.jsonl"), written_at)
+    for path in glob.glob(os.path.join(run_dir, "roles", "*.json")):
+        if os.path.basename(path) not in KEPT_ROLE_FILES:
+            os.remove(path)
+    if os.path.exists(os.path.join(run_dir, "summary.json")):
+        os.remove(os.path.join(run_dir, "summary.json"))
+    logs = os.path.join(run_dir, "logs")
+    if os.path.isdir(logs):
+        n = 1
+        while os.path.exists(f"{logs}.{n}"):
+            n += 1
+        os.rename(logs, f"{logs}.{n}")
+
+
+def keep_records_before(path: str, ts: float) -> int:
+    """Rewrite metrics.jsonl without the records written after `ts`; returns how many were dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and _ts(line) <= ts]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _ts(line: str) -> float:
+    try:
+        return float(json.loads(line).get("ts", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return float("inf")  # a torn last line: dropped with what came after the checkpoint

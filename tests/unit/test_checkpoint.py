@@ -1,0 +1,161 @@
+"""Learner checkpoints (learner/checkpoint.py) and `launch.py run --resume` (launcher/resume.py) on one CPU
+rank: exact optimizer and RNG restore, whole-or-nothing directories, pruning, and the errors a user sees.
+Resuming whole runs (and a sharded learner) is tests/integration/test_resume.py."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from configs.loader import ConfigError
+from configs.schema import Config
+from launcher.resume import LAUNCH_CONFIG, keep_records_before, resume_config
+from learner import checkpoint
+from learner.parallel import Ranks
+from learner.tiny_model import build_tiny_model
+
+ONE = Ranks(0, 1, torch.device("cpu"), sharded=False)
+
+
+class Policy(torch.nn.Module):
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("tiny"))
+    config = Config.model_validate({"model": {"tiny": {"hidden_size": 32, "num_attention_heads": 1,
+                                                       "num_key_value_heads": 1, "intermediate_size": 48}}})
+    return build_tiny_model(config, out)
+
+
+def load(path):
+    from transformers import AutoModelForCausalLM
+
+    return Policy(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
+
+
+def train(policy, optimizer, steps, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        ids = torch.randint(0, policy.lm.config.vocab_size, (3, 7), generator=gen)
+        optimizer.zero_grad()
+        policy.lm(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+
+
+def save(run_dir, step, policy, optimizer, keep=2, protect=""):
+    state = {k: v.detach().clone() for k, v in policy.lm.state_dict().items()}
+    return checkpoint.save(str(run_dir), step, step, policy, optimizer, ONE, state,
+                           {"version": step, "entropy_control": {"coef": 0.5}}, {"version": step},
+                           policy.lm.name_or_path, keep, protect)
+
+
+def test_a_resumed_optimizer_and_rng_continue_exactly(tmp_path, model_dir):
+    policy = load(model_dir)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.1)
+    train(policy, opt, 3, seed=1)
+    torch.manual_seed(123)
+    path = save(tmp_path, 3, policy, opt)
+    after_save = torch.rand(5)
+
+    # The checkpoint's model is a Hugging Face directory with the fp32 masters and the tokenizer.
+    resumed = load(os.path.join(path, "model"))
+    assert os.path.exists(os.path.join(path, "model", "tokenizer.json"))
+    assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), resumed.parameters()))
+    opt2 = torch.optim.AdamW(resumed.parameters(), lr=1e-2, weight_decay=0.1)
+    torch.manual_seed(999)  # whatever the process did before: the checkpoint's RNG state wins
+    state = checkpoint.load(path, resumed, opt2, ONE)
+    assert state == {"version": 3, "entropy_control": {"coef": 0.5}}
+    assert torch.equal(torch.rand(5), after_save)
+
+    train(policy, opt, 2, seed=2)
+    train(resumed, opt2, 2, seed=2)
+    # Adam's moments and step count came back: the two continue identically.
+    assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), resumed.parameters()))
+    fresh = load(os.path.join(path, "model"))
+    train(fresh, torch.optim.AdamW(fresh.parameters(), lr=1e-2, weight_decay=0.1), 2, seed=2)
+    assert not all(torch.equal(a, b) for a, b in zip(policy.parameters(), fresh.parameters()))  # the test can fail
+
+
+def test_only_complete_checkpoints_count_and_old_ones_are_pruned(tmp_path, model_dir):
+    policy = load(model_dir)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    train(policy, opt, 1, seed=0)
+    first = save(tmp_path, 1, policy, opt, keep=2)
+    save(tmp_path, 2, policy, opt, keep=2, protect=first)
+    save(tmp_path, 3, policy, opt, keep=2, protect=first)
+    names = lambda: [os.path.basename(p) for p in checkpoint.complete(str(tmp_path))]  # noqa: E731
+    assert names() == ["step_000001", "step_000002", "step_000003"]  # step 1 is protected (resumed from)
+    save(tmp_path, 4, policy, opt, keep=2)
+    assert names() == ["step_000003", "step_000004"]
+    # A write that died half-way: a temp dir, or a step dir without meta.json; neither is a checkpoint.
+    os.makedirs(os.path.join(tmp_path, "checkpoints", ".tmp-step_000005", "model"))
+    os.makedirs(os.path.join(tmp_path, "checkpoints", "step_000006", "model"))
+    assert names() == ["step_000003", "step_000004"]
+    save(tmp_path, 5, policy, opt, keep=2)  # replaces the dead temp dir
+    assert names() == ["step_000004", "step_000005"]
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", ".tmp-step_000005"))
+    with pytest.raises(checkpoint.CheckpointError, match="no meta.json"):
+        checkpoint.read_meta(os.path.join(tmp_path, "checkpoints", "step_000006"))
+
+
+def make_run(tmp_path, model_dir, steps=6, ckpt_steps=(2, 4)):
+    run_dir = tmp_path / "runs" / "r"
+    config = Config.model_validate({"run": {"output_dir": str(tmp_path / "runs"), "name": "r"},
+                                    "learner": {"steps": steps}})
+    os.makedirs(run_dir / "checkpoints")
+    (run_dir / LAUNCH_CONFIG).write_text(json.dumps(config.model_dump(mode="json")))
+    resolved = config.model_copy(deep=True)
+    resolved.model.path = model_dir
+    (run_dir / "config.json").write_text(json.dumps(resolved.model_dump(mode="json")))
+    for step in ckpt_steps:
+        d = run_dir / "checkpoints" / f"step_{step:06d}"
+        for part in ("model", "optimizer"):
+            os.makedirs(d / part)
+        for name in ("trainer_state.json", "buffer_state.json"):
+            (d / name).write_text("{}")
+        (d / "meta.json").write_text(json.dumps({"step": step, "version": step, "ranks": 1, "written_at": 100.0 + step}))
+    return run_dir
+
+
+def test_resume_picks_the_newest_checkpoint_and_keeps_the_launch_config(tmp_path, model_dir):
+    run_dir = make_run(tmp_path, model_dir)
+    config = resume_config(str(run_dir), ["learner.lr=3e-4"])
+    assert config.checkpoint.resume_from == str(run_dir / "checkpoints" / "step_000004")
+    assert config.run_dir == str(run_dir) and config.model.path == model_dir
+    assert config.learner.steps == 6 and config.learner.lr == 3e-4
+    assert config.policy_path == os.path.join(config.checkpoint.resume_from, "model")
+    named = resume_config(str(run_dir / "checkpoints" / "step_000002"))
+    assert named.checkpoint.resume_from.endswith("step_000002") and named.run_dir == str(run_dir)
+
+
+def test_resume_errors_say_what_to_do(tmp_path, model_dir):
+    run_dir = make_run(tmp_path, model_dir, steps=4)
+    with pytest.raises(ConfigError, match=r"at step 4 and learner.steps = 4.*--set learner.steps=N with N > 4"):
+        resume_config(str(run_dir))
+    assert resume_config(str(run_dir), ["learner.steps=8"]).learner.steps == 8  # extending a finished run
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        resume_config(str(make_run(tmp_path / "empty", model_dir, ckpt_steps=())))
+    with pytest.raises(ConfigError, match="no such run"):
+        resume_config(str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="learner.stepz"):
+        resume_config(str(run_dir), ["learner.stepz=8"])
+
+
+def test_resume_takes_no_config_file(tmp_path, model_dir, capsys):
+    import launch
+
+    run_dir = make_run(tmp_path, model_dir)
+    assert launch.main(["run", "--resume", str(run_dir), "--config", "configs/tiny.toml"]) == 2
+    assert "drop --config" in capsys.readouterr().err
+
+
+def test_metrics_after_the_checkpoint_are_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"ts": ts, "step": ts}) + "\n" for ts in (1, 2, 3, 4)) + '{"ts": 5, "st')
+    assert keep_records_before(str(path), 2.5) == 3  # two later records and a torn last line
+    assert [json.loads(line)["ts"] for line in path.read_text().splitlines()] == [1, 2]
