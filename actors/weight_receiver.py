@@ -20,6 +20,7 @@ from datetime import timedelta
 import torch
 import zmq
 
+from buffer.curve import CurveKeys, secure_client
 from buffer.protocol import decode, encode, require
 from buffer.transport import HWM
 from learner.weight_sync import Bucket, hello_identity, make_group, unflatten
@@ -35,8 +36,9 @@ class StagedWeights:
 
 class WeightReceiver(threading.Thread):
     def __init__(self, actor_id: int, host: str, sync_port: int, store_port: int, world_size: int,
-                 backend: str, timeout_s: float, device: torch.device):
+                 backend: str, timeout_s: float, device: torch.device, keys: CurveKeys | None = None):
         super().__init__(name=f"weight-receiver-{actor_id}", daemon=True)
+        self.keys = keys  # the run's CURVE keys (net.auth = "curve"), else None
         self.actor_id = actor_id
         self.rank = actor_id + 1
         self.args = (host, sync_port, store_port, world_size, backend, timeout_s)
@@ -56,6 +58,7 @@ class WeightReceiver(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.IDENTITY, hello_identity(self.actor_id))  # the learner checks it against actor_id
+        secure_client(sock, self.keys)
         try:
             sock.connect(f"tcp://{host}:{sync_port}")
             sock.send(encode("hello", {"actor_id": self.actor_id}))

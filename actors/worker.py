@@ -82,6 +82,7 @@ class Actor:
         from actors.outbox import Outbox
         from actors.rollout import Rollout
         from actors.weight_receiver import WeightReceiver
+        from buffer.curve import role_keys
         from buffer.transport import Client, endpoint
         from learner.checkpoint import read_meta
         from learner.weight_sync import pick_backend
@@ -95,9 +96,10 @@ class Actor:
         self.metrics = MetricsWriter(config.run_dir, f"actor:{actor_id}", config.net.telemetry_address)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net = config.net
+        keys = role_keys(net.auth)  # CURVE keys for every socket (None: net.auth off)
         # The receiver joins the broadcast group first so the learner never waits on vLLM start-up.
         self.receiver = WeightReceiver(actor_id, net.learner_address, net.sync_port, net.store_port, config.actors.count + 1,
-                                       pick_backend(config.sync.backend, device), config.sync.timeout_s, device)
+                                       pick_backend(config.sync.backend, device), config.sync.timeout_s, device, keys)
         self.receiver.start()
         self.codec = TextCodec(config.model.path)
         # Periodic held-out evaluation, by one actor only.
@@ -114,13 +116,13 @@ class Actor:
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
         ctx = zmq.Context.instance()
         buffer_at = endpoint(net.buffer_address, net.buffer_actor_port)
-        self.client = Client(ctx, buffer_at, f"actor-{actor_id}", config.buffer.max_message_bytes, "buffer")
+        self.client = Client(ctx, buffer_at, f"actor-{actor_id}", config.buffer.max_message_bytes, "buffer", keys)
         self.link = BufferLink(self.client, actor_id, net.request_timeout_s, config.actors.group_size,
                                config.actors.max_response_tokens)
         # Groups go out on their own socket, from the outbox thread.
         self.outbox = Outbox(actor_id, self.scorer, self.codec,
                              Client(ctx, buffer_at, f"actor-{actor_id}-groups", config.buffer.max_message_bytes,
-                                    "buffer"),
+                                    "buffer", keys),
                              net.request_timeout_s, self.metrics, self.log)
         self.outbox.start()
         self.finishing = False  # after `stop`: saying bye and writing the figures

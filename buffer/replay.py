@@ -1,7 +1,8 @@
 """The replay store: whole trajectory groups in arrival order, bounded.
 
 Producer: the buffer service, as actors' groups are accepted. Consumer: the
-learner's batch requests. `take` first drops every group that is already too
+learner's batch requests. Memory is bounded by `max_groups` and, for duplicate detection, a window
+of recent sequence numbers per actor (`SeenSequences`). `take` first drops every group that is already too
 stale (counted), then hands out the oldest `n` fresh groups, or nothing if
 fewer than `n` are ready (batches are never partial). A full store refuses new
 groups (the actor is told and retries); nothing is evicted silently.
@@ -15,11 +16,41 @@ from buffer.protocol import TrajectoryGroup
 from buffer.staleness import StalenessBudget
 
 
+class SeenSequences:
+    """The (actor, seq) pairs already answered, to discard resends; bounded for runs of any length.
+
+    Per actor it keeps the newest `window` sequence numbers; older ones are folded into a floor, and a
+    resend at or below the floor counts as seen. An actor numbers its groups in order and resends a group
+    only while it is among its few newest unanswered ones (actors/outbox.py), far inside the window."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self._recent: dict[int, set[int]] = {}
+        self._floor: dict[int, int] = {}
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        actor, seq = key
+        return seq <= self._floor.get(actor, -1) or seq in self._recent.get(actor, ())
+
+    def add(self, key: tuple[int, int]) -> None:
+        actor, seq = key
+        recent = self._recent.setdefault(actor, set())
+        recent.add(seq)
+        if len(recent) > self.window:  # fold the older half into the floor
+            ordered = sorted(recent)
+            cut = ordered[len(ordered) // 2]
+            self._floor[actor] = max(self._floor.get(actor, -1), cut)
+            self._recent[actor] = {q for q in ordered if q > cut}
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._recent.values())
+
+
 class ReplayStore:
     def __init__(self, max_groups: int):
         self.max_groups = max_groups
         self._groups: deque[TrajectoryGroup] = deque()
-        self._seen: set[tuple[int, int]] = set()
+        self._seen = SeenSequences(window=max(1024, 4 * max_groups))
 
     def __len__(self) -> int:
         return len(self._groups)

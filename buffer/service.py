@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from buffer.curve import role_keys, stop_authenticator
 from buffer.online_filter import OnlineFilter
 from buffer.prompts import PromptStream
 from buffer.protocol import (REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require,
@@ -104,6 +105,7 @@ class BufferService:
         self.rejected_uniform = {"solve_all": 0, "solve_none": 0}
         self.duplicates = 0
         self.accepted = 0  # groups accepted; each ends trained, dropped stale, dropped uniform or still stored
+        self.max_stored = 0  # the most groups the store held at once (bounded by buffer.max_groups)
         self.requeued = 0  # groups stored at the checkpoint a run resumed from: given back, generated again
         self.staleness_trained: list[int] = []
         self.actors_seen: set[int] = set()
@@ -277,6 +279,7 @@ class BufferService:
             self.count_uniform(kind)
             return {"status": "accepted", "seq": group.seq}
         self.store.add(group)
+        self.max_stored = max(self.max_stored, len(self.store))
         return {"status": "accepted", "seq": group.seq}
 
     def count_uniform(self, kind: str) -> None:
@@ -379,8 +382,9 @@ class BufferService:
         cfg = self.config
         ctx = zmq.Context()
         bind = cfg.net.bind_address(cfg.net.buffer_address)
-        actors = Server(ctx, endpoint(bind, cfg.net.buffer_actor_port))
-        learner = Server(ctx, endpoint(bind, cfg.net.buffer_learner_port))
+        keys = role_keys(cfg.net.auth)
+        actors = Server(ctx, endpoint(bind, cfg.net.buffer_actor_port), keys)
+        learner = Server(ctx, endpoint(bind, cfg.net.buffer_learner_port), keys)
         poller = zmq.Poller()
         poller.register(actors.sock, zmq.POLLIN)
         poller.register(learner.sock, zmq.POLLIN)
@@ -405,6 +409,7 @@ class BufferService:
         finally:
             actors.close()
             learner.close()
+            stop_authenticator(ctx)
             ctx.term()
         return self.summary()
 
@@ -475,6 +480,7 @@ class BufferService:
             "online_filtered": self.online_filtered,
             "duplicates": self.duplicates,
             "groups_trained": len(ages),
+            "max_stored": self.max_stored,
             "ledger": self.ledger(),
             "actors": self.actor_stats,
         }

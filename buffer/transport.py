@@ -15,6 +15,7 @@ import time
 
 import zmq
 
+from buffer.curve import CurveKeys, secure_client, secure_server
 from buffer.protocol import Message, decode, encode
 
 HWM = 1000
@@ -25,8 +26,11 @@ def endpoint(host: str, port: int) -> str:
 
 
 class Client:
-    def __init__(self, ctx: zmq.Context, address: str, identity: str, max_bytes: int, peer: str):
+    def __init__(self, ctx: zmq.Context, address: str, identity: str, max_bytes: int, peer: str,
+                 keys: CurveKeys | None = None):
+        """`keys`: the run's CURVE keys (net.auth = "curve", buffer/curve.py); None: plain TCP."""
         self.sock = ctx.socket(zmq.DEALER)
+        secure_client(self.sock, keys)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, HWM)
         self.sock.setsockopt(zmq.RCVHWM, HWM)
@@ -36,10 +40,18 @@ class Client:
         self.peer = peer
         self._rids = itertools.count(1)
 
+    def _send(self, data: bytes, type_: str, deadline: float, timeout_s: float) -> None:
+        """Send within the deadline: a DEALER with no live connection (server gone, CURVE handshake refused,
+        queue full) would otherwise block in send for ever."""
+        left = deadline - time.monotonic()
+        if left <= 0 or not self.sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
+            raise TimeoutError(f"could not send {type_!r} to {self.peer} within {timeout_s:.0f}s (not connected?)")
+        self.sock.send(data, zmq.NOBLOCK)
+
     def request(self, type_: str, body: dict, timeout_s: float) -> Message:
         rid = next(self._rids)
-        self.sock.send(encode(type_, {**body, "rid": rid}))
         deadline = time.monotonic() + timeout_s
+        self._send(encode(type_, {**body, "rid": rid}), type_, deadline, timeout_s)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
@@ -52,12 +64,15 @@ class Client:
         """Send every request at once, then collect the replies by request id: one round trip's latency for
         all of them. A request with no reply within `timeout_s` gets None."""
         at = {}
+        deadline = time.monotonic() + timeout_s
         for i, body in enumerate(bodies):
             rid = next(self._rids)
             at[rid] = i
-            self.sock.send(encode(type_, {**body, "rid": rid}))
+            try:
+                self._send(encode(type_, {**body, "rid": rid}), type_, deadline, timeout_s)
+            except TimeoutError:
+                break  # the rest get None, as requests without a reply
         replies: list[Message | None] = [None] * len(bodies)
-        deadline = time.monotonic() + timeout_s
         while at:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
@@ -79,8 +94,9 @@ class Client:
 class Server:
     """A ROUTER socket: `recv` returns (identity, raw bytes); `reply` echoes the request id."""
 
-    def __init__(self, ctx: zmq.Context, address: str):
+    def __init__(self, ctx: zmq.Context, address: str, keys: CurveKeys | None = None):
         self.sock = ctx.socket(zmq.ROUTER)
+        secure_server(self.sock, keys)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, HWM)
         self.sock.setsockopt(zmq.RCVHWM, HWM)

@@ -303,6 +303,14 @@ class NetConfig(_Section):
     """Rendezvous port (MASTER_PORT) of the learner ranks' own process group (0 = pick a free port)."""
     request_timeout_s: float = Field(30.0, gt=0)
     """Deadline for one request/reply on a socket; past it the role fails with an error."""
+    auth: Literal["auto", "curve", "off"] = "auto"
+    """ZeroMQ CURVE on every ZeroMQ socket of the run (docs/security.md): a peer without the run's keys can
+    neither connect nor send. "auto": on when any server binds a non-loopback address (every cluster run),
+    off for loopback-only runs. "off" on a non-loopback address is an explicit opt-out (warned)."""
+    curve_keys: str = ""
+    """Directory with `server.key_secret` and `client.key_secret` (ZeroMQ certificates, e.g. from
+    zmq.auth.create_certificates) to use instead of keys generated for the run; they are copied to
+    `<run_dir>/keys/`."""
 
     @property
     def telemetry_address(self) -> str | None:

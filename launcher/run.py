@@ -24,9 +24,12 @@ import time
 from configs.loader import dump_resolved
 from configs.schema import Config
 from launcher.backend import Backend, Handle, RoleSpec
-from launcher.placement import check_placement, is_loopback, slot_env
+from launcher.placement import check_placement, slot_env
 from launcher.plan import Plan, PlanError, local_plan, make_plan
 from launcher.ports import assign_ports
+from buffer.curve import ENV as CURVE_ENV
+from buffer.curve import CurveKeys
+from launcher.auth import resolve_auth
 from launcher.preflight import PreflightError, check_environment
 from launcher.resume import LAUNCH_CONFIG, prepare_resumed_dir, save_launch_config
 from launcher.status import StatusView
@@ -188,15 +191,6 @@ def write_plan(run_dir: str, plan: Plan, backend: Backend, config: Config) -> No
         json.dump(doc, f, indent=2)
 
 
-def _warn_if_exposed(config: Config) -> None:
-    net = config.net
-    exposed = [a for a in {net.bind_host or net.buffer_address, net.bind_host or net.learner_address} if not is_loopback(a)]
-    if exposed:
-        print(f"warning: the buffer and learner bind {', '.join(sorted(exposed))}, not a loopback address: their "
-              "ports accept messages from anything that can reach them, with no authentication (every message is "
-              "still checked and bad ones refused). Use a private network.", file=sys.stderr, flush=True)
-
-
 def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float) -> dict:
     wall_start = time.monotonic()
     given = config.model_copy(deep=True)  # before addresses, ports and the policy path are filled in
@@ -211,16 +205,19 @@ def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float
     logs = os.path.join(run_dir, "logs")
     cfg_path = os.path.join(run_dir, "config.json")
     assign_ports(config)
+    try:
+        keys = resolve_auth(config, run_dir)  # net.auth: CURVE keys for every ZeroMQ socket, or None
+    except ValueError as exc:
+        raise RunFailed(str(exc)) from None
     dump_resolved(config, cfg_path)
     write_plan(run_dir, plan, backend, config)
     if backend.kind != "local":
         print(plan.table(), flush=True)
     print(f"run dir: {run_dir}   (logs in {logs})", flush=True)
-    _warn_if_exposed(config)
     net = config.net
-    collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port).start()
+    collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port, keys).start()
     try:
-        return _run_roles(config, stop, backend, plan, collector, cfg_path, wall_start, launched_at)
+        return _run_roles(config, stop, backend, plan, collector, cfg_path, wall_start, launched_at, keys)
     finally:
         collector.stop()
 
@@ -233,15 +230,15 @@ def _result(collector: Collector, role: str) -> dict:
 
 
 def _spec(plan: Plan, backend: Backend, config: Config, role: str, index: int, name: str, module: str,
-          args: list[str]) -> RoleSpec:
+          args: list[str], keys: CurveKeys | None) -> RoleSpec:
     slot = next(s for s in plan.slots if s.role == role and s.index == index)
     env = slot_env(plan, slot, list(backend.nodes[slot.node].device_ids), config.net.learner_address,
                    config.net.learner_port)
-    return RoleSpec(name, module, args, slot.node, env)
+    return RoleSpec(name, module, args, slot.node, {**env, **(keys.to_env() if keys else {})})
 
 
 def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, collector: Collector,
-               cfg_path: str, wall_start: float, launched_at: float) -> dict:
+               cfg_path: str, wall_start: float, launched_at: float, keys: CurveKeys | None) -> dict:
     run_dir = config.run_dir
     logs = os.path.join(run_dir, "logs")
     resumed = config.checkpoint.resume_from
@@ -249,9 +246,10 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
         print(f"resuming from {resumed}", flush=True)
     else:
         print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
-        prepare = _spec(plan, backend, config, "learner", 0, "prepare", "learner.warm_start", ["--config", cfg_path])
-        prepare = RoleSpec(prepare.name, prepare.module, prepare.args, prepare.node,
-                           {k: v for k, v in prepare.env.items() if k == "CUDA_VISIBLE_DEVICES"})  # one process
+        prepare = _spec(plan, backend, config, "learner", 0, "prepare", "learner.warm_start", ["--config", cfg_path],
+                        keys)
+        prepare = RoleSpec(prepare.name, prepare.module, prepare.args, prepare.node,  # one process, no group
+                           {k: v for k, v in prepare.env.items() if k in ("CUDA_VISIBLE_DEVICES", CURVE_ENV)})
         run_phase(backend, prepare, logs, config.run.prepare_timeout_s, stop, "run.prepare_timeout_s")
         config.model.path = _result(collector, "prepare")["model_dir"]
         dump_resolved(config, cfg_path)  # the fully resolved config: ports and the policy actually used
@@ -259,7 +257,7 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
     def evaluation(tag: str, model: str, version: int) -> None:
         # Before and after RL no engine runs: evaluation takes actor 0's node and GPUs.
         spec = _spec(plan, backend, config, "actor", 0, tag, "actors.evaluate",
-                     ["--config", cfg_path, "--model", model, "--tag", tag, "--version", str(version)])
+                     ["--config", cfg_path, "--model", model, "--tag", tag, "--version", str(version)], keys)
         run_phase(backend, spec, logs, config.run.eval_timeout_s, stop, "run.eval_timeout_s")
 
     if config.eval.before_and_after and not resumed:
@@ -273,16 +271,16 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
     view = None
     try:  # a failure part-way through starting the roles still stops the ones already started
         roles.append(backend.start(_spec(plan, backend, config, "buffer", 0, "buffer", "buffer.service",
-                                         ["--config", cfg_path]), logs))
+                                         ["--config", cfg_path], keys), logs))
         learner_ranks = [backend.start(_spec(plan, backend, config, "learner", rank,
                                              "learner" if rank == 0 else f"learner{rank}", "learner.trainer",
-                                             ["--config", cfg_path]), logs)
+                                             ["--config", cfg_path], keys), logs)
                          for rank in range(config.learner.ranks)]
         roles.extend(learner_ranks)
         learner = learner_ranks[0]  # rank 0 talks to the buffer and the actors; its exit ends the run
         for i in range(config.actors.count):
             roles.append(backend.start(_spec(plan, backend, config, "actor", i, f"actor{i}", "actors.worker",
-                                             ["--config", cfg_path, "--actor-id", str(i)]), logs))
+                                             ["--config", cfg_path, "--actor-id", str(i)], keys), logs))
         view = StatusView(run_dir, config.learner.steps)
         supervise(config, backend, roles, learner, view, collector, stop)
     finally:

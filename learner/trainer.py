@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import zmq
 
+from buffer.curve import role_keys
 from buffer.protocol import decode, encode, parse_group
 from buffer.transport import Client, endpoint
 from configs.loader import load_resolved
@@ -92,12 +93,13 @@ class Learner:
         self.buffer = self.broadcaster = None
         if self.ranks.main:
             ctx = zmq.Context.instance()
+            keys = role_keys(net.auth)
             self.buffer = Client(ctx, endpoint(net.buffer_address, net.buffer_learner_port), "learner",
-                                 config.buffer.max_message_bytes, "buffer")
+                                 config.buffer.max_message_bytes, "buffer", keys)
             self.broadcaster = WeightBroadcaster(ctx, net.learner_address, net.sync_port, net.store_port,
                                                  config.actors.count, pick_backend(config.sync.backend, self.device),
                                                  config.sync.timeout_s, self.device,
-                                                 bind=net.bind_address(net.learner_address))
+                                                 bind=net.bind_address(net.learner_address), keys=keys)
         self.version = 0
         self.controller = make_entropy_control(config.algo.entropy)
         self.resumed_from = config.checkpoint.resume_from

@@ -30,6 +30,7 @@ from datetime import timedelta
 import torch
 import zmq
 
+from buffer.curve import CurveKeys, secure_server
 from buffer.protocol import ProtocolError, decode, encode, require
 from buffer.transport import HWM
 
@@ -116,10 +117,12 @@ class WeightBroadcaster:
     """Learner side: rank 0 of the broadcast group plus the announcement socket."""
 
     def __init__(self, ctx: zmq.Context, host: str, sync_port: int, store_port: int, num_actors: int,
-                 backend: str, timeout_s: float, device: torch.device, bind: str | None = None):
+                 backend: str, timeout_s: float, device: torch.device, bind: str | None = None,
+                 keys: CurveKeys | None = None):
         """`host`: the address actors reach this learner at (the store's address too); `bind`: the IP or
-        interface the announcement socket binds (default `host`)."""
+        interface the announcement socket binds (default `host`); `keys`: the run's CURVE keys, if any."""
         self.sock = ctx.socket(zmq.ROUTER)
+        secure_server(self.sock, keys)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, HWM)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

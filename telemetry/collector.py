@@ -85,9 +85,10 @@ def parse_summary(body: dict) -> tuple[str, dict]:
 
 
 class Collector:
-    def __init__(self, run_dir: str, bind: str, port: int):
+    def __init__(self, run_dir: str, bind: str, port: int, keys=None):
+        """`keys`: the run's CURVE keys (buffer/curve.py) when net.auth is curve."""
         self.run_dir = run_dir
-        self.server = Server(zmq.Context.instance(), f"tcp://{bind}:{port}")
+        self.server = Server(zmq.Context.instance(), f"tcp://{bind}:{port}", keys)
         self.server.sock.setsockopt(zmq.MAXMSGSIZE, MAX_BYTES)
         os.makedirs(os.path.join(run_dir, "roles"), exist_ok=True)
         self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")

@@ -22,6 +22,7 @@ import time
 
 import zmq
 
+from buffer.curve import ENV, from_env, secure_client
 from buffer.protocol import ProtocolError, decode, encode
 
 HWM = 10_000
@@ -43,6 +44,8 @@ class LauncherLink:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged (flush, summary) before exit
         self.sock.setsockopt(zmq.SNDHWM, HWM)
+        # net.auth = "curve": the launcher gave this role the run's keys (buffer/curve.py).
+        secure_client(self.sock, from_env() if ENV in os.environ else None)
         self.sock.connect(address)
         self.address = address
         self.dropped = 0

@@ -49,6 +49,10 @@ def test_roles_run_on_two_ray_nodes_and_train_to_the_end(ray_address, tmp_path):
     with open(os.path.join(run_dir, "logs", "actor0.out")) as f:
         assert '"event": "exit"' in f.read()  # gathered from the node through the role's Ray actor
     assert "| 1 | 0 | actor 0 |" in proc.stdout  # the plan table
+    # The roles bind the nodes' non-loopback address: net.auth "auto" turned CURVE on for every ZeroMQ socket.
+    with open(os.path.join(run_dir, "config.json")) as f:
+        assert json.load(f)["net"]["auth"] == "curve"
+    assert os.path.exists(os.path.join(run_dir, "keys", "client.key_secret"))
     print(f"ray: launch to summary {time.monotonic() - started:.0f} s; {json.dumps(summary['eval'])}")
 
 

@@ -115,7 +115,8 @@ def test_the_ledger_accounts_for_every_accepted_group_once(tmp_path):
             actor.request("group", body, TIMEOUT)
         assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "batch"
         assert svc.ledger() == {"accepted": 6, "trained": 2, "dropped_stale": 2, "dropped_uniform": 1,
-                                "still_buffered": 1, "unaccounted": 0, "duplicates_discarded": 1}
+                                "still_buffered": 1, "requeued_at_resume": 0, "unaccounted": 0,
+                                "duplicates_discarded": 1}
     finally:
         svc.stop_requested = True
         thread.join(timeout=5)

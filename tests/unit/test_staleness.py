@@ -77,3 +77,24 @@ def test_store_never_hands_partial_batches_and_dedupes():
     store.add(group(1, 0))
     assert store.is_full()
     assert [g.seq for g in store.take(2)] == [0, 1]
+
+
+def test_duplicate_detection_stays_bounded_over_a_long_run():
+    """Issue 14 soak: the set of answered (actor, seq) pairs grew by one entry per group for ever (about 3000
+    groups/s in benchmarks/buffer_soak.py). Now each actor keeps a window; older sequence numbers fold into a
+    floor and still count as seen."""
+    from buffer.replay import SeenSequences
+
+    seen = SeenSequences(window=100)
+    for seq in range(100_000):
+        seen.add((3, seq))
+        seen.add((7, seq * 2))
+    assert len(seen) <= 2 * 100
+    assert (3, 5) in seen and (3, 99_999) in seen and (3, 100_000) not in seen
+    assert (7, 199_998) in seen and (7, 199_997 + 2) not in seen and (7, 199_999) not in seen  # odd: never sent
+    assert (5, 0) not in seen  # another actor
+    # Out of order inside the window is exact.
+    fresh = SeenSequences(window=100)
+    for seq in (5, 3, 9):
+        fresh.add((0, seq))
+    assert [(0, q) in fresh for q in range(10)] == [q in (3, 5, 9) for q in range(10)]

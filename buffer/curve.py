@@ -1,0 +1,138 @@
+"""ZeroMQ CURVE for every ZeroMQ socket of a run (`net.auth = "curve"`, docs/security.md).
+
+A run has two key pairs: one for the servers (buffer, learner announcements, launcher collector) and one
+for the clients (actors, learner, every role's telemetry link). A server socket encrypts with the server
+secret key and lets in only connections that prove they hold the client secret key (a ZAP handler per
+process checks the client's public key). A client must know the server's public key and hold the client
+pair. So a peer without the keys can neither connect nor inject: its handshake fails before any message
+reaches our code, and it is never counted as a message.
+
+The launcher generates the keys (or reads them from `net.curve_keys`), writes them under `<run_dir>/keys/`
+(mode 0600) and hands them to every role in the `ASYNCOR_CURVE_KEYS` environment variable. They do not
+appear on a command line, so other users of a node never see them in `ps`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import zmq
+
+ENV = "ASYNCOR_CURVE_KEYS"
+FILES = ("server.key", "server.key_secret", "client.key", "client.key_secret")
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    server_public: bytes
+    server_secret: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    def to_env(self) -> dict[str, str]:
+        # Z85 text has no ','.
+        return {ENV: ",".join(k.decode() for k in (self.server_public, self.server_secret, self.client_public,
+                                                   self.client_secret))}
+
+
+def generate() -> CurveKeys:
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    return CurveKeys(server_public, server_secret, client_public, client_secret)
+
+
+def save(keys: CurveKeys, directory: str) -> None:
+    """Key files in ZeroMQ's certificate format (zmq.auth.load_certificate reads them); secrets are 0600."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for name, public, secret in (("server", keys.server_public, keys.server_secret),
+                                 ("client", keys.client_public, keys.client_secret)):
+        for suffix, with_secret in (("key", False), ("key_secret", True)):
+            path = os.path.join(directory, f"{name}.{suffix}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if with_secret else 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(f'metadata\ncurve\n    public-key = "{public.decode()}"\n')
+                if with_secret:
+                    f.write(f'    secret-key = "{secret.decode()}"\n')
+
+
+def load(directory: str) -> CurveKeys:
+    """Keys given by the user (`net.curve_keys`): server.key_secret and client.key_secret in `directory`."""
+    from zmq.auth import load_certificate
+
+    pairs = []
+    for name in ("server", "client"):
+        path = os.path.join(directory, f"{name}.key_secret")
+        try:
+            public, secret = load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"net.curve_keys: cannot read {path} ({exc}); it needs server.key_secret and "
+                             "client.key_secret (zmq.auth.create_certificates writes them)") from None
+        if not secret:
+            raise ValueError(f"net.curve_keys: {path} holds no secret key")
+        pairs += [public, secret]
+    return CurveKeys(*pairs)
+
+
+def from_env(environ=os.environ) -> CurveKeys:
+    """The keys the launcher gave this role; a clear error if it gave none."""
+    parts = environ.get(ENV, "").split(",")
+    if len(parts) != 4 or not all(len(p) == 40 for p in parts):
+        raise RuntimeError(f'net.auth = "curve" but {ENV} does not hold the run\'s keys: start roles with '
+                           "launch.py, which generates them")
+    return CurveKeys(*(p.encode() for p in parts))
+
+
+def role_keys(auth: str) -> CurveKeys | None:
+    """The keys a role uses for its sockets: None unless the (resolved) config says curve."""
+    return from_env() if auth == "curve" else None
+
+
+def secure_client(sock: zmq.Socket, keys: CurveKeys | None) -> None:
+    """Before connect: talk to a server holding the run's server key, proving the client key."""
+    if keys is not None:
+        sock.curve_serverkey = keys.server_public
+        sock.curve_publickey = keys.client_public
+        sock.curve_secretkey = keys.client_secret
+
+
+class _AllowedClients:
+    """The ZAP check: the client proved it holds the secret of one of these public keys."""
+
+    def __init__(self):
+        self.keys: set[bytes] = set()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+_authenticators: dict[int, tuple[object, _AllowedClients]] = {}
+_lock = threading.Lock()
+
+
+def secure_server(sock: zmq.Socket, keys: CurveKeys | None) -> None:
+    """Before bind: encrypt with the server key and admit only clients holding the client key."""
+    if keys is None:
+        return
+    from zmq.auth.thread import ThreadAuthenticator
+
+    with _lock:  # one ZAP handler per context, started before the first server socket binds
+        ctx = sock.context
+        if id(ctx) not in _authenticators:
+            auth, allowed = ThreadAuthenticator(ctx), _AllowedClients()
+            auth.start()
+            auth.configure_curve_callback("*", credentials_provider=allowed)
+            _authenticators[id(ctx)] = (auth, allowed)
+        _authenticators[id(ctx)][1].keys.add(keys.client_public)
+    sock.curve_secretkey = keys.server_secret
+    sock.curve_publickey = keys.server_public
+    sock.curve_server = True
+
+
+def stop_authenticator(ctx: zmq.Context) -> None:
+    """Before the context is terminated (a running ZAP thread holds a socket of it)."""
+    with _lock:
+        entry = _authenticators.pop(id(ctx), None)
+    if entry is not None:
+        entry[0].stop()

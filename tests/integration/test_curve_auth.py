@@ -1,0 +1,171 @@
+"""ZeroMQ CURVE (issue 14 item 7, buffer/curve.py): with `net.auth = "curve"`, every ZeroMQ server of a run
+(the buffer's two ports, the learner's weight announcements, the launcher's collector) serves only peers
+holding the run's keys. A peer without them cannot connect or inject. Its bytes never reach our decoder,
+so nothing is counted and nothing changes. Peers with the keys are served as before."""
+
+import socket
+import time
+
+import pytest
+import zmq
+
+from buffer import curve
+from buffer.protocol import encode
+from buffer.transport import Client, endpoint
+from launcher.auth import exposed_binds, resolve_auth
+from launcher.ports import free_port
+from telemetry.collector import Collector
+from tests.integration.test_buffer_service import start_service
+
+TIMEOUT = 5.0
+
+
+def outsiders(keys):
+    """Peers without the run's keys: plain TCP, a plain ZeroMQ socket, a CURVE client with its own key pair
+    (it knows the server's public key, e.g. from keys/server.key), and one claiming the client public key
+    without its secret."""
+    own_public, own_secret = zmq.curve_keypair()
+    return {
+        "plain": None,
+        "own_pair": curve.CurveKeys(keys.server_public, b"", own_public, own_secret),
+        "stolen_public": curve.CurveKeys(keys.server_public, b"", keys.client_public, own_secret),
+    }
+
+
+def raw_tcp(port, data):
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(data)
+        s.settimeout(1.0)
+        try:
+            return s.recv(4096)
+        except (TimeoutError, ConnectionResetError):
+            return b""
+
+
+@pytest.fixture
+def keys(monkeypatch):
+    keys = curve.generate()
+    monkeypatch.setenv(curve.ENV, keys.to_env()[curve.ENV])
+    return keys
+
+
+def test_the_buffer_serves_only_peers_with_the_keys(tmp_path, keys):
+    svc, actor, learner, _, thread = start_service(tmp_path, net={"auth": "curve", "request_timeout_s": 2.0})
+    ctx = zmq.Context.instance()
+    at = endpoint("127.0.0.1", svc.config.net.buffer_actor_port)
+    try:
+        # start_service's clients are plain: a buffer with CURVE does not answer them.
+        with pytest.raises(TimeoutError):
+            actor.request("hello", {"actor_id": 0}, 1.0)
+        for name, pair in outsiders(keys).items():
+            intruder = Client(ctx, at, "actor-0", 1 << 20, "buffer", pair)
+            try:
+                for _ in range(2):  # the second finds the connection refused: its send keeps the deadline too
+                    start = time.monotonic()
+                    with pytest.raises(TimeoutError):
+                        intruder.request("hello", {"actor_id": 0}, 1.0)
+                    assert time.monotonic() - start < 2.0, name
+                try:
+                    intruder.sock.send(b"\xc1junk", zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # no connection to queue it on
+            finally:
+                intruder.close()
+        raw_tcp(svc.config.net.buffer_actor_port, b"\xff" + b"\x00" * 8 + b"\x7f" + b"junk" * 100)
+        honest = Client(ctx, at, "actor-0", 1 << 20, "buffer", keys)
+        try:
+            reply = honest.request("hello", {"actor_id": 0}, TIMEOUT)
+            assert reply.type == "ack" and reply.body["status"] == "ok"
+            grant = honest.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2}, TIMEOUT)
+            assert grant.type == "grant"
+        finally:
+            honest.close()
+        # Nothing any outsider sent reached the decoder: no rejection counted, no peer seen but the honest one.
+        assert not any(svc.rejected.values()) and svc.actors_seen == {0}
+    finally:
+        svc.stop_requested = True
+        thread.join(timeout=5)
+        actor.close()
+        learner.close()
+    assert not thread.is_alive()  # the ZAP handler stopped with the buffer's context
+
+
+def test_the_collector_writes_only_what_key_holders_send(tmp_path, keys):
+    port = free_port()
+    collector = Collector(str(tmp_path), "127.0.0.1", port, keys).start()
+    ctx = zmq.Context.instance()
+    try:
+        record = {"ts": 1.0, "role": "learner", "step": 1, "learner/loss": 0.5}
+        for name, pair in outsiders(keys).items():
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            curve.secure_client(sock, pair)
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            sock.send(encode("metrics", {"record": record}))
+            sock.send(encode("summary", {"role": "learner", "summary": {"steps": 99}, "rid": 1}))
+            assert not sock.poll(1000)  # no acknowledgement: the handshake never completed
+            sock.close()
+        # An honest role (keys from the environment, as launch.py starts it) gets through.
+        from telemetry.link import LauncherLink
+
+        link = LauncherLink(f"tcp://127.0.0.1:{port}")
+        assert link.summary("learner", {"steps": 3}, TIMEOUT)
+        assert collector.result("learner") == {"steps": 3} and collector.records == 0
+        assert not collector.refused
+    finally:
+        collector.stop()
+
+
+def test_the_learner_announcement_port_ignores_hellos_without_the_keys(keys):
+    ctx = zmq.Context.instance()
+    port = free_port()
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    curve.secure_server(server, keys)  # what WeightBroadcaster does with the run's keys
+    server.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        for name, pair in outsiders(keys).items():
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IDENTITY, b"actor-0-weights")
+            curve.secure_client(sock, pair)
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            sock.send(encode("hello", {"actor_id": 0}))
+            assert not server.poll(500), name
+            sock.close()
+        honest = ctx.socket(zmq.DEALER)
+        honest.setsockopt(zmq.LINGER, 0)
+        curve.secure_client(honest, keys)
+        honest.connect(f"tcp://127.0.0.1:{port}")
+        honest.send(b"hello")
+        assert server.poll(int(TIMEOUT * 1000)) and server.recv_multipart()[-1] == b"hello"
+        honest.close()
+    finally:
+        server.close()
+
+
+def test_auth_is_on_for_exposed_runs_and_off_on_loopback(tmp_path, capsys):
+    from configs.schema import Config
+
+    local = Config.model_validate({})
+    assert exposed_binds(local) == [] and resolve_auth(local, str(tmp_path)) is None and local.net.auth == "off"
+    exposed = Config.model_validate({"net": {"bind_host": "0.0.0.0"}})
+    keys = resolve_auth(exposed, str(tmp_path))
+    assert exposed.net.auth == "curve" and isinstance(keys, curve.CurveKeys)
+    assert (tmp_path / "keys" / "server.key_secret").stat().st_mode & 0o077 == 0  # secrets: owner only
+    # Keys given by the user are read from their certificate files.
+    given = Config.model_validate({"net": {"auth": "curve", "curve_keys": str(tmp_path / "keys")}})
+    assert resolve_auth(given, str(tmp_path / "other")) == keys
+    # "off" on an exposed address is the explicit opt-out: allowed, and warned.
+    opted_out = Config.model_validate({"net": {"bind_host": "0.0.0.0", "auth": "off"}})
+    assert resolve_auth(opted_out, str(tmp_path)) is None and "net.auth = off" in capsys.readouterr().err
+    broken = Config.model_validate({"net": {"auth": "curve", "curve_keys": str(tmp_path / "nowhere")}})
+    with pytest.raises(ValueError, match="net.curve_keys: cannot read .*server.key_secret"):
+        resolve_auth(broken, str(tmp_path))
+
+
+def test_a_role_told_to_use_curve_without_keys_says_so(monkeypatch):
+    monkeypatch.delenv(curve.ENV, raising=False)
+    with pytest.raises(RuntimeError, match='net.auth = "curve" but ASYNCOR_CURVE_KEYS'):
+        curve.role_keys("curve")
+    assert curve.role_keys("off") is None
