@@ -152,9 +152,23 @@ class WeightBroadcaster:
         self.actors[actor_id] = ident
 
     def announce(self, version: int, buckets: list[Bucket]) -> None:
+        """Tell every actor a broadcast of `version` follows, within `sync.timeout_s`: an actor whose receiver
+        stopped reading (its queue full) or is gone becomes an error naming it, never a hang."""
         announcement = encode("weights", {"version": version, "buckets": [b.to_wire() for b in buckets]})
-        for ident in self.actors.values():
-            self.sock.send_multipart([ident, announcement])
+        deadline = time.monotonic() + self.timeout_s
+        for actor_id, ident in self.actors.items():
+            while True:
+                try:
+                    self.sock.send_multipart([ident, announcement], zmq.NOBLOCK)
+                    break
+                except zmq.Again:  # its queue is full: it is not reading
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"actor {actor_id}'s weight receiver took no announcement (version "
+                                           f"{version}) within sync.timeout_s = {self.timeout_s:g} s") from None
+                    time.sleep(0.005)
+                except zmq.ZMQError as exc:  # EHOSTUNREACH (ROUTER_MANDATORY): its connection is gone
+                    raise RuntimeError(f"actor {actor_id}'s weight receiver is gone (announcing version "
+                                       f"{version}): {exc}") from None
 
     def send(self, flat: torch.Tensor) -> None:
         self.pg.broadcast(flat.to(self.device), 0).wait(timedelta(seconds=self.timeout_s))

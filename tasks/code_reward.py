@@ -9,10 +9,16 @@ parse (`ast.parse`) or the reward is 0. Tests come in three formats (the
   - calls `Solution().fn_name(*args)` when a `class Solution` exists
   (LeetCode style), else the top-level function; results compared as JSON;
 * assert-style:  {"test_code": str, "import_prefix": str (optional)} - the
-  program, then the test code; passing means exiting 0.
-Every run is one sandboxed process (tasks/code_sandbox.py). Reward 1 only if
-every test passes; `fraction=True` gives the passed share instead. Tests stop
-at the first failure (binary reward) or when the total time budget is spent.
+  program runs first; only then does the harness receive the test code, with
+  a fresh random nonce, on a pipe, run it in the program's namespace and
+  report the nonce. Passing means exiting 0 *and* reporting that nonce: a
+  program that exits early (`sys.exit(0)`, `os._exit(0)`) or reads its
+  directory finds no tests to skip or copy.
+Every run is one sandboxed process (tasks/code_sandbox.py). Results come back
+on a pipe, never through a file the program could replace; expected outputs
+never enter the sandbox. Reward 1 only if every test passes; `fraction=True`
+gives the passed share instead. Tests stop at the first failure (binary
+reward) or when the total time budget is spent.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import ast
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 import time
@@ -41,18 +48,37 @@ _socket.getaddrinfo = _refuse
 del _socket
 """
 
-_CALL_HARNESS = _NO_NETWORK + """
-import json, sys
+# The harness keeps its own references (os.write, json.dumps, ...) taken before the program runs.
+_CHANNEL = """
+import json as _json, os as _os
+_write, _read, _dumps, _loads = _os.write, _os.read, _json.dumps, _json.loads
+_out, _in = int(_os.environ["ASYNCOR_RESULT_FD"]), int(_os.environ["ASYNCOR_FOLLOWUP_FD"])
+"""
+
+_CALL_HARNESS = _NO_NETWORK + _CHANNEL + """
 namespace = {"__name__": "solution"}
 exec(compile(open("solution.py").read(), "solution.py", "exec"), namespace)
-spec = json.load(open("call.json"))
+spec = _loads(open("call.json").read())
 if "Solution" in namespace:
     fn = getattr(namespace["Solution"](), spec["fn_name"])
 else:
     fn = namespace[spec["fn_name"]]
-result = fn(*spec["args"])
-with open("result.json", "w") as f:
-    json.dump(result, f, default=str)
+_write(_out, _dumps(fn(*spec["args"]), default=str).encode())
+"""
+
+_ASSERT_HARNESS = _NO_NETWORK + _CHANNEL + """
+namespace = {"__name__": "__main__"}
+exec(compile(open("solution.py").read(), "solution.py", "exec"), namespace)
+_write(_out, b"R")  # the program ran: now the tests come
+_chunks = []
+while True:
+    _chunk = _read(_in, 65536)
+    if not _chunk:
+        break
+    _chunks.append(_chunk)
+_spec = _loads(b"".join(_chunks))
+exec(compile(_spec["tests"], "tests.py", "exec"), namespace)
+_write(_out, ("P" + _spec["nonce"]).encode())
 """
 
 _SCRIPT_HARNESS = _NO_NETWORK + """
@@ -93,10 +119,11 @@ def _normalise(value):
 
 
 def _cases(tests: dict, code: str) -> list[tuple[dict, str, bytes, object]]:
-    """(files, harness kind, stdin, expected) per test."""
+    """(files, harness kind, stdin, expected) per test; for assert-style tests, `expected` is the test code
+    (sent to the harness after the program ran, never written into the sandbox)."""
     if "test_code" in tests:
-        program = tests.get("import_prefix", "") + "\n" + code + "\n\n" + tests["test_code"]
-        return [({"solution.py": program}, "script", b"", None)]
+        program = tests.get("import_prefix", "") + "\n" + code + "\n"
+        return [({"solution.py": program}, "assert", b"", tests["test_code"])]
     inputs, outputs = tests.get("inputs"), tests.get("outputs")
     if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
         raise ValueError("tests need 'test_code', or 'inputs' and 'outputs' lists of equal length")
@@ -113,16 +140,22 @@ def run_tests(code: str, tests: dict, sandbox: Sandbox, total_s: float, fraction
     for files, kind, stdin, expected in cases:
         if time.monotonic() > deadline:
             break
-        harness = _CALL_HARNESS if kind == "call" else _SCRIPT_HARNESS
+        harness = {"call": _CALL_HARNESS, "assert": _ASSERT_HARNESS}.get(kind, _SCRIPT_HARNESS)
         files = {**files, "harness.py": harness}
-        result = sandbox.run([python, "-I", "harness.py"], files, stdin, collect=("result.json",) if kind == "call" else ())
+        followup = None
+        if kind == "assert":
+            nonce = secrets.token_hex(16)
+            followup = json.dumps({"tests": expected, "nonce": nonce}).encode()
+        result = sandbox.run([python, "-I", "harness.py"], files, stdin, followup=followup)
         ok = result.ok
         if ok and kind == "call":
             try:
-                ok = _normalise(json.loads(result.files.get("result.json", "null"))) == _normalise(expected)
+                ok = _normalise(json.loads(result.channel or b"null")) == _normalise(expected)
             except ValueError:
                 ok = False
-        elif ok and expected is not None:
+        elif ok and kind == "assert":
+            ok = result.channel == b"RP" + nonce.encode()  # the tests ran to their end in this run
+        elif ok:
             ok = _same_output(result.stdout, expected)
         passed += ok
         if not ok and not fraction:

@@ -52,3 +52,62 @@ def test_bad_hellos_are_refused_and_the_real_actor_still_gets_the_weights():
         broadcaster.close()
         for s in hostile:
             s.close(linger=0)
+
+
+class _BigBucket:
+    def to_wire(self):
+        return {"blob": b"x" * (1 << 20)}
+
+
+def announcer(port, timeout_s):
+    """The announcement side of a WeightBroadcaster (its socket as __init__ makes it), without a group."""
+    from buffer.transport import HWM
+
+    b = WeightBroadcaster.__new__(WeightBroadcaster)
+    b.sock = zmq.Context.instance().socket(zmq.ROUTER)
+    b.sock.setsockopt(zmq.LINGER, 0)
+    b.sock.setsockopt(zmq.SNDHWM, HWM)
+    b.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    b.sock.bind(f"tcp://127.0.0.1:{port}")
+    b.timeout_s, b.actors = timeout_s, {0: b"actor-0-weights"}
+    return b
+
+
+def test_an_actor_that_stops_reading_or_vanishes_is_an_error_naming_it_not_a_hang():
+    """Issue 14 item 6: announcements used a blocking send; an actor whose receiver stopped reading
+    blocked the learner for ever once its queue filled."""
+    import time
+
+    import pytest
+
+    port = free_port()
+    b = announcer(port, timeout_s=1.0)
+    peer = zmq.Context.instance().socket(zmq.DEALER)
+    peer.setsockopt(zmq.IDENTITY, b"actor-0-weights")
+    peer.setsockopt(zmq.RCVHWM, 1)
+    peer.setsockopt(zmq.RCVBUF, 4096)
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    peer.send(encode("hello", {"actor_id": 0}))
+    assert b.sock.poll(5000)
+    b.sock.recv_multipart()
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="actor 0's weight receiver took no announcement"):
+        for version in range(1, 10_000):
+            b.announce(version, [_BigBucket()])
+    assert time.monotonic() - start < 30
+    peer.close(linger=0)
+    b.sock.close(linger=0)
+    # A receiver that said hello and went away: the announcement fails at once, naming it.
+    port = free_port()
+    b = announcer(port, timeout_s=1.0)
+    peer = zmq.Context.instance().socket(zmq.DEALER)
+    peer.setsockopt(zmq.IDENTITY, b"actor-0-weights")
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    peer.send(encode("hello", {"actor_id": 0}))
+    assert b.sock.poll(5000)
+    b.sock.recv_multipart()
+    peer.close(linger=0)
+    time.sleep(0.5)
+    with pytest.raises(RuntimeError, match="actor 0's weight receiver is gone"):
+        b.announce(1, [])
+    b.sock.close(linger=0)
