@@ -169,9 +169,9 @@ class ActorsConfig(_Section):
     0 = prompts_per_chunk x the largest group size."""
     seeded_requests: bool = False
     """Give every generation request its own sampling seed, from run.seed, the request (prompt and sample) and
-    the policy version: the same weights and prompt give the same samples whatever else runs in the engine, so a run resumed
-    from a checkpoint (with buffer.max_staleness = 0) repeats the uninterrupted one. Costs one noise draw per
-    request per decoding step."""
+    the policy version: the same weights and prompt give the same samples whatever else runs in the engine, so a
+    run resumed from a checkpoint (with buffer.max_staleness = 0) repeats the uninterrupted one. Costs one noise
+    draw per request per decoding step (on GPUs vLLM then samples through PyTorch instead of FlashInfer)."""
     probe: bool = False
     """After every weight load, generate 4 greedy tokens of a fixed prompt and log their summed log-prob as
     `actor/probe_logprob` (changes exactly when the engine's weights change: a check for weight sync)."""
