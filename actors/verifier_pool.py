@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-from tasks.code_sandbox import SANDBOX_UID_BASE, Limits, kill_uid
+from tasks.code_sandbox import SANDBOX_UID_BASE, Limits, jail_available, kill_uid
 
 PR_SET_CHILD_SUBREAPER = 36
 KINDS = ("math", "code")
@@ -95,7 +95,10 @@ class _Worker:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.join(timeout=5)
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and not jail_available():
+            # Without the jail the sandbox's processes are found by uid. (Jailed, they die with the worker: its
+            # `unshare` child and the namespace's first process have a parent-death signal; and a uid scan
+            # would also hit another pool's sandbox using the same slot uid on this host.)
             kill_uid(SANDBOX_UID_BASE + self.slot)
         self.conn.close()
 
