@@ -47,6 +47,13 @@ def start_service(tmp_path, **overrides):
     return svc, actor, learner, result, thread
 
 
+def stop_service(svc, thread, *clients):
+    svc.stop_requested = True
+    thread.join(timeout=5)
+    for client in clients:
+        client.close()
+
+
 @pytest.fixture
 def service(tmp_path):
     svc, actor, learner, result, thread = start_service(tmp_path)
@@ -192,10 +199,7 @@ def test_stage_switch_changes_grants_and_filters_mastered_prompts(tmp_path):
         three = group_for(grant.body["prompts"][0], seq=2, rewards=(1.0, 0.0, 0.0)).to_wire()
         assert actor.request("group", three, TIMEOUT).body["status"] == "accepted"
     finally:
-        svc.stop_requested = True
-        thread.join(timeout=5)
-        actor.close()
-        learner.close()
+        stop_service(svc, thread, actor, learner)
 
 
 def test_shrink_mode_trains_on_fewer_groups_and_skips_an_all_equal_batch(tmp_path):
@@ -219,10 +223,7 @@ def test_shrink_mode_trains_on_fewer_groups_and_skips_an_all_equal_batch(tmp_pat
         assert again.type == "grant" and len(again.body["prompts"]) == 2
         assert svc.rejected_uniform == {"solve_all": 1, "solve_none": 2} and svc.dropped_stale == 0
     finally:
-        svc.stop_requested = True
-        thread.join(timeout=5)
-        actor.close()
-        learner.close()
+        stop_service(svc, thread, actor, learner)
 
 
 def test_checkpoint_state_gives_untrained_groups_back_and_a_resumed_buffer_continues_from_it(tmp_path):
@@ -250,10 +251,7 @@ def test_checkpoint_state_gives_untrained_groups_back_and_a_resumed_buffer_conti
         ack = actor.request("checkpoint", {"actor_id": 0}, TIMEOUT).body
         assert (ack["status"], ack["reason"]) == ("rejected", "unknown_type")
     finally:
-        svc.stop_requested = True
-        thread.join(timeout=5)
-        actor.close()
-        learner.close()
+        stop_service(svc, thread, actor, learner)
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -271,10 +269,7 @@ def test_checkpoint_state_gives_untrained_groups_back_and_a_resumed_buffer_conti
         assert ledger["accepted"] == 3 and ledger["trained"] == 2 and ledger["requeued_at_resume"] == 1
         assert ledger["unaccounted"] == 0
     finally:
-        svc2.stop_requested = True
-        thread2.join(timeout=5)
-        actor2.close()
-        learner2.close()
+        stop_service(svc2, thread2, actor2, learner2)
 
 
 def test_a_broken_buffer_state_is_refused_naming_the_file(tmp_path):

@@ -7,7 +7,6 @@ refused and counted, nothing hostile is written, and honest traffic is still ser
 import json
 import math
 import os
-import threading
 
 import msgpack
 import pytest
@@ -23,6 +22,7 @@ from learner.weight_sync import WeightBroadcaster, plan_buckets
 from telemetry.collector import Collector
 from telemetry.link import LauncherLink
 from tests.integration.test_buffer_fuzz import plain, weird
+from tests.integration.test_weight_sync_hostile import start_broadcaster
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 1000 * (10 if os.environ.get("ASYNCOR_LONG_FUZZ") == "1" else 1)
@@ -134,10 +134,7 @@ def test_every_fuzzed_hello_is_refused():
 def test_fuzzed_hellos_cannot_join_the_broadcast_and_the_real_actor_still_gets_the_weights():
     sync_port, store_port = free_port(), free_port()
     ctx = zmq.Context.instance()
-    made = {}
-    learner = threading.Thread(target=lambda: made.update(b=WeightBroadcaster(
-        ctx, "127.0.0.1", sync_port, store_port, 1, "gloo", 60.0, torch.device("cpu"))), daemon=True)
-    learner.start()
+    learner, made = start_broadcaster(sync_port, store_port, 60.0)
     evil = ctx.socket(zmq.DEALER)
     evil.setsockopt(zmq.LINGER, 0)
     evil.setsockopt(zmq.IDENTITY, b"actor-0-weightz")

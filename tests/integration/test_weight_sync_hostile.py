@@ -13,13 +13,20 @@ from launcher.ports import free_port
 from learner.weight_sync import WeightBroadcaster, plan_buckets
 
 
+def start_broadcaster(sync_port, store_port, timeout_s):
+    """A one-actor WeightBroadcaster forming in a thread (it waits for the actor); made["b"] once formed."""
+    made = {}
+    thread = threading.Thread(target=lambda: made.update(b=WeightBroadcaster(
+        zmq.Context.instance(), "127.0.0.1", sync_port, store_port, 1, "gloo", timeout_s, torch.device("cpu"))),
+        daemon=True)
+    thread.start()
+    return thread, made
+
+
 def test_bad_hellos_are_refused_and_the_real_actor_still_gets_the_weights():
     sync_port, store_port = free_port(), free_port()
     ctx = zmq.Context.instance()
-    made = {}
-    learner = threading.Thread(target=lambda: made.update(b=WeightBroadcaster(
-        ctx, "127.0.0.1", sync_port, store_port, 1, "gloo", 30.0, torch.device("cpu"))), daemon=True)
-    learner.start()
+    learner, made = start_broadcaster(sync_port, store_port, 30.0)
     hostile = []
     for identity, frames in [
         (b"x", [b"\x00garbage"]),  # not msgpack
