@@ -26,6 +26,14 @@ class Wait:
     retry_s: float  # no capacity now (staleness bound or prompts exhausted): ask again after this
 
 
+@dataclass
+class Welcome:
+    """The buffer's answer to hello."""
+    version: int  # the learner's version now
+    restarted: bool  # this actor id said hello before: an earlier incarnation died; its grants were given back
+    seq_start: int  # number this incarnation's groups from here (after every number the buffer has seen)
+
+
 class Stop:
     """The learner is done: finish up and say bye."""
 
@@ -37,8 +45,19 @@ class BufferLink:
         self.timeout_s = timeout_s
         self.default_n, self.default_max_tokens = default_n, default_max_tokens
 
-    def hello(self) -> None:
-        self.client.request("hello", {"actor_id": self.actor_id}, self.timeout_s)
+    def hello(self, timeout_s: float | None = None) -> Welcome:
+        from buffer.protocol import ProtocolError, require
+
+        reply = self.client.request("hello", {"actor_id": self.actor_id}, timeout_s or self.timeout_s)
+        body = reply.body
+        try:
+            welcome = Welcome(require(body, "version", int), require(body, "restarted", bool),
+                              require(body, "seq_start", int))
+        except ProtocolError as exc:
+            raise RuntimeError(f"the buffer's answer to hello is not a welcome ({reply.type}): {exc}") from None
+        if welcome.version < 0 or welcome.seq_start < 0:
+            raise RuntimeError(f"the buffer's welcome is out of range: {welcome}")
+        return welcome
 
     def ask(self, max_prompts: int, version: int, hold_s: float = 0.0) -> Grant | Wait | Stop:
         """`hold_s` > 0: the buffer may keep the request that long when it has nothing to grant, answering the

@@ -5,7 +5,7 @@ An `Actor` wires the parts together and says goodbye at the end:
                         steps, or between chunks), one engine step at a time;
   * actors/outbox.py    scoring and sending finished groups on another thread;
   * actors/engine.py    vLLM (engine-level request API);
-  * actors/weight_receiver.py  the broadcast, received on its own thread;
+  * sync/receiver.py    the broadcast, received on its own thread;
   * actors/evaluate.py  held-out evaluation.
 The evaluating actor (`eval.actor`, when `eval.every_steps` > 0) drains its
 engine after loading a version that crosses a multiple of `eval.every_steps`,
@@ -81,11 +81,11 @@ class Actor:
         from actors.engine import Engine
         from actors.outbox import Outbox
         from actors.rollout import Rollout
-        from actors.weight_receiver import WeightReceiver
         from buffer.curve import role_keys
         from buffer.transport import Client, endpoint
         from learner.checkpoint import read_meta
-        from learner.weight_sync import pick_backend
+        from sync.group import pick_backend
+        from sync.receiver import WeightReceiver
         from tasks.codec import TextCodec
         from tasks.scoring import Scorer
         from telemetry.metrics import MetricsWriter
@@ -98,9 +98,20 @@ class Actor:
         net = config.net
         keys = role_keys(net.auth)  # CURVE keys for every socket (None: net.auth off)
         # The receiver joins the broadcast group first so the learner never waits on vLLM start-up.
-        self.receiver = WeightReceiver(actor_id, net.learner_address, net.sync_port, net.store_port, config.actors.count + 1,
-                                       pick_backend(config.sync.backend, device), config.sync.timeout_s, device, keys)
+        self.receiver = WeightReceiver(actor_id, net.learner_address, net.sync_port, net.store_port,
+                                       pick_backend(config.sync.backend, device), config.sync.timeout_s, device, keys,
+                                       config.sync.rejoin_timeout_s)
         self.receiver.start()
+        # Hello to the buffer before the engine starts: a restarted actor's unfinished grants go back to the
+        # prompt stream at once, not after its start-up.
+        ctx = zmq.Context.instance()
+        buffer_at = endpoint(net.buffer_address, net.buffer_actor_port)
+        self.client = Client(ctx, buffer_at, f"actor-{actor_id}", config.buffer.max_message_bytes, "buffer", keys)
+        self.link = BufferLink(self.client, actor_id, net.request_timeout_s, config.actors.group_size,
+                               config.actors.max_response_tokens)
+        self.welcome = self.link.hello(3 * net.request_timeout_s)  # the buffer may still be starting
+        if self.welcome.restarted:
+            self.log.info("restarted", learner_version=self.welcome.version, seq_start=self.welcome.seq_start)
         self.codec = TextCodec(config.model.path)
         # Periodic held-out evaluation, by one actor only.
         self.eval_every = config.eval.every_steps if actor_id == config.eval.actor else 0
@@ -114,16 +125,12 @@ class Actor:
                              max_model_len=self._max_model_len(), gpu_memory_utilization=config.actors.gpu_memory_utilization,
                              tensor_parallel_size=config.actors.tensor_parallel_size, version=self.start_version)
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
-        ctx = zmq.Context.instance()
-        buffer_at = endpoint(net.buffer_address, net.buffer_actor_port)
-        self.client = Client(ctx, buffer_at, f"actor-{actor_id}", config.buffer.max_message_bytes, "buffer", keys)
-        self.link = BufferLink(self.client, actor_id, net.request_timeout_s, config.actors.group_size,
-                               config.actors.max_response_tokens)
         # Groups go out on their own socket, from the outbox thread.
         self.outbox = Outbox(actor_id, self.scorer, self.codec,
                              Client(ctx, buffer_at, f"actor-{actor_id}-groups", config.buffer.max_message_bytes,
                                     "buffer", keys),
                              net.request_timeout_s, self.metrics, self.log)
+        self.outbox.seq = self.welcome.seq_start  # numbers after the last incarnation's (duplicates stay duplicates)
         self.outbox.start()
         self.finishing = False  # after `stop`: saying bye and writing the figures
         self.stats = {"load_s": [], "recv_s": [], "versions": [self.start_version], "eval_s": 0.0, "evaluated": []}
@@ -144,6 +151,17 @@ class Actor:
     def version(self) -> int:
         """The policy version loaded in the engine (not the one staged)."""
         return self.rollout.version
+
+    def catch_up(self, version: int) -> None:
+        """A restarted actor generates nothing before it has the learner's current weights (the learner sends
+        them when it sees the receiver's hello)."""
+        start = time.perf_counter()
+        staged = self.receiver.wait_for(version, self.config.sync.rejoin_timeout_s)
+        if staged is None:
+            raise RuntimeError(f"restarted actor {self.actor_id} got no weights of version >= {version} within "
+                               f"sync.rejoin_timeout_s = {self.config.sync.rejoin_timeout_s:g} s")
+        self.rollout.staged = staged  # loaded by the first tick, before any grant is asked for
+        self.log.info("caught_up", version=staged.version, waited_s=round(time.perf_counter() - start, 2))
 
     def on_loaded(self, staged, load_s: float) -> None:
         self.stats["load_s"].append(load_s)
@@ -167,7 +185,8 @@ class Actor:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        self.link.hello()
+        if self.welcome.restarted:
+            self.catch_up(self.welcome.version)
         self.metrics.log({"actor/version": self.version}, step=self.version)
         if self.rollout.s.probe_prompt is not None:
             self.rollout.start_probe()  # the starting version's probe

@@ -14,8 +14,11 @@ Message types (producer -> consumer):
   buffer  -> learner  batch, wait, stop, ack (to checkpoint: the buffer's
                       state, saved in the learner's checkpoint)
   learner -> actor    weights (announcement of one broadcast; the tensors
-                      themselves travel through the collective, see
-                      learner/weight_sync.py)
+                      themselves travel through the collective), probe, join
+  actor   -> learner  hello, here (the weight sync's membership, see
+                      sync/broadcaster.py)
+  learner -> learner ranks  batch, or resync (rank 0 tells the others to
+                      publish the current weights again)
   any role -> launcher  metrics (one metrics record), summary (a role's final
                       figures; acknowledged with ack), see telemetry/collector.py
 """
@@ -36,7 +39,7 @@ MESSAGE_TYPES = frozenset(
         "hello", "grant_request", "group", "grant_return", "bye",
         "grant", "wait", "ack", "stop",
         "batch_request", "version", "checkpoint", "done", "batch",
-        "weights",
+        "weights", "probe", "here", "join", "resync",
         "metrics", "summary",
     }
 )

@@ -45,6 +45,10 @@ class SeenSequences:
     def __len__(self) -> int:
         return sum(len(r) for r in self._recent.values())
 
+    def highest(self, actor: int) -> int:
+        """The highest sequence number of `actor` counted as seen (-1: none)."""
+        return max(self._recent.get(actor, ()), default=self._floor.get(actor, -1))
+
 
 class ReplayStore:
     def __init__(self, max_groups: int):
@@ -58,6 +62,11 @@ class ReplayStore:
     def prompt_ids(self) -> list[int]:
         """The prompts of the stored groups, oldest first."""
         return [g.prompt_id for g in self._groups]
+
+    def next_seq(self, actor_id: int, gap: int) -> int:
+        """Where a restarted actor starts numbering: `gap` past every number of its earlier incarnations, so a
+        group of theirs still in flight can never share a number with one of the new incarnation's."""
+        return self._seen.highest(actor_id) + 1 + gap
 
     def is_duplicate(self, group: TrajectoryGroup) -> bool:
         return (group.actor_id, group.seq) in self._seen

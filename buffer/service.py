@@ -54,6 +54,7 @@ from telemetry.metrics import MetricsWriter
 
 LONG_POLL_S = 1.0
 MAX_GRANT_HOLD_S = 2.0
+SEQ_GAP = 1 << 16  # a restarted actor numbers its groups this far past its last incarnation's highest seen
 PEER = re.compile(r"^actor-(\d{1,6})(-groups)?$")  # the identities actors/worker.py gives its two sockets
 
 
@@ -111,6 +112,7 @@ class BufferService:
         self.actors_seen: set[int] = set()
         self.actors_done: set[int] = set()
         self.actor_stats: dict[int, dict] = {}
+        self.actor_restarts: dict[int, int] = {}  # actor id -> hellos after its first (restarts)
         self.pending_batch: tuple[bytes, Message] | None = None
         self.held_grants: dict[bytes, tuple[Message, int, int, float]] = {}  # ident -> (request, actor, wanted, until)
         self.pending_since = 0.0
@@ -125,8 +127,12 @@ class BufferService:
         body = msg.body
         actor_id = sender_of(ident, require(body, "actor_id", int))
         if msg.type == "hello":
+            restarted = actor_id in self.actors_seen
+            if restarted:  # its earlier incarnation died: what it held goes back to the stream, served first
+                self.restart(actor_id)
             self.actors_seen.add(actor_id)
-            server.reply(ident, msg, "ack", {"status": "ok", "version": self.budget.version})
+            server.reply(ident, msg, "ack", {"status": "ok", "version": self.budget.version, "restarted": restarted,
+                                             "seq_start": self.store.next_seq(actor_id, SEQ_GAP) if restarted else 0})
         elif msg.type == "grant_request":
             wanted = require(body, "max_prompts", int)
             if not 0 <= wanted <= self.config.buffer.max_groups:
@@ -164,6 +170,16 @@ class BufferService:
             server.reply(ident, msg, "ack", {"status": "ok"})
         else:
             raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
+
+    def restart(self, actor_id: int) -> None:
+        """An actor said hello again: give back its earlier incarnation's grants and forget its held request."""
+        held = [i for i, g in self.granted.items() if g.actor_id == actor_id]
+        self.return_grants(held)
+        for ident, (_, holder, _, _) in list(self.held_grants.items()):
+            if holder == actor_id:
+                del self.held_grants[ident]
+        self.actor_restarts[actor_id] = self.actor_restarts.get(actor_id, 0) + 1
+        self.log.info("actor_restarted", actor=actor_id, grants_returned=len(held), version=self.budget.version)
 
     def try_grant(self, server: Server, ident: bytes, msg: Message, actor_id: int, wanted: int) -> bool:
         """Grant up to `wanted` prompts if the staleness budget has room; True if a grant was sent."""
@@ -483,6 +499,7 @@ class BufferService:
             "max_stored": self.max_stored,
             "ledger": self.ledger(),
             "actors": self.actor_stats,
+            "actor_restarts": {str(a): n for a, n in sorted(self.actor_restarts.items())},
         }
 
 

@@ -101,6 +101,10 @@ class Server:
         self.sock.setsockopt(zmq.SNDHWM, HWM)
         self.sock.setsockopt(zmq.RCVHWM, HWM)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if keys is not None:  # every peer proved it holds the run's keys: a restarted actor's connection may take
+            # over its dead predecessor's identity at once (without CURVE an identity is freed when its TCP
+            # connection closes, and no stranger can take over a live peer's)
+            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.bind(address)
 
     def recv(self) -> tuple[bytes, bytes]:

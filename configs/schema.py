@@ -187,6 +187,12 @@ class ActorsConfig(_Section):
     """task.kind = "files": verifier processes per actor (math-verify, sandboxed code runs)."""
     verifier_deadline_s: float = Field(40.0, gt=0)
     """Hard limit per verified sample; past it the worker is killed and the sample scores 0."""
+    max_restarts: int = Field(3, ge=0)
+    """How many times the launcher restarts one actor that exits with an error while the learner trains; the
+    restarted actor rejoins the broadcast and gets the current weights before it generates. 0: any actor
+    failure fails the run."""
+    restart_backoff_s: float = Field(2.0, ge=0)
+    """Wait before restarting a failed actor; doubles with each restart of the same actor (at most 60 s)."""
 
 
 class BufferConfig(_Section):
@@ -265,7 +271,14 @@ class SyncConfig(_Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Broadcast backend: auto = NCCL when learner and actors are on CUDA, gloo otherwise."""
     timeout_s: float = Field(120.0, gt=0)
-    """Deadline for group set-up and for each broadcast."""
+    """Deadline for group set-up and for each broadcast. An actor that dies mid-broadcast costs the learner at
+    most this long; then the group is rebuilt with the live actors (docs/reliability.md)."""
+    max_failures: int = Field(3, ge=1)
+    """Weight syncs that may fail in a row (an actor died, the group was rebuilt) before the learner gives up
+    with an error; a sync that goes through resets the count."""
+    rejoin_timeout_s: float = Field(600.0, gt=0)
+    """How long an actor may be without a broadcast group (at start-up, or after a failed broadcast) before it
+    fails; the launcher then restarts it (actors.max_restarts)."""
     bucket_mb: float = Field(256.0, gt=0)
     """Size of one broadcast bucket (MiB): parameters are gathered from the learner's shards and sent in buckets
     of this size, in model.dtype. Extra memory on any learner rank during a sync is one bucket plus the largest

@@ -7,6 +7,8 @@ The launcher is a supervisor only, the same on every back-end (launcher/backend.
             gathered into `logs/<role>.out`; metrics and final figures come back as messages to the
             launcher's collector (telemetry/collector.py), the only writer of metrics.jsonl and roles/;
   watch     twice a second: the run succeeds when the learner exits 0 and the buffer and actors follow;
+            an actor exiting with an error while the learner trains is started again, with back-off, up to
+            `actors.max_restarts` times (launcher/restarts.py);
   stop      any role exiting with an error (reported with its node and the end of its log), a stop
             signal (Ctrl-C, SIGTERM, SIGHUP, scancel: launcher/stop_signals.py), or `run.max_wall_s`
             passing stops every role within `SHUTDOWN_GRACE_S` + `REAP_S` seconds.
@@ -31,6 +33,7 @@ from buffer.curve import ENV as CURVE_ENV
 from buffer.curve import CurveKeys
 from launcher.auth import resolve_auth
 from launcher.preflight import PreflightError, check_environment
+from launcher.restarts import ActorRestarts
 from launcher.resume import LAUNCH_CONFIG, prepare_resumed_dir, save_launch_config
 from launcher.status import StatusView
 from launcher.stop_signals import StopSignals
@@ -102,17 +105,33 @@ def prepare_run_dir(config: Config) -> str:
 
 
 def supervise(config: Config, backend: Backend, roles: list[Handle], learner: Handle, view: StatusView,
-              collector: Collector, stop: StopSignals) -> None:
+              collector: Collector, stop: StopSignals, actor_specs: dict[str, RoleSpec], restarts: ActorRestarts,
+              log_dir: str) -> None:
+    """Watch the roles until the run ends; a failed actor is restarted (launcher/restarts.py) while the learner
+    trains. `roles` is updated in place (a restarted actor's new handle replaces the old one)."""
     started = time.monotonic()
     learner_done_at = None
     while True:
         stop.check()
         backend.poll(roles)
         view.poll()
-        for r in roles:
-            if r.returncode not in (None, 0):
-                ended = backend.ended()
-                raise RunFailed(f"{ended}: every role was stopped") if ended else _fail(r, "run failed")
+        for r in list(roles):
+            if r.returncode in (None, 0):
+                continue
+            if r.name in actor_specs and learner.returncode is None and not backend.ended():
+                delay = restarts.schedule(r.name, r.returncode)
+                if delay is not None:
+                    print(f"{r.name} on {r.node} exited with code {r.returncode}; restarting it in {delay:.0f} s "
+                          f"(restart {restarts.count[r.name]} of actors.max_restarts = {restarts.max_restarts})\n"
+                          f"--- last lines of {r.log_path} ---\n{r.tail(8)}", file=sys.stderr, flush=True)
+                    stop_roles(backend, [r])  # whatever it left behind (its engine, its verifier processes)
+                    roles.remove(r)
+                    continue
+            ended = backend.ended()
+            raise RunFailed(f"{ended}: every role was stopped") if ended else _fail(r, "run failed")
+        if learner.returncode is None:
+            for name in restarts.ready():
+                roles.append(backend.start(actor_specs[name], log_dir))
         if learner.returncode == 0:
             learner_done_at = learner_done_at or time.monotonic()
             if all(r.returncode == 0 for r in roles):
@@ -269,6 +288,7 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
     rl_start = time.monotonic()
     roles: list[Handle] = []
     view = None
+    restarts = ActorRestarts(config.actors.max_restarts, config.actors.restart_backoff_s)
     try:  # a failure part-way through starting the roles still stops the ones already started
         roles.append(backend.start(_spec(plan, backend, config, "buffer", 0, "buffer", "buffer.service",
                                          ["--config", cfg_path], keys), logs))
@@ -278,11 +298,13 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
                          for rank in range(config.learner.ranks)]
         roles.extend(learner_ranks)
         learner = learner_ranks[0]  # rank 0 talks to the buffer and the actors; its exit ends the run
-        for i in range(config.actors.count):
-            roles.append(backend.start(_spec(plan, backend, config, "actor", i, f"actor{i}", "actors.worker",
-                                             ["--config", cfg_path, "--actor-id", str(i)], keys), logs))
+        actor_specs = {f"actor{i}": _spec(plan, backend, config, "actor", i, f"actor{i}", "actors.worker",
+                                          ["--config", cfg_path, "--actor-id", str(i)], keys)
+                       for i in range(config.actors.count)}
+        for spec in actor_specs.values():
+            roles.append(backend.start(spec, logs))
         view = StatusView(run_dir, config.learner.steps)
-        supervise(config, backend, roles, learner, view, collector, stop)
+        supervise(config, backend, roles, learner, view, collector, stop, actor_specs, restarts, logs)
     finally:
         if view is not None:
             view.close()
@@ -300,6 +322,7 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
     if collector.refused:
         summary["rejected_messages"] = {**summary["rejected_messages"],
                                         **{f"telemetry_{k}": v for k, v in collector.refused.items()}}
+    summary["actor_restarts"] = restarts.summary()
     summary["total_wall_s"] = time.monotonic() - wall_start
     if resumed:
         summary["resumed_from"] = resumed

@@ -33,6 +33,8 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         "sync": {
             "broadcast_s_mean": learner["broadcast_s_mean"],
             "load_s_mean": sum(load_times) / len(load_times) if load_times else 0.0,
+            # Membership of the broadcast group (sync/broadcaster.py): rebuilt groups, failed syncs, dropped actors.
+            **learner.get("sync", {}),
         },
         "rejected_messages": buffer.get("rejected", {}),
         # Rejection sampling (all-equal groups dropped) and online filtering (mastered prompts removed).
@@ -102,13 +104,23 @@ def human(summary: dict) -> str:
             summary.get("filtering", {}).get("solve_all", 0), summary.get("filtering", {}).get("solve_none", 0),
             summary.get("filtering", {}).get("online_filtered", 0)),
         ledger_line(summary.get("ledger")),
-        f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)",
+        f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)"
+        + (f"; group rebuilt {y['regroups'] - 1} times, {y['failed_syncs']} failed syncs"
+           if y.get("regroups", 1) > 1 else ""),
+        *restart_lines(summary.get("actor_restarts", {})),
         *time_lines(summary.get("time", {})),
         f"wall                {summary['wall_s']:.0f} s of RL"
         + (f"; launch -> first learner step {summary['time_to_first_step_s']:.0f} s"
            if summary.get("time_to_first_step_s") is not None else ""),
     ]
     return "\n".join(lines)
+
+
+def restart_lines(restarts: dict) -> list[str]:
+    events = restarts.get("events", [])
+    if not events:
+        return []
+    return ["restarts            " + ", ".join(f"{e['role']} after exit code {e['returncode']}" for e in events)]
 
 
 def time_lines(time: dict) -> list[str]:

@@ -2,7 +2,7 @@
 
 `learner.ranks` processes run this module (learner/parallel.py). Rank 0 talks
 to the buffer (DEALER, request/reply with deadlines) and to every actor
-through the weight broadcast group (learner/weight_sync.py), and hands each
+through the weight broadcast group (learner/weight_sync.py, sync/), and hands each
 step's groups to the other ranks; all ranks train on their share of every
 mini-batch and take part in gathering the weights for a broadcast. It never
 waits for one particular actor: batches come from the buffer whoever
@@ -43,7 +43,9 @@ from learner.model import Policy, load_causal_lm
 from learner.packing import layout_for
 from learner.parallel import Ranks, full_tensor, init_ranks, parallelize
 from learner.update import UpdateSettings, train_step
-from learner.weight_sync import WeightBroadcaster, pick_backend, publish
+from learner.weight_sync import publish
+from sync.broadcaster import WeightBroadcaster
+from sync.group import pick_backend
 from telemetry import log as tlog
 from telemetry.role_summary import write_role_summary
 from telemetry.metrics import MetricsWriter
@@ -99,7 +101,8 @@ class Learner:
             self.broadcaster = WeightBroadcaster(ctx, net.learner_address, net.sync_port, net.store_port,
                                                  config.actors.count, pick_backend(config.sync.backend, self.device),
                                                  config.sync.timeout_s, self.device,
-                                                 bind=net.bind_address(net.learner_address), keys=keys)
+                                                 bind=net.bind_address(net.learner_address), keys=keys,
+                                                 max_failures=config.sync.max_failures)
         self.version = 0
         self.controller = make_entropy_control(config.algo.entropy)
         self.resumed_from = config.checkpoint.resume_from
@@ -126,23 +129,35 @@ class Learner:
                            cfg.learner.offload_optimizer)
 
     def next_batch(self):
-        """Rank 0 asks the buffer; every rank gets the same groups (the reply's bytes, parsed and checked)."""
+        """Rank 0 asks the buffer; every rank gets the same groups (the reply's bytes, parsed and checked).
+
+        While it waits, rank 0 also watches the weight sync: when an actor (re)joined or the last sync failed,
+        every rank publishes the current version again (a `resync` in place of a batch), so a restarted actor
+        never waits a whole step for the weights it needs."""
         cfg = self.config
-        raw = None
-        if self.ranks.main:
-            deadline = time.monotonic() + cfg.learner.batch_wait_s
-            while True:
-                n_groups = stage_at(cfg, self.version).prompts_per_step  # D_R of the current stage
-                reply = self.buffer.request("batch_request", {"version": self.version, "n_groups": n_groups},
-                                            cfg.net.request_timeout_s)
-                if reply.type == "batch":
-                    raw = encode("batch", reply.body)
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no batch from the buffer within learner.batch_wait_s={cfg.learner.batch_wait_s}s "
-                                       f"(buffer holds {reply.body.get('size')} groups)")
-        body = decode(self.ranks.broadcast_bytes(raw), cfg.buffer.max_message_bytes).body
-        return [parse_group(g) for g in body["groups"]], body["staleness"], body.get("groups_report", {})
+        deadline = time.monotonic() + cfg.learner.batch_wait_s
+        while True:
+            raw = None
+            if self.ranks.main:
+                while True:
+                    if self.broadcaster.needs_sync():
+                        raw = encode("resync", {})
+                        break
+                    n_groups = stage_at(cfg, self.version).prompts_per_step  # D_R of the current stage
+                    reply = self.buffer.request("batch_request", {"version": self.version, "n_groups": n_groups},
+                                                cfg.net.request_timeout_s)
+                    if reply.type == "batch":
+                        raw = encode("batch", reply.body)
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no batch from the buffer within learner.batch_wait_s="
+                                           f"{cfg.learner.batch_wait_s}s (buffer holds {reply.body.get('size')} groups)")
+            msg = decode(self.ranks.broadcast_bytes(raw), cfg.buffer.max_message_bytes)
+            if msg.type == "resync":
+                self.publish()
+                continue
+            body = msg.body
+            return [parse_group(g) for g in body["groups"]], body["staleness"], body.get("groups_report", {})
 
     def step(self, groups) -> dict:
         return train_step(self.policy, self.optimizer, groups, self.settings, self.controller, self.ranks,
@@ -178,6 +193,8 @@ class Learner:
                     broadcast_s = self.publish()
                 totals["broadcast_s"].append(broadcast_s)
                 values["sync/broadcast_s"] = broadcast_s
+            if self.broadcaster is not None:
+                values.update(self.broadcaster.metrics())
             # The buffer learns the version only after the weights went out, so a grant for
             # version v never asks an actor for weights that are not on their way.
             with budget.measure("reporting_version"):
@@ -225,6 +242,7 @@ class Learner:
             "broadcast_s_mean": float(np.mean(totals["broadcast_s"])) if totals["broadcast_s"] else 0.0,
             "staleness_trained": totals["staleness"],
             "wall_s": wall,
+            "sync": dict(self.broadcaster.stats) if self.broadcaster is not None else {},
         }
         if self.ranks.main:
             # Delivered before `done`: once the buffer hears it, the others may exit at any moment.

@@ -57,7 +57,8 @@ def test_roles_run_on_two_ray_nodes_and_train_to_the_end(ray_address, tmp_path):
 
 
 def test_a_role_dying_on_the_other_node_is_reported_with_its_node_and_everything_stops(ray_address, tmp_path):
-    proc = subprocess.Popen(launch(ray_address, tmp_path, "dies", "learner.steps=1000", "eval.before_and_after=false"),
+    proc = subprocess.Popen(launch(ray_address, tmp_path, "dies", "learner.steps=1000", "eval.before_and_after=false",
+                                   "actors.max_restarts=0"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = os.path.join(tmp_path, "dies")
     metrics = os.path.join(run_dir, "metrics.jsonl")

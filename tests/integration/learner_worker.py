@@ -20,7 +20,8 @@ from learner.entropy_control import make_entropy_control
 from learner.model import Policy
 from learner.parallel import full_tensor, init_ranks, parallelize, release
 from learner.update import UpdateSettings, train_step
-from learner.weight_sync import WeightBroadcaster, publish
+from learner.weight_sync import publish
+from sync.broadcaster import WeightBroadcaster
 
 VOCAB = 29  # odd sizes everywhere
 

@@ -278,3 +278,38 @@ def test_a_broken_buffer_state_is_refused_naming_the_file(tmp_path):
     (ckpt / "buffer_state.json").write_text('{"version": 1}')
     with pytest.raises(RuntimeError, match="buffer_state.json"):
         start_service(tmp_path / "b", checkpoint={"resume_from": str(ckpt)})
+
+
+def test_a_restarted_actor_gets_its_predecessors_grants_back_in_the_stream_and_numbers_after_it(service):
+    """Issue 14 items 3-4: an actor id saying hello again is a restarted actor. What its dead predecessor held
+    goes back to the front of the prompt stream (admission slots freed), its new groups are numbered past
+    every number the buffer has seen, and the ledger still adds up."""
+    svc, actor, learner, _ = service
+    learner.request("version", {"version": 0}, TIMEOUT)
+    first = actor.request("hello", {"actor_id": 0}, TIMEOUT).body
+    assert (first["restarted"], first["seq_start"], first["version"]) == (False, 0, 0)
+    grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 5}, TIMEOUT)
+    p0, p1 = grant.body["prompts"]
+    assert actor.request("group", group_for(p0, seq=3).to_wire(), TIMEOUT).body["status"] == "accepted"
+    assert svc.budget.in_flight == 1 and list(svc.granted) == [p1["prompt_id"]]
+    # The actor dies holding p1; its successor (same identity, new connection) says hello.
+    actor.close()
+    ctx = zmq.Context.instance()
+    net = svc.config.net
+    successor = Client(ctx, endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
+    try:
+        again = successor.request("hello", {"actor_id": 0}, TIMEOUT).body
+        assert again["restarted"] is True and again["seq_start"] > 3
+        assert svc.granted == {} and svc.budget.in_flight == 0 and svc.actor_restarts == {0: 1}
+        regrant = successor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 5}, TIMEOUT)
+        assert [p["prompt_id"] for p in regrant.body["prompts"]] == [p1["prompt_id"]]  # served first
+        ack = successor.request("group", group_for(regrant.body["prompts"][0], seq=again["seq_start"]).to_wire(),
+                                TIMEOUT).body
+        assert ack["status"] == "accepted"
+        batch = learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT)
+        assert batch.type == "batch" and len(batch.body["groups"]) == 2
+        ledger = svc.ledger()
+        assert ledger["accepted"] == 2 and ledger["trained"] == 2 and ledger["unaccounted"] == 0
+        assert svc.summary()["actor_restarts"] == {"0": 1}
+    finally:
+        successor.close()

@@ -203,9 +203,10 @@ def _wait_for_step(run_dir, proc, deadline_s=180):
     pytest.fail("the run never reached its first learner step")
 
 
-def test_dead_actor_stops_everything_without_orphans(tmp_path):
+def test_dead_actor_without_restarts_left_stops_everything_without_orphans(tmp_path):
     run_dir = os.path.join(tmp_path, "crash")
-    proc = subprocess.Popen(launch_args(tmp_path, "crash", "--set", "learner.steps=10000"), cwd=ROOT,
+    proc = subprocess.Popen(launch_args(tmp_path, "crash", "--set", "learner.steps=10000",
+                                        "--set", "actors.max_restarts=0"), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_step(run_dir, proc)

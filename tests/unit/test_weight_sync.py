@@ -2,7 +2,7 @@
 
 import torch
 
-from learner.weight_sync import Bucket, plan_buckets, unflatten
+from sync.buckets import Bucket, plan_buckets, unflatten
 
 
 def test_buckets_group_by_dtype_cap_size_and_round_trip():

@@ -1,0 +1,241 @@
+"""The learner's side of the weight sync: membership, announcements, one broadcast per bucket.
+
+Conversation on the announcement socket (learner ROUTER <-> each actor receiver's DEALER, msgpack frames):
+
+    actor   -> learner  hello {actor_id}                 on start and on every restart (same identity)
+    learner -> actor    probe {epoch}                    "are you there?" before a new group is made
+    actor   -> learner  here {actor_id, epoch}           the answer
+    learner -> actor    join {epoch, rank, world_size}   build epoch's group (sync/group.py) now
+    learner -> actor    weights {epoch, version, buckets}  one broadcast per bucket follows
+
+Membership. The first group is made once all `actors.count` actors said hello (within `sync.timeout_s`).
+Afterwards a group is rebuilt (`regroup`) before the next broadcast whenever an actor said hello again (a
+restarted actor: it gets the current weights on joining) or the last sync failed: an announcement that cannot
+be delivered (the actor's connection is gone, or its queue stayed full past the deadline) or a collective that
+raised or passed `sync.timeout_s` (an actor died mid-transfer). A regroup probes every known actor and builds
+the group from those that answer within `PROBE_S`; the silent ones are dropped from the group (and can come
+back with a hello). Training never waits for a dead actor: at worst one deadline, then the live ones get the
+weights again.
+
+Failures are counted, logged with the actors they concern, and only fatal when `sync.max_failures`
+consecutive syncs fail (something other than one actor is wrong). Messages on this port that are not an
+actor's hello or answer are refused and counted (`refused`), never fatal: anything can reach the port.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import torch
+import zmq
+
+from buffer.curve import CurveKeys, secure_server
+from buffer.protocol import ProtocolError, decode, encode, require
+from buffer.transport import HWM
+from sync.buckets import Bucket
+from sync.group import abandon, hello_identity, make_group, open_store
+from telemetry import log as tlog
+
+PROBE_S = 10.0  # how long a regroup waits for live actors to answer (they answer within ~0.2 s)
+MAX_INBOUND_BYTES = 1 << 16
+
+
+class WeightBroadcaster:
+    """Rank 0 of the broadcast group, and the announcement socket every actor's receiver talks to."""
+
+    def __init__(self, ctx: zmq.Context, host: str, sync_port: int, store_port: int, num_actors: int,
+                 backend: str, timeout_s: float, device: torch.device, bind: str | None = None,
+                 keys: CurveKeys | None = None, max_failures: int = 3):
+        """`host`: the address actors reach this learner at (the store's address too); `bind`: the IP or
+        interface the announcement socket binds (default `host`); `keys`: the run's CURVE keys, if any."""
+        self.log = tlog.get("learner")
+        self.sock = ctx.socket(zmq.ROUTER)
+        secure_server(self.sock, keys)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, HWM)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if keys is not None:  # authenticated peers only: a restarted actor's connection replaces its old one
+            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # (without CURVE the identity frees when TCP closes)
+        self.sock.bind(f"tcp://{bind or host}:{sync_port}")
+        self.num_actors = num_actors
+        self.backend = backend
+        self.timeout_s = timeout_s
+        self.device = device
+        self.max_failures = max_failures
+        self.store = open_store(host, store_port, True, timeout_s)
+        self.members: dict[int, bytes] = {}  # the current group's actors (rank = 1 + index in id order)
+        self.joining: dict[int, bytes] = {}  # said hello since the current group was made
+        self.pg = None
+        self.epoch = 0
+        self.dirty = True  # the group must be (re)made before the next broadcast
+        self.failures = 0  # consecutive failed syncs
+        self.stats = {"regroups": 0, "failed_syncs": 0, "actors_dropped": 0, "rejoined": 0}
+        self.refused = 0  # messages on the announcement port that are not an actor's
+        deadline = time.monotonic() + timeout_s
+        while len(self.joining) < num_actors:
+            if not self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                raise TimeoutError(f"only {len(self.joining)}/{num_actors} actors said hello to the weight sync "
+                                   f"within sync.timeout_s = {timeout_s:g} s")
+            self._handle(*self._recv())
+        self.regroup()
+        if self.pg is None:
+            raise RuntimeError(f"could not make the first weight-sync group with all {num_actors} actors")
+
+    @property
+    def actors(self) -> dict[int, bytes]:
+        """The actors of the current group (actor id -> socket identity)."""
+        return dict(self.members)
+
+    def metrics(self) -> dict:
+        """sync/actors (in the group now), sync/regroups, sync/failed_syncs, sync/actors_dropped, sync/rejoined."""
+        return {"sync/actors": len(self.members), **{f"sync/{k}": v for k, v in self.stats.items()}}
+
+    # ------------------------------------------------------------------ inbound
+
+    def _recv(self) -> tuple[bytes, bytes]:
+        frames = self.sock.recv_multipart()
+        return frames[0], frames[-1]
+
+    def _handle(self, ident: bytes, raw: bytes, answers: dict[int, bytes] | None = None) -> None:
+        """One inbound message: a hello joins, a `here` for the current probe answers it; the rest is refused."""
+        try:
+            msg = decode(raw, MAX_INBOUND_BYTES)
+            actor_id = require(msg.body, "actor_id", int)
+            if not 0 <= actor_id < self.num_actors or ident != hello_identity(actor_id):
+                raise ProtocolError("bad_value", f"not from actor {actor_id}'s weight receiver")
+            if msg.type == "hello":
+                if actor_id in self.members or self.epoch > 0:
+                    self.stats["rejoined"] += 1
+                    self.log.info("sync_actor_rejoined", actor=actor_id)
+                self.joining[actor_id] = ident
+            elif msg.type == "here":
+                if answers is not None and require(msg.body, "epoch", int) == self.epoch:
+                    answers[actor_id] = ident  # an answer to an older probe is just late: ignored
+            else:
+                raise ProtocolError("unknown_type", f"{msg.type!r} is not a weight-receiver message")
+        except ProtocolError:
+            self.refused += 1
+
+    def drain(self) -> None:
+        """Take every waiting message (hellos of restarted actors) without blocking."""
+        while self.sock.poll(0):
+            self._handle(*self._recv())
+
+    def needs_sync(self) -> bool:
+        """True when the actors must get the current weights again: a sync failed, or an actor (re)joined."""
+        self.drain()
+        return self.dirty or bool(self.joining)
+
+    # ------------------------------------------------------------------ membership
+
+    def _send(self, ident: bytes, raw: bytes, deadline: float) -> bool:
+        """Deliver within the deadline; False when the actor's connection is gone or its queue stayed full."""
+        while True:
+            try:
+                self.sock.send_multipart([ident, raw], zmq.NOBLOCK)
+                return True
+            except zmq.Again:  # its queue is full: it is not reading
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.005)
+            except zmq.ZMQError:  # EHOSTUNREACH (ROUTER_MANDATORY): its connection is gone
+                return False
+
+    def _drop(self, actor_ids, why: str) -> None:
+        for a in actor_ids:
+            self.members.pop(a, None)
+            self.joining.pop(a, None)
+        if actor_ids:
+            self.stats["actors_dropped"] += len(actor_ids)
+            self.log.warning("sync_actors_dropped", actors=sorted(actor_ids), why=why)
+
+    def regroup(self) -> None:
+        """Make a new group from every actor that answers a probe (members and newcomers)."""
+        if self.pg is not None:
+            abandon(self.pg)
+        self.pg = None
+        self.epoch += 1
+        self.stats["regroups"] += 1
+        candidates = {**self.members, **self.joining}
+        self.joining = {}
+        probe = encode("probe", {"epoch": self.epoch})
+        deadline = time.monotonic() + min(PROBE_S, self.timeout_s)
+        unreachable = [a for a, ident in candidates.items() if not self._send(ident, probe, deadline)]
+        answers: dict[int, bytes] = {}
+        while set(answers) < set(candidates) - set(unreachable) and time.monotonic() < deadline:
+            if self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                self._handle(*self._recv(), answers=answers)
+        # An actor that restarted during the probe said hello instead: it is waiting too.
+        answers.update(self.joining)
+        self.joining = {}
+        self._drop([a for a in candidates if a not in answers], "no answer to the regroup probe")
+        self.members = dict(sorted(answers.items()))
+        world = len(self.members) + 1
+        for rank, (actor_id, ident) in enumerate(self.members.items(), start=1):
+            if not self._send(ident, encode("join", {"epoch": self.epoch, "rank": rank, "world_size": world}),
+                              deadline):
+                self._fail(f"actor {actor_id} left before joining epoch {self.epoch}", [actor_id])
+                return
+        if self.members:
+            try:
+                self.pg = make_group(self.store, self.epoch, 0, world, self.backend, self.timeout_s)
+            except Exception as exc:  # an actor died while the group formed (gloo/NCCL raise RuntimeError)
+                self._fail(f"epoch {self.epoch}'s group did not form: {exc}", [])
+                return
+        self.dirty = False
+        self.log.info("sync_group", epoch=self.epoch, actors=list(self.members), world_size=world)
+
+    def _fail(self, why: str, gone: list[int]) -> None:
+        """A sync failed: drop what is known dead, make a new group before the next broadcast; fatal only after
+        `max_failures` failures in a row."""
+        self._drop(gone, why)
+        if self.pg is not None:
+            abandon(self.pg)
+        self.pg = None
+        self.dirty = True
+        self.failures += 1
+        self.stats["failed_syncs"] += 1
+        self.log.warning("sync_failed", why=why, consecutive=self.failures, max_failures=self.max_failures)
+        if self.failures >= self.max_failures:
+            raise RuntimeError(f"weight sync failed {self.failures} times in a row (sync.max_failures = "
+                               f"{self.max_failures}); last: {why}")
+
+    # ------------------------------------------------------------------ one sync
+
+    def begin(self, version: int, buckets: list[Bucket]) -> bool:
+        """Make the group if it must be made, then announce `version`. False: nothing to send to (no live actor,
+        or the sync failed and was recorded); the caller still takes part in gathering, and skips `send`."""
+        self.drain()
+        if self.dirty or self.joining:
+            self.regroup()
+        if self.pg is None:
+            return False
+        announcement = encode("weights", {"epoch": self.epoch, "version": version,
+                                          "buckets": [b.to_wire() for b in buckets]})
+        deadline = time.monotonic() + self.timeout_s
+        gone = [a for a, ident in self.members.items() if not self._send(ident, announcement, deadline)]
+        if gone:
+            self._fail(f"actors {gone} took no announcement of version {version} within sync.timeout_s = "
+                       f"{self.timeout_s:g} s (gone, or not reading)", gone)
+            return False
+        return True
+
+    def send(self, flat: torch.Tensor) -> bool:
+        """One bucket to every member; False (recorded) when the collective failed or passed its deadline."""
+        try:
+            self.pg.broadcast(flat.to(self.device), 0).wait(timedelta(seconds=self.timeout_s))
+            return True
+        except Exception as exc:  # gloo/NCCL raise RuntimeError subclasses; a peer's death or the deadline
+            self._fail(f"broadcast to actors {list(self.members)} failed: {exc}", [])
+            return False
+
+    def done(self) -> None:
+        """The whole sync went through."""
+        self.failures = 0
+
+    def close(self) -> None:
+        if self.pg is not None:
+            abandon(self.pg)
+            self.pg = None
+        self.sock.close(linger=0)

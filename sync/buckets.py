@@ -1,0 +1,79 @@
+"""Weights in transit: (name, shape, dtype) lists cut into per-dtype buckets, flattened for one collective each.
+
+The learner announces the buckets (`Bucket.to_wire`: dtype, names, shapes) before broadcasting them, so a
+receiver allocates each flat tensor and cuts it back into named tensors (`unflatten`) without any other
+metadata. A few large collectives, never one per tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from buffer.protocol import ProtocolError
+
+BUCKET_BYTES = 256 * 2**20
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+
+
+@dataclass
+class Bucket:
+    dtype: torch.dtype
+    names: list[str]
+    shapes: list[list[int]]
+
+    @property
+    def numel(self) -> int:
+        return sum(_numel(s) for s in self.shapes)
+
+    def to_wire(self) -> dict:
+        return {"dtype": str(self.dtype).removeprefix("torch."), "names": self.names, "shapes": self.shapes}
+
+    @staticmethod
+    def from_wire(obj) -> "Bucket":
+        """A bucket from an announcement, checked: a known dtype, one list of non-negative ints per name."""
+        if not isinstance(obj, dict) or obj.get("dtype") not in DTYPES:
+            raise ProtocolError("bad_field", "a bucket needs a known 'dtype'")
+        names, shapes = obj.get("names"), obj.get("shapes")
+        if (not isinstance(names, list) or not isinstance(shapes, list) or len(names) != len(shapes)
+                or not all(isinstance(n, str) for n in names)
+                or not all(isinstance(s, list) and all(type(d) is int and d >= 0 for d in s) for s in shapes)):
+            raise ProtocolError("bad_field", "a bucket needs 'names' (strings) and 'shapes' (lists of sizes)")
+        return Bucket(getattr(torch, obj["dtype"]), list(names), [list(s) for s in shapes])
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def plan_buckets(specs: list[tuple[str, list[int], torch.dtype]], bucket_bytes: int = BUCKET_BYTES) -> list[Bucket]:
+    """Group (name, shape, dtype) by dtype (first-seen order), splitting a dtype's run at `bucket_bytes`."""
+    by_dtype: dict[torch.dtype, list[tuple[str, list[int]]]] = {}
+    for name, shape, dtype in specs:
+        by_dtype.setdefault(dtype, []).append((name, list(shape)))
+    buckets: list[Bucket] = []
+    for dtype, items in by_dtype.items():
+        current, size = Bucket(dtype, [], []), 0
+        for name, shape in items:
+            nbytes = _numel(shape) * dtype.itemsize
+            if current.names and size + nbytes > bucket_bytes:
+                buckets.append(current)
+                current, size = Bucket(dtype, [], []), 0
+            current.names.append(name)
+            current.shapes.append(shape)
+            size += nbytes
+        buckets.append(current)
+    return buckets
+
+
+def unflatten(bucket: Bucket, flat: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    out, offset = [], 0
+    for name, shape in zip(bucket.names, bucket.shapes):
+        n = _numel(shape)
+        out.append((name, flat[offset: offset + n].view(shape)))
+        offset += n
+    return out

@@ -1,0 +1,53 @@
+"""The broadcast group: a TCP store owned by the learner, and one process group per membership epoch.
+
+Groups are *stateless*: their own `ProcessGroupGloo` / `ProcessGroupNCCL` objects on the learner's store
+(`net.store_port`), never `init_process_group`, so they cannot collide with the default process group or
+vLLM's. Membership changes (an actor died, an actor (re)joined) make a new group: epoch e's group keys live
+under `asyncor/weights/<e>` in the same store, so a new group never meets an old one's leftovers. The
+learner is rank 0; the actors of an epoch are ranks 1..k in actor-id order, told to each in a `join`
+message (sync/broadcaster.py).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch
+
+
+def hello_identity(actor_id: int) -> bytes:
+    """The socket identity of actor `actor_id`'s weight receiver: its hello must come from it."""
+    return f"actor-{actor_id}-weights".encode()
+
+
+def pick_backend(setting: str, device: torch.device) -> str:
+    if setting != "auto":
+        return setting
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def open_store(host: str, port: int, is_master: bool, timeout_s: float) -> torch.distributed.TCPStore:
+    """The learner's store (master) or a client of it; clients may connect at any time (a restarted actor)."""
+    return torch.distributed.TCPStore(host, port, None, is_master=is_master, timeout=timedelta(seconds=timeout_s),
+                                      wait_for_workers=False, use_libuv=True)
+
+
+def make_group(store, epoch: int, rank: int, world_size: int, backend: str, timeout_s: float):
+    """Epoch `epoch`'s process group (blocks until all `world_size` ranks joined, or raises past `timeout_s`).
+    Use its own `.broadcast`; it is not registered with torch.distributed."""
+    timeout = timedelta(seconds=timeout_s)
+    prefixed = torch.distributed.PrefixStore(f"asyncor/weights/{epoch}", store)
+    if backend == "nccl":
+        return torch.distributed.ProcessGroupNCCL(prefixed, rank, world_size)  # deadlines: Work.wait(timeout)
+    return torch.distributed.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+
+
+def abandon(pg) -> None:
+    """Drop a group after a failure: NCCL communicators are aborted (a hung collective would otherwise keep its
+    stream busy); gloo closes its connections when the object goes, which ends the peers' pending collectives."""
+    abort = getattr(pg, "abort", None)
+    if callable(abort):
+        try:
+            abort()
+        except Exception:  # already broken: nothing more to release
+            pass

@@ -1,0 +1,173 @@
+"""The actor's weight-receiver thread: always ready to join the learner's broadcast.
+
+Producer: the learner (sync/broadcaster.py: probes, `join`s, an announcement then one broadcast per bucket).
+Consumer: the actor's generation loop, which takes the newest staged weights at a chunk boundary (`take`) or
+waits for a version a grant requires (`wait_for`). Only the newest staged version is kept: an older staged set
+not yet loaded is replaced, never queued, and a version already staged once (the learner sends the current
+weights again after a regroup) is received but not staged again.
+
+The thread says hello, answers probes, builds each epoch's group when told to `join`, and receives. A failed
+collective (an actor died, the learner gave up on the group) is not fatal here: the thread says hello again,
+and the learner makes a new group and sends the current weights again; the thread only fails (`error`, re-raised by the generation loop) after
+`rejoin_timeout_s` without a working group, or on anything else going wrong. Blocking: it blocks in a
+collective only after an announcement; its socket poll has a short timeout so `stop()` ends it promptly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import torch
+import zmq
+
+from buffer.curve import CurveKeys, secure_client
+from buffer.protocol import ProtocolError, decode, encode, require
+from buffer.transport import HWM
+from sync.buckets import Bucket, unflatten
+from sync.group import abandon, hello_identity, make_group, open_store
+from telemetry import log as tlog
+
+MAX_ANNOUNCEMENT_BYTES = 1 << 24
+
+
+class StagedWeights:
+    def __init__(self, version: int, tensors: list[tuple[str, torch.Tensor]], recv_s: float):
+        self.version = version
+        self.tensors = tensors
+        self.recv_s = recv_s
+        self.staged_at = time.perf_counter()  # when the broadcast finished (weights-to-first-token latency)
+
+
+class WeightReceiver(threading.Thread):
+    def __init__(self, actor_id: int, host: str, sync_port: int, store_port: int, backend: str, timeout_s: float,
+                 device: torch.device, keys: CurveKeys | None = None, rejoin_timeout_s: float = 600.0):
+        super().__init__(name=f"weight-receiver-{actor_id}", daemon=True)
+        self.keys = keys  # the run's CURVE keys (net.auth = "curve"), else None
+        self.actor_id = actor_id
+        self.args = (host, sync_port, store_port, backend, timeout_s)
+        self.device = device
+        self.timeout_s = timeout_s
+        self.rejoin_timeout_s = rejoin_timeout_s
+        self.log = tlog.get(f"actor{actor_id}")
+        self._staged: StagedWeights | None = None
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self.ready = threading.Event()  # set once the first group is made
+        self.error: BaseException | None = None
+        self.received_versions: list[int] = []
+        self.stats = {"groups": 0, "failed": 0, "ignored": 0}
+        self._pg = None
+        self._epoch = -1
+
+    def run(self) -> None:
+        host, sync_port, store_port, backend, timeout_s = self.args
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.IDENTITY, hello_identity(self.actor_id))  # the learner checks it against actor_id
+        secure_client(sock, self.keys)
+        try:
+            sock.connect(f"tcp://{host}:{sync_port}")
+            sock.send(encode("hello", {"actor_id": self.actor_id}))
+            store = open_store(host, store_port, False, timeout_s)
+            orphan_since: float | None = time.monotonic()  # without a working group since (None: in one)
+            while not self._stopping.is_set():
+                if orphan_since is not None and time.monotonic() - orphan_since > self.rejoin_timeout_s:
+                    raise TimeoutError(f"no weight-sync group from the learner within sync.rejoin_timeout_s = "
+                                       f"{self.rejoin_timeout_s:g} s")
+                if sock.poll(200):
+                    self._handle(sock, store, backend)
+                if self._pg is not None:
+                    orphan_since = None
+                elif orphan_since is None:
+                    orphan_since = time.monotonic()
+        except BaseException as exc:  # surfaced to the generation loop
+            self.error = exc
+            with self._cond:
+                self._cond.notify_all()
+        finally:
+            self._leave()
+            sock.close(linger=0)
+
+    def _handle(self, sock, store, backend: str) -> None:
+        """One message from the learner; a failed collective leaves the group (the learner makes a new one)."""
+        try:
+            msg = decode(sock.recv(), MAX_ANNOUNCEMENT_BYTES)
+            epoch = require(msg.body, "epoch", int)
+            if msg.type == "probe":
+                sock.send(encode("here", {"actor_id": self.actor_id, "epoch": epoch}), zmq.NOBLOCK)
+            elif msg.type == "join":
+                self._join(store, epoch, require(msg.body, "rank", int), require(msg.body, "world_size", int),
+                           backend)
+            elif msg.type == "weights" and epoch == self._epoch and self._pg is not None:
+                self._receive(require(msg.body, "version", int), require(msg.body, "buckets", list))
+            else:
+                self.stats["ignored"] += 1  # an announcement for a group this actor is not in
+        except ProtocolError as exc:
+            self.stats["ignored"] += 1
+            self.log.warning("sync_message_refused", reason=str(exc))
+        except Exception as exc:  # a collective failed: an actor died, or the learner abandoned the group
+            self.stats["failed"] += 1
+            self.log.warning("sync_group_failed", epoch=self._epoch, error=str(exc)[:300])
+            self._leave()
+            sock.send(encode("hello", {"actor_id": self.actor_id}), zmq.NOBLOCK)  # asks the learner to regroup
+
+    def _join(self, store, epoch: int, rank: int, world_size: int, backend: str) -> None:
+        if not 1 <= rank < world_size or epoch <= self._epoch:
+            raise ProtocolError("bad_value", f"join epoch {epoch} rank {rank} of {world_size}")
+        self._leave()
+        self._pg = make_group(store, epoch, rank, world_size, backend, self.timeout_s)
+        self._epoch = epoch
+        self.stats["groups"] += 1
+        self.ready.set()
+        self.log.info("sync_joined", epoch=epoch, rank=rank, world_size=world_size)
+
+    def _leave(self) -> None:
+        if self._pg is not None:
+            abandon(self._pg)
+        self._pg = None
+
+    def _receive(self, version: int, buckets_wire: list) -> None:
+        start = time.perf_counter()
+        tensors = []
+        for obj in buckets_wire:
+            bucket = Bucket.from_wire(obj)
+            flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=self.device)
+            self._pg.broadcast(flat, 0).wait(timedelta(seconds=self.timeout_s))
+            tensors.extend(unflatten(bucket, flat))
+        if self.received_versions and version <= self.received_versions[-1]:
+            return  # sent again after a regroup: this actor had it already
+        staged = StagedWeights(version, tensors, time.perf_counter() - start)
+        with self._cond:
+            self._staged = staged
+            self.received_versions.append(version)
+            self._cond.notify_all()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"weight receiver failed: {self.error!r}") from self.error
+
+    def take(self) -> StagedWeights | None:
+        """The newest staged weights not yet taken, if any."""
+        self.check()
+        with self._cond:
+            staged, self._staged = self._staged, None
+        return staged
+
+    def wait_for(self, version: int, timeout_s: float) -> StagedWeights | None:
+        """Block until weights of at least `version` are staged (or the deadline passes)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while (self._staged is None or self._staged.version < version) and self.error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+        self.check()
+        return self.take()
+
+    def stop(self) -> None:
+        self._stopping.set()
