@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actors.sequences import GrantedPrompt
+from wire import messages as wire
 
 
 @dataclass
@@ -26,57 +27,48 @@ class Wait:
     retry_s: float  # no capacity now (staleness bound or prompts exhausted): ask again after this
 
 
-@dataclass
-class Welcome:
-    """The buffer's answer to hello."""
-    version: int  # the learner's version now
-    restarted: bool  # this actor id said hello before: an earlier incarnation died; its grants were given back
-    seq_start: int  # number this incarnation's groups from here (after every number the buffer has seen)
-
-
 class Stop:
     """The learner is done: finish up and say bye."""
 
 
 class BufferLink:
-    def __init__(self, client, actor_id: int, timeout_s: float, default_n: int, default_max_tokens: int):
+    def __init__(self, client, actor_id: int, timeout_s: float):
         self.client = client
         self.actor_id = actor_id
         self.timeout_s = timeout_s
-        self.default_n, self.default_max_tokens = default_n, default_max_tokens
 
-    def hello(self, timeout_s: float | None = None) -> Welcome:
-        from buffer.protocol import ProtocolError, require
-
-        reply = self.client.request("hello", {"actor_id": self.actor_id}, timeout_s or self.timeout_s)
-        body = reply.body
-        try:
-            welcome = Welcome(require(body, "version", int), require(body, "restarted", bool),
-                              require(body, "seq_start", int))
-        except ProtocolError as exc:
-            raise RuntimeError(f"the buffer's answer to hello is not a welcome ({reply.type}): {exc}") from None
-        if welcome.version < 0 or welcome.seq_start < 0:
-            raise RuntimeError(f"the buffer's welcome is out of range: {welcome}")
-        return welcome
+    def hello(self, timeout_s: float | None = None) -> wire.Welcome:
+        """The buffer's welcome: the learner's version, whether this actor id is a restart, where to number from."""
+        return self._expect(self.client.call(wire.ActorHello(actor_id=self.actor_id), timeout_s or self.timeout_s),
+                            wire.Welcome)
 
     def ask(self, max_prompts: int, version: int, hold_s: float = 0.0) -> Grant | Wait | Stop:
         """`hold_s` > 0: the buffer may keep the request that long when it has nothing to grant, answering the
         moment it has (an idle actor's way of waiting for the next version without polling)."""
-        from buffer.protocol import unpack_array
+        from wire.protocol import unpack_array
 
-        reply = self.client.request("grant_request", {"actor_id": self.actor_id, "version": version,
-                                                      "max_prompts": max_prompts, "hold_s": hold_s},
-                                    self.timeout_s + hold_s)
+        reply = self.client.call(wire.GrantRequest(actor_id=self.actor_id, version=version, max_prompts=max_prompts,
+                                                   hold_s=hold_s), self.timeout_s + hold_s)
         if reply.type == "stop":
             return Stop()
         if reply.type == "wait":
-            return Wait(float(reply.body.get("retry_s", 0.05)))
-        sampling = reply.body.get("sampling", {})
-        prompts = [GrantedPrompt(p["prompt_id"], unpack_array(p["token_ids"], "token_ids", "<i4"),
-                                 p.get("kind", "arithmetic"), p.get("reference", p["answer"]))
-                   for p in reply.body["prompts"]]
-        return Grant(prompts, reply.body["min_version"], sampling.get("n", self.default_n),
-                     sampling.get("max_tokens", self.default_max_tokens))
+            return Wait(self._expect(reply, wire.WaitReply).retry_s)
+        grant = self._expect(reply, wire.GrantReply)
+        try:
+            prompts = [GrantedPrompt(p.prompt_id, unpack_array(p.token_ids, "token_ids", "<i4"), p.kind,
+                                     p.reference if p.reference is not None else p.answer) for p in grant.prompts]
+        except wire.ProtocolError as exc:
+            raise RuntimeError(f"the buffer's grant is malformed: {exc}") from None
+        return Grant(prompts, grant.min_version, grant.sampling.n, grant.sampling.max_tokens)
 
     def give_back(self, prompt_ids: list[int]) -> None:
-        self.client.request("grant_return", {"actor_id": self.actor_id, "prompt_ids": prompt_ids}, self.timeout_s)
+        self.client.call(wire.GrantReturn(actor_id=self.actor_id, prompt_ids=prompt_ids), self.timeout_s)
+
+    @staticmethod
+    def _expect(reply, kind):
+        """The reply as `kind`; anything else from the buffer is an error naming what came instead."""
+        try:
+            return wire.parse(reply, kind)
+        except wire.ProtocolError as exc:
+            raise RuntimeError(f"the buffer answered {reply.type!r} where {kind.__name__} was expected: "
+                               f"{exc}") from None

@@ -29,6 +29,7 @@ import numpy as np
 
 from actors.sequences import Group
 from telemetry.time_budget import TimeBudget
+from wire import messages as wire
 
 SEND_ATTEMPTS = 3  # sends without any answer before the buffer counts as gone
 FULL_PAUSE_MAX_S = 2.0
@@ -37,7 +38,7 @@ FULL_PAUSE_MAX_S = 2.0
 def to_trajectory(group: Group, rewards: list[float], actor_id: int, seq: int):
     """A completed group as the wire's TrajectoryGroup. Per-token versions travel only when a response
     spans more than one version (an in-flight update); otherwise `min_version` says it all."""
-    from buffer.protocol import Response, TrajectoryGroup
+    from wire.protocol import Response, TrajectoryGroup
 
     responses = []
     for s, reward in zip(group.sequences, rewards):
@@ -142,19 +143,29 @@ class Outbox(threading.Thread):
         """All at once (one round trip's latency); a group without a clear answer goes the one-by-one way."""
         replies = self.client.request_many("group", [g.to_wire() for g in groups], self.request_timeout_s)
         for group, reply in zip(groups, replies):
-            status = reply.body.get("status") if reply is not None else None
-            if status in ("accepted", "duplicate"):
+            ack = self._ack(reply)
+            if ack is not None and ack.status in ("accepted", "duplicate"):
                 continue
-            if status == "rejected":
-                self._rejected(group, reply)
+            if ack is not None and ack.status == "rejected":
+                self._rejected(group, ack)
                 continue
             if reply is None:
                 self.log.warning("group_ack_timeout", seq=group.seq, attempt="batch")
             self._send(group)  # no ack (lost, or late) or `full`: again, with the same seq
 
-    def _rejected(self, group, ack) -> None:
+    def _ack(self, reply) -> wire.GroupAck | None:
+        """The buffer's ack to a group, checked; None for no answer or one that is not an ack (sent again)."""
+        if reply is None:
+            return None
+        try:
+            return wire.parse(reply, wire.GroupAck)
+        except wire.ProtocolError as exc:
+            self.log.warning("group_ack_malformed", error=str(exc))
+            return None
+
+    def _rejected(self, group, ack: wire.GroupAck) -> None:
         self.sent["rejected"] += 1
-        self.log.error("group_rejected", seq=group.seq, reason=ack.body.get("reason"), detail=ack.body.get("detail"))
+        self.log.error("group_rejected", seq=group.seq, reason=ack.reason, detail=ack.detail)
 
     def _send(self, group) -> None:
         body = group.to_wire()
@@ -166,9 +177,13 @@ class Outbox(threading.Thread):
                 unanswered += 1
                 self.log.warning("group_ack_timeout", seq=group.seq, attempt=unanswered)
                 continue
-            status = ack.body.get("status")
+            ack = self._ack(ack)
+            status = ack.status if ack is not None else None
             if status in ("accepted", "duplicate"):
                 return
+            if status is None:  # not an ack: as if unanswered
+                unanswered += 1
+                continue
             if status == "full":  # the learner has not caught up: wait, as long as the buffer answers
                 if self._stopping.is_set():
                     return

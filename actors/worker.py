@@ -81,8 +81,8 @@ class Actor:
         from actors.engine import Engine
         from actors.outbox import Outbox
         from actors.rollout import Rollout
-        from buffer.curve import role_keys
-        from buffer.transport import Client, endpoint
+        from wire.curve import role_keys
+        from wire.transport import Client, endpoint
         from learner.checkpoint import read_meta
         from sync.group import pick_backend
         from sync.receiver import WeightReceiver
@@ -107,8 +107,7 @@ class Actor:
         ctx = zmq.Context.instance()
         buffer_at = endpoint(net.buffer_address, net.buffer_actor_port)
         self.client = Client(ctx, buffer_at, f"actor-{actor_id}", config.buffer.max_message_bytes, "buffer", keys)
-        self.link = BufferLink(self.client, actor_id, net.request_timeout_s, config.actors.group_size,
-                               config.actors.max_response_tokens)
+        self.link = BufferLink(self.client, actor_id, net.request_timeout_s)
         self.welcome = self.link.hello(3 * net.request_timeout_s)  # the buffer may still be starting
         if self.welcome.restarted:
             self.log.info("restarted", learner_version=self.welcome.version, seq_start=self.welcome.seq_start)

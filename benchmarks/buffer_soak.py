@@ -75,9 +75,9 @@ def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: 
     """One synthetic actor: grant -> groups of the granted shape -> acks, until the buffer says stop."""
     import zmq
 
-    from buffer.curve import role_keys
-    from buffer.protocol import Response, TrajectoryGroup, encode, unpack_array
-    from buffer.transport import Client, endpoint
+    from wire.curve import role_keys
+    from wire.protocol import Response, TrajectoryGroup, encode, unpack_array
+    from wire.transport import Client, endpoint
     from configs.loader import load_resolved
 
     cfg = load_resolved(cfg_path)
@@ -136,8 +136,8 @@ def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: 
 def learner(cfg_path: str, step_s: float, stop_at: float, out: mp.Queue) -> None:
     import zmq
 
-    from buffer.curve import role_keys
-    from buffer.transport import Client, endpoint
+    from wire.curve import role_keys
+    from wire.transport import Client, endpoint
     from configs.loader import load_resolved
 
     cfg = load_resolved(cfg_path)
@@ -173,7 +173,7 @@ def rss_sampler(pid: int, samples: list, stop: threading.Event) -> None:
 def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens: int = 256,
          prompts_per_step: int = 32, eta: int = 2, in_flight: int = 16, learner_step_s: float = 0.0,
          auth: str = "off", run_dir: str | None = None) -> dict:
-    from buffer import curve
+    from wire import curve
     from learner.tiny_model import build_tokenizer
 
     run_dir = run_dir or tempfile.mkdtemp(prefix="asyncor-soak-")

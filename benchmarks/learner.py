@@ -85,7 +85,7 @@ def worker(args) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from buffer.protocol import Response, TrajectoryGroup
+    from wire.protocol import Response, TrajectoryGroup
     from configs.schema import AlgoConfig
     from kernels.logprob_entropy import resolve_impl
     from learner.entropy_control import make_entropy_control

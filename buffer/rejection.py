@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from buffer.protocol import TrajectoryGroup
+from wire.protocol import TrajectoryGroup
 
 HIST_BINS = 10
 

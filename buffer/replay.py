@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from buffer.protocol import TrajectoryGroup
+from wire.protocol import TrajectoryGroup
 from buffer.staleness import StalenessBudget
 
 

@@ -34,15 +34,16 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from buffer.curve import role_keys, stop_authenticator
+from wire.curve import role_keys, stop_authenticator
 from buffer.online_filter import OnlineFilter
 from buffer.prompts import PromptStream
-from buffer.protocol import (REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require,
-                             unpack_array)
+from wire.messages import (ActorHello, BatchReply, BatchRequest, Bye, GrantedPrompt, GrantReply, GrantRequest,
+                           GrantReturn, Sampling, Stop, VersionUpdate, WaitReply, Welcome, parse)
+from wire.protocol import REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require, unpack_array
 from buffer.rejection import GroupTally, uniform_kind
 from buffer.replay import ReplayStore
 from buffer.staleness import StalenessBudget
-from buffer.transport import Server, endpoint
+from wire.transport import Server, endpoint
 from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import groups_through, max_over_stages, stage_at
@@ -53,7 +54,7 @@ from telemetry.role_summary import write_role_summary
 from telemetry.metrics import MetricsWriter
 
 LONG_POLL_S = 1.0
-MAX_GRANT_HOLD_S = 2.0
+ACTOR_MESSAGES = {"hello": ActorHello, "grant_request": GrantRequest, "grant_return": GrantReturn, "bye": Bye}
 SEQ_GAP = 1 << 16  # a restarted actor numbers its groups this far past its last incarnation's highest seen
 PEER = re.compile(r"^actor-(\d{1,6})(-groups)?$")  # the identities actors/worker.py gives its two sockets
 
@@ -75,14 +76,6 @@ def sender_of(ident: bytes, actor_id: int) -> int:
     if m is None or int(m.group(1)) != actor_id:
         raise ProtocolError("bad_value", f"actor_id {actor_id} does not match the sending socket")
     return actor_id
-
-
-def grant_hold(body: dict) -> float:
-    """A grant request's optional `hold_s`: how long the buffer may hold it when it has nothing to grant."""
-    hold = body.get("hold_s", 0.0)
-    if isinstance(hold, bool) or not isinstance(hold, (int, float)) or not 0.0 <= hold <= MAX_GRANT_HOLD_S:
-        raise ProtocolError("bad_value", f"hold_s {hold!r} is not a number in [0, {MAX_GRANT_HOLD_S}]")
-    return float(hold)
 
 
 class BufferService:
@@ -113,7 +106,7 @@ class BufferService:
         self.actors_done: set[int] = set()
         self.actor_stats: dict[int, dict] = {}
         self.actor_restarts: dict[int, int] = {}  # actor id -> hellos after its first (restarts)
-        self.pending_batch: tuple[bytes, Message] | None = None
+        self.pending_batch: tuple[bytes, Message, int] | None = None  # (learner, request, n_groups)
         self.held_grants: dict[bytes, tuple[Message, int, int, float]] = {}  # ident -> (request, actor, wanted, until)
         self.pending_since = 0.0
         self.done_at: float | None = None
@@ -124,52 +117,49 @@ class BufferService:
     # ------------------------------------------------------------------ actors
 
     def on_actor(self, server: Server, ident: bytes, msg: Message) -> None:
-        body = msg.body
-        actor_id = sender_of(ident, require(body, "actor_id", int))
-        if msg.type == "hello":
+        if msg.type == "group":  # parse_group checks the group itself (ingest)
+            sender = sender_of(ident, require(msg.body, "actor_id", int))
+            server.reply(ident, msg, "ack", self.ingest(msg.body, sender))
+            return
+        kind = ACTOR_MESSAGES.get(msg.type)
+        if kind is None:
+            raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
+        m = parse(msg, kind)
+        actor_id = sender_of(ident, m.actor_id)
+        if isinstance(m, ActorHello):
             restarted = actor_id in self.actors_seen
             if restarted:  # its earlier incarnation died: what it held goes back to the stream, served first
                 self.restart(actor_id)
             self.actors_seen.add(actor_id)
-            server.reply(ident, msg, "ack", {"status": "ok", "version": self.budget.version, "restarted": restarted,
-                                             "seq_start": self.store.next_seq(actor_id, SEQ_GAP) if restarted else 0})
-        elif msg.type == "grant_request":
-            wanted = require(body, "max_prompts", int)
-            if not 0 <= wanted <= self.config.buffer.max_groups:
-                raise ProtocolError("bad_value", f"max_prompts {wanted} is not in [0, buffer.max_groups]")
-            hold_s = grant_hold(body)
+            server.answer(ident, msg, Welcome(version=self.budget.version, restarted=restarted,
+                                              seq_start=self.store.next_seq(actor_id, SEQ_GAP) if restarted else 0))
+        elif isinstance(m, GrantRequest):
+            if m.max_prompts > self.config.buffer.max_groups:
+                raise ProtocolError("bad_value", f"max_prompts {m.max_prompts} is not in [0, buffer.max_groups]")
             self.actors_seen.add(actor_id)
             if self.done_at is not None:
-                server.reply(ident, msg, "stop", {})
+                server.answer(ident, msg, Stop())
                 return
-            if self.try_grant(server, ident, msg, actor_id, wanted):
+            if self.try_grant(server, ident, msg, actor_id, m.max_prompts):
                 return
-            if wanted and hold_s:
+            if m.max_prompts and m.hold_s:
                 # Nothing to grant now: answer the moment there is (a new version, a slot given back), or `wait`
                 # when the hold ends. One held request per actor socket.
-                self.held_grants[ident] = (msg, actor_id, wanted, time.monotonic() + hold_s)
+                self.held_grants[ident] = (msg, actor_id, m.max_prompts, time.monotonic() + m.hold_s)
             else:
-                server.reply(ident, msg, "wait", {"retry_s": 0.05})
-        elif msg.type == "group":
-            server.reply(ident, msg, "ack", self.ingest(msg.body, actor_id))
-        elif msg.type == "grant_return":
-            ids = require(body, "prompt_ids", list)
-            if len(ids) > len(self.granted) or not all(type(i) is int for i in ids):
-                raise ProtocolError("bad_field", "prompt_ids must be a list of granted prompt ids")
-            if any(i in self.granted and self.granted[i].actor_id != actor_id for i in ids):
+                server.answer(ident, msg, WaitReply())
+        elif isinstance(m, GrantReturn):
+            if len(m.prompt_ids) > len(self.granted):
+                raise ProtocolError("bad_value", "prompt_ids names more prompts than are granted")
+            if any(i in self.granted and self.granted[i].actor_id != actor_id for i in m.prompt_ids):
                 raise ProtocolError("bad_value", "grant_return names prompts granted to another actor")
-            self.return_grants(ids)  # ids no longer granted (answered, returned already) are ignored
+            self.return_grants(m.prompt_ids)  # ids no longer granted (answered, returned already) are ignored
             server.reply(ident, msg, "ack", {"status": "ok"})
-        elif msg.type == "bye":
-            stats = body.get("stats", {})
-            if not isinstance(stats, dict):
-                raise ProtocolError("bad_field", "'stats' is not a map")
+        elif isinstance(m, Bye):
             self.actors_done.add(actor_id)
-            self.actor_stats[actor_id] = stats
+            self.actor_stats[actor_id] = m.stats
             self.return_grants([i for i, g in self.granted.items() if g.actor_id == actor_id])
             server.reply(ident, msg, "ack", {"status": "ok"})
-        else:
-            raise ProtocolError("unknown_type", f"{msg.type!r} is not an actor message")
 
     def restart(self, actor_id: int) -> None:
         """An actor said hello again: give back its earlier incarnation's grants and forget its held request."""
@@ -194,14 +184,12 @@ class BufferService:
         stage = stage_at(self.config, self.budget.version)
         entries = [self.grant_entry(p) for p in problems]
         for p, entry in zip(problems, entries):
-            self.granted[p.id] = Grant(actor_id, p, unpack_array(entry["token_ids"], "token_ids", "<i4"),
+            self.granted[p.id] = Grant(actor_id, p, unpack_array(entry.token_ids, "token_ids", "<i4"),
                                        stage.group_size, stage.max_response_tokens)
-        server.reply(ident, msg, "grant", {
-            "min_version": self.budget.min_version_for_grant(),
-            # The current stage's sampling: actors switch length and group size without restarting.
-            "sampling": {"stage": stage.index, "n": stage.group_size, "max_tokens": stage.max_response_tokens},
-            "prompts": entries,
-        })
+        # The current stage's sampling: actors switch length and group size without restarting.
+        sampling = Sampling(n=stage.group_size, max_tokens=stage.max_response_tokens, stage=stage.index)
+        server.answer(ident, msg, GrantReply(min_version=self.budget.min_version_for_grant(), prompts=entries,
+                                             sampling=sampling))
         return True
 
     def serve_held_grants(self, server: Server) -> None:
@@ -210,11 +198,11 @@ class BufferService:
         now = time.monotonic()
         for ident, (msg, actor_id, wanted, deadline) in list(self.held_grants.items()):
             if self.done_at is not None:
-                server.reply(ident, msg, "stop", {})
+                server.answer(ident, msg, Stop())
             elif self.try_grant(server, ident, msg, actor_id, wanted):
                 pass
             elif now >= deadline:
-                server.reply(ident, msg, "wait", {"retry_s": 0.05})
+                server.answer(ident, msg, WaitReply())
             else:
                 continue
             del self.held_grants[ident]
@@ -233,13 +221,13 @@ class BufferService:
                       math=sum(p.kind == "math" for p in problems), code=sum(p.kind == "code" for p in problems))
         return problems
 
-    def grant_entry(self, problem) -> dict:
+    def grant_entry(self, problem) -> GrantedPrompt:
         """One granted prompt: its token ids and what the actor needs to score it."""
         if self.config.task.kind != "files":  # built-in task: exact-answer scoring
-            return {"prompt_id": problem.id, "token_ids": pack_array(self.codec.encode_prompt(problem.prompt)),
-                    "answer": problem.answer, "kind": "arithmetic"}
-        return {"prompt_id": problem.id, "token_ids": pack_array(self.prompt_ids[problem.id]),
-                "answer": problem.answer, "kind": problem.kind, "reference": problem.reference}
+            return GrantedPrompt(prompt_id=problem.id, token_ids=pack_array(self.codec.encode_prompt(problem.prompt)),
+                                 answer=problem.answer, kind="arithmetic")
+        return GrantedPrompt(prompt_id=problem.id, token_ids=pack_array(self.prompt_ids[problem.id]),
+                             answer=problem.answer, kind=problem.kind, reference=problem.reference)
 
     def return_grants(self, prompt_ids: list) -> None:
         """Unused grants: free their admission slots and serve their prompts again first."""
@@ -316,7 +304,7 @@ class BufferService:
         if msg.type == "hello":
             server.reply(ident, msg, "ack", {"status": "ok"})
         elif msg.type == "version":
-            version = require(msg.body, "version", int)
+            version = parse(msg, VersionUpdate).version
             if not self.budget.version <= version <= self.config.learner.steps:
                 raise ProtocolError("bad_value", f"version {version} is not in [{self.budget.version}, learner.steps]")
             before, after = stage_at(self.config, self.budget.version), stage_at(self.config, version)
@@ -326,10 +314,10 @@ class BufferService:
             server.reply(ident, msg, "ack", {"status": "ok"})
         elif msg.type == "batch_request":
             # Checked here, inside the handler's error path: serve_batch runs outside it.
-            n_groups = require(msg.body, "n_groups", int)
-            if not 1 <= n_groups <= self.config.buffer.max_groups:
-                raise ProtocolError("bad_value", f"n_groups {n_groups} is not in [1, buffer.max_groups]")
-            self.pending_batch = (ident, msg)
+            request = parse(msg, BatchRequest)
+            if request.n_groups > self.config.buffer.max_groups:
+                raise ProtocolError("bad_value", f"n_groups {request.n_groups} is not in [1, buffer.max_groups]")
+            self.pending_batch = (ident, msg, request.n_groups)
             self.pending_since = time.monotonic()
         elif msg.type == "checkpoint":  # the learner saves this with its checkpoint of the current version
             server.reply(ident, msg, "ack", {"status": "ok", "state": self.state_dict()})
@@ -353,13 +341,13 @@ class BufferService:
     def serve_batch(self, server: Server) -> None:
         if self.pending_batch is None:
             return
-        ident, msg = self.pending_batch
+        ident, msg, n_groups = self.pending_batch
         stale = self.store.drop_stale(self.budget)
         if stale:
             self.dropped_stale += len(stale)
             self.budget.on_dropped(len(stale))
             self.log.info("dropped_stale", n=len(stale), version=self.budget.version)
-        groups = self.store.take(require(msg.body, "n_groups", int))
+        groups = self.store.take(n_groups)
         rejection = self.config.algo.rejection
         if groups and rejection.enabled and not rejection.refill:
             # Shrink mode (the original code): drop all-equal groups from the batch taken; they were
@@ -375,9 +363,9 @@ class BufferService:
         if groups:
             ages = [self.budget.staleness(g.min_version) for g in groups]
             self.staleness_trained.extend(ages)
-            server.reply(ident, msg, "batch", {"version": self.budget.version, "staleness": ages,
-                                               "groups": [g.to_wire() for g in groups],
-                                               "groups_report": self.tally.report()})
+            server.answer(ident, msg, BatchReply(version=self.budget.version, staleness=ages,
+                                                 groups=[g.to_wire() for g in groups],
+                                                 groups_report=self.tally.report()))
             self.pending_batch = None
             self.metrics.log({
                 "buffer/size": len(self.store),
@@ -389,7 +377,7 @@ class BufferService:
                 "buffer/staleness_hist": np.bincount(ages, minlength=self.budget.max_staleness + 1).tolist(),
             }, step=self.budget.version)
         elif time.monotonic() - self.pending_since > LONG_POLL_S:
-            server.reply(ident, msg, "wait", {"size": len(self.store)})
+            server.answer(ident, msg, WaitReply(size=len(self.store)))
             self.pending_batch = None
 
     # ------------------------------------------------------------------ loop

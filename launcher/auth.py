@@ -1,4 +1,4 @@
-"""Which runs use ZeroMQ CURVE, and their keys (`net.auth`, buffer/curve.py, docs/security.md).
+"""Which runs use ZeroMQ CURVE, and their keys (`net.auth`, wire/curve.py, docs/security.md).
 
 `net.auth = "auto"` (the default) turns CURVE on when any ZeroMQ server of the run (buffer, learner
 announcements, the launcher's collector) binds an address other than loopback: every cluster run, and a
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from buffer import curve
+from wire import curve
 from configs.schema import Config
 from launcher.placement import is_loopback
 

@@ -29,8 +29,8 @@ from launcher.backend import Backend, Handle, RoleSpec
 from launcher.placement import check_placement, slot_env
 from launcher.plan import Plan, PlanError, local_plan, make_plan
 from launcher.ports import assign_ports
-from buffer.curve import ENV as CURVE_ENV
-from buffer.curve import CurveKeys
+from wire.curve import ENV as CURVE_ENV
+from wire.curve import CurveKeys
 from launcher.auth import resolve_auth
 from launcher.preflight import PreflightError, check_environment
 from launcher.restarts import ActorRestarts

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from buffer.protocol import TrajectoryGroup
+from wire.protocol import TrajectoryGroup
 from learner.advantage import group_advantages
 from learner.loss import token_weights
 

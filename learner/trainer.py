@@ -29,9 +29,10 @@ import numpy as np
 import torch
 import zmq
 
-from buffer.curve import role_keys
-from buffer.protocol import decode, encode, parse_group
-from buffer.transport import Client, endpoint
+from wire.curve import role_keys
+from wire import messages as wire
+from wire.protocol import decode, encode, parse_group
+from wire.transport import Client, endpoint
 from configs.loader import load_resolved
 from configs.schema import Config
 from configs.stages import stage_at
@@ -141,23 +142,28 @@ class Learner:
             if self.ranks.main:
                 while True:
                     if self.broadcaster.needs_sync():
-                        raw = encode("resync", {})
+                        raw = encode(wire.Resync.TYPE, {})
                         break
                     n_groups = stage_at(cfg, self.version).prompts_per_step  # D_R of the current stage
-                    reply = self.buffer.request("batch_request", {"version": self.version, "n_groups": n_groups},
-                                                cfg.net.request_timeout_s)
+                    reply = self.buffer.call(wire.BatchRequest(version=self.version, n_groups=n_groups),
+                                             cfg.net.request_timeout_s)
                     if reply.type == "batch":
                         raw = encode("batch", reply.body)
                         break
+                    try:
+                        waiting = wire.parse(reply, wire.WaitReply)
+                    except wire.ProtocolError:
+                        raise RuntimeError(f"the buffer answered a batch request with {reply.type!r}: "
+                                           f"{reply.body}") from None
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"no batch from the buffer within learner.batch_wait_s="
-                                           f"{cfg.learner.batch_wait_s}s (buffer holds {reply.body.get('size')} groups)")
+                                           f"{cfg.learner.batch_wait_s}s (buffer holds {waiting.size} groups)")
             msg = decode(self.ranks.broadcast_bytes(raw), cfg.buffer.max_message_bytes)
-            if msg.type == "resync":
+            if msg.type == wire.Resync.TYPE:
                 self.publish()
                 continue
-            body = msg.body
-            return [parse_group(g) for g in body["groups"]], body["staleness"], body.get("groups_report", {})
+            batch = wire.parse(msg, wire.BatchReply)
+            return [parse_group(g) for g in batch.groups], batch.staleness, batch.groups_report
 
     def step(self, groups) -> dict:
         return train_step(self.policy, self.optimizer, groups, self.settings, self.controller, self.ranks,
@@ -168,14 +174,15 @@ class Learner:
         return publish(list(self.policy.lm.state_dict().items()), self.dtype, int(self.config.sync.bucket_mb * 2**20),
                        self.broadcaster, self.version, self.device)
 
-    def request(self, kind: str, body: dict):
+    def request(self, message: wire.Body):
+        """A request to the buffer from rank 0 (the other ranks get None)."""
         if self.ranks.main:
-            return self.buffer.request(kind, body, self.config.net.request_timeout_s)
+            return self.buffer.call(message, self.config.net.request_timeout_s)
 
     def run(self) -> dict:
         cfg = self.config
-        self.request("hello", {})
-        self.request("version", {"version": self.version})
+        self.request(wire.LearnerHello())
+        self.request(wire.VersionUpdate(version=self.version))
         totals = {"tokens": 0, "broadcast_s": [], "staleness": []}
         budget = TimeBudget()  # where the wall time goes: roles/learner.json "time", summary.json
         started = time.perf_counter()
@@ -198,7 +205,7 @@ class Learner:
             # The buffer learns the version only after the weights went out, so a grant for
             # version v never asks an actor for weights that are not on their way.
             with budget.measure("reporting_version"):
-                self.request("version", {"version": self.version})
+                self.request(wire.VersionUpdate(version=self.version))
             totals["tokens"] += values["learner/tokens"]
             totals["staleness"].extend(staleness)
             if self.ranks.main:
@@ -248,7 +255,7 @@ class Learner:
             # Delivered before `done`: once the buffer hears it, the others may exit at any moment.
             write_role_summary(cfg, "learner", summary)
         self.ranks.barrier()  # no rank exits before learner.json exists (the launcher reads an early exit as a failure)
-        self.request("done", {})
+        self.request(wire.Done())
         if self.broadcaster is not None:
             self.broadcaster.close()
         self.ranks.close()
@@ -267,12 +274,13 @@ class Learner:
     def save_checkpoint(self) -> None:
         """Checkpoint of the current version (learner/checkpoint.py), the buffer's state included."""
         start = time.perf_counter()
-        reply = self.request("checkpoint", {})
+        reply = self.request(wire.CheckpointRequest())
         buffer_state = None
         if self.ranks.main:
-            if reply.type != "ack" or not isinstance(reply.body.get("state"), dict):
-                raise RuntimeError(f"the buffer did not send its state for the checkpoint: {reply.type} {reply.body}")
-            buffer_state = reply.body["state"]
+            try:
+                buffer_state = wire.parse(reply, wire.CheckpointAck).state
+            except wire.ProtocolError as exc:
+                raise RuntimeError(f"the buffer did not send its state for the checkpoint: {exc}") from None
         cfg = self.config
         path = checkpoint.save(cfg.run_dir, self.version, self.version, self.policy, self.optimizer, self.ranks,
                                self.gathered_state(torch.float32),

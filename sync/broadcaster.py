@@ -30,9 +30,10 @@ from datetime import timedelta
 import torch
 import zmq
 
-from buffer.curve import CurveKeys, secure_server
-from buffer.protocol import ProtocolError, decode, encode, require
-from buffer.transport import HWM
+from wire.curve import CurveKeys, secure_server
+from wire import messages as wire
+from wire.protocol import ProtocolError, decode, encode_message
+from wire.transport import HWM
 from sync.buckets import Bucket
 from sync.group import abandon, hello_identity, make_group, open_store
 from telemetry import log as tlog
@@ -101,19 +102,20 @@ class WeightBroadcaster:
         """One inbound message: a hello joins, a `here` for the current probe answers it; the rest is refused."""
         try:
             msg = decode(raw, MAX_INBOUND_BYTES)
-            actor_id = require(msg.body, "actor_id", int)
-            if not 0 <= actor_id < self.num_actors or ident != hello_identity(actor_id):
+            kind = {"hello": wire.SyncHello, "here": wire.Here}.get(msg.type)
+            if kind is None:
+                raise ProtocolError("unknown_type", f"{msg.type!r} is not a weight-receiver message")
+            m = wire.parse(msg, kind)
+            actor_id = m.actor_id
+            if not actor_id < self.num_actors or ident != hello_identity(actor_id):
                 raise ProtocolError("bad_value", f"not from actor {actor_id}'s weight receiver")
-            if msg.type == "hello":
+            if isinstance(m, wire.SyncHello):
                 if actor_id in self.members or self.epoch > 0:
                     self.stats["rejoined"] += 1
                     self.log.info("sync_actor_rejoined", actor=actor_id)
                 self.joining[actor_id] = ident
-            elif msg.type == "here":
-                if answers is not None and require(msg.body, "epoch", int) == self.epoch:
-                    answers[actor_id] = ident  # an answer to an older probe is just late: ignored
-            else:
-                raise ProtocolError("unknown_type", f"{msg.type!r} is not a weight-receiver message")
+            elif answers is not None and m.epoch == self.epoch:
+                answers[actor_id] = ident  # an answer to an older probe is just late: ignored
         except ProtocolError:
             self.refused += 1
 
@@ -159,7 +161,7 @@ class WeightBroadcaster:
         self.stats["regroups"] += 1
         candidates = {**self.members, **self.joining}
         self.joining = {}
-        probe = encode("probe", {"epoch": self.epoch})
+        probe = encode_message(wire.Probe(epoch=self.epoch))
         deadline = time.monotonic() + min(PROBE_S, self.timeout_s)
         unreachable = [a for a, ident in candidates.items() if not self._send(ident, probe, deadline)]
         answers: dict[int, bytes] = {}
@@ -173,7 +175,7 @@ class WeightBroadcaster:
         self.members = dict(sorted(answers.items()))
         world = len(self.members) + 1
         for rank, (actor_id, ident) in enumerate(self.members.items(), start=1):
-            if not self._send(ident, encode("join", {"epoch": self.epoch, "rank": rank, "world_size": world}),
+            if not self._send(ident, encode_message(wire.Join(epoch=self.epoch, rank=rank, world_size=world)),
                               deadline):
                 self._fail(f"actor {actor_id} left before joining epoch {self.epoch}", [actor_id])
                 return
@@ -211,8 +213,8 @@ class WeightBroadcaster:
             self.regroup()
         if self.pg is None:
             return False
-        announcement = encode("weights", {"epoch": self.epoch, "version": version,
-                                          "buckets": [b.to_wire() for b in buckets]})
+        announcement = encode_message(wire.Announcement(epoch=self.epoch, version=version,
+                                                        buckets=[b.to_wire() for b in buckets]))
         deadline = time.monotonic() + self.timeout_s
         gone = [a for a, ident in self.members.items() if not self._send(ident, announcement, deadline)]
         if gone:

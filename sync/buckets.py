@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from buffer.protocol import ProtocolError
+from wire.messages import BucketWire
+from wire.protocol import ProtocolError
 
 BUCKET_BYTES = 256 * 2**20
-DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
 @dataclass
@@ -31,16 +31,11 @@ class Bucket:
         return {"dtype": str(self.dtype).removeprefix("torch."), "names": self.names, "shapes": self.shapes}
 
     @staticmethod
-    def from_wire(obj) -> "Bucket":
-        """A bucket from an announcement, checked: a known dtype, one list of non-negative ints per name."""
-        if not isinstance(obj, dict) or obj.get("dtype") not in DTYPES:
-            raise ProtocolError("bad_field", "a bucket needs a known 'dtype'")
-        names, shapes = obj.get("names"), obj.get("shapes")
-        if (not isinstance(names, list) or not isinstance(shapes, list) or len(names) != len(shapes)
-                or not all(isinstance(n, str) for n in names)
-                or not all(isinstance(s, list) and all(type(d) is int and d >= 0 for d in s) for s in shapes)):
-            raise ProtocolError("bad_field", "a bucket needs 'names' (strings) and 'shapes' (lists of sizes)")
-        return Bucket(getattr(torch, obj["dtype"]), list(names), [list(s) for s in shapes])
+    def from_wire(obj: BucketWire) -> "Bucket":
+        """A bucket from an announcement (already checked by wire.messages.parse), one shape per name."""
+        if len(obj.names) != len(obj.shapes):
+            raise ProtocolError("length_mismatch", f"a bucket with {len(obj.names)} names, {len(obj.shapes)} shapes")
+        return Bucket(getattr(torch, obj.dtype), list(obj.names), [list(s) for s in obj.shapes])
 
 
 def _numel(shape) -> int:

@@ -8,8 +8,9 @@ weights again after a regroup) is received but not staged again.
 
 The thread says hello, answers probes, builds each epoch's group when told to `join`, and receives. A failed
 collective (an actor died, the learner gave up on the group) is not fatal here: the thread says hello again,
-and the learner makes a new group and sends the current weights again; the thread only fails (`error`, re-raised by the generation loop) after
-`rejoin_timeout_s` without a working group, or on anything else going wrong. Blocking: it blocks in a
+and the learner makes a new group and sends the current weights again. The thread only fails (`error`,
+re-raised by the generation loop) after `rejoin_timeout_s` without a working group, or on anything else
+going wrong. Blocking: it blocks in a
 collective only after an announcement; its socket poll has a short timeout so `stop()` ends it promptly.
 """
 
@@ -22,9 +23,10 @@ from datetime import timedelta
 import torch
 import zmq
 
-from buffer.curve import CurveKeys, secure_client
-from buffer.protocol import ProtocolError, decode, encode, require
-from buffer.transport import HWM
+from wire.curve import CurveKeys, secure_client
+from wire import messages as wire
+from wire.protocol import ProtocolError, decode, encode_message
+from wire.transport import HWM
 from sync.buckets import Bucket, unflatten
 from sync.group import abandon, hello_identity, make_group, open_store
 from telemetry import log as tlog
@@ -71,7 +73,7 @@ class WeightReceiver(threading.Thread):
         secure_client(sock, self.keys)
         try:
             sock.connect(f"tcp://{host}:{sync_port}")
-            sock.send(encode("hello", {"actor_id": self.actor_id}))
+            sock.send(encode_message(wire.SyncHello(actor_id=self.actor_id)))
             store = open_store(host, store_port, False, timeout_s)
             orphan_since: float | None = time.monotonic()  # without a working group since (None: in one)
             while not self._stopping.is_set():
@@ -96,14 +98,16 @@ class WeightReceiver(threading.Thread):
         """One message from the learner; a failed collective leaves the group (the learner makes a new one)."""
         try:
             msg = decode(sock.recv(), MAX_ANNOUNCEMENT_BYTES)
-            epoch = require(msg.body, "epoch", int)
-            if msg.type == "probe":
-                sock.send(encode("here", {"actor_id": self.actor_id, "epoch": epoch}), zmq.NOBLOCK)
-            elif msg.type == "join":
-                self._join(store, epoch, require(msg.body, "rank", int), require(msg.body, "world_size", int),
-                           backend)
-            elif msg.type == "weights" and epoch == self._epoch and self._pg is not None:
-                self._receive(require(msg.body, "version", int), require(msg.body, "buckets", list))
+            kind = {"probe": wire.Probe, "join": wire.Join, "weights": wire.Announcement}.get(msg.type)
+            if kind is None:
+                raise ProtocolError("unknown_type", f"{msg.type!r} is not a weight-sync message")
+            m = wire.parse(msg, kind)
+            if isinstance(m, wire.Probe):
+                sock.send(encode_message(wire.Here(actor_id=self.actor_id, epoch=m.epoch)), zmq.NOBLOCK)
+            elif isinstance(m, wire.Join):
+                self._join(store, m.epoch, m.rank, m.world_size, backend)
+            elif m.epoch == self._epoch and self._pg is not None:
+                self._receive(m.version, m.buckets)
             else:
                 self.stats["ignored"] += 1  # an announcement for a group this actor is not in
         except ProtocolError as exc:
@@ -113,10 +117,10 @@ class WeightReceiver(threading.Thread):
             self.stats["failed"] += 1
             self.log.warning("sync_group_failed", epoch=self._epoch, error=str(exc)[:300])
             self._leave()
-            sock.send(encode("hello", {"actor_id": self.actor_id}), zmq.NOBLOCK)  # asks the learner to regroup
+            sock.send(encode_message(wire.SyncHello(actor_id=self.actor_id)), zmq.NOBLOCK)  # asks for a regroup
 
     def _join(self, store, epoch: int, rank: int, world_size: int, backend: str) -> None:
-        if not 1 <= rank < world_size or epoch <= self._epoch:
+        if rank >= world_size or epoch <= self._epoch:
             raise ProtocolError("bad_value", f"join epoch {epoch} rank {rank} of {world_size}")
         self._leave()
         self._pg = make_group(store, epoch, rank, world_size, backend, self.timeout_s)
@@ -130,7 +134,7 @@ class WeightReceiver(threading.Thread):
             abandon(self._pg)
         self._pg = None
 
-    def _receive(self, version: int, buckets_wire: list) -> None:
+    def _receive(self, version: int, buckets_wire: list[wire.BucketWire]) -> None:
         start = time.perf_counter()
         tensors = []
         for obj in buckets_wire:

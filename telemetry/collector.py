@@ -21,8 +21,8 @@ import threading
 
 import zmq
 
-from buffer.protocol import ProtocolError, decode
-from buffer.transport import Server
+from wire.protocol import ProtocolError, decode
+from wire.transport import Server
 
 MAX_BYTES = 16 << 20
 MAX_DEPTH = 6
@@ -86,7 +86,7 @@ def parse_summary(body: dict) -> tuple[str, dict]:
 
 class Collector:
     def __init__(self, run_dir: str, bind: str, port: int, keys=None):
-        """`keys`: the run's CURVE keys (buffer/curve.py) when net.auth is curve."""
+        """`keys`: the run's CURVE keys (wire/curve.py) when net.auth is curve."""
         self.run_dir = run_dir
         self.server = Server(zmq.Context.instance(), f"tcp://{bind}:{port}", keys)
         self.server.sock.setsockopt(zmq.MAXMSGSIZE, MAX_BYTES)

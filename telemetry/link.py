@@ -22,8 +22,8 @@ import time
 
 import zmq
 
-from buffer.curve import ENV, from_env, secure_client
-from buffer.protocol import ProtocolError, decode, encode
+from wire.curve import ENV, from_env, secure_client
+from wire.protocol import ProtocolError, decode, encode
 
 HWM = 10_000
 
@@ -44,7 +44,7 @@ class LauncherLink:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged (flush, summary) before exit
         self.sock.setsockopt(zmq.SNDHWM, HWM)
-        # net.auth = "curve": the launcher gave this role the run's keys (buffer/curve.py).
+        # net.auth = "curve": the launcher gave this role the run's keys (wire/curve.py).
         secure_client(self.sock, from_env() if ENV in os.environ else None)
         self.sock.connect(address)
         self.address = address

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import zmq
 
-from buffer.protocol import Response, TrajectoryGroup, unpack_array
+from wire.protocol import Response, TrajectoryGroup, unpack_array
 from buffer.service import BufferService
-from buffer.transport import Client, endpoint
+from wire.transport import Client, endpoint
 from configs.schema import Config
 from launcher.ports import assign_ports
 from learner.tiny_model import build_tokenizer
@@ -126,7 +126,7 @@ def test_stale_groups_are_dropped_not_trained(service):
 def test_a_held_grant_request_is_granted_the_moment_a_new_version_makes_room(service):
     import time
 
-    from buffer.protocol import decode, encode
+    from wire.protocol import decode, encode
 
     svc, actor, learner, _ = service
     learner.request("version", {"version": 0}, TIMEOUT)
@@ -147,9 +147,10 @@ def test_a_held_grant_request_is_granted_the_moment_a_new_version_makes_room(ser
     # With still nothing to grant a held request ends in `wait` when its hold does; bad holds are refused.
     held = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 2, "hold_s": 0.3}, TIMEOUT)
     assert held.type == "wait"
-    for bad in (-1, 60.0, "1", True, float("nan")):
+    for bad, reason in ((-1, "bad_value"), (60.0, "bad_value"), (float("nan"), "bad_value"), ("1", "bad_field"),
+                        (True, "bad_field")):  # out of range, or not a number at all
         ack = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 1, "hold_s": bad}, TIMEOUT)
-        assert (ack.body["status"], ack.body["reason"]) == ("rejected", "bad_value"), bad
+        assert (ack.body["status"], ack.body["reason"]) == ("rejected", reason), bad
 
 
 def test_all_equal_groups_are_dropped_counted_and_replaced(service):

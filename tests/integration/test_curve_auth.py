@@ -1,4 +1,4 @@
-"""ZeroMQ CURVE (issue 14 item 7, buffer/curve.py): with `net.auth = "curve"`, every ZeroMQ server of a run
+"""ZeroMQ CURVE (issue 14 item 7, wire/curve.py): with `net.auth = "curve"`, every ZeroMQ server of a run
 (the buffer's two ports, the learner's weight announcements, the launcher's collector) serves only peers
 holding the run's keys. A peer without them cannot connect or inject. Its bytes never reach our decoder,
 so nothing is counted and nothing changes. Peers with the keys are served as before."""
@@ -9,9 +9,9 @@ import time
 import pytest
 import zmq
 
-from buffer import curve
-from buffer.protocol import encode
-from buffer.transport import Client, endpoint
+from wire import curve
+from wire.protocol import encode
+from wire.transport import Client, endpoint
 from launcher.auth import exposed_binds, resolve_auth
 from launcher.ports import free_port
 from telemetry.collector import Collector

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync.receiver import WeightReceiver
-from buffer.protocol import encode
+from wire.protocol import encode
 from launcher.ports import free_port
 from sync.broadcaster import WeightBroadcaster
 from sync.buckets import plan_buckets

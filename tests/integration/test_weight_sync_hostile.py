@@ -8,7 +8,7 @@ import torch
 import zmq
 
 from sync.receiver import WeightReceiver
-from buffer.protocol import encode
+from wire.protocol import encode
 from launcher.ports import free_port
 from sync.broadcaster import WeightBroadcaster
 from sync.buckets import plan_buckets
@@ -69,7 +69,7 @@ class _BigBucket:
 def announcer(port, timeout_s, max_failures=3):
     """The announcement side of a WeightBroadcaster (its socket as __init__ makes it) with actor 0 in a
     group that needs no collective (no store, no process group)."""
-    from buffer.transport import HWM
+    from wire.transport import HWM
     from telemetry import log as tlog
 
     b = WeightBroadcaster.__new__(WeightBroadcaster)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from buffer.prompts import PromptStream
-from buffer.protocol import Response, TrajectoryGroup
+from wire.protocol import Response, TrajectoryGroup
 from configs.schema import TaskConfig
 from learner.batch import micro_batch, minibatch
 from tasks.arithmetic import make_splits, score

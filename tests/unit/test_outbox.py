@@ -5,7 +5,7 @@ import pytest
 
 from actors.outbox import Outbox
 from actors.sequences import GrantedPrompt, InFlight
-from buffer.protocol import Message, parse_group
+from wire.protocol import Message, parse_group
 
 
 class Codec:

@@ -4,7 +4,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from buffer.protocol import (REJECT_REASONS, SCHEMA_VERSION, ProtocolError, Response, TrajectoryGroup, decode,
+from wire.protocol import (REJECT_REASONS, SCHEMA_VERSION, ProtocolError, Response, TrajectoryGroup, decode,
                              encode, pack_array, parse_group)
 
 MAX = 1 << 20

@@ -14,7 +14,7 @@ from actors.buffer_link import Grant, Stop, Wait
 from actors.outbox import to_trajectory
 from actors.rollout import Rollout, RolloutSettings
 from actors.sequences import GrantedPrompt, InFlight
-from buffer.protocol import parse_group
+from wire.protocol import parse_group
 
 TOKEN = 9
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from buffer.protocol import Response, TrajectoryGroup
+from wire.protocol import Response, TrajectoryGroup
 from buffer.replay import ReplayStore
 from buffer.staleness import StalenessBudget
 

@@ -8,7 +8,7 @@ import time
 import msgpack
 import zmq
 
-from buffer.protocol import encode
+from wire.protocol import encode
 from launcher.ports import free_port
 from telemetry.collector import Collector
 from telemetry.link import LauncherLink

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from buffer.protocol import Response, TrajectoryGroup
+from wire.protocol import Response, TrajectoryGroup
 from configs.schema import AlgoConfig
 from learner.entropy_control import make_entropy_control
 from learner.model import Policy

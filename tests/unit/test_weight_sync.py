@@ -3,6 +3,8 @@
 import torch
 
 from sync.buckets import Bucket, plan_buckets, unflatten
+from wire.messages import Announcement, parse
+from wire.protocol import Message
 
 
 def test_buckets_group_by_dtype_cap_size_and_round_trip():
@@ -12,7 +14,8 @@ def test_buckets_group_by_dtype_cap_size_and_round_trip():
     assert [b.names for b in buckets] == [["a"], ["c"], ["b", "d"]]  # a (60 B) + c (64 B) > 80 B
     tensors = dict(named)
     for b in buckets:
-        wire = Bucket.from_wire(b.to_wire())
+        wire = Bucket.from_wire(parse(Message("weights", {"epoch": 0, "version": 0, "buckets": [b.to_wire()]}),
+                                      Announcement).buckets[0])
         flat = torch.cat([tensors[n].reshape(-1) for n in wire.names])
         for name, t in unflatten(wire, flat):
             torch.testing.assert_close(t, tensors[name], rtol=0, atol=0)

@@ -1,12 +1,13 @@
 """Wire protocol: every message is one msgpack map `{type, schema, body}`.
 
 Arrays travel as `{dtype, shape, data: bytes}` (raw little-endian bytes, never
-pickle, never `tolist()`). `decode` checks the envelope and `parse_group` checks
-a TrajectoryGroup field by field; both raise `ProtocolError` whose `reason` is
-one of `REJECT_REASONS`, which the receiver counts and logs instead of
-crashing.
+pickle, never `tolist()`). `decode` checks the envelope; `parse_group` checks
+a TrajectoryGroup field by field (per-token arrays, lengths, finiteness), and
+every other message body is a typed Struct checked by `wire.messages.parse`.
+Both raise `ProtocolError` whose `reason` is one of `REJECT_REASONS`, which the
+receiver counts and logs instead of crashing.
 
-Message types (producer -> consumer):
+Message types (producer -> consumer; the typed bodies: wire/messages.py):
 
   actor   -> buffer   hello, grant_request, group, grant_return, bye
   buffer  -> actor    grant, wait, ack, stop
@@ -104,6 +105,13 @@ class Message:
 def encode(type_: str, body: dict) -> bytes:
     assert type_ in MESSAGE_TYPES, type_
     return msgpack.packb({"type": type_, "schema": SCHEMA_VERSION, "body": body}, use_bin_type=True)
+
+
+def encode_message(message) -> bytes:
+    """A typed message (wire/messages.py) in its envelope."""
+    from wire.messages import body
+
+    return encode(message.TYPE, body(message))
 
 
 def decode(raw: bytes, max_bytes: int) -> Message:

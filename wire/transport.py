@@ -15,8 +15,10 @@ import time
 
 import zmq
 
-from buffer.curve import CurveKeys, secure_client, secure_server
-from buffer.protocol import Message, decode, encode
+from wire.curve import CurveKeys, secure_client, secure_server
+from wire.messages import Body
+from wire.messages import body as wire_body
+from wire.protocol import Message, decode, encode
 
 HWM = 1000
 
@@ -28,7 +30,7 @@ def endpoint(host: str, port: int) -> str:
 class Client:
     def __init__(self, ctx: zmq.Context, address: str, identity: str, max_bytes: int, peer: str,
                  keys: CurveKeys | None = None):
-        """`keys`: the run's CURVE keys (net.auth = "curve", buffer/curve.py); None: plain TCP."""
+        """`keys`: the run's CURVE keys (net.auth = "curve", wire/curve.py); None: plain TCP."""
         self.sock = ctx.socket(zmq.DEALER)
         secure_client(self.sock, keys)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -83,9 +85,17 @@ class Client:
                 replies[i] = reply
         return replies
 
+    def call(self, message: Body, timeout_s: float) -> Message:
+        """`request` with a typed message (wire/messages.py); the reply still needs `messages.parse`."""
+        return self.request(message.TYPE, wire_body(message), timeout_s)
+
     def send(self, type_: str, body: dict) -> None:
         """Fire-and-forget (used for `bye`)."""
         self.sock.send(encode(type_, body), zmq.NOBLOCK)
+
+    def answer(self, identity: bytes, request: Message | None, message: Body) -> None:
+        """Reply with a typed message (wire/messages.py)."""
+        self.reply(identity, request, message.TYPE, wire_body(message))
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -117,6 +127,10 @@ class Server:
             self.sock.send_multipart([identity, encode(type_, {**body, "rid": rid})], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # peer gone (EHOSTUNREACH) or its queue full: it will time out and retry or fail
+
+    def answer(self, identity: bytes, request: Message | None, message: Body) -> None:
+        """Reply with a typed message (wire/messages.py)."""
+        self.reply(identity, request, message.TYPE, wire_body(message))
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -1,0 +1,232 @@
+"""Every message body, typed: one msgspec Struct per message type and direction, one `parse` for all of them.
+
+The envelope (`{type, schema, body}`, wire/protocol.py) says which message it is; the receiver picks the
+Struct for that type and `parse` validates the body while converting it: field types (a bool is never an
+int), ranges (`Meta` bounds), lengths. A body that does not fit raises `ProtocolError` with the reason the
+receiver counts (`bad_field`: missing or wrongly typed; `bad_value`: out of range). Unknown fields are
+ignored (the request id `rid` rides in every request body). Trajectory groups carry packed arrays and
+per-token checks, so they keep their own parser (wire/protocol.py `parse_group`).
+
+Senders build the same Structs and send `body(struct)` under `struct.TYPE`, so both sides share one
+definition.
+
+  actor   -> buffer   ActorHello, GrantRequest, GrantReturn, Bye            (+ group: parse_group)
+  buffer  -> actor    Welcome (ack to hello), GrantReply, WaitReply, GroupAck (ack to a group), Stop
+  learner -> buffer   LearnerHello, VersionUpdate, BatchRequest, CheckpointRequest, Done
+  buffer  -> learner  BatchReply, WaitReply, CheckpointAck, Ack
+  actor   -> learner  SyncHello, Here                                         (weight sync, sync/)
+  learner -> actor    Probe, Join, Announcement
+  learner -> learner ranks  BatchReply or Resync
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+import msgspec
+
+from wire.protocol import Message, ProtocolError  # noqa: F401  (ProtocolError: for users of parse)
+
+NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+MAX_GRANT_HOLD_S = 2.0
+HoldS = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_GRANT_HOLD_S)]
+RetryS = Annotated[float, msgspec.Meta(ge=0.0, le=60.0)]
+DTYPES = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
+
+T = TypeVar("T", bound="Body")
+
+
+class Body(msgspec.Struct, kw_only=True):
+    TYPE: ClassVar[str]
+
+
+# ----------------------------------------------------------------------------- actor <-> buffer
+
+
+class ActorHello(Body):
+    TYPE = "hello"
+    actor_id: NonNeg
+
+
+class GrantRequest(Body):
+    TYPE = "grant_request"
+    actor_id: NonNeg
+    max_prompts: NonNeg
+    version: NonNeg = 0
+    hold_s: HoldS = 0.0  # how long the buffer may hold the request when it has nothing to grant
+
+
+class GrantReturn(Body):
+    TYPE = "grant_return"
+    actor_id: NonNeg
+    prompt_ids: list[NonNeg]
+
+
+class Bye(Body):
+    TYPE = "bye"
+    actor_id: NonNeg
+    stats: dict[str, Any] = {}
+
+
+class Welcome(Body):
+    """The buffer's answer to an actor's hello."""
+    TYPE = "ack"
+    version: NonNeg  # the learner's version now
+    restarted: bool  # this actor id said hello before: an earlier incarnation died; its grants were given back
+    seq_start: NonNeg  # number this incarnation's groups from here
+    status: Literal["ok"] = "ok"
+
+
+PackedArray = dict[str, Any]  # {dtype, shape, data}: raw little-endian bytes, checked by protocol.unpack_array
+
+
+class GrantedPrompt(msgspec.Struct, kw_only=True):
+    prompt_id: NonNeg
+    token_ids: PackedArray
+    answer: Any  # what the built-in verifier compares with (files: shown in logs only)
+    kind: str = "arithmetic"
+    reference: Any = None  # task.kind = "files": what the verifier needs (tests, expected answer)
+
+
+class Sampling(msgspec.Struct, kw_only=True):
+    n: Positive  # the stage's group size
+    max_tokens: Positive  # the stage's response length limit
+    stage: NonNeg = 0  # the context-length stage (configs/stages.py), for logs
+
+
+class GrantReply(Body):
+    TYPE = "grant"
+    min_version: NonNeg  # generate with this version or newer
+    prompts: list[GrantedPrompt]
+    sampling: Sampling
+
+
+class WaitReply(Body):
+    TYPE = "wait"
+    retry_s: RetryS = 0.05
+    size: NonNeg = 0  # (to the learner) groups the buffer holds
+
+
+class Stop(Body):
+    TYPE = "stop"
+
+
+class GroupAck(Body):
+    """The buffer's answer to a group (or to any request it refused)."""
+    TYPE = "ack"
+    status: Literal["accepted", "duplicate", "full", "rejected", "ok"]
+    seq: NonNeg | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+# ----------------------------------------------------------------------------- learner <-> buffer
+
+
+class LearnerHello(Body):
+    TYPE = "hello"
+
+
+class VersionUpdate(Body):
+    TYPE = "version"
+    version: NonNeg
+
+
+class BatchRequest(Body):
+    TYPE = "batch_request"
+    version: NonNeg
+    n_groups: Positive
+
+
+class CheckpointRequest(Body):
+    TYPE = "checkpoint"
+
+
+class Done(Body):
+    TYPE = "done"
+
+
+class BatchReply(Body):
+    TYPE = "batch"
+    version: NonNeg
+    staleness: list[NonNeg]
+    groups: list[dict[str, Any]]  # each a trajectory group: wire/protocol.py parse_group
+    groups_report: dict[str, Any] = {}
+
+
+class CheckpointAck(Body):
+    TYPE = "ack"
+    status: Literal["ok"]
+    state: dict[str, Any]  # the buffer's state, saved in the learner's checkpoint
+
+
+class Ack(Body):
+    TYPE = "ack"
+    status: str
+
+
+class Resync(Body):
+    """Rank 0 to the other learner ranks: publish the current weights again (in place of a batch)."""
+    TYPE = "resync"
+
+
+# ----------------------------------------------------------------------------- weight sync (sync/)
+
+
+class SyncHello(Body):
+    TYPE = "hello"
+    actor_id: NonNeg
+
+
+class Here(Body):
+    TYPE = "here"
+    actor_id: NonNeg
+    epoch: NonNeg
+
+
+class Probe(Body):
+    TYPE = "probe"
+    epoch: NonNeg
+
+
+class Join(Body):
+    TYPE = "join"
+    epoch: NonNeg
+    rank: Positive
+    world_size: Annotated[int, msgspec.Meta(ge=2)]
+
+
+class BucketWire(msgspec.Struct):
+    dtype: DTYPES
+    names: list[str]
+    shapes: list[list[NonNeg]]
+
+
+class Announcement(Body):
+    TYPE = "weights"
+    epoch: NonNeg
+    version: NonNeg
+    buckets: list[BucketWire]
+
+
+# ----------------------------------------------------------------------------- both ways
+
+
+def parse(msg: Message, kind: type[T]) -> T:
+    """`msg`'s body as a `kind`, checked; ProtocolError (bad_field / bad_value / unknown_type) otherwise."""
+    if msg.type != kind.TYPE:
+        raise ProtocolError("unknown_type", f"{msg.type!r} where {kind.TYPE!r} was expected")
+    try:
+        return msgspec.convert(msg.body, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        # Type errors and missing fields: "Expected `int`, got `str`", "Object missing required field `x`";
+        # everything else is a bound or a length ("Expected `int` >= 0", "Expected `str` matching ...").
+        reason = "bad_field" if (", got `" in text or "missing required field" in text) else "bad_value"
+        raise ProtocolError(reason, f"{kind.__name__}: {text}") from None
+
+
+def body(message: Body) -> dict:
+    """The wire form of a message body (plain msgpack-able builtins)."""
+    return msgspec.to_builtins(message, builtin_types=(bytes,))  # bytes stay bytes (msgpack bin), not base64
