@@ -36,9 +36,15 @@ from launcher.processes import Child, spawn, stop_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+SBATCH_TIMEOUT_S = 120.0  # sbatch without --wait: queueing a job takes seconds
+
 
 def _hostnames(nodelist: str) -> list[str]:
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"scontrol show hostnames {nodelist} did not answer within 30 s: is slurmctld "
+                           "reachable?") from None
     if out.returncode != 0:
         raise RuntimeError(f"scontrol show hostnames {nodelist} failed: {out.stderr.strip()}")
     return out.stdout.split()
@@ -114,7 +120,10 @@ class SlurmBackend:
         running = {h.name for h in handles if h.returncode is None}
         steps = self.step_ids(running) if running else []
         if steps:  # the roles' own SIGTERM handling (final figures, clean exits), as on one host
-            subprocess.run(["scancel", "--signal=TERM", *steps], capture_output=True, timeout=10)
+            try:
+                subprocess.run(["scancel", "--signal=TERM", *steps], capture_output=True, timeout=10)
+            except (OSError, subprocess.SubprocessError):
+                pass  # stop_all below still ends every srun (and with it its task)
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline and any(h.returncode is None for h in handles):
                 time.sleep(0.05)
@@ -179,7 +188,11 @@ def submit(config, config_path: str | None, overrides: list[str], nodes: int, gp
     with open(script, "w") as f:
         f.write(batch_script(config, config_path, overrides, nodes, gpus_per_node, submit_dir))
     cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), *sbatch_args, script]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    try:  # sbatch returns at once unless --wait (then: when the job ends); an unreachable controller is named
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=None if wait else SBATCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SubmitError(f"{' '.join(cmd)} did not answer within {SBATCH_TIMEOUT_S:.0f} s: is slurmctld "
+                          "reachable (scontrol ping)?") from None
     job_id = out.stdout.strip().split(";")[0]
     if not job_id.isdigit():
         raise SubmitError(f"{' '.join(cmd)} failed (exit {out.returncode}): {out.stderr.strip()}")

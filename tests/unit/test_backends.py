@@ -42,6 +42,23 @@ def test_submit_refuses_a_layout_that_cannot_run_before_it_queues(tmp_path, monk
         submit(config, None, [], nodes=1, gpus_per_node=2, sbatch_args=[], wait=False)
 
 
+def test_an_sbatch_that_never_answers_is_an_error_naming_the_controller(tmp_path, monkeypatch):
+    """Issue 14 item 6: sbatch retries for minutes when slurmctld is unreachable; the submit has a deadline."""
+    import time
+
+    import launcher.slurm as slurm
+
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, "SBATCH_TIMEOUT_S", 0.5)
+    (tmp_path / "sbatch").write_text("#!/bin/sh\nexec sleep 30\n")
+    (tmp_path / "sbatch").chmod(0o755)
+    config = load_config(None, [f"run.output_dir={tmp_path}"])
+    start = time.monotonic()
+    with pytest.raises(SubmitError, match="did not answer within 0 s: is slurmctld reachable"):
+        submit(config, None, [], nodes=1, gpus_per_node=0, sbatch_args=[], wait=False)
+    assert time.monotonic() - start < 10
+
+
 def test_run_outside_an_allocation_or_without_a_ray_cluster_says_what_to_do(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_"))}
     common = ["--set", f"run.output_dir={tmp_path}"]
