@@ -3,6 +3,7 @@ counted, good groups are kept and served whole, η is enforced end to end."""
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -124,8 +125,6 @@ def test_stale_groups_are_dropped_not_trained(service):
 
 
 def test_a_held_grant_request_is_granted_the_moment_a_new_version_makes_room(service):
-    import time
-
     from wire.protocol import decode, encode
 
     svc, actor, learner, _ = service
@@ -293,8 +292,12 @@ def test_a_restarted_actor_gets_its_predecessors_grants_back_in_the_stream_and_n
     p0, p1 = grant.body["prompts"]
     assert actor.request("group", group_for(p0, seq=3).to_wire(), TIMEOUT).body["status"] == "accepted"
     assert svc.budget.in_flight == 1 and list(svc.granted) == [p1["prompt_id"]]
-    # The actor dies holding p1; its successor (same identity, new connection) says hello.
+    # The actor dies holding p1; its successor (same identity, new connection) says hello. A restarted actor
+    # connects seconds after the death (a new process, after actors.restart_backoff_s): by then the buffer has
+    # dropped the dead connection. Without CURVE (no ROUTER_HANDOVER) a connection made while the old one is
+    # still registered would not be read, so the successor waits as long as a restart does at the least.
     actor.close()
+    time.sleep(1.0)
     ctx = zmq.Context.instance()
     net = svc.config.net
     successor = Client(ctx, endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
