@@ -5,6 +5,8 @@
     python launch.py run --config configs/tiny.toml --set buffer.max_staleness=0 --set actors.count=2
     python launch.py run --resume runs/tiny                # continue from its newest checkpoint
     python launch.py run --resume runs/tiny --set learner.steps=300   # train a finished run further
+    python launch.py sweep --grid buffer.max_staleness=0,2 --grid actors.count=1,2 --seeds 3 --name eta-actors
+    python launch.py report runs/eta-actors                # report.md + plots for a sweep (or runs)
     python launch.py config                                # print every key, its default and docstring
     python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
     python launch.py filter --model DIR --data IN.parquet --out OUT.parquet --samples 16  # difficulty filter
@@ -146,6 +148,23 @@ def main(argv: list[str] | None = None) -> int:
     submit_p.add_argument("--wait", action="store_true", help="wait for the job to end (sbatch --wait); exit with its status")
     submit_p.add_argument("sbatch_args", nargs="*", metavar="-- SBATCH_OPTION",
                           help="further sbatch options after `--`, e.g. -- --partition=gpu --time=24:00:00")
+    sweep_p = sub.add_parser("sweep", help="run a grid of overrides x seeds, one run directory each (resumable)")
+    sweep_p.add_argument("--config", default=None, help="TOML run file (default: configs/tiny.toml)")
+    sweep_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one key in every run (repeatable)")
+    sweep_p.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2,...",
+                         help="one axis of the grid (repeatable; the product of all axes runs)")
+    sweep_p.add_argument("--seeds", type=int, default=1, help="runs per grid point: run.seed, run.seed + 1, ...")
+    sweep_p.add_argument("--name", default=None, help="sweep directory name (default: <run.name>-sweep)")
+    sweep_p.add_argument("--output-dir", default=None, help="where the sweep directory goes (default: run.output_dir)")
+    sweep_p.add_argument("--cluster", default="local", choices=["local", "slurm", "ray"],
+                         help="where each run's roles run (as `launch.py run --cluster`)")
+    sweep_p.add_argument("--address", default=None, help="Ray cluster address (--cluster ray)")
+    report_p = sub.add_parser("report", help="report.md + plots (PNG) for runs or sweeps: curves, staleness, "
+                                             "time per role, a table with mean +- std over seeds")
+    report_p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or sweep directories")
+    report_p.add_argument("--out", default=None, help="where report.md and the plots go (default: the one DIR "
+                                                      "given, else ./report)")
     sub.add_parser("config", help="list every config key with its default and meaning")
     plan_p = sub.add_parser("plan", help="which role runs on which node and GPU of a cluster (nothing starts)")
     plan_p.add_argument("--config", default=None, help="TOML run file (default: configs/tiny.toml)")
@@ -175,6 +194,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "config":
         _print_config_reference()
+        return 0
+    if args.command == "sweep":
+        from launcher.sweep import sweep
+
+        return sweep(args.config, args.set, args.grid, args.seeds, args.name, args.output_dir, args.cluster,
+                     ["--address", args.address] if args.address else [])
+    if args.command == "report":
+        from telemetry.report import ReportError, write_report
+
+        try:
+            path = write_report(args.dirs, args.out)
+        except ReportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"report: {path}")
         return 0
     if args.command == "plan":
         return _plan_command(args)

@@ -490,6 +490,12 @@ class CheckpointConfig(_Section):
     role reads its part of that directory at start."""
 
 
+class TelemetryConfig(_Section):
+    tensorboard: bool = True
+    """Every metric also as TensorBoard events under runs/<name>/tensorboard/<role>/ (`tensorboard --logdir
+    runs/`), written by the launcher as records arrive."""
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     """Run identity and outputs."""
@@ -515,6 +521,8 @@ class Config(_Section):
     """Held-out evaluation."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Checkpoints and resuming."""
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    """Metrics outputs besides metrics.jsonl."""
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":

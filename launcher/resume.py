@@ -79,6 +79,10 @@ def prepare_resumed_dir(config: Config) -> None:
             os.remove(path)
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         os.remove(os.path.join(run_dir, "summary.json"))
+    if config.telemetry.tensorboard:  # the events again, without the steps after the checkpoint
+        from telemetry.tensorboard import export
+
+        export(run_dir)
     logs = os.path.join(run_dir, "logs")
     if os.path.isdir(logs):
         n = 1

@@ -95,7 +95,8 @@ def prepare_run_dir(config: Config) -> str:
         if not config.run.overwrite:
             raise RunFailed(f"{run_dir} exists and run.overwrite = false; pick another run.name")
         # Old outputs would mix with the new ones (metrics.jsonl is appended to; --resume reads checkpoints/).
-        for old in ("logs", "roles", "final", "checkpoints", *map(os.path.basename, glob.glob(os.path.join(run_dir, "logs.*")))):
+        old_logs = [os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "logs.*"))]
+        for old in ("logs", "roles", "final", "checkpoints", "tensorboard", *old_logs):
             shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
         for old in ("metrics.jsonl", "summary.json", "plan.json", LAUNCH_CONFIG):
             if os.path.exists(os.path.join(run_dir, old)):
@@ -234,7 +235,8 @@ def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float
         print(plan.table(), flush=True)
     print(f"run dir: {run_dir}   (logs in {logs})", flush=True)
     net = config.net
-    collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port, keys).start()
+    collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port, keys,
+                          tensorboard=config.telemetry.tensorboard).start()
     try:
         return _run_roles(config, stop, backend, plan, collector, cfg_path, wall_start, launched_at, keys)
     finally:

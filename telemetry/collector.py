@@ -85,13 +85,19 @@ def parse_summary(body: dict) -> tuple[str, dict]:
 
 
 class Collector:
-    def __init__(self, run_dir: str, bind: str, port: int, keys=None):
-        """`keys`: the run's CURVE keys (wire/curve.py) when net.auth is curve."""
+    def __init__(self, run_dir: str, bind: str, port: int, keys=None, tensorboard: bool = False):
+        """`keys`: the run's CURVE keys (wire/curve.py) when net.auth is curve; `tensorboard`: every record
+        also goes to TensorBoard event files (telemetry/tensorboard.py)."""
         self.run_dir = run_dir
         self.server = Server(zmq.Context.instance(), f"tcp://{bind}:{port}", keys)
         self.server.sock.setsockopt(zmq.MAXMSGSIZE, MAX_BYTES)
         os.makedirs(os.path.join(run_dir, "roles"), exist_ok=True)
         self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self._tensorboard = None
+        if tensorboard:
+            from telemetry.tensorboard import TensorBoardSink
+
+            self._tensorboard = TensorBoardSink(run_dir)
         self.summaries: dict[str, dict] = {}
         self.refused: collections.Counter = collections.Counter()
         self.records = 0
@@ -120,6 +126,8 @@ class Collector:
         self._stop.set()
         self._thread.join(timeout=10)
         self._metrics.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
         self.server.close()
 
     def _loop(self) -> None:
@@ -135,9 +143,12 @@ class Collector:
         try:
             msg = decode(raw, MAX_BYTES)
             if msg.type == "metrics" and "record" in msg.body:
-                self._metrics.write(json.dumps(parse_record(msg.body)) + "\n")
+                record = parse_record(msg.body)
+                self._metrics.write(json.dumps(record) + "\n")
                 self._metrics.flush()
                 self.records += 1
+                if self._tensorboard is not None:
+                    self._tensorboard.write(record)
             elif msg.type == "summary":
                 role, summary = parse_summary(msg.body)
                 self._write_summary(role, summary)

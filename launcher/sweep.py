@@ -1,0 +1,174 @@
+"""`launch.py sweep`: one config, a grid of overrides, N seeds; one run directory each under a sweep directory.
+
+    python launch.py sweep --config configs/tiny.toml --grid buffer.max_staleness=0,2 --grid actors.count=1,2 \
+        --seeds 3 --name eta-actors
+
+runs the product of the grid (in the order given, seeds innermost) one after another, each as its own
+`launch.py run` (locally, or through `--cluster slurm|ray`), in `runs/<name>/<run>/` where `<run>` spells its
+overrides (`buffer.max_staleness-2__actors.count-1__seed-1`). The sweep is resumable: a run whose summary.json
+exists is skipped, a run that stopped part-way is started again from scratch; `sweep.json` lists every run
+with its overrides and status. Every combination is validated before the first run starts, so a typo in a
+key fails at once. A progress line per run says what it reached; `launch.py report runs/<name>` turns the
+sweep into tables and plots.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MANIFEST = "sweep.json"
+
+
+class SweepError(ValueError):
+    pass
+
+
+@dataclass
+class SweepRun:
+    name: str  # the run directory's name: its grid values and seed
+    overrides: list[str]  # KEY=VALUE, as `--set` takes them (grid values and run.seed)
+    grid: dict[str, str]  # the grid values alone (the report groups seeds by them)
+    seed: int
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """`KEY=V1,V2,...` each -> [(key, [values])]; errors name the item."""
+    axes = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise SweepError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. buffer.max_staleness=0,2)")
+        if key in ("run.seed", "run.name", "run.output_dir"):
+            raise SweepError(f"--grid {item!r}: {key} is set by the sweep (use --seeds, --name, --output-dir)")
+        if key in (k for k, _ in axes):
+            raise SweepError(f"--grid {key} is given twice")
+        parts = [v.strip() for v in values.split(",")]
+        if any(not v for v in parts) or len(set(parts)) != len(parts):
+            raise SweepError(f"--grid {item!r}: values must be non-empty and distinct")
+        axes.append((key, parts))
+    return axes
+
+
+def run_name(grid: dict[str, str], seed: int) -> str:
+    """`buffer.max_staleness-2__actors.count-1__seed-0` (characters run.name does not allow become `_`)."""
+    spelled = "__".join([f"{k}-{v}" for k, v in grid.items()] + [f"seed-{seed}"])
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", spelled)
+
+
+def expand(grid_items: list[str], seeds: int, base_seed: int) -> list[SweepRun]:
+    """The product of the grid (first --grid outermost), each with seeds base_seed .. base_seed + seeds - 1."""
+    if seeds < 1:
+        raise SweepError(f"--seeds {seeds}: need at least 1")
+    axes = parse_grid(grid_items)
+    runs = []
+    for values in itertools.product(*[vals for _, vals in axes]):
+        grid = dict(zip([k for k, _ in axes], values))
+        for seed in range(base_seed, base_seed + seeds):
+            overrides = [f"{k}={v}" for k, v in grid.items()] + [f"run.seed={seed}"]
+            runs.append(SweepRun(run_name(grid, seed), overrides, grid, seed))
+    return runs
+
+
+def finished(run_dir: str) -> bool:
+    return os.path.exists(os.path.join(run_dir, "summary.json"))
+
+
+def outcome(run_dir: str) -> str:
+    """What a finished run reached, in a few words (for the progress line)."""
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        s = json.load(f)
+    parts = [f"{s['learner']['steps']} steps in {s['wall_s']:.0f} s of RL"]
+    if s.get("eval"):
+        parts.append(f"held-out {s['eval']['before']:.3f} -> {s['eval']['after']:.3f}")
+    parts.append(f"staleness mean {s['staleness']['mean']:.2f}")
+    return ", ".join(parts)
+
+
+def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds: int, name: str | None,
+          output_dir: str | None, cluster: str, extra: list[str]) -> int:
+    from configs.loader import ConfigError, load_config
+
+    try:
+        base = load_config(config_path, sets)
+        runs = expand(grid_items, seeds, base.run.seed)
+        sweep_name = name or f"{base.run.name}-sweep"
+        root = os.path.join(output_dir or base.run.output_dir, sweep_name)
+        for r in runs:  # every combination must be a valid config before anything runs
+            load_config(config_path, [*sets, *r.overrides, f"run.name={r.name}"])
+    except (ConfigError, SweepError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.makedirs(root, exist_ok=True)
+    manifest = {"config": os.path.abspath(config_path) if config_path else None, "set": sets,
+                "grid": [f"{k}={','.join(v)}" for k, v in parse_grid(grid_items)], "seeds": seeds,
+                "cluster": cluster, "runs": [{**asdict(r), "status": "pending"} for r in runs]}
+    _write_manifest(root, manifest)
+    print(f"sweep {sweep_name}: {len(runs)} runs in {root}", flush=True)
+    failed = 0
+    for i, (r, entry) in enumerate(zip(runs, manifest["runs"]), start=1):
+        run_dir = os.path.join(root, r.name)
+        tag = f"[{i}/{len(runs)}] {r.name}"
+        if finished(run_dir):
+            entry["status"] = "done"
+            print(f"{tag}: done before ({outcome(run_dir)})", flush=True)
+            continue
+        args = [sys.executable, os.path.join(ROOT, "launch.py"), "run", "--cluster", cluster, *extra]
+        if config_path:
+            args += ["--config", config_path]
+        for item in [*sets, *r.overrides, f"run.output_dir={root}", f"run.name={r.name}", "run.overwrite=true"]:
+            args += ["--set", item]
+        start = time.monotonic()
+        print(f"{tag}: running ...", flush=True)
+        with open(os.path.join(root, f"{r.name}.launch.log"), "w") as log:
+            code = _run_child(args, log)
+        seconds = time.monotonic() - start
+        if code == 0 and finished(run_dir):
+            entry["status"] = "done"
+            print(f"{tag}: done in {seconds:.0f} s ({outcome(run_dir)})", flush=True)
+        elif code in (130, 143, 129):  # stopped by a signal: so is the sweep (run it again to continue)
+            entry["status"] = "interrupted"
+            _write_manifest(root, manifest)
+            print(f"{tag}: interrupted; `launch.py sweep` with the same arguments continues from here",
+                  file=sys.stderr, flush=True)
+            return code
+        else:
+            failed += 1
+            entry["status"] = f"failed (exit {code})"
+            print(f"{tag}: failed (exit {code}) after {seconds:.0f} s; see {root}/{r.name}.launch.log", flush=True)
+        _write_manifest(root, manifest)
+    _write_manifest(root, manifest)
+    done = sum(e["status"] == "done" for e in manifest["runs"])
+    print(f"sweep {sweep_name}: {done}/{len(runs)} runs done{f', {failed} failed' if failed else ''}. "
+          f"Report: python launch.py report {root}", flush=True)
+    return 1 if failed else 0
+
+
+def _run_child(args: list[str], log) -> int:
+    """One `launch.py run`; Ctrl-C reaches it from the terminal (it stops its roles and exits 130) while the
+    sweep waits for that; SIGTERM / SIGHUP to the sweep are passed on to it."""
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
+    forward = lambda sig, _frame: proc.send_signal(sig)  # noqa: E731
+    old = {sig: signal.signal(sig, handler) for sig, handler in
+           ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, forward), (signal.SIGHUP, forward))}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _write_manifest(root: str, manifest: dict) -> None:
+    path = os.path.join(root, MANIFEST)
+    with open(path + ".tmp", "w") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(path + ".tmp", path)
