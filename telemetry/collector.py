@@ -94,6 +94,7 @@ class Collector:
         os.makedirs(os.path.join(run_dir, "roles"), exist_ok=True)
         self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
         self._tensorboard = None
+        self.tensorboard_errors = 0  # records metrics.jsonl has but the event files could not take
         if tensorboard:
             from telemetry.tensorboard import TensorBoardSink
 
@@ -148,7 +149,10 @@ class Collector:
                 self._metrics.flush()
                 self.records += 1
                 if self._tensorboard is not None:
-                    self._tensorboard.write(record)
+                    try:
+                        self._tensorboard.write(record)
+                    except Exception:  # noqa: BLE001 - events are a copy: metrics.jsonl has the record
+                        self.tensorboard_errors += 1
             elif msg.type == "summary":
                 role, summary = parse_summary(msg.body)
                 self._write_summary(role, summary)

@@ -52,13 +52,21 @@ class TensorBoardSink:
                 value = int(value)
             if isinstance(value, (int, float)):
                 writer.add_scalar(key, value, step, walltime=wall)
-            elif key.endswith("_hist") and isinstance(value, list) and value and sum(value) > 0:
+            elif key.endswith("_hist") and _counts(value):
                 _add_counts(writer, key, value, step, wall)
 
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+
+
+def _counts(value) -> bool:
+    """A list of non-negative counts with at least one non-zero (records come off the wire: anything else is
+    left out, never an error)."""
+    return (isinstance(value, list) and 0 < len(value) <= 1 << 16
+            and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c < 1e18 for c in value)
+            and sum(value) > 0)
 
 
 def _add_counts(writer, tag: str, counts: list, step: int, wall: float) -> None:

@@ -26,7 +26,7 @@ def test_every_record_reaches_tensorboard_per_role_and_step(tmp_path):
         actors = [MetricsWriter(str(tmp_path), f"actor:{i}", f"tcp://127.0.0.1:{port}") for i in range(2)]
         for step in range(1, 8):
             learner.log({"learner/loss": 0.5 / step, "learner/staleness_hist": [step, 2, 0, 1], "reward/mean": None,
-                         "learner/stage": step // 4}, step=step)
+                         "learner/stage": step // 4, "learner/odd_hist": ["x", -1], "learner/text": "x"}, step=step)
             for i, actor in enumerate(actors):
                 actor.log({"actor/tokens_per_s": 100.0 * i + step}, step=step)
         for w in (learner, *actors):
@@ -37,6 +37,7 @@ def test_every_record_reaches_tensorboard_per_role_and_step(tmp_path):
     assert [s for s, _ in loss] == list(range(1, 8))
     assert all(abs(v - 0.5 / s) < 1e-7 for s, v in loss)  # stored as float32
     assert "reward/mean" not in acc.Tags()["scalars"]  # null values are left out
+    assert "learner/odd_hist" not in acc.Tags()["histograms"] and collector.tensorboard_errors == 0
     hist = acc.Histograms("learner/staleness_hist")
     assert len(hist) == 7 and hist[0].histogram_value.num == 4  # counts 1 + 2 + 0 + 1 at step 1
     for i in range(2):  # one event directory per actor: TensorBoard overlays them under one tag
