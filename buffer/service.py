@@ -37,8 +37,8 @@ import zmq
 from wire.curve import role_keys, stop_authenticator
 from buffer.online_filter import OnlineFilter
 from buffer.prompts import PromptStream
-from wire.messages import (ActorHello, BatchReply, BatchRequest, Bye, GrantedPrompt, GrantReply, GrantRequest,
-                           GrantReturn, Sampling, Stop, VersionUpdate, WaitReply, Welcome, parse)
+from wire.messages import (Ack, ActorHello, BatchReply, BatchRequest, Bye, CheckpointAck, GrantedPrompt, GrantReply,
+                           GrantRequest, GrantReturn, Sampling, Stop, VersionUpdate, WaitReply, Welcome, parse)
 from wire.protocol import REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require, unpack_array
 from buffer.rejection import GroupTally, uniform_kind
 from buffer.replay import ReplayStore
@@ -54,6 +54,7 @@ from telemetry.role_summary import write_role_summary
 from telemetry.metrics import MetricsWriter
 
 LONG_POLL_S = 1.0
+OK = Ack(status="ok")  # the plain acknowledgement
 ACTOR_MESSAGES = {"hello": ActorHello, "grant_request": GrantRequest, "grant_return": GrantReturn, "bye": Bye}
 SEQ_GAP = 1 << 16  # a restarted actor numbers its groups this far past its last incarnation's highest seen
 PEER = re.compile(r"^actor-(\d{1,6})(-groups)?$")  # the identities actors/worker.py gives its two sockets
@@ -154,12 +155,12 @@ class BufferService:
             if any(i in self.granted and self.granted[i].actor_id != actor_id for i in m.prompt_ids):
                 raise ProtocolError("bad_value", "grant_return names prompts granted to another actor")
             self.return_grants(m.prompt_ids)  # ids no longer granted (answered, returned already) are ignored
-            server.reply(ident, msg, "ack", {"status": "ok"})
+            server.answer(ident, msg, OK)
         elif isinstance(m, Bye):
             self.actors_done.add(actor_id)
             self.actor_stats[actor_id] = m.stats
             self.return_grants([i for i, g in self.granted.items() if g.actor_id == actor_id])
-            server.reply(ident, msg, "ack", {"status": "ok"})
+            server.answer(ident, msg, OK)
 
     def restart(self, actor_id: int) -> None:
         """An actor said hello again: give back its earlier incarnation's grants and forget its held request."""
@@ -302,7 +303,7 @@ class BufferService:
         if ident != b"learner":  # the identity learner/trainer.py gives its socket
             raise ProtocolError("bad_value", "learner messages come from the learner's socket only")
         if msg.type == "hello":
-            server.reply(ident, msg, "ack", {"status": "ok"})
+            server.answer(ident, msg, OK)
         elif msg.type == "version":
             version = parse(msg, VersionUpdate).version
             if not self.budget.version <= version <= self.config.learner.steps:
@@ -311,7 +312,7 @@ class BufferService:
             self.budget.on_version(version)
             if after.index != before.index:
                 self.enter_stage(after)
-            server.reply(ident, msg, "ack", {"status": "ok"})
+            server.answer(ident, msg, OK)
         elif msg.type == "batch_request":
             # Checked here, inside the handler's error path: serve_batch runs outside it.
             request = parse(msg, BatchRequest)
@@ -320,10 +321,10 @@ class BufferService:
             self.pending_batch = (ident, msg, request.n_groups)
             self.pending_since = time.monotonic()
         elif msg.type == "checkpoint":  # the learner saves this with its checkpoint of the current version
-            server.reply(ident, msg, "ack", {"status": "ok", "state": self.state_dict()})
+            server.answer(ident, msg, CheckpointAck(status="ok", state=self.state_dict()))
         elif msg.type == "done":
             self.done_at = time.monotonic()
-            server.reply(ident, msg, "ack", {"status": "ok"})
+            server.answer(ident, msg, OK)
             self.log.info("learner_done", actors=len(self.actors_seen))
         else:
             raise ProtocolError("unknown_type", f"{msg.type!r} is not a learner message")

@@ -36,6 +36,20 @@ def envelope(types):
     return st.fixed_dictionaries({"type": st.sampled_from(types), "schema": st.just(1), "body": plain})
 
 
+def flood(sock, strategy) -> int:
+    """Send EXAMPLES hostile messages drawn from `strategy` on `sock`; how many went out."""
+    sent = [0]
+
+    @settings(max_examples=EXAMPLES, **SETTINGS)
+    @given(strategy)
+    def one(raw):
+        sock.send(raw)
+        sent[0] += 1
+
+    one()
+    return sent[0]
+
+
 def collector_hostile():
     bad_records = st.one_of(
         st.sampled_from(["ts", "role"]).map(lambda k: {x: v for x, v in RECORD.items() if x != k}),  # required
@@ -79,13 +93,7 @@ def test_fuzzed_telemetry_is_refused_and_never_written(tmp_path):
     evil.connect(f"tcp://127.0.0.1:{port}")
     sent = [0]
     try:
-        @settings(max_examples=EXAMPLES, **SETTINGS)
-        @given(collector_hostile())
-        def one(raw):
-            evil.send(raw)
-            sent[0] += 1
-
-        one()
+        sent[0] = flood(evil, collector_hostile())
         deadline = time.monotonic() + 60
         while sum(collector.refused.values()) < sent[0] and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -140,15 +148,7 @@ def test_fuzzed_hellos_cannot_join_the_broadcast_and_the_real_actor_still_gets_t
     evil.setsockopt(zmq.LINGER, 0)
     evil.setsockopt(zmq.IDENTITY, b"actor-0-weightz")
     evil.connect(f"tcp://127.0.0.1:{sync_port}")
-    sent = [0]
-
-    @settings(max_examples=EXAMPLES, **SETTINGS)
-    @given(announcement_hostile())
-    def one(raw):
-        evil.send(raw)
-        sent[0] += 1
-
-    one()
+    sent = [flood(evil, announcement_hostile())]
     receiver = WeightReceiver(0, "127.0.0.1", sync_port, store_port, "gloo", 60.0, torch.device("cpu"))
     receiver.start()
     learner.join(timeout=120)
