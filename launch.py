@@ -7,6 +7,7 @@
     python launch.py run --resume runs/tiny --set learner.steps=300   # train a finished run further
     python launch.py sweep --grid buffer.max_staleness=0,2 --grid actors.count=1,2 --seeds 3 --name eta-actors
     python launch.py report runs/eta-actors                # report.md + plots for a sweep (or runs)
+    python launch.py advise --from runs/tiny --nodes 4 --gpus-per-node 8   # actor:learner split, simulated
     python launch.py config                                # print every key, its default and docstring
     python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
     python launch.py filter --model DIR --data IN.parquet --out OUT.parquet --samples 16  # difficulty filter
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override one key in every run (repeatable)")
     sweep_p.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2,...",
-                         help="one axis of the grid (repeatable; the product of all axes runs)")
+                         help="one axis of the grid (repeatable; the product of all axes runs). "
+                              "KEY1+KEY2=A1+B1,A2+B2 links keys that change together")
     sweep_p.add_argument("--seeds", type=int, default=1, help="runs per grid point: run.seed, run.seed + 1, ...")
     sweep_p.add_argument("--name", default=None, help="sweep directory name (default: <run.name>-sweep)")
     sweep_p.add_argument("--output-dir", default=None, help="where the sweep directory goes (default: run.output_dir)")
@@ -165,6 +167,23 @@ def main(argv: list[str] | None = None) -> int:
     report_p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or sweep directories")
     report_p.add_argument("--out", default=None, help="where report.md and the plots go (default: the one DIR "
                                                       "given, else ./report)")
+    advise_p = sub.add_parser("advise", help="actor:learner split for a cluster, from a run's measured rates and a "
+                                             "simulation of the pipeline (docs/tuning.md)")
+    advise_p.add_argument("--config", default=None, help="TOML run file the advice is for (default: the --from "
+                                                         "run's config)")
+    advise_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
+    source = advise_p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="from_runs", nargs="+", default=None, metavar="RUN_DIR",
+                        help="read the rates from these finished runs (e.g. one at eta 0 and one above)")
+    source.add_argument("--calibrate", action="store_true",
+                        help="measure them with a short run of the config first")
+    advise_p.add_argument("--calibration-steps", type=int, default=40, help="learner steps of --calibrate (40)")
+    advise_p.add_argument("--nodes", type=int, default=1, help="nodes of the cluster to plan for (default 1)")
+    advise_p.add_argument("--gpus-per-node", type=int, default=8, help="devices per node (default 8)")
+    advise_p.add_argument("--sim-steps", type=int, default=40, help="learner steps each split is simulated for (40)")
+    advise_p.add_argument("--check", nargs="*", default=[], metavar="RUN_DIR",
+                          help="finished runs (or sweeps) to set predicted against measured")
+    advise_p.add_argument("--out", default=None, help="where advice.md goes (default: in the calibration run)")
     sub.add_parser("config", help="list every config key with its default and meaning")
     plan_p = sub.add_parser("plan", help="which role runs on which node and GPU of a cluster (nothing starts)")
     plan_p.add_argument("--config", default=None, help="TOML run file (default: configs/tiny.toml)")
@@ -210,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"report: {path}")
         return 0
+    if args.command == "advise":
+        from launcher.advisor import advise
+
+        if args.nodes < 1 or args.gpus_per_node < 1 or args.sim_steps < 3 or args.calibration_steps < 3:
+            print("error: --nodes and --gpus-per-node must be >= 1, --sim-steps and --calibration-steps >= 3",
+                  file=sys.stderr)
+            return 2
+        return advise(args.config, args.set, args.from_runs, args.calibration_steps if args.calibrate else None,
+                      args.nodes, args.gpus_per_node, args.sim_steps, args.check, args.out)
     if args.command == "plan":
         return _plan_command(args)
     if args.command == "submit":

@@ -64,6 +64,7 @@ class Outbox(threading.Thread):
         self.seq = 0
         self.budget = TimeBudget()  # scoring / sending, concurrent with the loop's own budget
         self.sent = {"groups": 0, "tokens": 0, "rejected": 0}
+        self.response_lengths: dict[int, int] = {}  # response length -> samples sent (the ratio advisor's lengths)
 
     # ------------------------------------------------------------------ the loop's side
 
@@ -134,6 +135,9 @@ class Outbox(threading.Thread):
         with self.budget.measure("sending"):
             self._send_all(trajectories)
         self.sent["groups"] += len(trajectories)
+        for g in groups:
+            for s in g.sequences:
+                self.response_lengths[len(s.tokens)] = self.response_lengths.get(len(s.tokens), 0) + 1
         self.sent["tokens"] += sum(t.num_tokens for t in trajectories)
         self.metrics.log({"actor/reward_mean": float(np.mean(rewards)), "actor/verify_s": verify_s,
                           "actor/verify_timeouts": self.scorer.timeouts, "actor/groups_sent": self.sent["groups"]},

@@ -39,6 +39,7 @@ import numpy as np
 from actors.buffer_link import Grant, Stop, Wait
 from actors.sequences import InFlight
 from telemetry.time_budget import TimeBudget
+from telemetry.timeline import Timeline
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Rollout:
         self.retry_at = 0.0
         self.last_ask = 0.0
         self.budget = TimeBudget()
+        self.timeline = Timeline()  # each engine step's wall-clock interval and tokens (launcher/calibration.py)
         self.stats = {"tokens": 0, "steps": 0, "restarted": 0, "returned": 0,
                       "first_token_s": []}
         self._window = {"start": time.perf_counter(), "tokens": 0, "gen_s": 0.0, "occupancy": 0.0, "steps": 0}
@@ -228,10 +230,11 @@ class Rollout:
 
     def decode(self) -> None:
         running = self.engine.running()
-        start = time.perf_counter()
+        start, wall_start = time.perf_counter(), time.time()
         with self.budget.measure("generating"):
             deltas = self.engine.step()
         gen_s = time.perf_counter() - start
+        wall_end = time.time()
         tokens = 0
         for d in deltas:
             if d.request_id in self._probes:
@@ -248,6 +251,7 @@ class Rollout:
             self._first_token_due = None
         self.stats["tokens"] += tokens
         self.stats["steps"] += 1
+        self.timeline.add(wall_start, wall_end, tokens)
         w = self._window
         w["tokens"] += tokens
         w["gen_s"] += gen_s

@@ -216,9 +216,12 @@ class Actor:
             "rejected": self.outbox.sent["rejected"], "wait_weights_s": time_budget.get("waiting_for_weights", 0.0),
             "eval_s": s["eval_s"], "evaluated_versions": s["evaluated"],
             "time": time_budget, "time_outbox": self.outbox.budget.as_dict(),
+            "response_lengths": {str(k): v for k, v in sorted(self.outbox.response_lengths.items())},
+            "timeline": {"generating": r.timeline.as_list(), "dropped": r.timeline.dropped},
         }
         try:
-            self.client.request("bye", {"actor_id": self.actor_id, "stats": summary}, 5.0)
+            bye = {k: v for k, v in summary.items() if k != "timeline"}  # the buffer's copy needs no timeline
+            self.client.request("bye", {"actor_id": self.actor_id, "stats": bye}, 5.0)
         except TimeoutError:
             self.log.warning("bye_not_acknowledged")
         write_role_summary(self.config, f"actor{self.actor_id}", summary)

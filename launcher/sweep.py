@@ -3,6 +3,8 @@
     python launch.py sweep --config configs/tiny.toml --grid buffer.max_staleness=0,2 --grid actors.count=1,2 \
         --seeds 3 --name eta-actors
 
+(`--grid K1+K2=A1+B1,A2+B2` links keys that must change together.)
+
 runs the product of the grid (in the order given, seeds innermost) one after another, each as its own
 `launch.py run` (locally, or through `--cluster slurm|ray`), in `runs/<name>/<run>/` where `<run>` spells its
 overrides (`buffer.max_staleness-2__actors.count-1__seed-1`). The sweep is resumable: a run whose summary.json
@@ -40,22 +42,35 @@ class SweepRun:
     seed: int
 
 
-def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
-    """`KEY=V1,V2,...` each -> [(key, [values])]; errors name the item."""
-    axes = []
+def parse_grid(items: list[str]) -> list[tuple[tuple[str, ...], list[tuple[str, ...]]]]:
+    """`KEY=V1,V2,...` each -> [((key,), [(v1,), (v2,), ...])]; errors name the item.
+
+    `KEY1+KEY2=A1+B1,A2+B2` is one linked axis: the keys move together (A1 with B1, A2 with B2), for settings
+    that are only valid in pairs (e.g. `algo.off_policy.correction+algo.off_policy.old_logprobs=
+    none+behaviour,decoupled+recompute`)."""
+    axes: list[tuple[tuple[str, ...], list[tuple[str, ...]]]] = []
+    seen: set[str] = set()
     for item in items:
         key, sep, values = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not values.strip():
-            raise SweepError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. buffer.max_staleness=0,2)")
-        if key in ("run.seed", "run.name", "run.output_dir"):
-            raise SweepError(f"--grid {item!r}: {key} is set by the sweep (use --seeds, --name, --output-dir)")
-        if key in (k for k, _ in axes):
-            raise SweepError(f"--grid {key} is given twice")
+        keys = tuple(k.strip() for k in key.split("+"))
+        if not sep or not all(keys) or not values.strip():
+            raise SweepError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. buffer.max_staleness=0,2) or "
+                             "KEY1+KEY2=A1+B1,A2+B2")
+        for k in keys:
+            if k in ("run.seed", "run.name", "run.output_dir"):
+                raise SweepError(f"--grid {item!r}: {k} is set by the sweep (use --seeds, --name, --output-dir)")
+            if k in seen:
+                raise SweepError(f"--grid {k} is given twice")
+            seen.add(k)
         parts = [v.strip() for v in values.split(",")]
         if any(not v for v in parts) or len(set(parts)) != len(parts):
             raise SweepError(f"--grid {item!r}: values must be non-empty and distinct")
-        axes.append((key, parts))
+        tuples = [tuple(p.strip() for p in v.split("+")) if len(keys) > 1 else (v,) for v in parts]
+        bad = [v for v, t in zip(parts, tuples) if len(t) != len(keys) or not all(t)]
+        if bad:
+            raise SweepError(f"--grid {item!r}: {len(keys)} linked keys need {len(keys)} values joined by '+' "
+                             f"in each entry, got {bad}")
+        axes.append((keys, tuples))
     return axes
 
 
@@ -72,7 +87,7 @@ def expand(grid_items: list[str], seeds: int, base_seed: int) -> list[SweepRun]:
     axes = parse_grid(grid_items)
     runs = []
     for values in itertools.product(*[vals for _, vals in axes]):
-        grid = dict(zip([k for k, _ in axes], values))
+        grid = {k: v for (keys, _), vs in zip(axes, values) for k, v in zip(keys, vs)}
         for seed in range(base_seed, base_seed + seeds):
             overrides = [f"{k}={v}" for k, v in grid.items()] + [f"run.seed={seed}"]
             runs.append(SweepRun(run_name(grid, seed), overrides, grid, seed))
@@ -110,7 +125,7 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
         return 2
     os.makedirs(root, exist_ok=True)
     manifest = {"config": os.path.abspath(config_path) if config_path else None, "set": sets,
-                "grid": [f"{k}={','.join(v)}" for k, v in parse_grid(grid_items)], "seeds": seeds,
+                "grid": grid_items, "seeds": seeds,
                 "cluster": cluster, "runs": [{**asdict(r), "status": "pending"} for r in runs]}
     _write_manifest(root, manifest)
     print(f"sweep {sweep_name}: {len(runs)} runs in {root}", flush=True)

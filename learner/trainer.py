@@ -51,6 +51,7 @@ from telemetry import log as tlog
 from telemetry.role_summary import write_role_summary
 from telemetry.metrics import MetricsWriter
 from telemetry.time_budget import TimeBudget
+from telemetry.timeline import Timeline
 
 
 def groups_metrics(report: dict) -> dict:
@@ -185,15 +186,17 @@ class Learner:
         self.request(wire.VersionUpdate(version=self.version))
         totals = {"tokens": 0, "broadcast_s": [], "staleness": []}
         budget = TimeBudget()  # where the wall time goes: roles/learner.json "time", summary.json
+        timeline = Timeline()  # each training step's wall-clock interval and response tokens (the ratio advisor)
         started = time.perf_counter()
         for step in range(self.start_version, cfg.learner.steps):
             t0 = time.perf_counter()
             with budget.measure("waiting_for_batch"):
                 groups, staleness, report = self.next_batch()
-            t1 = time.perf_counter()
+            t1, wall_t1 = time.perf_counter(), time.time()
             with budget.measure("training"):
                 values = self.step(groups)
             t2 = time.perf_counter()
+            timeline.add(wall_t1, time.time(), values["learner/tokens"])
             self.version += 1
             if self.version % cfg.sync.every == 0 or step == cfg.learner.steps - 1:
                 with budget.measure("broadcasting"):
@@ -250,6 +253,7 @@ class Learner:
             "staleness_trained": totals["staleness"],
             "wall_s": wall,
             "sync": dict(self.broadcaster.stats) if self.broadcaster is not None else {},
+            "timeline": {"training": timeline.as_list(), "dropped": timeline.dropped},
         }
         if self.ranks.main:
             # Delivered before `done`: once the buffer hears it, the others may exit at any moment.

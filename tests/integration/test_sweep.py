@@ -65,3 +65,17 @@ def test_a_sweep_runs_its_grid_resumes_and_reports(tmp_path):
     assert [s for s, _ in events] == [s for s, _ in losses] and len(events) == 3
     assert all(abs(a - b) < 1e-5 * max(1.0, abs(b)) for (_, a), (_, b) in zip(events, losses))
     assert os.path.isdir(run / "tensorboard" / "actor0") and os.path.isdir(run / "tensorboard" / "eval")
+
+    # The ratio advisor (item 4) reads the real run's timelines and sets the sweep's runs against its prediction.
+    advise = subprocess.run([sys.executable, "launch.py", "advise", "--from", str(run), "--check", str(root),
+                             "--nodes", "2", "--gpus-per-node", "4", "--sim-steps", "6", "--out",
+                             str(tmp_path / "advice.md")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert advise.returncode == 0, advise.stdout[-3000:] + advise.stderr[-3000:]
+    advice = (tmp_path / "advice.md").read_text()
+    assert "**Recommended:" in advice and advice.count("**recommended**") == 1
+    split_rows = [line for line in advice.splitlines() if line.startswith("| ") and line.split(" | ")[0][2:].isdigit()]
+    assert [tuple(line.split(" | ")[:2]) for line in split_rows] == [(f"| {k}", str(8 - k)) for k in range(1, 8)]
+    learner = json.loads((run / "roles" / "learner.json").read_text())
+    assert len(learner["timeline"]["training"]) == 3
+    for name in names:  # predicted against measured, one row per run of the sweep
+        assert f"| {name} | 1 |" in advice

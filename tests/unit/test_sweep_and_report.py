@@ -21,8 +21,21 @@ def test_the_grid_expands_in_order_with_seeds_innermost():
     assert runs[-1].grid == {"buffer.max_staleness": "2", "actors.count": "2"}
 
 
+def test_linked_keys_move_together():
+    runs = expand(["algo.off_policy.correction+algo.off_policy.old_logprobs=none+behaviour,decoupled+recompute",
+                   "buffer.max_staleness=0,4"], seeds=1, base_seed=0)
+    assert [r.grid for r in runs] == [
+        {"algo.off_policy.correction": c, "algo.off_policy.old_logprobs": o, "buffer.max_staleness": e}
+        for c, o in [("none", "behaviour"), ("decoupled", "recompute")] for e in ["0", "4"]]
+    assert runs[1].overrides == ["algo.off_policy.correction=none", "algo.off_policy.old_logprobs=behaviour",
+                                 "buffer.max_staleness=4", "run.seed=0"]
+
+
 @pytest.mark.parametrize("items, message", [
     (["buffer.max_staleness"], "expected KEY=V1,V2"),
+    (["a.b+c.d=1+2,3"], "2 linked keys need 2 values"),
+    (["a.b+a.b=1+2"], "given twice"),
+    (["a.b=1", "c.d+a.b=1+2"], "given twice"),
     (["buffer.max_staleness=0,,2"], "non-empty and distinct"),
     (["a.b=1", "a.b=2"], "given twice"),
     (["run.seed=1,2"], "set by the sweep"),

@@ -1,0 +1,214 @@
+"""`launch.py advise`: how many actors per learner, predicted before anyone pays for the cluster.
+
+    python launch.py advise --from runs/calibration --nodes 4 --gpus-per-node 8
+    python launch.py advise --config my.toml --calibrate --nodes 4 --gpus-per-node 8
+    python launch.py advise --from runs/cal-eta0 runs/cal-eta2 --check runs/advisor-check
+
+1. Rates: read from one or more finished runs (`--from`, launcher/calibration.py) or measured by a short
+   calibration run of the config (`--calibrate`: `learner.steps = --calibration-steps`, evaluation off).
+2. Splits: for a cluster of `nodes x gpus_per_node` devices, every split into L learner ranks and
+   (devices - L) / actors.tensor_parallel_size actor engines; the learner's rate scales with its ranks from
+   the calibration's rate per rank (linear: a data-parallel learner's all-reduce is not modelled).
+3. Each split runs through the pipeline simulator (launcher/simulator.py) with the config's staleness bound,
+   batch and group sizes and chunking: predicted step time, learner idle fraction, actor idle fraction,
+   staleness and trained tokens/s.
+4. Recommended: the split with the most trained tokens/s; among splits within `tolerance` (2 %) of it, the one
+   with the freshest data (lowest mean staleness), then the least idle device time.
+
+`--check RUN...` simulates each finished run's own shape with the calibration's rates and sets the prediction
+beside what the run measured (steady-state wall time and learner idle fraction): how far to trust the rest.
+Everything goes to `advice.md` (and is printed).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+
+from launcher.calibration import Calibration, CalibrationError, calibrate, measured, shape_of, shared_host
+from launcher.simulator import Prediction, Shape, simulate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Split:
+    learner_ranks: int
+    actors: int
+    prediction: Prediction
+    step_s: float  # predicted steady-state seconds per learner step
+
+
+def splits(cal: Calibration, config: dict, devices: int, steps: int, tp: int = 1) -> list[Split]:
+    """Every split of `devices` into learner ranks and actor engines (tp devices each), simulated."""
+    if devices < 1 + tp:
+        raise CalibrationError(f"{devices} devices cannot hold a learner rank and an actor engine of {tp}")
+    per_rank = cal.rates.learner_tokens_per_s / max(cal.learner_ranks, 1)
+    out = []
+    for ranks in range(1, devices - tp + 1):
+        actors = (devices - ranks) // tp
+        if actors < 1 or (devices - ranks) % tp:
+            continue
+        rates = replace(cal.rates, learner_tokens_per_s=per_rank * ranks)
+        p = simulate(shape_of(config, steps=steps, actors=actors, shared=False), rates)
+        out.append(Split(ranks, actors, p, p.steady_wall_s / max(steps - 1, 1)))
+    return out
+
+
+def idle_share(s: Split) -> float:
+    """The share of all devices' time spent idle."""
+    p = s.prediction
+    return (p.steady_idle_frac * s.learner_ranks + p.actor_idle_frac * s.actors) / (s.learner_ranks + s.actors)
+
+
+def recommend(options: list[Split], tolerance: float = 0.02) -> Split:
+    best = max(s.prediction.trained_tokens_per_s for s in options)
+    close = [s for s in options if s.prediction.trained_tokens_per_s >= (1 - tolerance) * best]
+    return min(close, key=lambda s: (round(s.prediction.staleness_mean, 1), idle_share(s)))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def split_table(options: list[Split], chosen: Split) -> str:
+    rows = ["| learner ranks | actor engines | step s | learner idle | actors idle | staleness mean | "
+            "trained tokens/s | |", "|---|---|---|---|---|---|---|---|"]
+    for s in options:
+        p = s.prediction
+        rows.append(f"| {s.learner_ranks} | {s.actors} | {s.step_s:.2f} | {_pct(p.steady_idle_frac)} | "
+                    f"{_pct(p.actor_idle_frac)} | {p.staleness_mean:.2f} | {p.trained_tokens_per_s:,.0f} | "
+                    f"{'**recommended**' if s is chosen else ''} |")
+    return "\n".join(rows)
+
+
+@dataclass
+class Check:
+    name: str
+    shape: Shape
+    predicted: Prediction
+    wall_s: float  # measured steady-state wall
+    idle_frac: float
+
+    @property
+    def wall_error(self) -> float:
+        return self.predicted.steady_wall_s / self.wall_s - 1 if self.wall_s else float("nan")
+
+    @property
+    def idle_error(self) -> float:
+        return self.predicted.steady_idle_frac / self.idle_frac - 1 if self.idle_frac else float("nan")
+
+
+def check(cal: Calibration, run, seeds: int = 3) -> Check:
+    """Simulate a finished run's own shape with the calibration's rates (mean over `seeds` simulator seeds)."""
+    m = measured(run)
+    preds = [simulate(shape_of(run.config, steps=m.steps, shared=shared_host(run), seed=s), cal.rates)
+             for s in range(seeds)]
+    mean = replace(preds[0], steady_wall_s=sum(p.steady_wall_s for p in preds) / seeds,
+                   steady_idle_frac=sum(p.steady_idle_frac for p in preds) / seeds)
+    return Check(run.name, shape_of(run.config, steps=m.steps, shared=shared_host(run)), mean, m.steady_wall_s,
+                 m.steady_idle_frac)
+
+
+def check_table(checks: list[Check]) -> str:
+    rows = ["| run | actors | η | steps | wall s measured | wall s predicted | error | learner idle measured | "
+            "learner idle predicted | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        rows.append(f"| {c.name} | {c.shape.actors} | {c.shape.max_staleness} | {c.shape.steps} | "
+                    f"{c.wall_s:.1f} | {c.predicted.steady_wall_s:.1f} | {100 * c.wall_error:+.0f} % | "
+                    f"{_pct(c.idle_frac)} | {_pct(c.predicted.steady_idle_frac)} | {100 * c.idle_error:+.0f} % |")
+    return "\n".join(rows)
+
+
+def rates_table(cal: Calibration) -> str:
+    r = cal.rates
+    n = sum(r.length_counts or [1] * len(r.lengths))
+    mean_len = sum(l * c for l, c in zip(r.lengths, r.length_counts or [1] * len(r.lengths))) / n
+    rows = [("generation, one engine alone", f"{r.gen_tokens_per_s:,.0f} tokens/s"),
+            (f"learner alone ({cal.learner_ranks} rank{'s' if cal.learner_ranks > 1 else ''})",
+             f"{r.learner_tokens_per_s:,.0f} response tokens/s"),
+            ("weight publication / load", f"{r.sync_s:.3f} s / {r.load_s:.3f} s"),
+            ("learner overhead per step / handoff latency (fitted)", f"{r.step_overhead_s:.3f} s / {r.handoff_s:.3f} s"),
+            ("actor overhead per group", f"{r.group_overhead_s * 1000:.1f} ms"),
+            ("groups kept by rejection sampling", _pct(r.keep_frac)),
+            ("response length", f"mean {mean_len:.1f}, {min(r.lengths)}..{max(r.lengths)} tokens ({n} samples)"),
+            ("shared host: actor slower beside the learner / another actor",
+             f"+{_pct(r.actor_slowdown_learner)} / +{_pct(r.actor_slowdown_actor)}"),
+            ("shared host: learner slower beside actors", f"+{_pct(r.learner_slowdown_actor)}")]
+    return "\n".join(["| rate | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def run_calibration(config_path: str | None, sets: list[str], steps: int, output_dir: str | None) -> str:
+    """A short run of the config for its rates; returns its directory."""
+    from configs.loader import load_config
+
+    base = load_config(config_path, sets)
+    name = f"{base.run.name}-calibration"
+    args = [sys.executable, os.path.join(ROOT, "launch.py"), "run"]
+    if config_path:
+        args += ["--config", config_path]
+    for item in [*sets, f"learner.steps={steps}", "eval.before_and_after=false", "eval.every_steps=0",
+                 f"run.name={name}", "run.overwrite=true", "checkpoint.every_steps=0",
+                 *([f"run.output_dir={output_dir}"] if output_dir else [])]:
+        args += ["--set", item]
+    print(f"calibration run: {steps} steps of {config_path or 'configs/tiny.toml'} -> "
+          f"{os.path.join(output_dir or base.run.output_dir, name)}", flush=True)
+    code = subprocess.call(args)
+    if code:
+        raise CalibrationError(f"the calibration run failed (exit {code}); see its launcher output above")
+    return os.path.join(output_dir or base.run.output_dir, name)
+
+
+def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None, calibrate_steps: int | None,
+           nodes: int, gpus_per_node: int, sim_steps: int, checks: list[str], out: str | None,
+           output_dir: str | None = None) -> int:
+    from configs.loader import ConfigError, load_config
+    from telemetry.report import ReportError, find_runs, flatten, load_run
+
+    try:
+        if not from_runs:
+            from_runs = [run_calibration(config_path, sets, calibrate_steps or 40, output_dir)]
+        sources = [load_run(d) for d in from_runs]
+        cal = calibrate(sources)
+        if config_path or sets:
+            config = flatten(load_config(config_path, sets).model_dump(mode="json"))
+        else:
+            config = sources[-1].config
+        tp = int(config.get("actors.tensor_parallel_size", 1))
+        options = splits(cal, config, nodes * gpus_per_node, sim_steps, tp)
+        chosen = recommend(options)
+        checked = [check(cal, r) for r in find_runs(checks)] if checks else []
+    except (CalibrationError, ConfigError, ReportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    devices = nodes * gpus_per_node
+    lines = [f"# Actor:learner split for {nodes} node{'s' if nodes > 1 else ''} x {gpus_per_node} devices",
+             "", f"Rates from {', '.join(f'`{d}`' for d in from_runs)} (launcher/calibration.py):", "",
+             rates_table(cal), ""]
+    lines += [f"* {n}" for n in cal.notes] + ([""] if cal.notes else [])
+    lines += [f"Simulated {sim_steps} learner steps of η = {config.get('buffer.max_staleness')}, "
+              f"{config.get('learner.prompts_per_step')} prompts x {config.get('actors.group_size')} samples per step, "
+              f"{config.get('actors.update_mode')} actors, every role on its own devices "
+              f"({tp} per engine); the learner's rate grows linearly with its ranks.", "",
+              split_table(options, chosen), "",
+              f"**Recommended: {chosen.learner_ranks} learner rank{'s' if chosen.learner_ranks > 1 else ''} and "
+              f"{chosen.actors} actor engine{'s' if chosen.actors > 1 else ''}** of {devices} devices: "
+              f"{chosen.prediction.trained_tokens_per_s:,.0f} trained tokens/s, the learner waiting "
+              f"{_pct(chosen.prediction.steady_idle_frac)} of the time, mean staleness "
+              f"{chosen.prediction.staleness_mean:.2f}. Set `actors.count = {chosen.actors}` and give the learner "
+              f"{chosen.learner_ranks} device{'s' if chosen.learner_ranks > 1 else ''} "
+              "(`learner.ranks` / the cluster's placement, docs/clusters.md)."]
+    if checked:
+        lines += ["", "## Predicted against measured", "",
+                  "Each run's own shape simulated with the rates above (steady state: from the end of the first "
+                  "learner step to the end of the last; roles sharing one host slow each other as calibrated).",
+                  "", check_table(checked)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    path = out or os.path.join(from_runs[0], "advice.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"written: {path}")
+    return 0

@@ -1,0 +1,283 @@
+"""The rates a finished run achieved, for the pipeline simulator (launcher/simulator.py) and the ratio advisor.
+
+    cal = calibrate([load_run("runs/cal-eta0"), load_run("runs/cal-eta2")])   # one run or several
+    cal.rates        # simulator.Rates: generation and training rates, sync, overheads, lengths, slowdowns
+    cal.notes        # how each figure was obtained, for advice.md
+    measured(run)    # what the run did: steady-state wall time and the learner's idle fraction
+
+Where each figure comes from (roles/<role>.json, written by the roles at exit, and metrics.jsonl):
+
+* **Rates and slowdowns** from the roles' timelines (telemetry/timeline.py): every engine step of every actor
+  (wall-clock interval, tokens) and every training step of the learner (interval, response tokens). For each
+  interval we compute the share of it during which the other roles were busy, and fit by least squares
+      actor engine step:  seconds = tokens · (1 + a_L · f_learner + a_A · f_other_actors) / gen_rate
+      learner step:       seconds = tokens · (1 + l_A · f_any_actor) / learner_rate
+  so the rates are what a role achieves alone and a_L, a_A, l_A how much it slows beside the others on a
+  shared host (with roles on their own devices they come out ~0). A run where the roles never overlap
+  (buffer.max_staleness = 0) cannot show the slowdowns: they are then 0, and the notes say so.
+* **Weight sync**: the learner's mean publication time and the actors' mean load time.
+* **Overheads**: the learner's per-step time outside training, publishing and waiting; the actors' time
+  outside generating, waiting and loading, per group. What no timeline shows, the round trips that hand a
+  batch from the actors through the buffer to the learner and the new version back, is one per-step handoff
+  latency, fitted so the simulation of the calibration run(s) takes as long as they did (`fit_handoff_s`).
+* **Rejection sampling**: the share of generated groups the buffer kept.
+* **Response lengths**: every sample the actors sent (roles/actor<i>.json "response_lengths").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from launcher.simulator import Rates, Shape, simulate
+
+
+class CalibrationError(ValueError):
+    pass
+
+
+@dataclass
+class Calibration:
+    rates: Rates
+    learner_ranks: int  # the learner's rate is for this many ranks
+    source: str  # the run it came from
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Measured:
+    steps: int
+    steady_wall_s: float  # from the end of the first learner step to the end of the last
+    steady_idle_frac: float  # the learner's waiting for batches over that span
+    staleness_mean: float
+
+
+def _role(run_dir: str, role: str) -> dict:
+    path = os.path.join(run_dir, "roles", f"{role}.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: {exc} (calibrate from a finished run)") from None
+
+
+def _intervals(entries) -> np.ndarray:
+    a = np.asarray(entries if entries else np.zeros((0, 3)), dtype=float).reshape(-1, 3)
+    return a[a[:, 1] > a[:, 0]]
+
+
+def _union(intervals: np.ndarray) -> np.ndarray:
+    """Merged, sorted [start, end] pairs."""
+    if not len(intervals):
+        return np.zeros((0, 2))
+    iv = intervals[np.argsort(intervals[:, 0]), :2]
+    merged = [list(iv[0])]
+    for s, e in iv[1:]:
+        if s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return np.asarray(merged)
+
+
+def overlap_fraction(intervals: np.ndarray, busy: np.ndarray) -> np.ndarray:
+    """For each [start, end] in `intervals`, the share of it covered by the merged `busy` intervals."""
+    out = np.zeros(len(intervals))
+    if not len(busy) or not len(intervals):
+        return out
+    starts, ends = busy[:, 0], busy[:, 1]
+    for i, (s, e) in enumerate(intervals[:, :2]):
+        lo, hi = np.searchsorted(ends, s, "right"), np.searchsorted(starts, e, "left")
+        if hi > lo:
+            covered = np.minimum(ends[lo:hi], e) - np.maximum(starts[lo:hi], s)
+            out[i] = covered.clip(min=0).sum() / (e - s)
+    return out
+
+
+def fit_rate(intervals: np.ndarray, overlaps: list[np.ndarray]) -> tuple[float, list[float]]:
+    """Least squares seconds = tokens · (1 + Σ_k c_k · f_k) / rate over intervals with tokens, each weighted
+    1 / tokens (so the rate is a ratio of totals, as the simulator's fixed-rate engine needs: small batches'
+    slower steps count by their time): (rate, [c_k]).
+    A slowdown the data cannot show (no overlap) or that fits negative is 0, and the rest refitted."""
+    keep = intervals[:, 2] > 0
+    if not keep.any():
+        raise CalibrationError("no interval with tokens to fit a rate on")
+    # A step without tokens (prompts' prefill only) costs time too: it goes to the next step with tokens.
+    duration = intervals[:, 1] - intervals[:, 0]
+    carried = np.cumsum(np.where(keep, 0.0, duration))
+    before = np.concatenate([[0.0], carried[keep][:-1]])
+    seconds = duration[keep] + carried[keep] - before
+    tokens = intervals[keep, 2]
+    fs = [f[keep] for f in overlaps]
+    active = [k for k, f in enumerate(fs) if f.max(initial=0.0) > 0.05]
+    w = 1.0 / np.sqrt(tokens)  # weights 1/tokens: without overlap the rate is Σ tokens / Σ seconds exactly
+    while True:
+        X = np.column_stack([tokens] + [tokens * fs[k] for k in active])
+        coef, *_ = np.linalg.lstsq(X * w[:, None], seconds * w, rcond=None)
+        negative = [k for k, c in zip(active, coef[1:]) if c < 0]
+        if not negative or coef[0] <= 0:
+            break
+        active = [k for k in active if k not in negative]
+    if coef[0] <= 0:  # the overlap terms swallowed everything: fall back to the plain mean rate
+        return float(tokens.sum() / seconds.sum()), [0.0] * len(overlaps)
+    slowdowns = [0.0] * len(overlaps)
+    for k, c in zip(active, coef[1:]):
+        slowdowns[k] = float(max(c, 0.0) / coef[0])
+    return float(1.0 / coef[0]), slowdowns
+
+
+def _learner_records(run) -> list[dict]:
+    return sorted((r for r in run.records if r.get("role") == "learner" and isinstance(r.get("ts"), (int, float))
+                   and isinstance(r.get("learner/wait_for_batch_s"), (int, float))), key=lambda r: r["step"])
+
+
+@dataclass
+class _RunRoles:
+    run: object
+    learner: dict
+    buffer: dict
+    actors: list[dict]
+
+
+def _roles(run) -> _RunRoles:
+    learner, buffer = _role(run.path, "learner"), _role(run.path, "buffer")
+    actors = [_role(run.path, f"actor{i}") for i in range(int(run.config.get("actors.count", 1)))]
+    if "timeline" not in learner or any("timeline" not in a for a in actors):
+        raise CalibrationError(f"{run.path}: the roles recorded no timelines (a run from before the ratio "
+                               "advisor); run it again or use `launch.py advise --calibrate`")
+    return _RunRoles(run, learner, buffer, actors)
+
+
+def _overlaps(r: _RunRoles) -> tuple[list, list]:
+    """One run's learner steps with their actor overlap, and its engine steps with their learner / other-actor
+    overlaps: ([intervals, f_any_actor], [intervals, f_learner, f_other_actors])."""
+    train = _intervals(r.learner["timeline"].get("training"))
+    gens = [_intervals(a["timeline"].get("generating")) for a in r.actors]
+    any_actor = _union(np.concatenate(gens))
+    learner_busy = _union(train)
+    f_l = [overlap_fraction(g, learner_busy) for g in gens]
+    f_a = [sum((overlap_fraction(g, _union(o)) for j, o in enumerate(gens) if j != i), np.zeros(len(g)))
+           for i, g in enumerate(gens)]
+    return ([train, overlap_fraction(train, any_actor)],
+            [np.concatenate(gens), np.concatenate(f_l), np.concatenate(f_a)])
+
+
+def calibrate(runs, fit_handoff: bool = True) -> Calibration:
+    """Rates from one or more finished runs (telemetry.report.RunData) of the same model and task: timelines
+    pooled, overheads averaged, then the per-step handoff latency fitted (see `fit_handoff_s`)."""
+    runs = runs if isinstance(runs, list) else [runs]
+    roles = [_roles(run) for run in runs]
+    notes: list[str] = []
+    learner_parts, actor_parts = zip(*(_overlaps(r) for r in roles))
+    learner_rate, (l_a,) = fit_rate(np.concatenate([p[0] for p in learner_parts]),
+                                    [np.concatenate([p[1] for p in learner_parts])])
+    f_l = np.concatenate([p[1] for p in actor_parts])
+    f_a = np.concatenate([p[2] for p in actor_parts])
+    gen_rate, (a_l, a_a) = fit_rate(np.concatenate([p[0] for p in actor_parts]), [f_l, f_a])
+    if not (f_l > 0.05).any():
+        notes.append("the actors never generated while the learner trained (buffer.max_staleness = 0?): "
+                     "the slowdown between them on a shared host could not be measured and is taken as 0")
+    if max(len(r.actors) for r in roles) > 1 and not (f_a > 0.05).any():
+        notes.append("the actors never generated at the same time: their mutual slowdown is taken as 0")
+
+    steps = sum(max(int(r.learner.get("steps", 0)) - int(r.learner.get("resumed_from_step") or 0), 1)
+                for r in roles)
+    step_overhead = sum(r.learner.get("time", {}).get("reporting_version", 0.0)
+                        + r.learner.get("time", {}).get("other", 0.0) for r in roles) / steps
+    actors = [a for r in roles for a in r.actors]
+    groups = sum(int(a.get("groups", 0)) for a in actors)
+    actor_other = sum(a.get("time", {}).get("other", 0.0) + a.get("time", {}).get("waiting_for_outbox", 0.0)
+                      for a in actors)
+    group_overhead = actor_other / groups if groups else 0.0
+    rejected = sum(int(v) for r in roles for v in r.buffer.get("rejection_sampling", {}).values())
+    keep = 1.0 - rejected / groups if groups else 1.0
+    if keep <= 0:
+        raise CalibrationError("every generated group was rejected (all samples equal); nothing to calibrate "
+                               "the learner's batches on")
+    counts: dict[int, int] = {}
+    for a in actors:
+        for k, v in a.get("response_lengths", {}).items():
+            counts[int(k)] = counts.get(int(k), 0) + int(v)
+    counts = {k: v for k, v in counts.items() if k >= 1 and v > 0}
+    if not counts:
+        raise CalibrationError("the runs recorded no response lengths")
+    lengths = sorted(counts)
+    loads = [a.get("load_s_mean", 0.0) for a in actors if a.get("load_s_mean")]
+    syncs = [r.learner.get("broadcast_s_mean", 0.0) for r in roles]
+    rates = Rates(gen_tokens_per_s=gen_rate, learner_tokens_per_s=learner_rate, sync_s=float(np.mean(syncs)),
+                  load_s=float(np.mean(loads)) if loads else 0.0, step_overhead_s=step_overhead,
+                  group_overhead_s=group_overhead, keep_frac=keep, lengths=lengths,
+                  length_counts=[counts[k] for k in lengths], actor_slowdown_learner=a_l, actor_slowdown_actor=a_a,
+                  learner_slowdown_actor=l_a)
+    ranks = {int(r.learner.get("ranks", 1)) for r in roles}
+    if len(ranks) > 1:
+        raise CalibrationError(f"the calibration runs have different learner.ranks {sorted(ranks)}: give runs of "
+                               "one learner size")
+    cal = Calibration(rates, ranks.pop(), ", ".join(r.path for r in runs), notes)
+    if fit_handoff:
+        cal.rates = replace(rates, handoff_s=fit_handoff_s(cal, runs))
+    return cal
+
+
+def fit_handoff_s(cal: Calibration, runs, seeds: int = 2) -> float:
+    """The per-step latency of handing a batch from the actors through the buffer to the learner and the new
+    version back (message round trips, parsing, grant hold times: nothing a role's timeline shows), fitted so
+    the simulation of the calibration runs' own shapes takes as long as they did: the smallest h in
+    [0, 2 s] (bisection) with simulated >= measured steady wall time, summed over the runs."""
+    target = sum(measured(run).steady_wall_s for run in runs)
+
+    def wall(h: float) -> float:
+        rates = replace(cal.rates, handoff_s=h)
+        return sum(simulate(shape_of(run.config, steps=measured(run).steps, shared=shared_host(run), seed=s),
+                            rates).steady_wall_s for run in runs for s in range(seeds)) / seeds
+
+    lo, hi = 0.0, 2.0
+    if wall(lo) >= target:
+        cal.notes.append(f"handoff latency: 0 s (the simulation without it already takes {wall(lo):.1f} s for "
+                         f"the calibration runs' measured {target:.1f} s)")
+        return 0.0
+    if wall(hi) < target:
+        cal.notes.append(f"handoff latency capped at {hi} s per step: the calibration runs took {target:.1f} s, "
+                         f"more than the simulation explains ({wall(hi):.1f} s); look for a stalled role")
+        return hi
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if wall(mid) < target else (lo, mid)
+    cal.notes.append(f"handoff latency {hi * 1000:.0f} ms per step, fitted to the calibration runs' "
+                     f"{target:.1f} s of steady-state wall time")
+    return hi
+
+
+def shared_host(run) -> bool:
+    """Every role of the run on one host (the local launcher, or one node of a cluster)."""
+    cluster = run.summary.get("cluster", {})
+    return int(cluster.get("nodes", 1)) <= 1
+
+
+def shape_of(config: dict, steps: int | None = None, actors: int | None = None, shared: bool = False,
+             seed: int = 0) -> Shape:
+    """The simulator's shape for a (flattened) run config."""
+    group = int(config.get("actors.group_size", 8))
+    mode = str(config.get("actors.update_mode", "inflight"))
+    chunk = int(config.get("actors.prompts_per_chunk", 8))
+    if mode == "inflight" and int(config.get("actors.inflight_sequences", 0) or 0):
+        chunk = max(int(config["actors.inflight_sequences"]) // group, 1)
+    return Shape(actors=actors or int(config.get("actors.count", 1)),
+                 max_staleness=int(config.get("buffer.max_staleness", 0)),
+                 prompts_per_step=int(config.get("learner.prompts_per_step", 64)), group_size=group,
+                 prompts_per_chunk=chunk, steps=steps or int(config.get("learner.steps", 100)), update_mode=mode,
+                 shared_host=shared, seed=seed)
+
+
+def measured(run) -> Measured:
+    """What a finished run did, in the simulator's steady-state terms (from its learner metrics)."""
+    records = _learner_records(run)
+    if len(records) < 3:
+        raise CalibrationError(f"{run.path}: fewer than 3 learner steps in metrics.jsonl")
+    span = records[-1]["ts"] - records[0]["ts"]
+    waits = sum(r["learner/wait_for_batch_s"] for r in records[1:])
+    return Measured(steps=len(records), steady_wall_s=span, steady_idle_frac=waits / span if span > 0 else 0.0,
+                    staleness_mean=float(run.summary.get("staleness", {}).get("mean", 0.0)))

@@ -1,0 +1,124 @@
+"""launcher/calibration.py: rates and shared-host slowdowns recovered from roles' timelines built with known
+values; launcher/advisor.py's splits and recommendation on those rates."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from launcher.advisor import check, recommend, splits
+from launcher.calibration import CalibrationError, calibrate, measured, overlap_fraction, shape_of
+from launcher.simulator import simulate
+from telemetry.report import load_run
+
+GEN, LEARN, A_L, A_A, L_A = 500.0, 2000.0, 0.8, 0.5, 0.1  # the truth the timelines are built from
+
+
+def test_overlap_fraction_of_intervals():
+    busy = np.array([[1.0, 2.0], [3.0, 5.0]])
+    iv = np.array([[0.0, 2.0, 1], [1.5, 3.5, 1], [5.0, 6.0, 1], [2.0, 3.0, 1]])
+    assert overlap_fraction(iv, busy).tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0])
+
+
+def build_run(tmp_path, eta=2, with_timelines=True, step_every=10.0):
+    """Learner trains 5 s of every 10 s for 8 steps; actor 0 generates in 1 s engine steps for 40 s, actor 1
+    for the first 20 s; so every overlap share is 0 or 1 and each step's tokens follow the model exactly."""
+    run = tmp_path / "cal"
+    (run / "roles").mkdir(parents=True)
+    train = [[10.0 * k, 10.0 * k + 5, 0.0] for k in range(8)]
+    for step in train:
+        actors_busy = step[0] < 40
+        step[2] = LEARN * 5 / (1 + L_A * actors_busy)
+    gens = []
+    for actor, until in ((0, 40), (1, 20)):
+        steps = []
+        for t in range(until):
+            learner_busy = (t % 10) < 5
+            other_busy = t < (20 if actor == 0 else 40)
+            steps.append([float(t), t + 1.0, GEN / (1 + A_L * learner_busy + A_A * other_busy)])
+        gens.append(steps)
+    lengths = {"3": 10, "5": 30}
+    for i, g in enumerate(gens):
+        actor = {"groups": 100, "load_s_mean": 0.02, "response_lengths": lengths,
+                 "time": {"other": 1.0, "waiting_for_outbox": 0.0}}
+        if with_timelines:
+            actor["timeline"] = {"generating": g, "dropped": 0}
+        (run / "roles" / f"actor{i}.json").write_text(json.dumps(actor))
+    learner = {"steps": 8, "ranks": 2, "broadcast_s_mean": 0.3,
+               "time": {"reporting_version": 0.08, "other": 0.08, "training": 40.0}}
+    if with_timelines:
+        learner["timeline"] = {"training": train, "dropped": 0}
+    (run / "roles" / "learner.json").write_text(json.dumps(learner))
+    (run / "roles" / "buffer.json").write_text(json.dumps({"rejection_sampling": {"solve_all": 10, "solve_none": 40}}))
+    config = {"actors": {"count": 2, "group_size": 4, "update_mode": "inflight", "prompts_per_chunk": 8,
+                         "inflight_sequences": 0, "tensor_parallel_size": 1},
+              "buffer": {"max_staleness": eta}, "learner": {"prompts_per_step": 8, "steps": 8}, "run": {"seed": 0}}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "summary.json").write_text(json.dumps({"cluster": {"nodes": 1}, "staleness": {"mean": 0.5}}))
+    with open(run / "metrics.jsonl", "w") as f:
+        for k in range(8):
+            f.write(json.dumps({"ts": step_every * k + 5.5, "role": "learner", "step": k + 1,
+                                "learner/wait_for_batch_s": [4.0, 0.7, 0.2, 0.9, 0.5, 0.4, 0.6, 0.3][k]}) + "\n")
+    return run
+
+
+def test_rates_and_slowdowns_come_back_from_the_timelines(tmp_path):
+    cal = calibrate(load_run(str(build_run(tmp_path))), fit_handoff=False)
+    r = cal.rates
+    assert r.gen_tokens_per_s == pytest.approx(GEN)
+    assert r.learner_tokens_per_s == pytest.approx(LEARN)
+    assert (r.actor_slowdown_learner, r.actor_slowdown_actor, r.learner_slowdown_actor) == pytest.approx(
+        (A_L, A_A, L_A))
+    assert cal.learner_ranks == 2 and r.sync_s == 0.3 and r.load_s == pytest.approx(0.02)
+    assert r.step_overhead_s == pytest.approx(0.16 / 8)
+    assert r.group_overhead_s == pytest.approx(2.0 / 200)
+    assert r.keep_frac == pytest.approx(1 - 50 / 200)
+    assert (r.lengths, r.length_counts) == ([3, 5], [20, 60])
+
+
+def test_a_run_without_overlap_or_timelines_says_what_it_cannot_measure(tmp_path):
+    with pytest.raises(CalibrationError, match="no timelines"):
+        calibrate(load_run(str(build_run(tmp_path / "a", with_timelines=False))))
+
+
+def test_the_handoff_latency_is_fitted_to_the_calibration_runs_wall_time(tmp_path):
+    """The simulated steady state of the run's own shape, plus h per step, equals what the run measured."""
+    bare = calibrate(load_run(str(build_run(tmp_path / "a"))), fit_handoff=False)
+    sim_step = np.mean([simulate(shape_of(load_run(str(tmp_path / "a" / "cal")).config, steps=8, shared=True,
+                                          seed=s), bare.rates).steady_wall_s for s in (0, 1)]) / 7
+    run = load_run(str(build_run(tmp_path / "b", step_every=sim_step + 0.25)))
+    cal = calibrate(run)
+    assert measured(run).steady_wall_s == pytest.approx(7 * (sim_step + 0.25))
+    # The shape is generation-bound, so the learner-side latency shows up nearly one for one.
+    assert 0.15 < cal.rates.handoff_s < 0.3 and any("handoff latency" in n for n in cal.notes)
+    assert np.mean([simulate(shape_of(run.config, steps=8, shared=True, seed=s), cal.rates).steady_wall_s
+                    for s in (0, 1)]) == pytest.approx(measured(run).steady_wall_s, rel=1e-3)
+    slow = calibrate(load_run(str(build_run(tmp_path / "c", step_every=100.0))))
+    assert slow.rates.handoff_s == 2.0 and any("stalled" in n for n in slow.notes)
+
+
+def test_measured_takes_the_span_from_the_first_step_end_and_the_later_waits(tmp_path):
+    m = measured(load_run(str(build_run(tmp_path))))
+    assert m.steps == 8 and m.steady_wall_s == pytest.approx(70.0)
+    assert m.steady_idle_frac == pytest.approx((0.7 + 0.2 + 0.9 + 0.5 + 0.4 + 0.6 + 0.3) / 70.0)
+
+
+def test_splits_cover_the_devices_and_the_recommendation_is_the_fastest(tmp_path):
+    run = load_run(str(build_run(tmp_path)))
+    cal = calibrate(run)
+    options = splits(cal, run.config, devices=8, steps=10)
+    assert [(s.learner_ranks, s.actors) for s in options] == [(k, 8 - k) for k in range(1, 8)]
+    best = recommend(options)
+    fastest = max(s.prediction.trained_tokens_per_s for s in options)
+    assert best.prediction.trained_tokens_per_s >= 0.98 * fastest
+    assert all(s.prediction.staleness_mean >= best.prediction.staleness_mean - 0.005 for s in options
+               if s.prediction.trained_tokens_per_s >= 0.98 * fastest)
+    # Without the fixed per-step costs, generation (500 tokens/s per engine against 1000 per learner rank) is
+    # the bottleneck: the recommendation gives most devices to actors, ~2 per learner rank.
+    cal.rates = dataclasses.replace(cal.rates, sync_s=0.0, handoff_s=0.0, step_overhead_s=0.0)
+    best = recommend(splits(cal, run.config, devices=9, steps=20))
+    assert (best.learner_ranks, best.actors) in [(3, 6), (2, 7)]
+    assert shape_of(run.config).prompts_per_chunk == 8 and shape_of(run.config, actors=3).actors == 3
+    c = check(cal, run)
+    assert c.wall_s == pytest.approx(70.0) and c.predicted.steady_wall_s > 0
