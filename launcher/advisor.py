@@ -170,6 +170,9 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
     try:
         if not from_runs:
             from_runs = [run_calibration(config_path, sets, calibrate_steps or 40, output_dir)]
+        for d in from_runs:
+            if not os.path.exists(os.path.join(d, "summary.json")):
+                raise CalibrationError(f"--from {d}: not a finished run (no summary.json there)")
         sources = [load_run(d) for d in from_runs]
         cal = calibrate(sources)
         if config_path or sets:

@@ -122,3 +122,17 @@ def test_splits_cover_the_devices_and_the_recommendation_is_the_fastest(tmp_path
     assert shape_of(run.config).prompts_per_chunk == 8 and shape_of(run.config, actors=3).actors == 3
     c = check(cal, run)
     assert c.wall_s == pytest.approx(70.0) and c.predicted.steady_wall_s > 0
+
+
+def test_advise_refuses_what_it_cannot_read_and_writes_advice_for_what_it_can(tmp_path, capsys):
+    from launcher.advisor import advise
+
+    assert advise(None, [], [str(tmp_path / "missing")], None, 1, 4, 5, [], None) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    build_run(tmp_path / "old", with_timelines=False)
+    assert advise(None, [], [str(tmp_path / "old" / "cal")], None, 1, 4, 5, [], None) == 2
+    assert "no timelines" in capsys.readouterr().err
+    run = build_run(tmp_path / "new")
+    assert advise(None, [], [str(run)], None, 1, 4, 5, [str(run)], None) == 0
+    text = (run / "advice.md").read_text()
+    assert "**Recommended:" in text and "| cal | 2 | 2 | 8 |" in text
