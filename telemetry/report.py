@@ -185,24 +185,39 @@ def table(groups: list[Group]) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def _judge(spread: float, noise: float, n: int) -> str:
+    if n < 2:
+        return "one seed per group: no seed-to-seed spread to judge the difference against"
+    if spread > 2 * noise:
+        return f"more than twice the seed-to-seed standard deviation ({noise:.3f})"
+    return f"within twice the seed-to-seed standard deviation ({noise:.3f}): not distinguishable"
+
+
+def _extremes(groups: list[Group], value) -> tuple | None:
+    """((mean, std, n), group) of the highest and the lowest group mean of `value(run)`."""
+    per = [(stats([value(r) for r in g.runs]), g) for g in groups]
+    per = [(s, g) for s, g in per if s is not None]
+    if not per:
+        return None
+    return max(per, key=lambda x: x[0][0]), min(per, key=lambda x: x[0][0])
+
+
 def findings(groups: list[Group]) -> list[str]:
     lines = []
-    acc = [(stats([held_out(r)[1] for r in g.runs]), g) for g in groups]
-    acc = [(s, g) for s, g in acc if s is not None]
+    acc = _extremes(groups, lambda r: held_out(r)[1])
     if acc:
-        (mean, std, n), g = max(acc, key=lambda x: x[0][0])
+        ((mean, std, n), g), ((low, low_std, low_n), lg) = acc
         lines.append(f"* Best held-out accuracy after RL: **{g.label}**, {mean:.3f}"
                      + (f" ± {std:.3f} over {n} seeds" if n > 1 else "") + ".")
-        (low, low_std, low_n), lg = min(acc, key=lambda x: x[0][0])
         if lg is not g:
-            spread, noise = mean - low, max(std, low_std)
-            if min(n, low_n) < 2:
-                judged = "one seed per group: no seed-to-seed spread to judge the difference against"
-            elif spread > 2 * noise:
-                judged = f"more than twice the seed-to-seed standard deviation ({noise:.3f})"
-            else:
-                judged = f"within twice the seed-to-seed standard deviation ({noise:.3f}): not distinguishable"
-            lines.append(f"* Lowest: {lg.label}, {low:.3f}; difference {spread:.3f}, {judged}.")
+            lines.append(f"* Lowest: {lg.label}, {low:.3f}; difference {mean - low:.3f}, "
+                         f"{_judge(mean - low, max(std, low_std), min(n, low_n))}.")
+    ent = _extremes(groups, lambda r: tail_mean(r.series("learner/entropy")[1]))
+    if ent and ent[0][1] is not ent[1][1]:
+        ((high, high_std, n), hg), ((low, low_std, low_n), lg) = ent
+        lines.append(f"* Entropy over the last 20 % of steps: lowest in **{lg.label}** ({low:.3f}), highest in "
+                     f"{hg.label} ({high:.3f}); difference {high - low:.3f}, "
+                     f"{_judge(high - low, max(high_std, low_std), min(n, low_n))}.")
     wall = [(stats([r.summary.get("wall_s") for r in g.runs]), g) for g in groups]
     wall = [(s, g) for s, g in wall if s is not None]
     if len(wall) > 1:

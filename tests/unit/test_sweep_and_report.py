@@ -45,7 +45,7 @@ def test_bad_grids_are_refused_naming_the_item(items, message):
         parse_grid(items)
 
 
-def fake_run(root, name, eta, seed, after, wall, reward):
+def fake_run(root, name, eta, seed, after, wall, reward, entropy=1.0):
     d = root / name
     d.mkdir(parents=True)
     config = {"run": {"name": name, "seed": seed}, "buffer": {"max_staleness": eta}, "net": {"sync_port": seed}}
@@ -60,7 +60,7 @@ def fake_run(root, name, eta, seed, after, wall, reward):
     with open(d / "metrics.jsonl", "w") as f:
         for step in range(1, 6):
             f.write(json.dumps({"ts": 100.0 + step, "role": "learner", "step": step, "reward/mean": reward * step,
-                                "learner/entropy": 1.0 / step}) + "\n")
+                                "learner/entropy": entropy / step}) + "\n")
         f.write(json.dumps({"ts": 99.0, "role": "eval", "step": 0, "eval/accuracy": 0.1}) + "\n")
         f.write(json.dumps({"ts": 107.0, "role": "eval", "step": 5, "eval/accuracy": after}) + "\n")
 
@@ -69,7 +69,7 @@ def test_report_groups_seeds_by_what_the_configs_differ_in_and_tabulates_mean_an
     sweep = tmp_path / "sweep"
     fake_run(sweep, "eta0-s0", 0, 0, after=0.30, wall=40.0, reward=0.1)
     fake_run(sweep, "eta0-s1", 0, 1, after=0.40, wall=60.0, reward=0.1)
-    fake_run(sweep, "eta2-s0", 2, 0, after=0.50, wall=30.0, reward=0.2)
+    fake_run(sweep, "eta2-s0", 2, 0, after=0.50, wall=30.0, reward=0.2, entropy=0.5)
     (sweep / "unfinished").mkdir()  # no summary.json: not a run yet
     runs = find_runs([str(sweep)])
     groups = group_runs(runs)
@@ -84,6 +84,9 @@ def test_report_groups_seeds_by_what_the_configs_differ_in_and_tabulates_mean_an
     path = write_report([str(sweep)])
     text = open(path).read()
     assert "Best held-out accuracy after RL: **buffer.max_staleness=2**, 0.500" in text
+    # Entropy over the last 20 % of 5 steps (step 5): 1/5 at η = 0, 0.5/5 at η = 2.
+    assert ("Entropy over the last 20 % of steps: lowest in **buffer.max_staleness=2** (0.100), highest in "
+            "buffer.max_staleness=0 (0.200)") in text
     for png in ("accuracy_vs_steps.png", "accuracy_vs_wall.png", "reward.png", "entropy.png", "staleness.png",
                 "time_split.png", "throughput.png"):
         assert os.path.getsize(sweep / png) > 1000 and f"]({png})" in text
