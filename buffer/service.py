@@ -259,6 +259,7 @@ class BufferService:
                 raise ProtocolError("bad_value", f"a token id outside the model's vocabulary [0, {vocab})")
 
     def ingest(self, body: dict, sender: int) -> dict:
+        group = None
         try:
             group = parse_group(body, max_group_size=self.max_group_size)
             if self.store.is_duplicate(group):
@@ -266,6 +267,7 @@ class BufferService:
                 return {"status": "duplicate", "seq": group.seq}
             self.check_against_grant(group, sender)
         except ProtocolError as exc:
+            self.release_bad_answer(group, sender)
             return self.reject(exc)
         if self.store.is_full():
             return {"status": "full", "seq": group.seq}
@@ -286,6 +288,14 @@ class BufferService:
         self.store.add(group)
         self.max_stored = max(self.max_stored, len(self.store))
         return {"status": "accepted", "seq": group.seq}
+
+    def release_bad_answer(self, group, sender: int) -> None:
+        """A refused answer to a grant its sender holds frees the grant: the actor never sends a refused group
+        again, so the admission slot would otherwise stay taken until the actor says bye (or restarts), and
+        enough of them would stall the run. The prompt is served again first. A peer's grant is untouched."""
+        grant = self.granted.get(group.prompt_id) if group is not None else None
+        if grant is not None and grant.actor_id == sender == group.actor_id:
+            self.return_grants([group.prompt_id])
 
     def count_uniform(self, kind: str) -> None:
         self.tally.on_rejected(kind)

@@ -50,7 +50,7 @@ def test_a_batch_request_missing_a_field_is_refused_with_its_id_and_the_buffer_k
 
 def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_themselves(tmp_path):
     """Issue 14 item 1: data a peer was never granted, or that the model cannot embed, never reaches the
-    learner; one peer cannot return, answer or end another's work."""
+    learner; one peer cannot return, answer or end another's work; a refused answer frees its grant."""
     import dataclasses
 
     import numpy as np
@@ -76,20 +76,26 @@ def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_th
             "outside the vocabulary": dataclasses.replace(honest, responses=[
                 Response(np.array([5, 10**6], np.int32), np.array([-0.1, -0.1], np.float32), 0, "stop", 1.0)] * 2),
         }
-        for what, group in forged.items():
-            ack = actor0.request("group", group.to_wire(), TIMEOUT).body
-            assert (ack["status"], ack["reason"]) == ("rejected", "bad_value"), what
         # Actor 1 holds no grant: it can neither answer actor 0's prompt nor hand it back or say bye for actor 0.
         ack = actor1.request("group", dataclasses.replace(honest, actor_id=1).to_wire(), TIMEOUT).body
         assert ack["status"] == "rejected"
         assert actor1.request("grant_return", {"actor_id": 1, "prompt_ids": [p0["prompt_id"]]}, TIMEOUT
                               ).body["status"] == "rejected"
         assert actor1.request("bye", {"actor_id": 0}, TIMEOUT).body["status"] == "rejected"
+        assert actor0.request("group", forged["claims another actor"].to_wire(), TIMEOUT).body["status"] == "rejected"
         assert svc.actors_done == set() and set(svc.granted) == {p0["prompt_id"], p1["prompt_id"]}
-        # The honest answers still go through.
-        assert actor0.request("group", honest.to_wire(), TIMEOUT).body["status"] == "accepted"
+        in_flight = svc.budget.in_flight
+        for what, group in forged.items():
+            ack = actor0.request("group", group.to_wire(), TIMEOUT).body
+            assert (ack["status"], ack["reason"]) == ("rejected", "bad_value"), what
+        # The holder's refused answer gave its grant back: the slot is free and the prompt is served again first.
+        assert set(svc.granted) == {p1["prompt_id"]} and svc.budget.in_flight == in_flight - 1
+        again = actor0.request("grant_request", {"actor_id": 0, "max_prompts": 1}, TIMEOUT).body["prompts"]
+        assert [p["prompt_id"] for p in again] == [p0["prompt_id"]]
+        # The honest answers go through.
+        assert actor0.request("group", group_for(again[0], seq=0).to_wire(), TIMEOUT).body["status"] == "accepted"
         assert actor0.request("group", group_for(p1, seq=1).to_wire(), TIMEOUT).body["status"] == "accepted"
-        assert svc.rejected["bad_value"] == len(forged) + 3
+        assert svc.rejected["bad_value"] == len(forged) + 4
     finally:
         svc.stop_requested = True
         thread.join(timeout=5)
