@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     advise_p.add_argument("--nodes", type=int, default=1, help="nodes of the cluster to plan for (default 1)")
     advise_p.add_argument("--gpus-per-node", type=int, default=8, help="devices per node (default 8)")
     advise_p.add_argument("--sim-steps", type=int, default=40, help="learner steps each split is simulated for (40)")
+    advise_p.add_argument("--learner-efficiency", type=float, default=1.0,
+                          help="learner rate per doubling of its ranks relative to linear (1.0 = linear; e.g. 0.9)")
     advise_p.add_argument("--check", nargs="*", default=[], metavar="RUN_DIR",
                           help="finished runs (or sweeps) to set predicted against measured")
     advise_p.add_argument("--out", default=None, help="where advice.md goes (default: in the calibration run)")
@@ -232,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "advise":
         from launcher.advisor import advise
 
-        if args.nodes < 1 or args.gpus_per_node < 1 or args.sim_steps < 3 or args.calibration_steps < 3:
-            print("error: --nodes and --gpus-per-node must be >= 1, --sim-steps and --calibration-steps >= 3",
-                  file=sys.stderr)
+        if args.nodes < 1 or args.gpus_per_node < 1 or args.sim_steps < 3 or args.calibration_steps < 3 \
+                or not 0 < args.learner_efficiency <= 1:
+            print("error: --nodes and --gpus-per-node must be >= 1, --sim-steps and --calibration-steps >= 3, "
+                  "--learner-efficiency in (0, 1]", file=sys.stderr)
             return 2
         return advise(args.config, args.set, args.from_runs, args.calibration_steps if args.calibrate else None,
-                      args.nodes, args.gpus_per_node, args.sim_steps, args.check, args.out)
+                      args.nodes, args.gpus_per_node, args.sim_steps, args.check, args.out,
+                      efficiency=args.learner_efficiency)
     if args.command == "plan":
         return _plan_command(args)
     if args.command == "submit":

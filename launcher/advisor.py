@@ -8,7 +8,8 @@
    calibration run of the config (`--calibrate`: `learner.steps = --calibration-steps`, evaluation off).
 2. Splits: for a cluster of `nodes x gpus_per_node` devices, every split into L learner ranks and
    (devices - L) / actors.tensor_parallel_size actor engines; the learner's rate scales with its ranks from
-   the calibration's rate per rank (linear: a data-parallel learner's all-reduce is not modelled).
+   the calibration's rate per rank, linearly unless `--learner-efficiency E` (E per doubling of the ranks,
+   e.g. 0.9; a data-parallel learner's all-reduce is not simulated).
 3. Each split runs through the pipeline simulator (launcher/simulator.py) with the config's staleness bound,
    batch and group sizes and chunking: predicted step time, learner idle fraction, actor idle fraction,
    staleness and trained tokens/s.
@@ -27,6 +28,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from launcher.calibration import Calibration, CalibrationError, calibrate, measured, shape_of, shared_host
 from launcher.simulator import Prediction, Shape, simulate
 
@@ -41,17 +44,23 @@ class Split:
     step_s: float  # predicted steady-state seconds per learner step
 
 
-def splits(cal: Calibration, config: dict, devices: int, steps: int, tp: int = 1) -> list[Split]:
+def learner_rate(per_rank: float, ranks: int, efficiency: float = 1.0) -> float:
+    """Tokens/s of `ranks` learner ranks: per-rank rate x ranks x efficiency per doubling (1.0: linear)."""
+    return per_rank * ranks * efficiency ** np.log2(ranks)
+
+
+def splits(cal: Calibration, config: dict, devices: int, steps: int, tp: int = 1,
+           efficiency: float = 1.0) -> list[Split]:
     """Every split of `devices` into learner ranks and actor engines (tp devices each), simulated."""
     if devices < 1 + tp:
         raise CalibrationError(f"{devices} devices cannot hold a learner rank and an actor engine of {tp}")
-    per_rank = cal.rates.learner_tokens_per_s / max(cal.learner_ranks, 1)
+    per_rank = cal.rates.learner_tokens_per_s / learner_rate(1.0, max(cal.learner_ranks, 1), efficiency)
     out = []
     for ranks in range(1, devices - tp + 1):
         actors = (devices - ranks) // tp
         if actors < 1 or (devices - ranks) % tp:
             continue
-        rates = replace(cal.rates, learner_tokens_per_s=per_rank * ranks)
+        rates = replace(cal.rates, learner_tokens_per_s=learner_rate(per_rank, ranks, efficiency))
         p = simulate(shape_of(config, steps=steps, actors=actors, shared=False), rates)
         out.append(Split(ranks, actors, p, p.steady_wall_s / max(steps - 1, 1)))
     return out
@@ -163,7 +172,7 @@ def run_calibration(config_path: str | None, sets: list[str], steps: int, output
 
 def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None, calibrate_steps: int | None,
            nodes: int, gpus_per_node: int, sim_steps: int, checks: list[str], out: str | None,
-           output_dir: str | None = None) -> int:
+           output_dir: str | None = None, efficiency: float = 1.0) -> int:
     from configs.loader import ConfigError, load_config
     from telemetry.report import ReportError, find_runs, flatten, load_run
 
@@ -180,7 +189,7 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
         else:
             config = sources[-1].config
         tp = int(config.get("actors.tensor_parallel_size", 1))
-        options = splits(cal, config, nodes * gpus_per_node, sim_steps, tp)
+        options = splits(cal, config, nodes * gpus_per_node, sim_steps, tp, efficiency)
         chosen = recommend(options)
         checked = [check(cal, r) for r in find_runs(checks)] if checks else []
     except (CalibrationError, ConfigError, ReportError) as exc:
@@ -194,7 +203,9 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
     lines += [f"Simulated {sim_steps} learner steps of η = {config.get('buffer.max_staleness')}, "
               f"{config.get('learner.prompts_per_step')} prompts x {config.get('actors.group_size')} samples per step, "
               f"{config.get('actors.update_mode')} actors, every role on its own devices "
-              f"({tp} per engine); the learner's rate grows linearly with its ranks.", "",
+              f"({tp} per engine); the learner's rate grows "
+              + ("linearly with its ranks" if efficiency == 1 else f"with its ranks, {efficiency:g} x linear per "
+                 "doubling") + ".", "",
               split_table(options, chosen), "",
               f"**Recommended: {chosen.learner_ranks} learner rank{'s' if chosen.learner_ranks > 1 else ''} and "
               f"{chosen.actors} actor engine{'s' if chosen.actors > 1 else ''}** of {devices} devices: "

@@ -104,6 +104,13 @@ def test_measured_takes_the_span_from_the_first_step_end_and_the_later_waits(tmp
     assert m.steady_idle_frac == pytest.approx((0.7 + 0.2 + 0.9 + 0.5 + 0.4 + 0.6 + 0.3) / 70.0)
 
 
+def test_learner_rate_scales_per_doubling():
+    from launcher.advisor import learner_rate
+
+    assert learner_rate(100.0, 1) == 100.0 and learner_rate(100.0, 8) == pytest.approx(800.0)
+    assert learner_rate(100.0, 4, 0.9) == pytest.approx(400.0 * 0.81)
+
+
 def test_splits_cover_the_devices_and_the_recommendation_is_the_fastest(tmp_path):
     run = load_run(str(build_run(tmp_path)))
     cal = calibrate(run)
