@@ -1,11 +1,13 @@
 """Is the ratio advisor's simulator right on this machine? Predicted against measured, eta {0, 2} x actors {1, 2}.
 
     python benchmarks/advisor.py                      # tiny default; 60-step calibration runs, 120-step checks
+    python benchmarks/advisor.py --calibrate-from cal-eta0-actors1 cal-eta2-actors1 cal-eta2-actors2   # fewer
     python benchmarks/advisor.py --check-steps 60 --out /tmp/advisor
 
-1. Two calibration runs (seed 100, evaluations off): eta = 0 with one actor (the roles take turns: the
-   handoff latency) and eta = 2 with two actors (every role overlaps every other: the slowdowns of sharing
-   this host's two cores).
+1. Four calibration runs (seed 100, 60 steps, evaluations off): each host layout (one actor beside a pinned
+   learner; two actors and the learner on the two cores) at eta = 0 (the roles take turns: the engine's step
+   cost alone, and the two actors beside each other) and at eta = 2 (every role overlaps every other: the
+   slowdowns of sharing this host's two cores).
 2. A check sweep (seed 0, evaluations off): buffer.max_staleness in {0, 2} x actors.count in {1, 2}.
 3. `launch.py advise --from <both calibration runs> --check <the sweep>`: every check run's own shape
    simulated with the calibrated rates, and the table of predicted against measured steady-state wall time
@@ -43,10 +45,14 @@ def main() -> None:
     parser.add_argument("--check-steps", type=int, default=120)
     parser.add_argument("--out", default=str(ROOT / "runs" / "advisor-validation"))
     parser.add_argument("--set", action="append", default=[], help="override for every run (KEY=VALUE)")
+    parser.add_argument("--calibrate-from", nargs="+", default=None, metavar="NAME",
+                        help="advise from only these calibration runs (all four are run): how well it predicts "
+                             "a layout and eta it was not calibrated on")
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     cal_dirs = []
-    for name, eta, actors in (("cal-eta0-actors1", 0, 1), ("cal-eta2-actors2", 2, 2)):
+    for name, eta, actors in (("cal-eta0-actors1", 0, 1), ("cal-eta2-actors1", 2, 1), ("cal-eta0-actors2", 0, 2),
+                              ("cal-eta2-actors2", 2, 2)):
         cal_dirs.append(os.path.join(out, name))
         if os.path.exists(os.path.join(cal_dirs[-1], "summary.json")):
             print(f"{name}: done before", flush=True)
@@ -56,6 +62,8 @@ def main() -> None:
                              f"run.output_dir={out}", "run.overwrite=true"]))
     launch("sweep", "--name", "check", "--output-dir", out, "--grid", "buffer.max_staleness=0,2",
            "--grid", "actors.count=1,2", *sets([*COMMON, *args.set, f"learner.steps={args.check_steps}"]))
+    if args.calibrate_from:
+        cal_dirs = [os.path.join(out, name) for name in args.calibrate_from]
     launch("advise", "--from", *cal_dirs, "--check", os.path.join(out, "check"), "--nodes", "4",
            "--gpus-per-node", "8", "--out", os.path.join(out, "advice.md"))
 

@@ -113,8 +113,8 @@ class Check:
 def check(cal: Calibration, run, seeds: int = 3) -> Check:
     """Simulate a finished run's own shape with the calibration's rates (mean over `seeds` simulator seeds)."""
     m = measured(run)
-    preds = [simulate(shape_of(run.config, steps=m.steps, shared=shared_host(run), seed=s), cal.rates)
-             for s in range(seeds)]
+    shape = shape_of(run.config, steps=m.steps, shared=shared_host(run))
+    preds = [simulate(replace(shape, seed=s), cal.rates_for(shape.actors)) for s in range(seeds)]
     mean = replace(preds[0], steady_wall_s=sum(p.steady_wall_s for p in preds) / seeds,
                    steady_idle_frac=sum(p.steady_idle_frac for p in preds) / seeds)
     return Check(run.name, shape_of(run.config, steps=m.steps, shared=shared_host(run)), mean, m.steady_wall_s,
@@ -135,17 +135,20 @@ def rates_table(cal: Calibration) -> str:
     r = cal.rates
     n = sum(r.length_counts or [1] * len(r.lengths))
     mean_len = sum(l * c for l, c in zip(r.lengths, r.length_counts or [1] * len(r.lengths))) / n
-    rows = [("generation, one engine alone", f"{r.gen_tokens_per_s:,.0f} tokens/s"),
+    rows = [("generation, one engine alone", f"{r.gen_step_s * 1000:.2f} ms per decoding step + "
+                                              f"{r.gen_tokens_per_s:,.0f} tokens/s"),
             (f"learner alone ({cal.learner_ranks} rank{'s' if cal.learner_ranks > 1 else ''})",
              f"{r.learner_tokens_per_s:,.0f} response tokens/s"),
             ("weight publication / load", f"{r.sync_s:.3f} s / {r.load_s:.3f} s"),
             ("learner overhead per step / handoff latency (fitted)", f"{r.step_overhead_s:.3f} s / {r.handoff_s:.3f} s"),
             ("actor overhead per group", f"{r.group_overhead_s * 1000:.1f} ms"),
             ("groups kept by rejection sampling", _pct(r.keep_frac)),
-            ("response length", f"mean {mean_len:.1f}, {min(r.lengths)}..{max(r.lengths)} tokens ({n} samples)"),
-            ("shared host: actor slower beside the learner / another actor",
-             f"+{_pct(r.actor_slowdown_learner)} / +{_pct(r.actor_slowdown_actor)}"),
-            ("shared host: learner slower beside actors", f"+{_pct(r.learner_slowdown_actor)}")]
+            ("response length", f"mean {mean_len:.1f}, {min(r.lengths)}..{max(r.lengths)} tokens ({n} samples)")]
+    for k, sd in sorted(cal.layouts.items()):
+        rows.append((f"shared host, {k} actor{'s' if k > 1 else ''}: actor slower beside the learner / another actor "
+                     "/ both; learner slower beside actors",
+                     f"+{_pct(sd['actor_slowdown_learner'])} / +{_pct(sd['actor_slowdown_actor'])} / "
+                     f"+{_pct(sd['actor_slowdown_both'])}; +{_pct(sd['learner_slowdown_actor'])}"))
     return "\n".join(["| rate | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
 

@@ -12,8 +12,11 @@ Where each figure comes from (roles/<role>.json, written by the roles at exit, a
   interval we compute the share of it during which the other roles were busy, and fit by least squares
       actor engine step:  seconds = tokens · (1 + a_L · f_learner + a_A · f_other_actors) / gen_rate
       learner step:       seconds = tokens · (1 + l_A · f_any_actor) / learner_rate
-  so the rates are what a role achieves alone and a_L, a_A, l_A how much it slows beside the others on a
-  shared host (with roles on their own devices they come out ~0). A run where the roles never overlap
+  (plus a_LA · f_learner_and_other_actor: three roles on two cores are worse than the sum of pairs), so the
+  rates are what a role achieves alone and the a's and l_A how much it slows beside the others on a shared
+  host (with roles on their own devices they come out ~0). The slowdowns depend on how the roles are laid out
+  on the host's cores, so they are fitted per actor count (a run with one actor pins the learner to the
+  other core; with two actors on two cores it shares them). A run where the roles never overlap
   (buffer.max_staleness = 0) cannot show the slowdowns: they are then 0, and the notes say so.
 * **Weight sync**: the learner's mean publication time and the actors' mean load time.
 * **Overheads**: the learner's per-step time outside training, publishing and waiting; the actors' time
@@ -45,6 +48,15 @@ class Calibration:
     learner_ranks: int  # the learner's rate is for this many ranks
     source: str  # the run it came from
     notes: list[str] = field(default_factory=list)
+    layouts: dict[int, dict[str, float]] = field(default_factory=dict)  # actor count -> shared-host slowdowns
+
+    def rates_for(self, actors: int) -> Rates:
+        """The rates with the shared-host slowdowns measured for `actors` actors on one host (or, if no
+        calibration run had that many, for the nearest count measured)."""
+        if not self.layouts:
+            return self.rates
+        nearest = min(self.layouts, key=lambda k: (abs(k - actors), -k))
+        return replace(self.rates, **self.layouts[nearest])
 
 
 @dataclass
@@ -97,21 +109,57 @@ def overlap_fraction(intervals: np.ndarray, busy: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fold_empty(intervals: np.ndarray, overlaps: list[np.ndarray]):
+    """(seconds, tokens, overlaps) of the intervals with tokens; a step without tokens (prompts' prefill only)
+    costs time too: its time goes to the next step with tokens."""
+    keep = intervals[:, 2] > 0
+    if not keep.any():
+        raise CalibrationError("no interval with tokens to fit a rate on")
+    duration = intervals[:, 1] - intervals[:, 0]
+    carried = np.cumsum(np.where(keep, 0.0, duration))
+    before = np.concatenate([[0.0], carried[keep][:-1]])
+    return duration[keep] + carried[keep] - before, intervals[keep, 2], [f[keep] for f in overlaps]
+
+
+def _slowdowns(seconds: np.ndarray, base: np.ndarray, fs: list[np.ndarray]) -> list[float]:
+    """Least squares seconds / base - 1 = Σ_k a_k · f_k (weighted by base), a_k >= 0; a slowdown the data
+    cannot show (no overlap) or that fits negative is 0 and the rest refitted."""
+    active = [k for k, f in enumerate(fs) if f.max(initial=0.0) > 0.05]
+    out = [0.0] * len(fs)
+    w = np.sqrt(base)
+    while active:
+        X = np.column_stack([fs[k] for k in active])
+        coef, *_ = np.linalg.lstsq(X * w[:, None], (seconds / base - 1.0) * w, rcond=None)
+        negative = [k for k, c in zip(active, coef) if c < 0]
+        if not negative:
+            for k, c in zip(active, coef):
+                out[k] = float(c)
+            break
+        active = [k for k in active if k not in negative]
+    return out
+
+
+def fit_engine(intervals: np.ndarray, overlaps: list[np.ndarray]) -> tuple[float, float, list[float]]:
+    """An engine's decoding steps: seconds = (step_s + tokens / rate) · (1 + Σ_k a_k · f_k), where a step's
+    tokens are its running sequences (one token each). step_s and rate from the steps that overlapped nothing
+    (least squares), then the slowdowns from all: (step_s, rate, [a_k])."""
+    seconds, tokens, fs = _fold_empty(intervals, overlaps)
+    alone = np.all([f < 0.05 for f in fs], axis=0) if fs else np.ones(len(tokens), bool)
+    sel = alone if alone.any() else np.ones(len(tokens), bool)
+    c0, c1 = 0.0, float(seconds[sel].sum() / tokens[sel].sum())  # a pure token rate, unless batch sizes vary:
+    if sel.sum() >= 10 and np.ptp(tokens[sel]) > 0:
+        (b0, b1), *_ = np.linalg.lstsq(np.column_stack([np.ones(sel.sum()), tokens[sel]]), seconds[sel], rcond=None)
+        if b0 >= 0 and b1 > 0:
+            c0, c1 = float(b0), float(b1)
+    return float(c0), float(1.0 / c1), _slowdowns(seconds, c0 + c1 * tokens, fs)
+
+
 def fit_rate(intervals: np.ndarray, overlaps: list[np.ndarray]) -> tuple[float, list[float]]:
     """Least squares seconds = tokens · (1 + Σ_k c_k · f_k) / rate over intervals with tokens, each weighted
     1 / tokens (so the rate is a ratio of totals, as the simulator's fixed-rate engine needs: small batches'
     slower steps count by their time): (rate, [c_k]).
     A slowdown the data cannot show (no overlap) or that fits negative is 0, and the rest refitted."""
-    keep = intervals[:, 2] > 0
-    if not keep.any():
-        raise CalibrationError("no interval with tokens to fit a rate on")
-    # A step without tokens (prompts' prefill only) costs time too: it goes to the next step with tokens.
-    duration = intervals[:, 1] - intervals[:, 0]
-    carried = np.cumsum(np.where(keep, 0.0, duration))
-    before = np.concatenate([[0.0], carried[keep][:-1]])
-    seconds = duration[keep] + carried[keep] - before
-    tokens = intervals[keep, 2]
-    fs = [f[keep] for f in overlaps]
+    seconds, tokens, fs = _fold_empty(intervals, overlaps)
     active = [k for k, f in enumerate(fs) if f.max(initial=0.0) > 0.05]
     w = 1.0 / np.sqrt(tokens)  # weights 1/tokens: without overlap the rate is Σ tokens / Σ seconds exactly
     while True:
@@ -152,36 +200,75 @@ def _roles(run) -> _RunRoles:
 
 
 def _overlaps(r: _RunRoles) -> tuple[list, list]:
-    """One run's learner steps with their actor overlap, and its engine steps with their learner / other-actor
-    overlaps: ([intervals, f_any_actor], [intervals, f_learner, f_other_actors])."""
+    """One run's learner steps with their actor overlap, and its engine steps with their overlaps: ([intervals,
+    f_any_actor], [intervals, f_learner, f_other_actors, f_learner_and_other_actor])."""
     train = _intervals(r.learner["timeline"].get("training"))
     gens = [_intervals(a["timeline"].get("generating")) for a in r.actors]
     any_actor = _union(np.concatenate(gens))
     learner_busy = _union(train)
-    f_l = [overlap_fraction(g, learner_busy) for g in gens]
-    f_a = [sum((overlap_fraction(g, _union(o)) for j, o in enumerate(gens) if j != i), np.zeros(len(g)))
-           for i, g in enumerate(gens)]
+    f_l, f_a, f_both = [], [], []
+    for i, g in enumerate(gens):
+        others = [_union(o) for j, o in enumerate(gens) if j != i]
+        f_l.append(overlap_fraction(g, learner_busy))
+        f_a.append(sum((overlap_fraction(g, o) for o in others), np.zeros(len(g))))
+        f_both.append(sum((overlap_fraction(g, _intersect(learner_busy, o)) for o in others), np.zeros(len(g))))
     return ([train, overlap_fraction(train, any_actor)],
-            [np.concatenate(gens), np.concatenate(f_l), np.concatenate(f_a)])
+            [np.concatenate(gens), np.concatenate(f_l), np.concatenate(f_a), np.concatenate(f_both)])
+
+
+def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection of two merged interval lists."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i, 0], b[j, 0]), min(a[i, 1], b[j, 1])
+        if hi > lo:
+            out.append([lo, hi])
+        if a[i, 1] < b[j, 1]:
+            i += 1
+        else:
+            j += 1
+    return np.asarray(out).reshape(-1, 2)
+
+
+SLOWDOWNS = ("actor_slowdown_learner", "actor_slowdown_actor", "actor_slowdown_both", "learner_slowdown_actor")
 
 
 def calibrate(runs, fit_handoff: bool = True) -> Calibration:
     """Rates from one or more finished runs (telemetry.report.RunData) of the same model and task: timelines
-    pooled, overheads averaged, then the per-step handoff latency fitted (see `fit_handoff_s`)."""
+    pooled, overheads averaged, then the per-step handoff latency fitted (see `fit_handoff_s`).
+
+    How much roles slow each other on a shared host depends on how they are laid out on its cores (one actor
+    beside a pinned learner, or two actors and a learner on two cores), so the slowdowns are fitted per
+    actor count (`Calibration.layouts`) while the rates alone are shared by all runs."""
     runs = runs if isinstance(runs, list) else [runs]
     roles = [_roles(run) for run in runs]
     notes: list[str] = []
     learner_parts, actor_parts = zip(*(_overlaps(r) for r in roles))
-    learner_rate, (l_a,) = fit_rate(np.concatenate([p[0] for p in learner_parts]),
-                                    [np.concatenate([p[1] for p in learner_parts])])
-    f_l = np.concatenate([p[1] for p in actor_parts])
-    f_a = np.concatenate([p[2] for p in actor_parts])
-    gen_rate, (a_l, a_a) = fit_rate(np.concatenate([p[0] for p in actor_parts]), [f_l, f_a])
-    if not (f_l > 0.05).any():
-        notes.append("the actors never generated while the learner trained (buffer.max_staleness = 0?): "
-                     "the slowdown between them on a shared host could not be measured and is taken as 0")
-    if max(len(r.actors) for r in roles) > 1 and not (f_a > 0.05).any():
-        notes.append("the actors never generated at the same time: their mutual slowdown is taken as 0")
+    counts_of = [len(r.actors) for r in roles]
+    layouts = sorted(set(counts_of))
+
+    def per_layout(parts, column: int) -> list[np.ndarray]:
+        """Feature `column` of every run, one feature per layout (zero in the other layouts' rows)."""
+        return [np.concatenate([p[column] if n == k else np.zeros(len(p[0])) for p, n in zip(parts, counts_of)])
+                for k in layouts]
+
+    learner_rate, l_a = fit_rate(np.concatenate([p[0] for p in learner_parts]), per_layout(learner_parts, 1))
+    actor_features = [f for column in (1, 2, 3) for f in per_layout(actor_parts, column)]
+    gen_step_s, gen_rate, coefs = fit_engine(np.concatenate([p[0] for p in actor_parts]), actor_features)
+    n = len(layouts)
+    a_l, a_a, a_both = coefs[:n], coefs[n:2 * n], coefs[2 * n:]
+    layout_slowdowns = {k: dict(zip(SLOWDOWNS, (a_l[i], a_a[i], a_both[i], l_a[i]))) for i, k in enumerate(layouts)}
+    for k in layouts:  # loading and publishing contend on a shared host as well
+        loads = [a.get("load_s_mean", 0.0) for r in roles if len(r.actors) == k for a in r.actors]
+        layout_slowdowns[k]["load_s"] = float(np.mean(loads))
+        layout_slowdowns[k]["sync_s"] = float(np.mean([r.learner.get("broadcast_s_mean", 0.0) for r in roles
+                                                       if len(r.actors) == k]))
+    for i, k in enumerate(layouts):
+        if not (per_layout(actor_parts, 1)[i] > 0.05).any():
+            notes.append(f"{k} actor(s): the actors never generated while the learner trained (buffer.max_staleness "
+                         "= 0?): the slowdown between them on a shared host could not be measured, taken as 0")
+        if k > 1 and not (per_layout(actor_parts, 2)[i] > 0.05).any():
+            notes.append(f"{k} actors: they never generated at the same time: their mutual slowdown is taken as 0")
 
     steps = sum(max(int(r.learner.get("steps", 0)) - int(r.learner.get("resumed_from_step") or 0), 1)
                 for r in roles)
@@ -205,18 +292,15 @@ def calibrate(runs, fit_handoff: bool = True) -> Calibration:
     if not counts:
         raise CalibrationError("the runs recorded no response lengths")
     lengths = sorted(counts)
-    loads = [a.get("load_s_mean", 0.0) for a in actors if a.get("load_s_mean")]
-    syncs = [r.learner.get("broadcast_s_mean", 0.0) for r in roles]
-    rates = Rates(gen_tokens_per_s=gen_rate, learner_tokens_per_s=learner_rate, sync_s=float(np.mean(syncs)),
-                  load_s=float(np.mean(loads)) if loads else 0.0, step_overhead_s=step_overhead,
+    rates = Rates(gen_tokens_per_s=gen_rate, gen_step_s=gen_step_s, learner_tokens_per_s=learner_rate,
+                  step_overhead_s=step_overhead,
                   group_overhead_s=group_overhead, keep_frac=keep, lengths=lengths,
-                  length_counts=[counts[k] for k in lengths], actor_slowdown_learner=a_l, actor_slowdown_actor=a_a,
-                  learner_slowdown_actor=l_a)
+                  length_counts=[counts[k] for k in lengths], **layout_slowdowns[layouts[-1]])  # sync, load too
     ranks = {int(r.learner.get("ranks", 1)) for r in roles}
     if len(ranks) > 1:
         raise CalibrationError(f"the calibration runs have different learner.ranks {sorted(ranks)}: give runs of "
                                "one learner size")
-    cal = Calibration(rates, ranks.pop(), ", ".join(r.path for r in runs), notes)
+    cal = Calibration(rates, ranks.pop(), ", ".join(r.path for r in runs), notes, layout_slowdowns)
     if fit_handoff:
         cal.rates = replace(rates, handoff_s=fit_handoff_s(cal, runs))
     return cal
@@ -230,9 +314,12 @@ def fit_handoff_s(cal: Calibration, runs, seeds: int = 2) -> float:
     target = sum(measured(run).steady_wall_s for run in runs)
 
     def wall(h: float) -> float:
-        rates = replace(cal.rates, handoff_s=h)
-        return sum(simulate(shape_of(run.config, steps=measured(run).steps, shared=shared_host(run), seed=s),
-                            rates).steady_wall_s for run in runs for s in range(seeds)) / seeds
+        total = 0.0
+        for run in runs:
+            shape = shape_of(run.config, steps=measured(run).steps, shared=shared_host(run))
+            rates = replace(cal.rates_for(shape.actors), handoff_s=h)
+            total += sum(simulate(replace(shape, seed=s), rates).steady_wall_s for s in range(seeds)) / seeds
+        return total
 
     lo, hi = 0.0, 2.0
     if wall(lo) >= target:

@@ -10,8 +10,9 @@ What it models, and how it maps to the code:
 * **Admission** is the buffer's own rule: `buffer/staleness.py` `StalenessBudget` is used as is (grants only
   while accepted + in flight < (η + v + 1) · groups per step; min_version = v − η; groups older than η at
   training are dropped, giving their slot back).
-* **An actor** is one engine that shares `gen_tokens_per_s` among its running sequences (processor sharing:
-  continuous batching at a fixed token rate). It keeps `prompts_per_chunk` prompts running: in "inflight"
+* **An actor** is one engine whose decoding step gives every running sequence one token and takes
+  `gen_step_s + running / gen_tokens_per_s` (continuous batching: a fixed cost per step, as on a GPU reading
+  the weights, plus a cost per sequence; `gen_step_s = 0` is a fixed token rate shared by the sequences). It keeps `prompts_per_chunk` prompts running: in "inflight"
   mode it asks for a new prompt as soon as a group finishes and loads new weights as soon as they are
   published (pausing `load_s`); in "chunk" mode it asks for a whole chunk, generates it to the end, then loads
   the newest weights. A group's `min_version` is the version loaded when it started.
@@ -27,7 +28,8 @@ What it models, and how it maps to the code:
   that are kept; the rest free their admission slot and are generated again).
 * **Sharing a host** (`Shape.shared_host`, e.g. every role on one CPU machine): a busy role slows the others,
   `speed = 1 / (1 + Σ slowdown)` over the other busy roles: `actor_slowdown_learner` while the learner trains,
-  `actor_slowdown_actor` per other generating actor, `learner_slowdown_actor` while any actor generates
+  `actor_slowdown_actor` per other generating actor, `actor_slowdown_both` more while both kinds work (three
+  roles on two cores are worse than the sum of pairs), `learner_slowdown_actor` while any actor generates
   (launcher/calibration.py measures them from a run's timelines). On a cluster every role has its own devices
   and they are unused.
 
@@ -48,8 +50,9 @@ from buffer.staleness import StalenessBudget
 @dataclass
 class Rates:
     """What one actor engine and the learner achieve (measured: a calibration run, or a previous run)."""
-    gen_tokens_per_s: float  # one engine alone, all its running sequences together
+    gen_tokens_per_s: float  # one engine alone, all its running sequences together, beyond gen_step_s
     learner_tokens_per_s: float  # the learner (all its ranks) while training, in response tokens per second
+    gen_step_s: float = 0.0  # one engine's fixed cost per decoding step, whatever it runs (0: a pure token rate)
     sync_s: float = 0.0  # one weight publication (gather + broadcast), the learner's side
     load_s: float = 0.0  # an actor loading published weights
     step_overhead_s: float = 0.0  # per learner step, beyond training and publishing
@@ -60,6 +63,7 @@ class Rates:
     length_counts: list[int] | None = None  # how often each of `lengths` occurs (None: equally often)
     actor_slowdown_learner: float = 0.0  # shared host: an actor's extra time per unit while the learner trains
     actor_slowdown_actor: float = 0.0  # shared host: ... per other actor generating
+    actor_slowdown_both: float = 0.0  # shared host: ... more while the learner and another actor both work
     learner_slowdown_actor: float = 0.0  # shared host: the learner's extra time while any actor generates
 
 
@@ -154,7 +158,9 @@ class _Pipeline:
         if not self.s.shared_host:
             return 1.0
         others = len(self.actors_busy - {i})
-        return 1.0 / (1.0 + self.r.actor_slowdown_learner * self.learner_busy + self.r.actor_slowdown_actor * others)
+        r = self.r
+        return 1.0 / (1.0 + r.actor_slowdown_learner * self.learner_busy + r.actor_slowdown_actor * others
+                      + r.actor_slowdown_both * (self.learner_busy and others > 0))
 
     def _learner_speed(self) -> float:
         if not self.s.shared_host:
@@ -238,15 +244,16 @@ class _Pipeline:
             # Processor sharing: every unfinished sample advances at rate / (unfinished samples).
             active = sum(int((g["left"] > 0).sum()) for g in running)
             first = min(float(g["left"][g["left"] > 0].min()) for g in running)
-            rate = r.gen_tokens_per_s * self._actor_speed(i)
+            # Tokens per second for each running sample: one token per engine step of gen_step_s + active / rate.
+            per_sample = self._actor_speed(i) / (r.gen_step_s + active / r.gen_tokens_per_s)
             t0 = self.env.now
-            events = [self.env.timeout(first * active / rate)]
+            events = [self.env.timeout(first / per_sample)]
             if s.update_mode == "inflight" and free > 0:
                 events.append(self.changed)
             if s.shared_host:
                 events.append(self.speed_changed)
             yield self.env.any_of(events)
-            progressed = (self.env.now - t0) * rate / active
+            progressed = (self.env.now - t0) * per_sample
             for g in running:
                 g["left"] = np.maximum(g["left"] - progressed, 0.0)
                 g["left"][g["left"] < 1e-9] = 0.0

@@ -58,12 +58,14 @@ def my_micro_batches(mb: MiniBatch, settings: UpdateSettings, ranks: Ranks) -> l
                         settings.pad_id) for rows in mine]
 
 
-def _observe(before: StepMetrics, logprob_N, entropy_N, mb: MicroBatch, device) -> None:
+def _observe(before: StepMetrics, logprob_N, entropy_N, mb: MicroBatch, device, cap: float) -> None:
     """Statistics of the batch under the weights before this step's first update."""
     with torch.no_grad():
         behaviour_N, real_N = mb.behaviour_logprob_N.to(device), mb.real_N.to(device)
+        over_cap = (logprob_N - behaviour_N > float(np.log(cap))).to(real_N.dtype)
         before.add(entropy=(entropy_N * real_N).sum(),
                    kl_behaviour=(behaviour_kl_k3(logprob_N, behaviour_N) * real_N).sum(),
+                   over_cap=(over_cap * real_N).sum(),
                    abs_diff=((logprob_N - behaviour_N).abs() * real_N).sum(), tokens=real_N.sum(),
                    slots=mb.slots, real_tokens=mb.real_tokens, micro_batches=int(mb.real_tokens > 0))
 
@@ -88,7 +90,7 @@ def train_step(policy, optimizer, groups, settings: UpdateSettings, controller, 
                 for j, mb in enumerate(mbs):
                     lp, ent = policy_logprobs(policy, mb, device)
                     prox[i][j] = lp if recompute else None
-                    _observe(before, lp, ent, mb, device)
+                    _observe(before, lp, ent, mb, device, algo.off_policy.is_cap)
         release(policy)
         before.reduce(ranks)
 
@@ -103,7 +105,8 @@ def train_step(policy, optimizer, groups, settings: UpdateSettings, controller, 
                 behaviour_N = mb.behaviour_logprob_N.to(device)
                 if alpha is None:
                     if not prepass:  # one micro-batch, one SGD step, nothing recomputed: this forward sees it all
-                        _observe(before, logprob_N.detach(), entropy_N.detach(), mb, device)
+                        _observe(before, logprob_N.detach(), entropy_N.detach(), mb, device,
+                                 algo.off_policy.is_cap)
                         before.reduce(ranks)
                     alpha = controller.coefficient(before.sum("entropy") / max(before.sum("tokens"), 1))
                 ref_N = None
@@ -148,6 +151,9 @@ def train_step(policy, optimizer, groups, settings: UpdateSettings, controller, 
         # KL(μ || π_θ) (k3) and |log π_θ - log μ| before the step: ~0 on-policy, grow with staleness.
         "learner/kl_behaviour": before.sum("kl_behaviour") / tokens,
         "learner/behaviour_logprob_abs_diff": before.sum("abs_diff") / tokens,
+        # Share of tokens with π_θ / μ > algo.off_policy.is_cap before the step: what "decoupled" drops and
+        # "tis" truncates (measured whatever the correction).
+        "learner/behaviour_over_cap_frac": before.sum("over_cap") / tokens,
         "learner/tokens": int(lengths.sum()),
         "learner/groups": len(groups),
         "learner/samples_per_group_mean": len(lengths) / max(len(groups), 1),

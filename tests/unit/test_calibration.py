@@ -70,6 +70,8 @@ def test_rates_and_slowdowns_come_back_from_the_timelines(tmp_path):
     assert r.learner_tokens_per_s == pytest.approx(LEARN)
     assert (r.actor_slowdown_learner, r.actor_slowdown_actor, r.learner_slowdown_actor) == pytest.approx(
         (A_L, A_A, L_A))
+    assert r.actor_slowdown_both == pytest.approx(0.0, abs=1e-9)  # the timelines were built additive
+    assert list(cal.layouts) == [2] and cal.rates_for(1).actor_slowdown_learner == pytest.approx(A_L)
     assert cal.learner_ranks == 2 and r.sync_s == 0.3 and r.load_s == pytest.approx(0.02)
     assert r.step_overhead_s == pytest.approx(0.16 / 8)
     assert r.group_overhead_s == pytest.approx(2.0 / 200)
@@ -143,3 +145,16 @@ def test_advise_refuses_what_it_cannot_read_and_writes_advice_for_what_it_can(tm
     assert advise(None, [], [str(run)], None, 1, 4, 5, [str(run)], None) == 0
     text = (run / "advice.md").read_text()
     assert "**Recommended:" in text and "| cal | 2 | 2 | 8 |" in text
+
+
+def test_an_engines_step_cost_and_token_rate_come_back_from_its_steps():
+    """Steps of 3..40 running sequences taking 5 ms + n / 2000 s alone, twice as long while the learner works."""
+    from launcher.calibration import fit_engine
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(3, 41, size=200).astype(float)
+    busy = (np.arange(200) % 3 == 0).astype(float)
+    seconds = (0.005 + n / 2000.0) * (1 + 1.0 * busy)
+    starts = np.concatenate([[0.0], np.cumsum(seconds)[:-1]])
+    step_s, rate, (a,) = fit_engine(np.column_stack([starts, starts + seconds, n]), [busy])
+    assert (step_s, rate, a) == pytest.approx((0.005, 2000.0, 1.0), rel=1e-6)

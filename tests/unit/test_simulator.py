@@ -129,3 +129,11 @@ def test_bad_rates_are_refused(rates_kw, message):
     with pytest.raises(ValueError, match=message):
         simulate(Shape(actors=1, max_staleness=0, prompts_per_step=1, group_size=1, prompts_per_chunk=1, steps=1),
                  Rates(**rates_kw))
+
+
+def test_a_fixed_cost_per_decoding_step_is_paid_once_per_token_of_the_longest_sample():
+    """gen_step_s = 10 ms per engine step plus 32 running samples at 400 tokens/s: each of the L = 50 steps of
+    a chunk takes 0.01 + 32 / 400 = 0.09 s, so a chunk takes 4.5 s instead of 4 s."""
+    p = simulate(Shape(actors=1, max_staleness=0, prompts_per_step=P, group_size=G, prompts_per_chunk=P, steps=3,
+                       update_mode="chunk"), rates(400.0, 1000.0, gen_step_s=0.01))
+    assert p.wall_s == pytest.approx(3 * (L * (0.01 + P * G / 400.0) + 1.6 + 0.5))

@@ -134,3 +134,16 @@ def test_sequence_aggregation_and_truncation_metrics():
 def test_config_refuses_corrections_without_recomputed_logprobs():
     with pytest.raises(ValueError, match="recompute"):
         AlgoConfig(off_policy={"correction": "tis"})
+
+
+def test_the_share_of_tokens_over_the_behaviour_cap_is_measured_whatever_the_correction():
+    """learner/behaviour_over_cap_frac: tokens with π_θ / μ > is_cap before the step (what "decoupled" drops)."""
+    groups = make_groups(3, alternating)
+    shares = []
+    for cap in (1e-6, 1.0, 1e6):
+        _, _, _, (m,) = run(AlgoConfig(off_policy={"is_cap": cap}), groups)
+        shares.append(m["learner/behaviour_over_cap_frac"])
+    assert shares[0] == 1.0 and shares[2] == 0.0 and 0.0 < shares[1] < 1.0
+    _, _, _, (m,) = run(AlgoConfig(off_policy={"is_cap": 1.0, "old_logprobs": "recompute",
+                                               "correction": "decoupled"}), groups)
+    assert m["learner/behaviour_over_cap_frac"] == pytest.approx(shares[1])
