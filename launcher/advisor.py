@@ -6,8 +6,9 @@
 
 1. Rates: read from one or more finished runs (`--from`, launcher/calibration.py) or measured by a short
    calibration run of the config (`--calibrate`: `learner.steps = --calibration-steps`, evaluation off).
-2. Splits: for a cluster of `nodes x gpus_per_node` devices, every split into L learner ranks and
-   (devices - L) / actors.tensor_parallel_size actor engines; the learner's rate scales with its ranks from
+2. Splits: for a cluster of `nodes x gpus_per_node` devices, every split the cluster launcher can place
+   (launcher/plan.py): L = 1 .. gpus_per_node learner ranks on node 0 and actor engines of
+   actors.tensor_parallel_size devices on the rest of every node; the learner's rate scales with its ranks from
    the calibration's rate per rank, linearly unless `--learner-efficiency E` (E per doubling of the ranks,
    e.g. 0.9; a data-parallel learner's all-reduce is not simulated).
 3. Each split runs through the pipeline simulator (launcher/simulator.py) with the config's staleness bound,
@@ -49,20 +50,22 @@ def learner_rate(per_rank: float, ranks: int, efficiency: float = 1.0) -> float:
     return per_rank * ranks * efficiency ** np.log2(ranks)
 
 
-def splits(cal: Calibration, config: dict, devices: int, steps: int, tp: int = 1,
+def splits(cal: Calibration, config: dict, nodes: int, gpus_per_node: int, steps: int, tp: int = 1,
            efficiency: float = 1.0) -> list[Split]:
-    """Every split of `devices` into learner ranks and actor engines (tp devices each), simulated."""
-    if devices < 1 + tp:
-        raise CalibrationError(f"{devices} devices cannot hold a learner rank and an actor engine of {tp}")
+    """Every split the cluster launcher can place (launcher/plan.py): L learner ranks on node 0 (ranks do not
+    span nodes), actor engines of tp devices on what is left of every node; each simulated."""
     per_rank = cal.rates.learner_tokens_per_s / learner_rate(1.0, max(cal.learner_ranks, 1), efficiency)
     out = []
-    for ranks in range(1, devices - tp + 1):
-        actors = (devices - ranks) // tp
-        if actors < 1 or (devices - ranks) % tp:
+    for ranks in range(1, gpus_per_node + 1):
+        actors = (gpus_per_node - ranks) // tp + (nodes - 1) * (gpus_per_node // tp)
+        if actors < 1:
             continue
         rates = replace(cal.rates, learner_tokens_per_s=learner_rate(per_rank, ranks, efficiency))
         p = simulate(shape_of(config, steps=steps, actors=actors, shared=False), rates)
         out.append(Split(ranks, actors, p, p.steady_wall_s / max(steps - 1, 1)))
+    if not out:
+        raise CalibrationError(f"{nodes} x {gpus_per_node} devices cannot hold a learner rank and an actor engine "
+                               f"of actors.tensor_parallel_size = {tp}")
     return out
 
 
@@ -192,7 +195,7 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
         else:
             config = sources[-1].config
         tp = int(config.get("actors.tensor_parallel_size", 1))
-        options = splits(cal, config, nodes * gpus_per_node, sim_steps, tp, efficiency)
+        options = splits(cal, config, nodes, gpus_per_node, sim_steps, tp, efficiency)
         chosen = recommend(options)
         checked = [check(cal, r) for r in find_runs(checks)] if checks else []
     except (CalibrationError, ConfigError, ReportError) as exc:
@@ -214,9 +217,9 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
               f"{chosen.actors} actor engine{'s' if chosen.actors > 1 else ''}** of {devices} devices: "
               f"{chosen.prediction.trained_tokens_per_s:,.0f} trained tokens/s, the learner waiting "
               f"{_pct(chosen.prediction.steady_idle_frac)} of the time, mean staleness "
-              f"{chosen.prediction.staleness_mean:.2f}. Set `actors.count = {chosen.actors}` and give the learner "
-              f"{chosen.learner_ranks} device{'s' if chosen.learner_ranks > 1 else ''} "
-              "(`learner.ranks` / the cluster's placement, docs/clusters.md)."]
+              f"{chosen.prediction.staleness_mean:.2f}. Set `actors.count = {chosen.actors}` and `learner.ranks = "
+              f"{chosen.learner_ranks}`; `launch.py plan --nodes {nodes} --gpus-per-node {gpus_per_node}` shows "
+              "where each role goes (docs/clusters.md)."]
     if checked:
         lines += ["", "## Predicted against measured", "",
                   "Each run's own shape simulated with the rates above (steady state: from the end of the first "

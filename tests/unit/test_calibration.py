@@ -116,8 +116,11 @@ def test_learner_rate_scales_per_doubling():
 def test_splits_cover_the_devices_and_the_recommendation_is_the_fastest(tmp_path):
     run = load_run(str(build_run(tmp_path)))
     cal = calibrate(run)
-    options = splits(cal, run.config, devices=8, steps=10)
+    options = splits(cal, run.config, nodes=1, gpus_per_node=8, steps=10)
     assert [(s.learner_ranks, s.actors) for s in options] == [(k, 8 - k) for k in range(1, 8)]
+    # Learner ranks stay on node 0 (launcher/plan.py); engines of 2 devices fill what is left of every node.
+    placed = splits(cal, run.config, nodes=3, gpus_per_node=4, steps=5, tp=2)
+    assert [(s.learner_ranks, s.actors) for s in placed] == [(1, 5), (2, 5), (3, 4), (4, 4)]
     best = recommend(options)
     fastest = max(s.prediction.trained_tokens_per_s for s in options)
     assert best.prediction.trained_tokens_per_s >= 0.98 * fastest
@@ -126,7 +129,7 @@ def test_splits_cover_the_devices_and_the_recommendation_is_the_fastest(tmp_path
     # Without the fixed per-step costs, generation (500 tokens/s per engine against 1000 per learner rank) is
     # the bottleneck: the recommendation gives most devices to actors, ~2 per learner rank.
     cal.rates = dataclasses.replace(cal.rates, sync_s=0.0, handoff_s=0.0, step_overhead_s=0.0)
-    best = recommend(splits(cal, run.config, devices=9, steps=20))
+    best = recommend(splits(cal, run.config, nodes=1, gpus_per_node=9, steps=20))
     assert (best.learner_ranks, best.actors) in [(3, 6), (2, 7)]
     assert shape_of(run.config).prompts_per_chunk == 8 and shape_of(run.config, actors=3).actors == 3
     c = check(cal, run)
