@@ -8,17 +8,20 @@
 Where each figure comes from (roles/<role>.json, written by the roles at exit, and metrics.jsonl):
 
 * **Rates and slowdowns** from the roles' timelines (telemetry/timeline.py): every engine step of every actor
-  (wall-clock interval, tokens) and every training step of the learner (interval, response tokens). For each
-  interval we compute the share of it during which the other roles were busy, and fit by least squares
-      actor engine step:  seconds = tokens · (1 + a_L · f_learner + a_A · f_other_actors) / gen_rate
-      learner step:       seconds = tokens · (1 + l_A · f_any_actor) / learner_rate
-  (plus a_LA · f_learner_and_other_actor: three roles on two cores are worse than the sum of pairs), so the
-  rates are what a role achieves alone and the a's and l_A how much it slows beside the others on a shared
-  host (with roles on their own devices they come out ~0). The slowdowns depend on how the roles are laid out
-  on the host's cores, so they are fitted per actor count (a run with one actor pins the learner to the
-  other core; with two actors on two cores it shares them). A run where the roles never overlap
-  (buffer.max_staleness = 0) cannot show the slowdowns: they are then 0, and the notes say so.
-* **Weight sync**: the learner's mean publication time and the actors' mean load time.
+  (wall-clock interval, tokens = its running sequences) and every training step of the learner (interval,
+  response tokens). For each interval we compute the share of it during which the other roles were busy:
+      engine step:   seconds = (step_s + tokens / gen_rate) · (1 + a_L·f_learner + a_A·f_other_actors
+                                                              + a_LA·f_learner_and_other_actor)
+      learner step:  seconds = tokens · (1 + l_A · f_any_actor) / learner_rate
+  step_s and gen_rate by least squares on the engine steps that overlapped nothing, the slowdowns then from
+  all (`fit_engine`); the learner's by weighted least squares (`fit_rate`). So the rates are what a role
+  achieves alone and the a's and l_A how much it slows beside the others on a shared host (with roles on
+  their own devices they come out ~0; three roles on two cores can be worse than the sum of pairs: a_LA).
+  The slowdowns depend on how the roles are laid out on the host's cores, so they are fitted per actor
+  count (a run with one actor pins the learner to the other core; with two actors on two cores it shares
+  them), as are the load and sync times. A layout whose roles never overlapped (buffer.max_staleness = 0)
+  cannot show the slowdowns: they are then 0, and the notes say so.
+* **Weight sync**: the learner's mean publication time and the actors' mean load time, per layout.
 * **Overheads**: the learner's per-step time outside training, publishing and waiting; the actors' time
   outside generating, waiting and loading, per group. What no timeline shows, the round trips that hand a
   batch from the actors through the buffer to the learner and the new version back, is one per-step handoff
@@ -46,9 +49,9 @@ class CalibrationError(ValueError):
 class Calibration:
     rates: Rates
     learner_ranks: int  # the learner's rate is for this many ranks
-    source: str  # the run it came from
+    source: str  # the runs it came from
     notes: list[str] = field(default_factory=list)
-    layouts: dict[int, dict[str, float]] = field(default_factory=dict)  # actor count -> shared-host slowdowns
+    layouts: dict[int, dict[str, float]] = field(default_factory=dict)  # actor count -> slowdowns, load, sync
 
     def rates_for(self, actors: int) -> Rates:
         """The rates with the shared-host slowdowns measured for `actors` actors on one host (or, if no
@@ -155,9 +158,9 @@ def fit_engine(intervals: np.ndarray, overlaps: list[np.ndarray]) -> tuple[float
 
 
 def fit_rate(intervals: np.ndarray, overlaps: list[np.ndarray]) -> tuple[float, list[float]]:
-    """Least squares seconds = tokens · (1 + Σ_k c_k · f_k) / rate over intervals with tokens, each weighted
-    1 / tokens (so the rate is a ratio of totals, as the simulator's fixed-rate engine needs: small batches'
-    slower steps count by their time): (rate, [c_k]).
+    """The learner's steps: least squares seconds = tokens · (1 + Σ_k c_k · f_k) / rate, each step weighted
+    1 / tokens (so without overlap the rate is a ratio of totals, as the simulator's fixed-rate learner
+    needs): (rate, [c_k]).
     A slowdown the data cannot show (no overlap) or that fits negative is 0, and the rest refitted."""
     seconds, tokens, fs = _fold_empty(intervals, overlaps)
     active = [k for k, f in enumerate(fs) if f.max(initial=0.0) > 0.05]
