@@ -85,6 +85,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
+def _staleness_shares(p: Prediction) -> str:
+    total = sum(p.staleness_hist) or 1
+    return ", ".join(f"{k}: {_pct(n / total)}" for k, n in enumerate(p.staleness_hist))
+
+
 def split_table(options: list[Split], chosen: Split) -> str:
     rows = ["| learner ranks | actor engines | step s | learner idle | actors idle | staleness mean | "
             "trained tokens/s | |", "|---|---|---|---|---|---|---|---|"]
@@ -217,7 +222,8 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
               f"{chosen.actors} actor engine{'s' if chosen.actors > 1 else ''}** of {devices} devices: "
               f"{chosen.prediction.trained_tokens_per_s:,.0f} trained tokens/s, the learner waiting "
               f"{_pct(chosen.prediction.steady_idle_frac)} of the time, mean staleness "
-              f"{chosen.prediction.staleness_mean:.2f}. Set `actors.count = {chosen.actors}` and `learner.ranks = "
+              f"{chosen.prediction.staleness_mean:.2f} (trained groups by staleness: {_staleness_shares(chosen.prediction)}). "
+              f"Set `actors.count = {chosen.actors}` and `learner.ranks = "
               f"{chosen.learner_ranks}`; `launch.py plan --nodes {nodes} --gpus-per-node {gpus_per_node}` shows "
               "where each role goes (docs/clusters.md)."]
     if checked:

@@ -148,6 +148,7 @@ def test_advise_refuses_what_it_cannot_read_and_writes_advice_for_what_it_can(tm
     assert advise(None, [], [str(run)], None, 1, 4, 5, [str(run)], None) == 0
     text = (run / "advice.md").read_text()
     assert "**Recommended:" in text and "| cal | 2 | 2 | 8 |" in text
+    assert "trained groups by staleness: 0: " in text
 
 
 def test_an_engines_step_cost_and_token_rate_come_back_from_its_steps():
