@@ -49,7 +49,6 @@ class CalibrationError(ValueError):
 class Calibration:
     rates: Rates
     learner_ranks: int  # the learner's rate is for this many ranks
-    source: str  # the runs it came from
     notes: list[str] = field(default_factory=list)
     layouts: dict[int, dict[str, float]] = field(default_factory=dict)  # actor count -> slowdowns, load, sync
 
@@ -187,7 +186,6 @@ def _learner_records(run) -> list[dict]:
 
 @dataclass
 class _RunRoles:
-    run: object
     learner: dict
     buffer: dict
     actors: list[dict]
@@ -199,7 +197,7 @@ def _roles(run) -> _RunRoles:
     if "timeline" not in learner or any("timeline" not in a for a in actors):
         raise CalibrationError(f"{run.path}: the roles recorded no timelines (a run from before the ratio "
                                "advisor); run it again or use `launch.py advise --calibrate`")
-    return _RunRoles(run, learner, buffer, actors)
+    return _RunRoles(learner, buffer, actors)
 
 
 def _overlaps(r: _RunRoles) -> tuple[list, list]:
@@ -303,7 +301,7 @@ def calibrate(runs, fit_handoff: bool = True) -> Calibration:
     if len(ranks) > 1:
         raise CalibrationError(f"the calibration runs have different learner.ranks {sorted(ranks)}: give runs of "
                                "one learner size")
-    cal = Calibration(rates, ranks.pop(), ", ".join(r.path for r in runs), notes, layout_slowdowns)
+    cal = Calibration(rates, ranks.pop(), notes, layout_slowdowns)
     if fit_handoff:
         cal.rates = replace(rates, handoff_s=fit_handoff_s(cal, runs))
     return cal
@@ -314,12 +312,13 @@ def fit_handoff_s(cal: Calibration, runs, seeds: int = 2) -> float:
     version back (message round trips, parsing, grant hold times: nothing a role's timeline shows), fitted so
     the simulation of the calibration runs' own shapes takes as long as they did: the smallest h in
     [0, 2 s] (bisection) with simulated >= measured steady wall time, summed over the runs."""
-    target = sum(measured(run).steady_wall_s for run in runs)
+    seen = [measured(run) for run in runs]
+    target = sum(m.steady_wall_s for m in seen)
+    shapes = [shape_of(run.config, steps=m.steps, shared=shared_host(run)) for run, m in zip(runs, seen)]
 
     def wall(h: float) -> float:
         total = 0.0
-        for run in runs:
-            shape = shape_of(run.config, steps=measured(run).steps, shared=shared_host(run))
+        for shape in shapes:
             rates = replace(cal.rates_for(shape.actors), handoff_s=h)
             total += sum(simulate(replace(shape, seed=s), rates).steady_wall_s for s in range(seeds)) / seeds
         return total
