@@ -27,7 +27,7 @@ import sys
 
 
 def _print_config_reference() -> None:
-    from configs.schema import Config
+    from asyncor.configs.schema import Config
 
     def walk(model, prefix=""):
         for name, field in model.model_fields.items():
@@ -45,7 +45,7 @@ def _sample_command(args) -> int:
     """`eval` and `filter`: sample a saved policy on data files and score the samples."""
     import os
 
-    from tasks.dataset import DataError
+    from asyncor.tasks.dataset import DataError
 
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         print(f"error: --model {args.model}: not a model directory (no config.json)", file=sys.stderr)
@@ -58,8 +58,8 @@ def _sample_command(args) -> int:
     if k < 1 or args.temperature < 0 or args.max_tokens < 1:
         print("error: --k / --samples and --max-tokens must be >= 1 and --temperature >= 0", file=sys.stderr)
         return 2
-    from actors.dataset_eval import EvalSettings, evaluate_files, filter_files
-    from actors.engine import cpu_environment
+    from asyncor.studies.dataset_eval import EvalSettings, evaluate_files, filter_files
+    from asyncor.actors.engine import cpu_environment
 
     cache = os.path.abspath(os.path.join(".cache", "asyncor", "vllm"))
     for key, value in cpu_environment(1.0, f"0-{(os.cpu_count() or 1) - 1}", cache).items():
@@ -90,8 +90,8 @@ def _sample_command(args) -> int:
 def _plan_command(args) -> int:
     import json
 
-    from configs.loader import ConfigError, load_config
-    from launcher.plan import PlanError, make_plan
+    from asyncor.configs.loader import ConfigError, load_config
+    from asyncor.launcher.plan import PlanError, make_plan
 
     try:
         # The data may live on the cluster only: its paths are not checked here.
@@ -107,8 +107,8 @@ def _plan_command(args) -> int:
 
 
 def _submit_command(args) -> int:
-    from configs.loader import ConfigError, load_config
-    from launcher.slurm import SubmitError, submit
+    from asyncor.configs.loader import ConfigError, load_config
+    from asyncor.launcher.slurm import SubmitError, submit
 
     try:
         config = load_config(args.config, args.set)
@@ -217,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         _print_config_reference()
         return 0
     if args.command == "sweep":
-        from launcher.sweep import sweep
+        from asyncor.studies.sweep import sweep
 
         return sweep(args.config, args.set, args.grid, args.seeds, args.name, args.output_dir, args.cluster,
                      ["--address", args.address] if args.address else [])
     if args.command == "report":
-        from telemetry.report import ReportError, write_report
+        from asyncor.studies.report import ReportError, write_report
 
         try:
             path = write_report(args.dirs, args.out)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {path}")
         return 0
     if args.command == "advise":
-        from launcher.advisor import advise
+        from asyncor.studies.advisor import advise
 
         if args.nodes < 1 or args.gpus_per_node < 1 or args.sim_steps < 3 or args.calibration_steps < 3 \
                 or not 0 < args.learner_efficiency <= 1:
@@ -247,14 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "submit":
         return _submit_command(args)
     if args.command in (None, "run"):
-        from configs.loader import ConfigError, load_config
+        from asyncor.configs.loader import ConfigError, load_config
 
         try:
             if getattr(args, "resume", None):
                 if args.config:
                     raise ConfigError("--resume continues a run with the config it was launched with; "
                                       "drop --config (change keys with --set)")
-                from launcher.resume import resume_config
+                from asyncor.launcher.resume import resume_config
 
                 config = resume_config(args.resume, args.set)
             else:
@@ -262,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        from launcher.run import RunFailed, run
-        from launcher.stop_signals import Interrupted
+        from asyncor.launcher.run import RunFailed, run
+        from asyncor.launcher.stop_signals import Interrupted
 
         try:
             run(config, getattr(args, "cluster", "local"), getattr(args, "address", None),

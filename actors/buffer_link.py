@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actors.sequences import GrantedPrompt
-from wire import messages as wire
+from asyncor.actors.sequences import GrantedPrompt
+from asyncor.wire import messages as wire
 
 
 @dataclass
@@ -45,7 +45,7 @@ class BufferLink:
     def ask(self, max_prompts: int, version: int, hold_s: float = 0.0) -> Grant | Wait | Stop:
         """`hold_s` > 0: the buffer may keep the request that long when it has nothing to grant, answering the
         moment it has (an idle actor's way of waiting for the next version without polling)."""
-        from wire.protocol import unpack_array
+        from asyncor.wire.arrays import unpack_array
 
         reply = self.client.call(wire.GrantRequest(actor_id=self.actor_id, version=version, max_prompts=max_prompts,
                                                    hold_s=hold_s), self.timeout_s + hold_s)

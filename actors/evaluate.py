@@ -24,10 +24,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from configs.loader import load_resolved
-from configs.schema import Config
-from telemetry import log as tlog
-from telemetry.role_summary import write_role_summary
+from asyncor.configs.loader import load_resolved
+from asyncor.configs.schema import Config
+from asyncor.telemetry import log as tlog
+from asyncor.telemetry.role_summary import write_role_summary
 
 
 @dataclass
@@ -46,13 +46,13 @@ class Heldout:
 def heldout(config: Config, codec, model_dir: str) -> Heldout:
     limit = config.eval.max_problems
     if config.task.kind != "files":
-        from tasks.builtin import make_splits
+        from asyncor.tasks.builtin import make_splits
 
         _, problems = make_splits(config.task, config.run.seed)
         problems = problems[:limit]
         return Heldout([codec.encode_prompt(p.prompt) for p in problems], ["arithmetic"] * len(problems),
                        [p.answer for p in problems], ["arithmetic"] * len(problems))
-    from tasks.dataset import load_problems
+    from asyncor.tasks.dataset import load_problems
 
     problems, ids, _ = load_problems(config.task.heldout_files, codec, model_dir, config.actors.max_prompt_tokens,
                                      config.task.format)
@@ -74,7 +74,7 @@ def due(version: int, last_evaluated: int, every: int, final_version: int) -> bo
 
 
 def evaluate_engine(config: Config, engine, codec, scorer, problems: Heldout) -> dict:
-    from actors.dataset_eval import rewards_per_problem, summarise
+    from asyncor.studies.dataset_eval import rewards_per_problem, summarise
 
     cfg = config.eval
     max_tokens = response_tokens(config)
@@ -105,9 +105,9 @@ def metrics_of(result: dict) -> dict:
 
 def evaluate(config: Config, model_dir: str) -> dict:
     """Evaluate a saved policy directory with a fresh engine."""
-    from actors.engine import Engine
-    from tasks.codec import TextCodec
-    from tasks.scoring import Scorer
+    from asyncor.actors.engine import Engine
+    from asyncor.tasks.codec import TextCodec
+    from asyncor.tasks.scoring import Scorer
 
     codec = TextCodec(model_dir)
     problems = heldout(config, codec, model_dir)
@@ -134,7 +134,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     cfg = load_resolved(args.config)
     tlog.setup(args.tag, cfg.run_dir)
-    from actors.engine import cpu_environment
+    from asyncor.actors.engine import cpu_environment
 
     os.environ.update(cpu_environment(cfg.actors.kv_cache_gib, f"0-{(os.cpu_count() or 1) - 1}",
                                       os.path.join(os.path.abspath(cfg.run.cache_dir), "vllm")))
@@ -143,7 +143,7 @@ if __name__ == "__main__":
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
     if args.version is not None:
-        from telemetry.metrics import MetricsWriter
+        from asyncor.telemetry.metrics import MetricsWriter
 
         metrics = MetricsWriter(cfg.run_dir, "eval", cfg.net.telemetry_address)
         metrics.log({**metrics_of(result), "eval/version": args.version}, step=args.version)

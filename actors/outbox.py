@@ -27,9 +27,9 @@ import time
 
 import numpy as np
 
-from actors.sequences import Group
-from telemetry.time_budget import TimeBudget
-from wire import messages as wire
+from asyncor.actors.sequences import Group
+from asyncor.telemetry.time_budget import TimeBudget
+from asyncor.wire import messages as wire
 
 SEND_ATTEMPTS = 3  # sends without any answer before the buffer counts as gone
 FULL_PAUSE_MAX_S = 2.0
@@ -38,7 +38,7 @@ FULL_PAUSE_MAX_S = 2.0
 def to_trajectory(group: Group, rewards: list[float], actor_id: int, seq: int):
     """A completed group as the wire's TrajectoryGroup. Per-token versions travel only when a response
     spans more than one version (an in-flight update); otherwise `min_version` says it all."""
-    from wire.protocol import Response, TrajectoryGroup
+    from asyncor.wire.trajectory import Response, TrajectoryGroup
 
     responses = []
     for s, reward in zip(group.sequences, rewards):
@@ -119,7 +119,7 @@ class Outbox(threading.Thread):
             self.log.error("outbox_failed", error=repr(exc))
 
     def _score_and_send(self, groups: list[Group]) -> None:
-        from tasks.scoring import Sample
+        from asyncor.tasks.scoring import Sample
 
         start = time.perf_counter()
         with self.budget.measure("scoring"):

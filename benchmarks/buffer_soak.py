@@ -42,10 +42,10 @@ TIMEOUT = 10.0
 def make_config(run_dir: str, senders: int, group_size: int, response_tokens: int, prompts_per_step: int,
                 eta: int, auth: str) -> str:
     """A resolved config for a buffer alone (tokenizer of the tiny model; no model weights needed)."""
-    from configs.loader import dump_resolved
-    from configs.schema import Config
-    from launcher.ports import assign_ports
-    from learner.tiny_model import build_tokenizer
+    from asyncor.configs.loader import dump_resolved
+    from asyncor.configs.schema import Config
+    from asyncor.launcher.ports import assign_ports
+    from asyncor.prepare.tiny_model import build_tokenizer
 
     tok_dir = os.path.join(run_dir, "tok")
     os.makedirs(tok_dir, exist_ok=True)
@@ -75,10 +75,12 @@ def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: 
     """One synthetic actor: grant -> groups of the granted shape -> acks, until the buffer says stop."""
     import zmq
 
-    from wire.curve import role_keys
-    from wire.protocol import Response, TrajectoryGroup, encode, unpack_array
-    from wire.transport import Client, endpoint
-    from configs.loader import load_resolved
+    from asyncor.wire.curve import role_keys
+    from asyncor.wire.arrays import unpack_array
+    from asyncor.wire.envelope import encode
+    from asyncor.wire.trajectory import Response, TrajectoryGroup
+    from asyncor.wire.transport import Client, endpoint
+    from asyncor.configs.loader import load_resolved
 
     cfg = load_resolved(cfg_path)
     ctx = zmq.Context.instance()
@@ -136,9 +138,9 @@ def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: 
 def learner(cfg_path: str, step_s: float, stop_at: float, out: mp.Queue) -> None:
     import zmq
 
-    from wire.curve import role_keys
-    from wire.transport import Client, endpoint
-    from configs.loader import load_resolved
+    from asyncor.wire.curve import role_keys
+    from asyncor.wire.transport import Client, endpoint
+    from asyncor.configs.loader import load_resolved
 
     cfg = load_resolved(cfg_path)
     client = Client(zmq.Context.instance(), endpoint(cfg.net.buffer_address, cfg.net.buffer_learner_port), "learner",
@@ -173,8 +175,8 @@ def rss_sampler(pid: int, samples: list, stop: threading.Event) -> None:
 def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens: int = 256,
          prompts_per_step: int = 32, eta: int = 2, in_flight: int = 16, learner_step_s: float = 0.0,
          auth: str = "off", run_dir: str | None = None) -> dict:
-    from wire import curve
-    from learner.tiny_model import build_tokenizer
+    from asyncor.wire import curve
+    from asyncor.prepare.tiny_model import build_tokenizer
 
     run_dir = run_dir or tempfile.mkdtemp(prefix="asyncor-soak-")
     cfg_path = make_config(os.path.join(run_dir, "soak"), senders, group_size, response_tokens, prompts_per_step,
@@ -183,7 +185,7 @@ def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens:
     if auth == "curve":
         env.update(curve.generate().to_env())
     os.environ.update({k: v for k, v in env.items() if k == curve.ENV})  # the senders (forked) use them too
-    buffer = subprocess.Popen([sys.executable, "-m", "buffer.service", "--config", cfg_path], cwd=ROOT, env=env,
+    buffer = subprocess.Popen([sys.executable, "-m", "asyncor.buffer.service", "--config", cfg_path], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     vocab = build_tokenizer().get_vocab_size()
     out: mp.Queue = mp.get_context("fork").Queue()

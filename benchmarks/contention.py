@@ -29,13 +29,13 @@ LOADS = {
 
 
 def main() -> None:
-    from actors.engine import cpu_environment
+    from asyncor.actors.engine import cpu_environment
 
     os.environ.update(cpu_environment(1, "0", os.path.join(tempfile.gettempdir(), "asyncor-vllm-cache")))
-    from actors.engine import Engine
-    from configs.loader import load_config
-    from learner.warm_start import prepare_policy
-    from tasks.codec import TextCodec
+    from asyncor.actors.engine import Engine
+    from asyncor.configs.loader import load_config
+    from asyncor.prepare.warm_start import prepare_policy
+    from asyncor.tasks.codec import TextCodec
 
     config = load_config(None, [])
     model_dir = prepare_policy(config)

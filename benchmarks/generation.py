@@ -74,17 +74,17 @@ def course(values: list[float], parts: int = 5) -> str:
 
 
 def engine_only(args) -> None:
-    from actors.engine import cpu_environment
+    from asyncor.actors.engine import cpu_environment
 
     os.environ.update(cpu_environment(1, "0", os.path.join(tempfile.gettempdir(), "asyncor-vllm-cache")))
-    from actors.buffer_link import Grant, Stop, Wait
-    from actors.engine import Engine
-    from actors.rollout import Rollout, RolloutSettings
-    from actors.sequences import GrantedPrompt
-    from configs.loader import load_config
-    from learner.warm_start import prepare_policy
-    from tasks.builtin import make_splits
-    from tasks.codec import TextCodec
+    from asyncor.actors.buffer_link import Grant, Stop, Wait
+    from asyncor.actors.engine import Engine
+    from asyncor.actors.rollout import Rollout, RolloutSettings
+    from asyncor.actors.sequences import GrantedPrompt
+    from asyncor.configs.loader import load_config
+    from asyncor.prepare.warm_start import prepare_policy
+    from asyncor.tasks.builtin import make_splits
+    from asyncor.tasks.codec import TextCodec
 
     config = load_config(None, TASK + args.set)
     a = config.actors

@@ -85,14 +85,14 @@ def worker(args) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from wire.protocol import Response, TrajectoryGroup
-    from configs.schema import AlgoConfig
-    from kernels.logprob_entropy import resolve_impl
-    from learner.entropy_control import make_entropy_control
-    from learner.model import Policy
-    from learner.packing import layout_for
-    from learner.parallel import init_ranks, parallelize
-    from learner.update import UpdateSettings, train_step
+    from asyncor.wire.trajectory import Response, TrajectoryGroup
+    from asyncor.configs.schema import AlgoConfig
+    from asyncor.kernels.logprob_entropy import resolve_impl
+    from asyncor.learner.entropy_control import make_entropy_control
+    from asyncor.learner.model import Policy
+    from asyncor.learner.packing import layout_for
+    from asyncor.learner.parallel import init_ranks, parallelize
+    from asyncor.learner.update import UpdateSettings, train_step
 
     dtype_name = "bfloat16" if torch.cuda.is_available() else "float32"
     ranks = init_ranks(dtype_name, 600)
@@ -190,7 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    from launcher.ports import free_port
+    from asyncor.launcher.ports import free_port
 
     import torch
 

@@ -33,9 +33,9 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
 
-from kernels.logprob_entropy import logprob_entropy  # noqa: E402
-from kernels.logprob_entropy_naive import logprob_entropy_naive  # noqa: E402
-from kernels.logprob_entropy_torch import logprob_entropy_torch  # noqa: E402
+from asyncor.kernels.logprob_entropy import logprob_entropy  # noqa: E402
+from asyncor.kernels.logprob_entropy_naive import logprob_entropy_naive  # noqa: E402
+from asyncor.kernels.logprob_entropy_torch import logprob_entropy_torch  # noqa: E402
 
 
 def candidates(temperature: float):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.code_sandbox import Limits, Sandbox, jail_available  # noqa: E402
+from asyncor.tasks.code_sandbox import Limits, Sandbox, jail_available  # noqa: E402
 
 PROGRAMS = {
     "print": "print(3)",

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from actors.verifier_pool import Job, PoolSettings, VerifierPool  # noqa: E402
+from asyncor.tasks.verifier_pool import Job, PoolSettings, VerifierPool  # noqa: E402
 
 
 def jobs(repeat: int) -> dict[str, list[Job]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
-from tasks.arithmetic import Problem
+from asyncor.tasks.arithmetic import Problem
 
 
 class PromptStream:

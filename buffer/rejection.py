@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wire.protocol import TrajectoryGroup
+from asyncor.wire.trajectory import TrajectoryGroup
 
 HIST_BINS = 10
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from wire.protocol import TrajectoryGroup
-from buffer.staleness import StalenessBudget
+from asyncor.wire.trajectory import TrajectoryGroup
+from asyncor.buffer.staleness import StalenessBudget
 
 
 class SeenSequences:

@@ -34,24 +34,26 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from wire.curve import role_keys, stop_authenticator
-from buffer.online_filter import OnlineFilter
-from buffer.prompts import PromptStream
-from wire.messages import (Ack, ActorHello, BatchReply, BatchRequest, Bye, CheckpointAck, GrantedPrompt, GrantReply,
+from asyncor.wire.curve import role_keys, stop_authenticator
+from asyncor.buffer.online_filter import OnlineFilter
+from asyncor.buffer.prompts import PromptStream
+from asyncor.wire.messages import (Ack, ActorHello, BatchReply, BatchRequest, Bye, CheckpointAck, GrantedPrompt, GrantReply,
                            GrantRequest, GrantReturn, Sampling, Stop, VersionUpdate, WaitReply, Welcome, parse)
-from wire.protocol import REJECT_REASONS, Message, ProtocolError, decode, pack_array, parse_group, require, unpack_array
-from buffer.rejection import GroupTally, uniform_kind
-from buffer.replay import ReplayStore
-from buffer.staleness import StalenessBudget
-from wire.transport import Server, endpoint
-from configs.loader import load_resolved
-from configs.schema import Config
-from configs.stages import groups_through, max_over_stages, stage_at
-from tasks.builtin import make_splits
-from tasks.codec import TextCodec
-from telemetry import log as tlog
-from telemetry.role_summary import write_role_summary
-from telemetry.metrics import MetricsWriter
+from asyncor.wire.arrays import pack_array, unpack_array
+from asyncor.wire.envelope import REJECT_REASONS, Message, ProtocolError, decode, require
+from asyncor.wire.trajectory import parse_group
+from asyncor.buffer.rejection import GroupTally, uniform_kind
+from asyncor.buffer.replay import ReplayStore
+from asyncor.buffer.staleness import StalenessBudget
+from asyncor.wire.transport import Server, endpoint
+from asyncor.configs.loader import load_resolved
+from asyncor.configs.schema import Config
+from asyncor.configs.stages import groups_through, max_over_stages, stage_at
+from asyncor.tasks.builtin import make_splits
+from asyncor.tasks.codec import TextCodec
+from asyncor.telemetry import log as tlog
+from asyncor.telemetry.role_summary import write_role_summary
+from asyncor.telemetry.metrics import MetricsWriter
 
 LONG_POLL_S = 1.0
 OK = Ack(status="ok")  # the plain acknowledgement
@@ -212,7 +214,7 @@ class BufferService:
         if self.config.task.kind != "files":
             train, _ = make_splits(self.config.task, self.config.run.seed)
             return train
-        from tasks.dataset import load_problems
+        from asyncor.tasks.dataset import load_problems
 
         task = self.config.task
         problems, ids, dropped = load_problems(task.train_files, self.codec, self.config.model.path,

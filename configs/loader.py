@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from configs.schema import Config
+from asyncor.configs.schema import Config
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "tiny.toml")
 

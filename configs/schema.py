@@ -541,7 +541,7 @@ class Config(_Section):
                 f"buffer.max_staleness ({self.buffer.max_staleness}) must be >= sync.every - 1 ({self.sync.every - 1}): "
                 "actors only get weights every sync.every steps, so fresher data cannot exist"
             )
-        from configs.stages import stages
+        from asyncor.configs.stages import stages
 
         minibatch = self.algo.off_policy.minibatch_prompts
         for stage in stages(self):

@@ -83,7 +83,7 @@ def logprob_entropy(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, target_N: 
     if which == "triton" and hidden_NH.dtype == torch.float64:
         raise ValueError("the triton path takes float32, bfloat16 or float16, not float64")
     if which == "triton":
-        from kernels.logprob_entropy_triton import logprob_entropy_triton
+        from asyncor.kernels.logprob_entropy_triton import logprob_entropy_triton
         return logprob_entropy_triton(hidden_NH, weight_VH, target_N, temperature, ignore_index)
-    from kernels.logprob_entropy_torch import logprob_entropy_torch
+    from asyncor.kernels.logprob_entropy_torch import logprob_entropy_torch
     return logprob_entropy_torch(hidden_NH, weight_VH, target_N, temperature, ignore_index, chunk)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
-from wire import curve
-from configs.schema import Config
-from launcher.placement import is_loopback
+from asyncor.wire import curve
+from asyncor.configs.schema import Config
+from asyncor.launcher.placement import is_loopback
 
 
 def exposed_binds(config: Config) -> list[str]:

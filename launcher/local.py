@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from launcher.backend import Node, RoleSpec
-from launcher.placement import visible_gpus
-from launcher.processes import Child, spawn, stop_all
+from asyncor.launcher.backend import Node, RoleSpec
+from asyncor.launcher.placement import visible_gpus
+from asyncor.launcher.processes import Child, spawn, stop_all
 
 
 class LocalBackend:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import socket
 
-from configs.schema import Config
+from asyncor.configs.schema import Config
 
 LOWEST = 20000  # below: registered services, and Ray's worker ports (10002-19999 by default)
 

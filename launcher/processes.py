@@ -64,8 +64,6 @@ def spawn(name: str, module: str, args: list[str], log_dir: str, env: dict[str, 
     child_env = dict(os.environ)
     child_env.update(env or {})
     child_env.setdefault("PYTHONUNBUFFERED", "1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
     proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
                             env=child_env, cwd=os.getcwd())

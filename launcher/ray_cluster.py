@@ -24,9 +24,8 @@ import sys
 import tempfile
 import time
 
-from launcher.backend import Node, RoleSpec
+from asyncor.launcher.backend import Node, RoleSpec
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READ_CHUNK = 1 << 20
 RPC_TIMEOUT_S = 30.0
 LOST = -1000  # returncode of a role whose Ray actor (or node) died
@@ -83,7 +82,7 @@ class RayRole:
         return self._returncode
 
     def tail(self, lines: int = 15) -> str:
-        from launcher.processes import log_tail
+        from asyncor.launcher.processes import log_tail
 
         return log_tail(self.log_path, lines)
 
@@ -95,7 +94,6 @@ class RayRole:
 
 def _launcher_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -125,9 +123,8 @@ class RayBackend:
         address = address or os.environ.get("RAY_ADDRESS") or "auto"
         _check_reachable(address)
         try:
-            # The role actors import launcher/ from the repository, at the same path on every node.
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING",
-                     runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+            # The role actors import asyncor.launcher from the environment installed at the same path on every node.
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except ConnectionError as exc:
             raise RuntimeError(f"--cluster ray: no Ray cluster at {address!r} ({exc}); start one with "
                                "`ray start --head` or pass --address") from None

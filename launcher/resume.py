@@ -14,9 +14,9 @@ import glob
 import json
 import os
 
-from configs.loader import ConfigError, apply_override, validate
-from configs.schema import Config
-from learner.checkpoint import CheckpointError, complete, read_meta
+from asyncor.configs.loader import ConfigError, apply_override, validate
+from asyncor.configs.schema import Config
+from asyncor.learner.checkpoint import CheckpointError, complete, read_meta
 
 LAUNCH_CONFIG = "launch_config.json"  # the config as given to `launch.py run` (before ports and paths are filled)
 KEPT_ROLE_FILES = ("prepare.json", "eval_before.json")  # results of phases a resumed run does not repeat
@@ -80,7 +80,7 @@ def prepare_resumed_dir(config: Config) -> None:
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         os.remove(os.path.join(run_dir, "summary.json"))
     if config.telemetry.tensorboard:  # the events again, without the steps after the checkpoint
-        from telemetry.tensorboard import export
+        from asyncor.launcher.tensorboard import export
 
         export(run_dir)
     logs = os.path.join(run_dir, "logs")

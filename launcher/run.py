@@ -23,22 +23,22 @@ import shutil
 import sys
 import time
 
-from configs.loader import dump_resolved
-from configs.schema import Config
-from launcher.backend import Backend, Handle, RoleSpec
-from launcher.placement import check_placement, slot_env
-from launcher.plan import Plan, PlanError, local_plan, make_plan
-from launcher.ports import assign_ports
-from wire.curve import ENV as CURVE_ENV
-from wire.curve import CurveKeys
-from launcher.auth import resolve_auth
-from launcher.preflight import PreflightError, check_environment
-from launcher.restarts import ActorRestarts
-from launcher.resume import LAUNCH_CONFIG, prepare_resumed_dir, save_launch_config
-from launcher.status import StatusView
-from launcher.stop_signals import StopSignals
-from launcher.summary import build_summary, first_step_ts, human
-from telemetry.collector import Collector
+from asyncor.configs.loader import dump_resolved
+from asyncor.configs.schema import Config
+from asyncor.launcher.backend import Backend, Handle, RoleSpec
+from asyncor.launcher.placement import check_placement, slot_env
+from asyncor.launcher.plan import Plan, PlanError, local_plan, make_plan
+from asyncor.launcher.ports import assign_ports
+from asyncor.wire.curve import ENV as CURVE_ENV
+from asyncor.wire.curve import CurveKeys
+from asyncor.launcher.auth import resolve_auth
+from asyncor.launcher.preflight import PreflightError, check_environment
+from asyncor.launcher.restarts import ActorRestarts
+from asyncor.launcher.resume import LAUNCH_CONFIG, prepare_resumed_dir, save_launch_config
+from asyncor.launcher.status import StatusView
+from asyncor.launcher.stop_signals import StopSignals
+from asyncor.launcher.summary import build_summary, first_step_ts, human
+from asyncor.launcher.collector import Collector
 
 POLL_S = 0.5
 SHUTDOWN_GRACE_S = 5.0  # SIGTERM -> SIGKILL
@@ -151,15 +151,15 @@ def supervise(config: Config, backend: Backend, roles: list[Handle], learner: Ha
 
 def open_backend(cluster: str, config: Config, address: str | None = None, gpus_per_node: int | None = None):
     if cluster == "local":
-        from launcher.local import LocalBackend
+        from asyncor.launcher.local import LocalBackend
 
         return LocalBackend(config.net.host)
     if cluster == "slurm":
-        from launcher.slurm import SlurmBackend
+        from asyncor.launcher.slurm import SlurmBackend
 
         return SlurmBackend(gpus_per_node)
     if cluster == "ray":
-        from launcher.ray_cluster import RayBackend
+        from asyncor.launcher.ray_cluster import RayBackend
 
         return RayBackend(address, gpus_per_node)
     raise RunFailed(f"--cluster {cluster!r}: choose one of {', '.join(CLUSTERS)}")
@@ -267,7 +267,7 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
         print(f"resuming from {resumed}", flush=True)
     else:
         print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
-        prepare = _spec(plan, backend, config, "learner", 0, "prepare", "learner.warm_start", ["--config", cfg_path],
+        prepare = _spec(plan, backend, config, "learner", 0, "prepare", "asyncor.prepare.warm_start", ["--config", cfg_path],
                         keys)
         prepare = RoleSpec(prepare.name, prepare.module, prepare.args, prepare.node,  # one process, no group
                            {k: v for k, v in prepare.env.items() if k in ("CUDA_VISIBLE_DEVICES", CURVE_ENV)})
@@ -277,7 +277,7 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
 
     def evaluation(tag: str, model: str, version: int) -> None:
         # Before and after RL no engine runs: evaluation takes actor 0's node and GPUs.
-        spec = _spec(plan, backend, config, "actor", 0, tag, "actors.evaluate",
+        spec = _spec(plan, backend, config, "actor", 0, tag, "asyncor.actors.evaluate",
                      ["--config", cfg_path, "--model", model, "--tag", tag, "--version", str(version)], keys)
         run_phase(backend, spec, logs, config.run.eval_timeout_s, stop, "run.eval_timeout_s")
 
@@ -292,15 +292,15 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
     view = None
     restarts = ActorRestarts(config.actors.max_restarts, config.actors.restart_backoff_s)
     try:  # a failure part-way through starting the roles still stops the ones already started
-        roles.append(backend.start(_spec(plan, backend, config, "buffer", 0, "buffer", "buffer.service",
+        roles.append(backend.start(_spec(plan, backend, config, "buffer", 0, "buffer", "asyncor.buffer.service",
                                          ["--config", cfg_path], keys), logs))
         learner_ranks = [backend.start(_spec(plan, backend, config, "learner", rank,
-                                             "learner" if rank == 0 else f"learner{rank}", "learner.trainer",
+                                             "learner" if rank == 0 else f"learner{rank}", "asyncor.learner.trainer",
                                              ["--config", cfg_path], keys), logs)
                          for rank in range(config.learner.ranks)]
         roles.extend(learner_ranks)
         learner = learner_ranks[0]  # rank 0 talks to the buffer and the actors; its exit ends the run
-        actor_specs = {f"actor{i}": _spec(plan, backend, config, "actor", i, f"actor{i}", "actors.worker",
+        actor_specs = {f"actor{i}": _spec(plan, backend, config, "actor", i, f"actor{i}", "asyncor.actors.worker",
                                           ["--config", cfg_path, "--actor-id", str(i)], keys)
                        for i in range(config.actors.count)}
         for spec in actor_specs.values():

@@ -31,8 +31,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from launcher.backend import Node, RoleSpec
-from launcher.processes import Child, spawn, stop_all
+from asyncor.launcher.backend import Node, RoleSpec
+from asyncor.launcher.processes import Child, spawn, stop_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,7 +176,7 @@ def submit(config, config_path: str | None, overrides: list[str], nodes: int, gp
         raise SubmitError("sbatch is not on PATH: run `launch.py submit` on a SLURM login node")
     if nodes < 1 or gpus_per_node < 0:
         raise SubmitError(f"--nodes {nodes} / --gpus-per-node {gpus_per_node}: need >= 1 node and >= 0 GPUs")
-    from launcher.plan import PlanError, make_plan
+    from asyncor.launcher.plan import PlanError, make_plan
 
     try:
         make_plan(config, nodes, gpus_per_node)  # refuse a layout that cannot run before it queues for hours

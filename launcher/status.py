@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from telemetry.metrics import read_metrics
+from asyncor.telemetry.metrics import read_metrics
 
 FIELDS = [
     ("step", "learner/step", "{:.0f}"),

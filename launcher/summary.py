@@ -68,7 +68,7 @@ def ledger_line(ledger: dict | None) -> str:
 def first_step_ts(run_dir: str, since: float = 0.0) -> float | None:
     """Unix time of the learner's first step logged after `since` (bring-up cost: launch -> first step; a
     resumed run's metrics also hold the steps before it)."""
-    from telemetry.metrics import read_metrics
+    from asyncor.telemetry.metrics import read_metrics
 
     records, _ = read_metrics(run_dir)
     return min((r["ts"] for r in records if r.get("role") == "learner" and r["ts"] >= since), default=None)
@@ -76,7 +76,7 @@ def first_step_ts(run_dir: str, since: float = 0.0) -> float | None:
 
 def eval_curve(run_dir: str) -> list[dict]:
     """Every held-out evaluation of the run (before, every `eval.every_steps`, after), by policy version."""
-    from telemetry.metrics import read_metrics
+    from asyncor.telemetry.metrics import read_metrics
 
     records, _ = read_metrics(run_dir)
     points = [{"version": r["step"], "accuracy": r["eval/accuracy"], "greedy_accuracy": r["eval/greedy_accuracy"],

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wire.protocol import TrajectoryGroup
-from learner.advantage import group_advantages
-from learner.loss import token_weights
+from asyncor.wire.trajectory import TrajectoryGroup
+from asyncor.learner.advantage import group_advantages
+from asyncor.learner.loss import token_weights
 
 
 @dataclass

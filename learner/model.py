@@ -16,9 +16,9 @@ import importlib.util
 
 import torch
 
-from configs.schema import ModelConfig
-from kernels.logprob_entropy import logprob_entropy
-from learner.batch import MicroBatch
+from asyncor.configs.schema import ModelConfig
+from asyncor.kernels.logprob_entropy import logprob_entropy
+from asyncor.learner.batch import MicroBatch
 
 
 def attention_implementation(setting: str, device: torch.device) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from learner.parallel import Ranks
+from asyncor.learner.parallel import Ranks
 
 
 class StepMetrics:

@@ -29,29 +29,30 @@ import numpy as np
 import torch
 import zmq
 
-from wire.curve import role_keys
-from wire import messages as wire
-from wire.protocol import decode, encode, parse_group
-from wire.transport import Client, endpoint
-from configs.loader import load_resolved
-from configs.schema import Config
-from configs.stages import stage_at
-from kernels.logprob_entropy import resolve_impl
-from launcher.cpu_cores import learner_cores, pin
-from learner import checkpoint
-from learner.entropy_control import make_entropy_control
-from learner.model import Policy, load_causal_lm
-from learner.packing import layout_for
-from learner.parallel import Ranks, full_tensor, init_ranks, parallelize
-from learner.update import UpdateSettings, train_step
-from learner.weight_sync import publish
-from sync.broadcaster import WeightBroadcaster
-from sync.group import pick_backend
-from telemetry import log as tlog
-from telemetry.role_summary import write_role_summary
-from telemetry.metrics import MetricsWriter
-from telemetry.time_budget import TimeBudget
-from telemetry.timeline import Timeline
+from asyncor.wire.curve import role_keys
+from asyncor.wire import messages as wire
+from asyncor.wire.envelope import decode, encode
+from asyncor.wire.trajectory import parse_group
+from asyncor.wire.transport import Client, endpoint
+from asyncor.configs.loader import load_resolved
+from asyncor.configs.schema import Config
+from asyncor.configs.stages import stage_at
+from asyncor.kernels.logprob_entropy import resolve_impl
+from asyncor.runtime.cores import learner_cores, pin
+from asyncor.learner import checkpoint
+from asyncor.learner.entropy_control import make_entropy_control
+from asyncor.learner.model import Policy, load_causal_lm
+from asyncor.learner.packing import layout_for
+from asyncor.learner.parallel import Ranks, full_tensor, init_ranks, parallelize
+from asyncor.learner.update import UpdateSettings, train_step
+from asyncor.learner.weight_sync import publish
+from asyncor.sync.broadcaster import WeightBroadcaster
+from asyncor.sync.group import pick_backend
+from asyncor.telemetry import log as tlog
+from asyncor.telemetry.role_summary import write_role_summary
+from asyncor.telemetry.metrics import MetricsWriter
+from asyncor.telemetry.time_budget import TimeBudget
+from asyncor.telemetry.timeline import Timeline
 
 
 def groups_metrics(report: dict) -> dict:

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.batch import MicroBatch, MiniBatch, micro_batch, minibatch
-from learner.loss import behaviour_kl_k3, policy_loss
-from learner.model import policy_logprobs
-from learner.off_policy import behaviour_weights
-from learner.packing import plan
-from learner.parallel import Ranks, full_tensor, release
-from learner.step_metrics import StepMetrics
+from asyncor.learner.batch import MicroBatch, MiniBatch, micro_batch, minibatch
+from asyncor.learner.loss import behaviour_kl_k3, policy_loss
+from asyncor.learner.model import policy_logprobs
+from asyncor.learner.off_policy import behaviour_weights
+from asyncor.learner.packing import plan
+from asyncor.learner.parallel import Ranks, full_tensor, release
+from asyncor.learner.step_metrics import StepMetrics
 
 
 @dataclass

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from sync.broadcaster import WeightBroadcaster
-from sync.buckets import plan_buckets
+from asyncor.sync.broadcaster import WeightBroadcaster
+from asyncor.sync.buckets import plan_buckets
 
 
 def publish(named: list[tuple[str, torch.Tensor]], dtype: torch.dtype, bucket_bytes: int,
@@ -25,7 +25,7 @@ def publish(named: list[tuple[str, torch.Tensor]], dtype: torch.dtype, bucket_by
     Every learner rank calls this with the same `named` (gathering a sharded parameter is a collective); rank 0
     passes its broadcaster, the others None. Floating-point tensors travel in `dtype` (model.dtype). Returns
     the seconds spent gathering and broadcasting."""
-    from learner.parallel import full_tensor
+    from asyncor.learner.parallel import full_tensor
 
     specs = [(n, list(t.shape), dtype if t.is_floating_point() else t.dtype) for n, t in named]
     buckets = plan_buckets(specs, bucket_bytes)

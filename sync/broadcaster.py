@@ -30,13 +30,14 @@ from datetime import timedelta
 import torch
 import zmq
 
-from wire.curve import CurveKeys, secure_server
-from wire import messages as wire
-from wire.protocol import ProtocolError, decode, encode_message
-from wire.transport import HWM
-from sync.buckets import Bucket
-from sync.group import abandon, hello_identity, make_group, open_store
-from telemetry import log as tlog
+from asyncor.wire.curve import CurveKeys, secure_server
+from asyncor.wire import messages as wire
+from asyncor.wire.envelope import ProtocolError, decode
+from asyncor.wire.messages import encode_message
+from asyncor.wire.transport import HWM
+from asyncor.sync.buckets import Bucket
+from asyncor.sync.group import abandon, hello_identity, make_group, open_store
+from asyncor.telemetry import log as tlog
 
 PROBE_S = 10.0  # how long a regroup waits for live actors to answer (they answer within ~0.2 s)
 MAX_INBOUND_BYTES = 1 << 16

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from wire.messages import BucketWire
-from wire.protocol import ProtocolError
+from asyncor.wire.messages import BucketWire
+from asyncor.wire.envelope import ProtocolError
 
 BUCKET_BYTES = 256 * 2**20
 

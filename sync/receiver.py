@@ -23,13 +23,14 @@ from datetime import timedelta
 import torch
 import zmq
 
-from wire.curve import CurveKeys, secure_client
-from wire import messages as wire
-from wire.protocol import ProtocolError, decode, encode_message
-from wire.transport import HWM
-from sync.buckets import Bucket, unflatten
-from sync.group import abandon, hello_identity, make_group, open_store
-from telemetry import log as tlog
+from asyncor.wire.curve import CurveKeys, secure_client
+from asyncor.wire import messages as wire
+from asyncor.wire.envelope import ProtocolError, decode
+from asyncor.wire.messages import encode_message
+from asyncor.wire.transport import HWM
+from asyncor.sync.buckets import Bucket, unflatten
+from asyncor.sync.group import abandon, hello_identity, make_group, open_store
+from asyncor.telemetry import log as tlog
 
 MAX_ANNOUNCEMENT_BYTES = 1 << 24
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from configs.schema import TaskConfig
+from asyncor.configs.schema import TaskConfig
 
 # Character vocabulary of the task; the tiny tokenizer is built from it.
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]

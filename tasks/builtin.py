@@ -3,16 +3,16 @@ held-out evaluation). Both are scored exact-answer (scoring kind "arithmetic")."
 
 from __future__ import annotations
 
-from configs.schema import TaskConfig
-from tasks.arithmetic import Problem
+from asyncor.configs.schema import TaskConfig
+from asyncor.tasks.arithmetic import Problem
 
 
 def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
     """(train, heldout) of the built-in task; kind = "files" warm-starts on arithmetic."""
     if cfg.kind == "repeat":
-        from tasks.repeat import make_splits as repeat_splits
+        from asyncor.tasks.repeat import make_splits as repeat_splits
 
         return repeat_splits(cfg, seed)
-    from tasks.arithmetic import make_splits as arithmetic_splits
+    from asyncor.tasks.arithmetic import make_splits as arithmetic_splits
 
     return arithmetic_splits(cfg, seed)

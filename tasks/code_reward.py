@@ -32,8 +32,8 @@ import shutil
 import sys
 import time
 
-from tasks.code_sandbox import Limits, Sandbox
-from tasks.math_reward import solution_text
+from asyncor.tasks.code_sandbox import Limits, Sandbox
+from asyncor.tasks.math_reward import solution_text
 
 FENCE = re.compile(r"```(?:python|py|Python3|python3)?[ \t]*\n(.*?)```", re.DOTALL)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import random
 
-from configs.schema import TaskConfig
-from tasks.arithmetic import Problem
+from asyncor.configs.schema import TaskConfig
+from asyncor.tasks.arithmetic import Problem
 
 MEDIAN_REPEAT = 2.0
 SIGMA = 1.0

@@ -26,13 +26,13 @@ class Scorer:
         self._pool = self._make_pool() if needs_pool else None
 
     def _make_pool(self):
-        from actors.verifier_pool import PoolSettings, VerifierPool
+        from asyncor.tasks.verifier_pool import PoolSettings, VerifierPool
 
         return VerifierPool(PoolSettings(workers=self.workers, deadline_s=self.deadline_s))
 
     def score(self, samples: list[Sample]) -> list[float]:
-        from actors.verifier_pool import Job
-        from tasks.arithmetic import score
+        from asyncor.tasks.verifier_pool import Job
+        from asyncor.tasks.arithmetic import score
 
         rewards = [0.0] * len(samples)
         jobs, where = [], []

@@ -22,8 +22,8 @@ import time
 
 import zmq
 
-from wire.curve import ENV, from_env, secure_client
-from wire.protocol import ProtocolError, decode, encode
+from asyncor.wire.curve import ENV, from_env, secure_client
+from asyncor.wire.envelope import ProtocolError, decode, encode
 
 HWM = 10_000
 

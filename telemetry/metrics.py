@@ -23,7 +23,7 @@ class MetricsWriter:
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self._link = self._fd = None
         if launcher:
-            from telemetry.link import link_to
+            from asyncor.telemetry.link import link_to
 
             self._link = link_to(launcher)
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from telemetry import log as tlog
+from asyncor.telemetry import log as tlog
 
 
 def write_role_summary(config, name: str, summary: dict) -> None:
@@ -20,7 +20,7 @@ def write_role_summary(config, name: str, summary: dict) -> None:
     summary = json.loads(json.dumps(summary))
     address = config.net.telemetry_address
     if address:
-        from telemetry.link import link_to
+        from asyncor.telemetry.link import link_to
 
         if link_to(address).summary(name, summary, config.net.request_timeout_s):
             return

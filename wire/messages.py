@@ -1,6 +1,6 @@
 """Every message body, typed: one msgspec Struct per message type and direction, one `parse` for all of them.
 
-The envelope (`{type, schema, body}`, wire/protocol.py) says which message it is; the receiver picks the
+The envelope (`{type, schema, body}`, wire/envelope.py) says which message it is; the receiver picks the
 Struct for that type and `parse` validates the body while converting it: field types (a bool is never an
 int), ranges (`Meta` bounds), lengths. A body that does not fit raises `ProtocolError` with the reason the
 receiver counts (`bad_field`: missing or wrongly typed; `bad_value`: out of range). Unknown fields are
@@ -25,7 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from wire.protocol import Message, ProtocolError  # noqa: F401  (ProtocolError: for users of parse)
+from asyncor.wire.envelope import Message, ProtocolError, encode  # noqa: F401  (ProtocolError: for users of parse)
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -230,3 +230,8 @@ def parse(msg: Message, kind: type[T]) -> T:
 def body(message: Body) -> dict:
     """The wire form of a message body (plain msgpack-able builtins)."""
     return msgspec.to_builtins(message, builtin_types=(bytes,))  # bytes stay bytes (msgpack bin), not base64
+
+
+def encode_message(message: Body) -> bytes:
+    """A typed message in its envelope."""
+    return encode(message.TYPE, body(message))

@@ -15,10 +15,10 @@ import time
 
 import zmq
 
-from wire.curve import CurveKeys, secure_client, secure_server
-from wire.messages import Body
-from wire.messages import body as wire_body
-from wire.protocol import Message, decode, encode
+from asyncor.wire.curve import CurveKeys, secure_client, secure_server
+from asyncor.wire.messages import Body
+from asyncor.wire.messages import body as wire_body
+from asyncor.wire.envelope import Message, decode, encode
 
 HWM = 1000
 

@@ -45,7 +45,7 @@ import tempfile
 import time
 from typing import Iterator, Mapping, Sequence
 
-from launcher.ports import free_port
+from asyncor.launcher.ports import free_port
 
 __all__ = ["ray_available", "ray_cluster", "RayClusterError"]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from learner.model import attention_implementation
+from asyncor.learner.model import attention_implementation
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

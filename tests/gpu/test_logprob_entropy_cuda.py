@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels.logprob_entropy import logprob_entropy, resolve_impl
-from kernels.logprob_entropy_naive import logprob_entropy_naive
+from asyncor.kernels.logprob_entropy import logprob_entropy, resolve_impl
+from asyncor.kernels.logprob_entropy_naive import logprob_entropy_naive
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from wire.protocol import Response, TrajectoryGroup
-from configs.schema import AlgoConfig
-from learner.entropy_control import make_entropy_control
-from learner.model import Policy
-from learner.parallel import full_tensor, init_ranks, parallelize, release
-from learner.update import UpdateSettings, train_step
-from learner.weight_sync import publish
-from sync.broadcaster import WeightBroadcaster
+from asyncor.wire.trajectory import Response, TrajectoryGroup
+from asyncor.configs.schema import AlgoConfig
+from asyncor.learner.entropy_control import make_entropy_control
+from asyncor.learner.model import Policy
+from asyncor.learner.parallel import full_tensor, init_ranks, parallelize, release
+from asyncor.learner.update import UpdateSettings, train_step
+from asyncor.learner.weight_sync import publish
+from asyncor.sync.broadcaster import WeightBroadcaster
 
 VOCAB = 29  # odd sizes everywhere
 

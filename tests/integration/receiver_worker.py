@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from sync.receiver import WeightReceiver
+from asyncor.sync.receiver import WeightReceiver
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--actor-id", type=int, required=True)

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from actors.engine import cpu_environment
+from asyncor.actors.engine import cpu_environment
 
 
 def main() -> None:
@@ -26,13 +26,13 @@ def main() -> None:
 
     import torch
 
-    from actors.buffer_link import Grant, Stop, Wait
-    from actors.engine import Engine
-    from actors.rollout import Rollout, RolloutSettings
-    from actors.sequences import GrantedPrompt
-    from configs.loader import load_config
-    from learner.tiny_model import build_tiny_model
-    from tasks.codec import TextCodec
+    from asyncor.actors.buffer_link import Grant, Stop, Wait
+    from asyncor.actors.engine import Engine
+    from asyncor.actors.rollout import Rollout, RolloutSettings
+    from asyncor.actors.sequences import GrantedPrompt
+    from asyncor.configs.loader import load_config
+    from asyncor.prepare.tiny_model import build_tiny_model
+    from asyncor.tasks.codec import TextCodec
 
     model_dir = build_tiny_model(load_config(None, []), os.path.join(args.work, "model"))
     codec = TextCodec(model_dir)

@@ -56,8 +56,8 @@ def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_th
     import numpy as np
     import zmq
 
-    from wire.protocol import Response
-    from wire.transport import Client, endpoint
+    from asyncor.wire.trajectory import Response
+    from asyncor.wire.transport import Client, endpoint
 
     svc, actor0, learner, result, thread = start_service(tmp_path, actors={"group_size": 2,
                                                                             "max_response_tokens": 4})

@@ -17,7 +17,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wire.protocol import encode
+from asyncor.wire.envelope import encode
 from tests.integration.test_buffer_service import TIMEOUT, group_for, start_service
 
 pytestmark = pytest.mark.slow

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import zmq
 
-from wire.protocol import Response, TrajectoryGroup, unpack_array
-from buffer.service import BufferService
-from wire.transport import Client, endpoint
-from configs.schema import Config
-from launcher.ports import assign_ports
-from learner.tiny_model import build_tokenizer
+from asyncor.wire.arrays import unpack_array
+
+from asyncor.wire.trajectory import Response, TrajectoryGroup
+from asyncor.buffer.service import BufferService
+from asyncor.wire.transport import Client, endpoint
+from asyncor.configs.schema import Config
+from asyncor.launcher.ports import assign_ports
+from asyncor.prepare.tiny_model import build_tokenizer
 
 TIMEOUT = 10.0
 
@@ -125,7 +127,7 @@ def test_stale_groups_are_dropped_not_trained(service):
 
 
 def test_a_held_grant_request_is_granted_the_moment_a_new_version_makes_room(service):
-    from wire.protocol import decode, encode
+    from asyncor.wire.envelope import decode, encode
 
     svc, actor, learner, _ = service
     learner.request("version", {"version": 0}, TIMEOUT)

@@ -9,12 +9,12 @@ import time
 import pytest
 import zmq
 
-from wire import curve
-from wire.protocol import encode
-from wire.transport import Client, endpoint
-from launcher.auth import exposed_binds, resolve_auth
-from launcher.ports import free_port
-from telemetry.collector import Collector
+from asyncor.wire import curve
+from asyncor.wire.envelope import encode
+from asyncor.wire.transport import Client, endpoint
+from asyncor.launcher.auth import exposed_binds, resolve_auth
+from asyncor.launcher.ports import free_port
+from asyncor.launcher.collector import Collector
 from tests.integration.test_buffer_service import start_service
 
 TIMEOUT = 5.0
@@ -106,7 +106,7 @@ def test_the_collector_writes_only_what_key_holders_send(tmp_path, keys):
             assert not sock.poll(1000)  # no acknowledgement: the handshake never completed
             sock.close()
         # An honest role (keys from the environment, as launch.py starts it) gets through.
-        from telemetry.link import LauncherLink
+        from asyncor.telemetry.link import LauncherLink
 
         link = LauncherLink(f"tcp://127.0.0.1:{port}")
         assert link.summary("learner", {"steps": 3}, TIMEOUT)
@@ -145,7 +145,7 @@ def test_the_learner_announcement_port_ignores_hellos_without_the_keys(keys):
 
 
 def test_auth_is_on_for_exposed_runs_and_off_on_loopback(tmp_path, capsys):
-    from configs.schema import Config
+    from asyncor.configs.schema import Config
 
     local = Config.model_validate({})
     assert exposed_binds(local) == [] and resolve_auth(local, str(tmp_path)) is None and local.net.auth == "off"

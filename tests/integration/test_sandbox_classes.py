@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.code_reward import code_reward
-from tasks.code_sandbox import Limits, Sandbox, jail_available
+from asyncor.tasks.code_reward import code_reward
+from asyncor.tasks.code_sandbox import Limits, Sandbox, jail_available
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not jail_available(), reason="the jail needs root and Linux namespaces")]
@@ -123,7 +123,7 @@ def test_files_written_anywhere_vanish_and_count_against_one_cap():
 
 
 def test_memory_is_capped_for_all_of_a_runs_processes():
-    from tasks.code_sandbox import RunCgroup
+    from asyncor.tasks.code_sandbox import RunCgroup
 
     probe = RunCgroup(f"asyncor-sandbox-probe-{os.getpid()}", LIMITS)
     has_cgroup = bool(probe.dirs)

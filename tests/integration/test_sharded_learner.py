@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from sync.receiver import WeightReceiver
-from launcher.ports import free_port
+from asyncor.sync.receiver import WeightReceiver
+from asyncor.launcher.ports import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.slow

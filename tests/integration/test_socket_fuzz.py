@@ -15,13 +15,13 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync.receiver import WeightReceiver
-from wire.protocol import encode
-from launcher.ports import free_port
-from sync.broadcaster import WeightBroadcaster
-from sync.buckets import plan_buckets
-from telemetry.collector import Collector
-from telemetry.link import LauncherLink
+from asyncor.sync.receiver import WeightReceiver
+from asyncor.wire.envelope import encode
+from asyncor.launcher.ports import free_port
+from asyncor.sync.broadcaster import WeightBroadcaster
+from asyncor.sync.buckets import plan_buckets
+from asyncor.launcher.collector import Collector
+from asyncor.telemetry.link import LauncherLink
 from tests.integration.test_buffer_fuzz import plain, weird
 from tests.integration.test_weight_sync_hostile import start_broadcaster
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.verifier_pool import Job, PoolSettings, VerifierPool
-from tasks.code_sandbox import SANDBOX_UID_BASE, Limits
+from asyncor.tasks.verifier_pool import Job, PoolSettings, VerifierPool
+from asyncor.tasks.code_sandbox import SANDBOX_UID_BASE, Limits
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).resolve().parents[1] / "data"

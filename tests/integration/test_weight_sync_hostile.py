@@ -7,11 +7,11 @@ import msgpack
 import torch
 import zmq
 
-from sync.receiver import WeightReceiver
-from wire.protocol import encode
-from launcher.ports import free_port
-from sync.broadcaster import WeightBroadcaster
-from sync.buckets import plan_buckets
+from asyncor.sync.receiver import WeightReceiver
+from asyncor.wire.envelope import encode
+from asyncor.launcher.ports import free_port
+from asyncor.sync.broadcaster import WeightBroadcaster
+from asyncor.sync.buckets import plan_buckets
 
 
 def start_broadcaster(sync_port, store_port, timeout_s):
@@ -69,8 +69,8 @@ class _BigBucket:
 def announcer(port, timeout_s, max_failures=3):
     """The announcement side of a WeightBroadcaster (its socket as __init__ makes it) with actor 0 in a
     group that needs no collective (no store, no process group)."""
-    from wire.transport import HWM
-    from telemetry import log as tlog
+    from asyncor.wire.transport import HWM
+    from asyncor.telemetry import log as tlog
 
     b = WeightBroadcaster.__new__(WeightBroadcaster)
     b.sock = zmq.Context.instance().socket(zmq.ROUTER)

@@ -15,9 +15,9 @@ import time
 import torch
 import zmq
 
-from launcher.ports import free_port
-from sync.broadcaster import WeightBroadcaster
-from sync.buckets import plan_buckets
+from asyncor.launcher.ports import free_port
+from asyncor.sync.broadcaster import WeightBroadcaster
+from asyncor.sync.buckets import plan_buckets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 3.0  # sync.timeout_s of this test: every failure must cost at most about this long

@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--tp", type=int, required=True)
     args = parser.parse_args()
-    from actors.engine import cpu_environment
+    from asyncor.actors.engine import cpu_environment
 
     cores = "|".join(str(i % (os.cpu_count() or 1)) for i in range(args.tp))  # one OpenMP core per TP worker
     os.environ.update(cpu_environment(1, cores, os.path.join(ROOT, ".cache", "asyncor-tests", "vllm")))
@@ -26,7 +26,7 @@ def main() -> None:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from actors.engine import Engine
+    from asyncor.actors.engine import Engine
 
     engine = Engine(args.model, "float32", 0, 64, 0.3, tensor_parallel_size=args.tp)
     params = SamplingParams(max_tokens=6, temperature=0, logprobs=0)

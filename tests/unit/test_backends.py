@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from configs.loader import load_config
-from launcher.slurm import SubmitError, batch_script, gpus_on_node, submit
+from asyncor.configs.loader import load_config
+from asyncor.launcher.slurm import SubmitError, batch_script, gpus_on_node, submit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,7 +46,7 @@ def test_an_sbatch_that_never_answers_is_an_error_naming_the_controller(tmp_path
     """Issue 14 item 6: sbatch retries for minutes when slurmctld is unreachable; the submit has a deadline."""
     import time
 
-    import launcher.slurm as slurm
+    import asyncor.launcher.slurm as slurm
 
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(slurm, "SBATCH_TIMEOUT_S", 0.5)

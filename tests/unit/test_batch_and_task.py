@@ -3,11 +3,11 @@
 import numpy as np
 import torch
 
-from buffer.prompts import PromptStream
-from wire.protocol import Response, TrajectoryGroup
-from configs.schema import TaskConfig
-from learner.batch import micro_batch, minibatch
-from tasks.arithmetic import make_splits, score
+from asyncor.buffer.prompts import PromptStream
+from asyncor.wire.trajectory import Response, TrajectoryGroup
+from asyncor.configs.schema import TaskConfig
+from asyncor.learner.batch import micro_batch, minibatch
+from asyncor.tasks.arithmetic import make_splits, score
 
 
 def _group():
@@ -73,7 +73,7 @@ def test_splits_are_disjoint_deterministic_and_correct():
 def test_repeat_task_is_long_tailed_disjoint_and_deterministic():
     import pytest
 
-    from tasks.builtin import make_splits as builtin_splits
+    from asyncor.tasks.builtin import make_splits as builtin_splits
 
     cfg = TaskConfig(kind="repeat", digits=3, max_repeat=30, train_size=2000, heldout_size=100)
     train, held = builtin_splits(cfg, seed=1)

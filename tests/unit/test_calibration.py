@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from launcher.advisor import check, recommend, splits
-from launcher.calibration import CalibrationError, calibrate, measured, overlap_fraction, shape_of
-from launcher.simulator import simulate
-from telemetry.report import load_run
+from asyncor.studies.advisor import check, recommend, splits
+from asyncor.studies.calibration import CalibrationError, calibrate, measured, overlap_fraction, shape_of
+from asyncor.studies.simulator import simulate
+from asyncor.studies.report import load_run
 
 GEN, LEARN, A_L, A_A, L_A = 500.0, 2000.0, 0.8, 0.5, 0.1  # the truth the timelines are built from
 
@@ -107,7 +107,7 @@ def test_measured_takes_the_span_from_the_first_step_end_and_the_later_waits(tmp
 
 
 def test_learner_rate_scales_per_doubling():
-    from launcher.advisor import learner_rate
+    from asyncor.studies.advisor import learner_rate
 
     assert learner_rate(100.0, 1) == 100.0 and learner_rate(100.0, 8) == pytest.approx(800.0)
     assert learner_rate(100.0, 4, 0.9) == pytest.approx(400.0 * 0.81)
@@ -137,7 +137,7 @@ def test_splits_cover_the_devices_and_the_recommendation_is_the_fastest(tmp_path
 
 
 def test_advise_refuses_what_it_cannot_read_and_writes_advice_for_what_it_can(tmp_path, capsys):
-    from launcher.advisor import advise
+    from asyncor.studies.advisor import advise
 
     assert advise(None, [], [str(tmp_path / "missing")], None, 1, 4, 5, [], None) == 2
     assert "not a finished run" in capsys.readouterr().err
@@ -153,7 +153,7 @@ def test_advise_refuses_what_it_cannot_read_and_writes_advice_for_what_it_can(tm
 
 def test_an_engines_step_cost_and_token_rate_come_back_from_its_steps():
     """Steps of 3..40 running sequences taking 5 ms + n / 2000 s alone, twice as long while the learner works."""
-    from launcher.calibration import fit_engine
+    from asyncor.studies.calibration import fit_engine
 
     rng = np.random.default_rng(0)
     n = rng.integers(3, 41, size=200).astype(float)

@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from configs.loader import ConfigError
-from configs.schema import Config
-from launcher.resume import LAUNCH_CONFIG, keep_records_before, resume_config
-from learner import checkpoint
-from learner.parallel import Ranks
-from learner.tiny_model import build_tiny_model
+from asyncor.configs.loader import ConfigError
+from asyncor.configs.schema import Config
+from asyncor.launcher.resume import LAUNCH_CONFIG, keep_records_before, resume_config
+from asyncor.learner import checkpoint
+from asyncor.learner.parallel import Ranks
+from asyncor.prepare.tiny_model import build_tiny_model
 
 ONE = Ranks(0, 1, torch.device("cpu"), sharded=False)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from configs.loader import ConfigError, dump_resolved, load_config, load_resolved
+from asyncor.configs.loader import ConfigError, dump_resolved, load_config, load_resolved
 
 
 def error_of(*overrides) -> str:

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from buffer.prompts import PromptStream
-from tasks.dataset import DataError, load_problems, read_problems, render_prompt
+from asyncor.buffer.prompts import PromptStream
+from asyncor.tasks.dataset import DataError, load_problems, read_problems, render_prompt
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

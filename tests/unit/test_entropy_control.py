@@ -2,8 +2,8 @@
 
 import pytest
 
-from configs.schema import EntropyControlConfig
-from learner.entropy_control import AdaptiveEntropy, make_entropy_control
+from asyncor.configs.schema import EntropyControlConfig
+from asyncor.learner.entropy_control import AdaptiveEntropy, make_entropy_control
 
 
 def test_trajectory_over_a_fixed_entropy_sequence():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from actors.evaluate import due, metrics_of, response_tokens
-from configs.loader import ConfigError, load_config
+from asyncor.actors.evaluate import due, metrics_of, response_tokens
+from asyncor.configs.loader import ConfigError, load_config
 
 
 def evaluated(loaded_versions, every, final):

@@ -17,15 +17,15 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 _saved_env = os.environ.get("TRITON_INTERPRET")
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
-import kernels.logprob_entropy_triton  # noqa: E402,F401  (decorates the kernels now)
+import asyncor.kernels.logprob_entropy_triton  # noqa: E402,F401  (decorates the kernels now)
 
 if _saved_env is None:
     os.environ.pop("TRITON_INTERPRET", None)
 else:
     os.environ["TRITON_INTERPRET"] = _saved_env
 
-from kernels.logprob_entropy import logprob_entropy, resolve_impl  # noqa: E402
-from kernels.logprob_entropy_naive import logprob_entropy_naive  # noqa: E402
+from asyncor.kernels.logprob_entropy import logprob_entropy, resolve_impl  # noqa: E402
+from asyncor.kernels.logprob_entropy_naive import logprob_entropy_naive  # noqa: E402
 
 IMPLS = ["triton", "torch"]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from learner.advantage import group_advantages
-from learner.loss import behaviour_kl_k3, kl_k3, ppo_clip_surrogate, token_weights
-from learner.off_policy import behaviour_weights
+from asyncor.learner.advantage import group_advantages
+from asyncor.learner.loss import behaviour_kl_k3, kl_k3, ppo_clip_surrogate, token_weights
+from asyncor.learner.off_policy import behaviour_weights
 
 
 def test_group_advantage_hand_computed():

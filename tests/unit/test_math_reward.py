@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.math_reward import math_reward, solution_text
+from asyncor.tasks.math_reward import math_reward, solution_text
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "math.jsonl"
 
@@ -68,7 +68,7 @@ def test_solution_text_takes_what_follows_the_last_think():
 
 def test_an_answer_math_verify_cannot_read_still_matches_the_gold_string():
     """Issue 14: the exact-string match was skipped when math-verify found no expression."""
-    from tasks.math_reward import math_reward
+    from asyncor.tasks.math_reward import math_reward
 
     assert math_reward("so the answer is \\boxed{@#}", "@#") == 1.0
     assert math_reward("so the answer is \\boxed{@#}", "#@") == 0.0
@@ -77,7 +77,7 @@ def test_an_answer_math_verify_cannot_read_still_matches_the_gold_string():
 
 def test_a_gold_with_a_decimal_comma_is_a_number_not_a_set():
     """Issue 14: boxing the gold "0,5" made it the set {0, 5}, so the right answer 0.5 scored 0."""
-    from tasks.math_reward import math_reward
+    from asyncor.tasks.math_reward import math_reward
 
     assert math_reward("\\boxed{0.5}", "0,5") == 1.0
     assert math_reward("\\boxed{\\frac{1}{2}}", "0,5") == 1.0

@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire import messages as wire
-from wire.protocol import ProtocolError, decode, encode, encode_message, pack_array, unpack_array
+from asyncor.wire import messages as wire
+from asyncor.wire.arrays import pack_array, unpack_array
+from asyncor.wire.envelope import ProtocolError, decode, encode
+from asyncor.wire.messages import encode_message
 
 MAX = 1 << 20
 

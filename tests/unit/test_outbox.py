@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from actors.outbox import Outbox
-from actors.sequences import GrantedPrompt, InFlight
-from wire.protocol import Message, parse_group
+from asyncor.actors.outbox import Outbox
+from asyncor.actors.sequences import GrantedPrompt, InFlight
+from asyncor.wire.envelope import Message
+from asyncor.wire.trajectory import parse_group
 
 
 class Codec:

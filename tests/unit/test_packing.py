@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from learner.packing import LAYOUTS, best_fit_decreasing, padded_bins, plan
+from asyncor.learner.packing import LAYOUTS, best_fit_decreasing, padded_bins, plan
 
 
 def test_best_fit_decreasing_respects_the_budget_and_keeps_every_sequence():

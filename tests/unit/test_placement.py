@@ -1,6 +1,6 @@
-from configs.loader import load_config
-from launcher.placement import slot_env
-from launcher.plan import local_plan, make_plan
+from asyncor.configs.loader import load_config
+from asyncor.launcher.placement import slot_env
+from asyncor.launcher.plan import local_plan, make_plan
 
 
 def envs(plan, role, ids, addr="10.0.0.1", port=29500):
@@ -40,7 +40,7 @@ def test_tensor_parallel_engine_sees_its_k_gpus_on_its_node():
 def test_impossible_placements_are_refused_by_key_before_anything_starts():
     import pytest
 
-    from launcher.placement import check_placement
+    from asyncor.launcher.placement import check_placement
 
     with pytest.raises(ValueError, match="learner.offload_optimizer"):
         check_placement(load_config(None, ["learner.offload_optimizer=true"]), [])
@@ -48,14 +48,14 @@ def test_impossible_placements_are_refused_by_key_before_anything_starts():
 
 
 def test_loopback_hosts_are_told_apart_from_network_addresses():
-    from launcher.placement import is_loopback
+    from asyncor.launcher.placement import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("127.3.2.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("10.0.0.5") and not is_loopback("0.0.0.0") and not is_loopback("node12")
 
 
 def test_cpu_cores_give_each_actor_its_own_and_the_learner_what_is_left():
-    from launcher.cpu_cores import actor_cores, learner_cores
+    from asyncor.runtime.cores import actor_cores, learner_cores
 
     assert actor_cores(0, 1, [0, 1]) == [0] and learner_cores(1, 1, [0, 1]) == [1]
     assert actor_cores(1, 2, [0, 1, 2, 3, 4, 5]) == [2, 3] and learner_cores(2, 2, [0, 1, 2, 3, 4, 5]) == [4, 5]

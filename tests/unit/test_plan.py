@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from configs.loader import load_config
-from launcher.plan import PlanError, make_plan
+from asyncor.configs.loader import load_config
+from asyncor.launcher.plan import PlanError, make_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {name: os.path.join(ROOT, "configs", f"skywork_or1_{name}.toml") for name in ("7b", "32b")}
@@ -113,7 +113,7 @@ def test_sixteen_nodes_fit_thirty_one_tensor_parallel_engines_of_four():
 
 
 def test_one_host_plan_shares_gpus_only_when_it_must():
-    from launcher.plan import local_plan
+    from asyncor.launcher.plan import local_plan
 
     cfg = load_config(None, ["actors.count=3", "learner.ranks=2"])
     plan = local_plan(cfg, 5)

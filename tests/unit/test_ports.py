@@ -3,8 +3,8 @@ between the pick and the bind (srun's I/O listeners, any bind(0)) could take the
 
 import socket
 
-from configs.schema import Config
-from launcher.ports import assign_ports, ephemeral_range, free_port
+from asyncor.configs.schema import Config
+from asyncor.launcher.ports import assign_ports, ephemeral_range, free_port
 
 
 def test_picked_ports_are_free_distinct_and_outside_the_ephemeral_range():

@@ -4,8 +4,11 @@ import msgpack
 import numpy as np
 import pytest
 
-from wire.protocol import (REJECT_REASONS, SCHEMA_VERSION, ProtocolError, Response, TrajectoryGroup, decode,
-                             encode, pack_array, parse_group)
+from asyncor.wire.arrays import pack_array
+
+from asyncor.wire.envelope import REJECT_REASONS, SCHEMA_VERSION, ProtocolError, decode, encode
+
+from asyncor.wire.trajectory import Response, TrajectoryGroup, parse_group
 
 MAX = 1 << 20
 
@@ -80,8 +83,17 @@ def test_bad_envelope():
 
 
 def test_unknown_type():
-    raw = msgpack.packb({"type": "pickle", "schema": SCHEMA_VERSION, "body": {}})
-    assert reason_of(lambda: decode(raw, MAX)) == "unknown_type"
+    """The envelope carries any string type; the receiver, which knows what it takes, refuses the rest."""
+    from asyncor.wire.messages import GrantRequest, parse
+
+    msg = decode(msgpack.packb({"type": "pickle", "schema": SCHEMA_VERSION, "body": {}}), MAX)
+    assert reason_of(lambda: parse(msg, GrantRequest)) == "unknown_type"
+
+
+def test_type_not_a_string():
+    for bad in ([], {}, 3, None, b"group"):
+        raw = msgpack.packb({"type": bad, "schema": SCHEMA_VERSION, "body": {}}, use_bin_type=True)
+        assert reason_of(lambda: decode(raw, MAX)) == "bad_envelope"
 
 
 def test_schema_mismatch():

@@ -2,7 +2,7 @@
 
 import time
 
-from launcher.restarts import MAX_BACKOFF_S, ActorRestarts
+from asyncor.launcher.restarts import MAX_BACKOFF_S, ActorRestarts
 
 
 def test_backoff_doubles_per_actor_is_capped_and_restarts_run_out():

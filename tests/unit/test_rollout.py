@@ -10,11 +10,11 @@ at its end, with the version of each token.
 import numpy as np
 import pytest
 
-from actors.buffer_link import Grant, Stop, Wait
-from actors.outbox import to_trajectory
-from actors.rollout import Rollout, RolloutSettings
-from actors.sequences import GrantedPrompt, InFlight
-from wire.protocol import parse_group
+from asyncor.actors.buffer_link import Grant, Stop, Wait
+from asyncor.actors.outbox import to_trajectory
+from asyncor.actors.rollout import Rollout, RolloutSettings
+from asyncor.actors.sequences import GrantedPrompt, InFlight
+from asyncor.wire.trajectory import parse_group
 
 TOKEN = 9
 
@@ -41,7 +41,7 @@ class FakeEngine:
         self.seeds[request_id] = seed
 
     def step(self):
-        from actors.engine import Delta
+        from asyncor.actors.engine import Delta
 
         self.step_count += 1
         self.batch_sizes.append(len(self.requests))
@@ -279,7 +279,7 @@ def test_in_flight_bookkeeping_ignores_outputs_of_a_restarted_request():
 def test_seeded_requests_draw_from_what_they_are_not_when_they_run(kv):
     """actors.seeded_requests: a request's seed depends on the prompt, the sample, the version (and, restarted,
     the tokens it has), never on request ids or timing, so a resumed run samples what the uninterrupted one did."""
-    from actors.rollout import request_seed
+    from asyncor.actors.rollout import request_seed
 
     def seeds(lengths, seed, target=8):
         rollout, engine, _, _ = make(lengths, schedule=[(3, 1)], n=2, target=target, update_mode="inflight",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from launcher.simulator import Rates, Shape, simulate
+from asyncor.studies.simulator import Rates, Shape, simulate
 
 G, P, L = 4, 8, 50  # group size, prompts per step (= per chunk), response length
 BATCH_TOKENS = P * G * L  # response tokens one learner step trains on

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from buffer.online_filter import OnlineFilter
-from buffer.prompts import PromptStream
-from buffer.staleness import StalenessBudget
-from configs.loader import ConfigError, load_config
-from configs.stages import groups_through, max_over_stages, stage_at, stages
-from tasks.arithmetic import Problem
+from asyncor.buffer.online_filter import OnlineFilter
+from asyncor.buffer.prompts import PromptStream
+from asyncor.buffer.staleness import StalenessBudget
+from asyncor.configs.loader import ConfigError, load_config
+from asyncor.configs.stages import groups_through, max_over_stages, stage_at, stages
+from asyncor.tasks.arithmetic import Problem
 
 TWO_STAGES = ['algo.stages=[{start_step=2, max_response_tokens=4, group_size=6}, {start_step=5, prompts_per_step=32}]']
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from wire.protocol import Response, TrajectoryGroup
-from buffer.replay import ReplayStore
-from buffer.staleness import StalenessBudget
+from asyncor.wire.trajectory import Response, TrajectoryGroup
+from asyncor.buffer.replay import ReplayStore
+from asyncor.buffer.staleness import StalenessBudget
 
 
 def group(seq: int, version: int) -> TrajectoryGroup:
@@ -83,7 +83,7 @@ def test_duplicate_detection_stays_bounded_over_a_long_run():
     """Issue 14 soak: the set of answered (actor, seq) pairs grew by one entry per group for ever (about 3000
     groups/s in benchmarks/buffer_soak.py). Now each actor keeps a window; older sequence numbers fold into a
     floor and still count as seen."""
-    from buffer.replay import SeenSequences
+    from asyncor.buffer.replay import SeenSequences
 
     seen = SeenSequences(window=100)
     for seq in range(100_000):

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from launcher.processes import Child, stop_all
-from launcher.stop_signals import Interrupted, StopSignals
+from asyncor.launcher.processes import Child, stop_all
+from asyncor.launcher.stop_signals import Interrupted, StopSignals
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from launcher.sweep import SweepError, expand, parse_grid
-from telemetry.report import ReportError, find_runs, group_runs, table, write_report
+from asyncor.studies.sweep import SweepError, expand, parse_grid
+from asyncor.studies.report import ReportError, find_runs, group_runs, table, write_report
 
 
 def test_the_grid_expands_in_order_with_seeds_innermost():

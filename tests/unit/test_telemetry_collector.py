@@ -8,11 +8,11 @@ import time
 import msgpack
 import zmq
 
-from wire.protocol import encode
-from launcher.ports import free_port
-from telemetry.collector import Collector
-from telemetry.link import LauncherLink
-from telemetry.metrics import MetricsWriter
+from asyncor.wire.envelope import encode
+from asyncor.launcher.ports import free_port
+from asyncor.launcher.collector import Collector
+from asyncor.telemetry.link import LauncherLink
+from asyncor.telemetry.metrics import MetricsWriter
 
 
 def lines(run_dir):
@@ -36,8 +36,8 @@ def test_records_and_summaries_arrive_in_order_and_are_acknowledged(tmp_path):
         with open(tmp_path / "roles" / "learner.json") as f:
             assert json.load(f) == {"steps": 3, "time": {"training": 1.25}}
         # A role's summary as roles build it (int keys, as the buffer's per-actor figures) is accepted.
-        from configs.loader import load_config
-        from telemetry.role_summary import write_role_summary
+        from asyncor.configs.loader import load_config
+        from asyncor.telemetry.role_summary import write_role_summary
 
         config = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "net.launcher_host=127.0.0.1",
                                     f"net.telemetry_port={port}", "net.request_timeout_s=5"])
@@ -90,8 +90,8 @@ def test_hostile_messages_are_refused_by_reason_and_honest_ones_still_served(tmp
 
 
 def test_without_a_launcher_roles_write_their_own_files(tmp_path):
-    from configs.loader import load_config
-    from telemetry.role_summary import write_role_summary
+    from asyncor.configs.loader import load_config
+    from asyncor.telemetry.role_summary import write_role_summary
 
     config = load_config(None, [f"run.output_dir={tmp_path}", "run.name=solo"])
     write_role_summary(config, "buffer", {"staleness": {"max": 1}})

@@ -6,10 +6,10 @@ import os
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from launcher.ports import free_port
-from telemetry.collector import Collector
-from telemetry.metrics import MetricsWriter
-from telemetry.tensorboard import export
+from asyncor.launcher.ports import free_port
+from asyncor.launcher.collector import Collector
+from asyncor.telemetry.metrics import MetricsWriter
+from asyncor.launcher.tensorboard import export
 
 
 def scalars(run_dir, role, tag):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from telemetry.time_budget import TimeBudget
+from asyncor.telemetry.time_budget import TimeBudget
 
 
 def test_activities_and_other_add_up_to_the_wall_time():

@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from wire.protocol import Response, TrajectoryGroup
-from configs.schema import AlgoConfig
-from learner.entropy_control import make_entropy_control
-from learner.model import Policy
-from learner.parallel import Ranks
-from learner.update import UpdateSettings, train_step
+from asyncor.wire.trajectory import Response, TrajectoryGroup
+from asyncor.configs.schema import AlgoConfig
+from asyncor.learner.entropy_control import make_entropy_control
+from asyncor.learner.model import Policy
+from asyncor.learner.parallel import Ranks
+from asyncor.learner.update import UpdateSettings, train_step
 
 VOCAB = 24
 

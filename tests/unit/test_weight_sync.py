@@ -2,9 +2,9 @@
 
 import torch
 
-from sync.buckets import Bucket, plan_buckets, unflatten
-from wire.messages import Announcement, parse
-from wire.protocol import Message
+from asyncor.sync.buckets import Bucket, plan_buckets, unflatten
+from asyncor.wire.messages import Announcement, parse
+from asyncor.wire.envelope import Message
 
 
 def test_buckets_group_by_dtype_cap_size_and_round_trip():

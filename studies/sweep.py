@@ -111,7 +111,7 @@ def outcome(run_dir: str) -> str:
 
 def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds: int, name: str | None,
           output_dir: str | None, cluster: str, extra: list[str]) -> int:
-    from configs.loader import ConfigError, load_config
+    from asyncor.configs.loader import ConfigError, load_config
 
     try:
         base = load_config(config_path, sets)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from launcher.simulator import Rates, Shape, simulate
+from asyncor.studies.simulator import Rates, Shape, simulate
 
 
 class CalibrationError(ValueError):

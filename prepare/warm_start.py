@@ -15,9 +15,9 @@ import random
 import shutil
 import time
 
-from configs.schema import Config
-from learner.tiny_model import build_tiny_model, tiny_model_key
-from telemetry import log as tlog
+from asyncor.configs.schema import Config
+from asyncor.prepare.tiny_model import build_tiny_model, tiny_model_key
+from asyncor.telemetry import log as tlog
 
 
 def warm_start_key(config: Config) -> str:
@@ -33,8 +33,8 @@ def supervised_train(model_dir: str, config: Config, out_dir: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tasks.builtin import make_splits
-    from tasks.codec import TextCodec
+    from asyncor.tasks.builtin import make_splits
+    from asyncor.tasks.codec import TextCodec
 
     log = tlog.get("prepare")
     ws = config.warm_start
@@ -112,8 +112,8 @@ def prepare_policy(config: Config) -> str:
 if __name__ == "__main__":
     import argparse
 
-    from configs.loader import load_resolved
-    from telemetry.role_summary import write_role_summary
+    from asyncor.configs.loader import load_resolved
+    from asyncor.telemetry.role_summary import write_role_summary
 
     parser = argparse.ArgumentParser(description="asyncor: build / fetch from cache the policy RL starts from")
     parser.add_argument("--config", required=True, help="resolved config.json")

@@ -82,7 +82,7 @@ def _add_counts(writer, tag: str, counts: list, step: int, wall: float) -> None:
 
 def export(run_dir: str) -> str:
     """(Re)write a run's TensorBoard events from its metrics.jsonl; returns the event directory."""
-    from telemetry.metrics import read_metrics
+    from asyncor.telemetry.metrics import read_metrics
 
     records, _ = read_metrics(run_dir)
     shutil.rmtree(os.path.join(run_dir, DIRNAME), ignore_errors=True)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from launcher.calibration import Calibration, CalibrationError, calibrate, measured, shape_of, shared_host
-from launcher.simulator import Prediction, Shape, simulate
+from asyncor.studies.calibration import Calibration, CalibrationError, calibrate, measured, shape_of, shared_host
+from asyncor.studies.simulator import Prediction, Shape, simulate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,7 +162,7 @@ def rates_table(cal: Calibration) -> str:
 
 def run_calibration(config_path: str | None, sets: list[str], steps: int, output_dir: str | None) -> str:
     """A short run of the config for its rates; returns its directory."""
-    from configs.loader import load_config
+    from asyncor.configs.loader import load_config
 
     base = load_config(config_path, sets)
     name = f"{base.run.name}-calibration"
@@ -184,8 +184,8 @@ def run_calibration(config_path: str | None, sets: list[str], steps: int, output
 def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None, calibrate_steps: int | None,
            nodes: int, gpus_per_node: int, sim_steps: int, checks: list[str], out: str | None,
            output_dir: str | None = None, efficiency: float = 1.0) -> int:
-    from configs.loader import ConfigError, load_config
-    from telemetry.report import ReportError, find_runs, flatten, load_run
+    from asyncor.configs.loader import ConfigError, load_config
+    from asyncor.studies.report import ReportError, find_runs, flatten, load_run
 
     try:
         if not from_runs:

@@ -21,8 +21,8 @@ import threading
 
 import zmq
 
-from wire.protocol import ProtocolError, decode
-from wire.transport import Server
+from asyncor.wire.envelope import ProtocolError, decode
+from asyncor.wire.transport import Server
 
 MAX_BYTES = 16 << 20
 MAX_DEPTH = 6
@@ -96,7 +96,7 @@ class Collector:
         self._tensorboard = None
         self.tensorboard_errors = 0  # records metrics.jsonl has but the event files could not take
         if tensorboard:
-            from telemetry.tensorboard import TensorBoardSink
+            from asyncor.launcher.tensorboard import TensorBoardSink
 
             self._tensorboard = TensorBoardSink(run_dir)
         self.summaries: dict[str, dict] = {}

@@ -114,7 +114,7 @@ def _staleness(groups, out: str):
 
 
 def draw_all(groups, out: str) -> list[tuple[str, str]]:
-    from telemetry.report import actor_idle_fraction, wait_fraction
+    from asyncor.studies.report import actor_idle_fraction, wait_fraction
 
     def evals(by: int):
         def get(r):

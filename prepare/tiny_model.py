@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 
-from configs.schema import Config
-from tasks.arithmetic import CHARACTERS, SPECIAL_TOKENS
+from asyncor.configs.schema import Config
+from asyncor.tasks.arithmetic import CHARACTERS, SPECIAL_TOKENS
 
 
 def build_tokenizer():

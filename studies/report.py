@@ -80,7 +80,7 @@ def _load_json(path: str) -> dict:
 
 
 def load_run(path: str) -> RunData:
-    from telemetry.metrics import read_metrics
+    from asyncor.telemetry.metrics import read_metrics
 
     records, _ = read_metrics(path)
     config = _load_json(os.path.join(path, "config.json")) if os.path.exists(os.path.join(path, "config.json")) else {}
@@ -233,7 +233,7 @@ def findings(groups: list[Group]) -> list[str]:
 
 
 def write_report(dirs: list[str], out: str | None = None) -> str:
-    from telemetry import plots
+    from asyncor.studies import plots
 
     runs = find_runs(dirs)
     groups = group_runs(runs)

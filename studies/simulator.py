@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from buffer.staleness import StalenessBudget
+from asyncor.buffer.staleness import StalenessBudget
 
 
 @dataclass

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-from tasks.code_sandbox import SANDBOX_UID_BASE, Limits, jail_available, kill_uid
+from asyncor.tasks.code_sandbox import SANDBOX_UID_BASE, Limits, jail_available, kill_uid
 
 PR_SET_CHILD_SUBREAPER = 36
 KINDS = ("math", "code")
@@ -58,9 +58,9 @@ def _reap_orphans() -> None:
 
 
 def _worker_main(conn, slot: int, settings: PoolSettings) -> None:
-    from tasks.code_reward import code_reward
-    from tasks.code_sandbox import Sandbox
-    from tasks.math_reward import math_reward
+    from asyncor.tasks.code_reward import code_reward
+    from asyncor.tasks.code_sandbox import Sandbox
+    from asyncor.tasks.math_reward import math_reward
 
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
     sandbox = Sandbox(slot, settings.code_limits)

@@ -52,7 +52,7 @@ def summarise(records: list[dict], k: int) -> dict:
 
 def rewards_per_problem(scorer, codec, kinds: list[str], references: list, outputs) -> np.ndarray:
     """(problems, k) rewards of the engine's outputs, through the Scorer (truncated samples score 0)."""
-    from tasks.scoring import Sample
+    from asyncor.tasks.scoring import Sample
 
     flat = scorer.score([Sample(kind, codec.decode(s.token_ids), ref, s.finish_reason == "length")
                          for kind, ref, samples in zip(kinds, references, outputs) for s in samples])
@@ -61,10 +61,10 @@ def rewards_per_problem(scorer, codec, kinds: list[str], references: list, outpu
 
 def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettings, log=print):
     """(problems, per-problem records with k rewards each, timing info)."""
-    from actors.engine import Engine
-    from tasks.codec import TextCodec
-    from tasks.dataset import load_problems
-    from tasks.scoring import Scorer
+    from asyncor.actors.engine import Engine
+    from asyncor.tasks.codec import TextCodec
+    from asyncor.tasks.dataset import load_problems
+    from asyncor.tasks.scoring import Scorer
 
     start = time.perf_counter()
     codec = TextCodec(model_dir)
@@ -117,7 +117,7 @@ def evaluate_files(model_dir: str, data_paths: list[str], out_dir: str, settings
 
 def filter_files(model_dir: str, data_paths: list[str], out_path: str, settings: EvalSettings, log=print) -> dict:
     """Keep the problems solved by 1..N-1 of N samples; returns the counts."""
-    from tasks.dataset import write_rows
+    from asyncor.tasks.dataset import write_rows
 
     problems, records, info = sample_and_score(model_dir, data_paths, settings, log)
     n = settings.k
