@@ -1,7 +1,7 @@
 """The actor's side of the buffer conversation: hello, grants, grants given back.
 
 One request/reply each, with the `net.request_timeout_s` deadline. A grant
-becomes `GrantedPrompt`s plus the sampling of the current stage (group size,
+becomes `Prompt`s plus the sampling of the current stage (group size,
 length limit) and the oldest policy version allowed to generate them.
 Groups travel on their own socket, from the outbox thread (actors/outbox.py).
 """
@@ -10,25 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from asyncor.actors.sequences import GrantedPrompt
+from asyncor.actors.sequences import Prompt
 from asyncor.wire import messages as wire
 
 
 @dataclass
 class Grant:
-    prompts: list[GrantedPrompt]
+    prompts: list[Prompt]
     min_version: int  # generate with this version or newer
     n: int  # samples per prompt (the stage's group size)
     max_tokens: int  # the stage's response length limit
-
-
-@dataclass
-class Wait:
-    retry_s: float  # no capacity now (staleness bound or prompts exhausted): ask again after this
-
-
-class Stop:
-    """The learner is done: finish up and say bye."""
 
 
 class BufferLink:
@@ -42,20 +33,20 @@ class BufferLink:
         return self._expect(self.client.call(wire.ActorHello(actor_id=self.actor_id), timeout_s or self.timeout_s),
                             wire.Welcome)
 
-    def ask(self, max_prompts: int, version: int, hold_s: float = 0.0) -> Grant | Wait | Stop:
+    def ask(self, max_prompts: int, version: int, hold_s: float = 0.0) -> Grant | wire.WaitReply | wire.Stop:
         """`hold_s` > 0: the buffer may keep the request that long when it has nothing to grant, answering the
         moment it has (an idle actor's way of waiting for the next version without polling)."""
         from asyncor.wire.arrays import unpack_array
 
         reply = self.client.call(wire.GrantRequest(actor_id=self.actor_id, version=version, max_prompts=max_prompts,
                                                    hold_s=hold_s), self.timeout_s + hold_s)
-        if reply.type == "stop":
-            return Stop()
-        if reply.type == "wait":
-            return Wait(self._expect(reply, wire.WaitReply).retry_s)
+        if reply.type == wire.Stop.TYPE:  # the learner is done: finish up and say bye
+            return self._expect(reply, wire.Stop)
+        if reply.type == wire.WaitReply.TYPE:  # no room now (staleness bound, prompts in flight): ask again later
+            return self._expect(reply, wire.WaitReply)
         grant = self._expect(reply, wire.GrantReply)
         try:
-            prompts = [GrantedPrompt(p.prompt_id, unpack_array(p.token_ids, "token_ids", "<i4"), p.kind,
+            prompts = [Prompt(p.prompt_id, unpack_array(p.token_ids, "token_ids", "<i4"), p.kind,
                                      p.reference if p.reference is not None else p.answer) for p in grant.prompts]
         except wire.ProtocolError as exc:
             raise RuntimeError(f"the buffer's grant is malformed: {exc}") from None

@@ -55,7 +55,7 @@ class Delta:
 
 
 @dataclass
-class Sample:
+class Completion:
     token_ids: np.ndarray  # (T,) int32
     logprobs: np.ndarray  # (T,) float32
     finish_reason: str  # stop | length | abort
@@ -139,7 +139,7 @@ class Engine:
     # ------------------------------------------------------------------ blocking
 
     def generate(self, prompts: list[np.ndarray], n: int, temperature: float, top_p: float, max_tokens: int,
-                 stop_token_id: int, seed: int | None = None) -> list[list[Sample]]:
+                 stop_token_id: int, seed: int | None = None) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -154,7 +154,7 @@ class Engine:
             for c in out.outputs:
                 ids = np.asarray(c.token_ids, dtype=np.int32)
                 lps = np.asarray([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)], dtype=np.float32)
-                samples.append(Sample(ids, lps, "length" if c.finish_reason == "length" else "stop"))
+                samples.append(Completion(ids, lps, "length" if c.finish_reason == "length" else "stop"))
             groups.append(samples)
         return groups
 

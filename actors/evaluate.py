@@ -18,16 +18,16 @@ the policy version evaluated (`eval/accuracy`, `eval/greedy_accuracy`,
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
 
-from asyncor.configs.loader import load_resolved
+import numpy as np
+
 from asyncor.configs.schema import Config
 from asyncor.telemetry import log as tlog
-from asyncor.telemetry.role_summary import write_role_summary
+from asyncor.runtime.role_summary import write_role_summary
+from asyncor.runtime.run_dir import RunDir
 
 
 @dataclass
@@ -73,9 +73,27 @@ def due(version: int, last_evaluated: int, every: int, final_version: int) -> bo
     return every > 0 and 0 < version < final_version and version // every > last_evaluated // every
 
 
-def evaluate_engine(config: Config, engine, codec, scorer, problems: Heldout) -> dict:
-    from asyncor.studies.dataset_eval import rewards_per_problem, summarise
+def summarise(records: list[dict], k: int) -> dict:
+    """Per data source and overall avg@k / pass@k from per-problem records."""
+    def stats(rows):
+        rewards = np.array([r["rewards"] for r in rows], dtype=np.float64)
+        return {"n": len(rows), f"avg@{k}": float(rewards.mean()), f"pass@{k}": float((rewards > 0).any(axis=1).mean())}
 
+    sources = sorted({r["data_source"] for r in records})
+    return {"k": k, "overall": stats(records),
+            "by_source": {s: stats([r for r in records if r["data_source"] == s]) for s in sources}}
+
+
+def rewards_per_problem(scorer, codec, kinds: list[str], references: list, outputs) -> np.ndarray:
+    """(problems, k) rewards of the engine's outputs, through the Scorer (truncated samples score 0)."""
+    from asyncor.tasks.scoring import Sample
+
+    flat = scorer.score([Sample(kind, codec.decode(s.token_ids), ref, s.finish_reason == "length")
+                         for kind, ref, samples in zip(kinds, references, outputs) for s in samples])
+    return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1)
+
+
+def evaluate_engine(config: Config, engine, codec, scorer, problems: Heldout) -> dict:
     cfg = config.eval
     max_tokens = response_tokens(config)
 
@@ -123,30 +141,31 @@ def evaluate(config: Config, model_dir: str) -> dict:
     return {**result, "model": model_dir}
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="asyncor held-out evaluation")
-    parser.add_argument("--config", required=True, help="resolved config.json")
-    parser.add_argument("--model", required=True, help="model directory to evaluate")
-    parser.add_argument("--out", default=None, help="also write the result json here")
-    parser.add_argument("--tag", default="eval", help="log name")
-    parser.add_argument("--version", type=int, default=None,
-                        help="policy version of --model: the result is also logged to metrics.jsonl at this step")
-    args = parser.parse_args()
-    cfg = load_resolved(args.config)
-    tlog.setup(args.tag, cfg.run_dir)
+
+def main(config: Config, model: str, tag: str, version: int | None) -> None:
+    """The evaluation phase before or after RL (launcher/run.py): `model` on the held-out split, logged as
+    `eval/*` at `version` and sent to the launcher as roles/<tag>.json."""
     from asyncor.actors.engine import cpu_environment
 
-    os.environ.update(cpu_environment(cfg.actors.kv_cache_gib, f"0-{(os.cpu_count() or 1) - 1}",
-                                      os.path.join(os.path.abspath(cfg.run.cache_dir), "vllm")))
-    result = evaluate(cfg, args.model)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    if args.version is not None:
+    os.environ.update(cpu_environment(config.actors.kv_cache_gib, f"0-{(os.cpu_count() or 1) - 1}",
+                                      os.path.join(os.path.abspath(config.run.cache_dir), "vllm")))
+    result = evaluate(config, model)
+    if version is not None:
         from asyncor.telemetry.metrics import MetricsWriter
 
-        metrics = MetricsWriter(cfg.run_dir, "eval", cfg.net.telemetry_address)
-        metrics.log({**metrics_of(result), "eval/version": args.version}, step=args.version)
+        metrics = MetricsWriter(RunDir(config.run_dir).metrics, "eval", config.net.telemetry_address)
+        metrics.log({**metrics_of(result), "eval/version": version}, step=version)
         metrics.close()
-    write_role_summary(cfg, args.tag, result)  # to the launcher (roles/<tag>.json)
-    tlog.get(args.tag).info("eval_done", **result)
+    write_role_summary(config, tag, result)  # to the launcher (roles/<tag>.json)
+    tlog.get(tag).info("eval_done", **result)
+
+
+if __name__ == "__main__":  # `python -m asyncor.actors.evaluate` (not a spawned verifier's re-import)
+    from asyncor.runtime.entry import Option, run_role
+
+    run_role(main, lambda args: args.tag, [
+        Option("--model", "model", {"required": True, "help": "model directory to evaluate"}),
+        Option("--tag", "tag", {"default": "eval", "help": "role name: eval_before, eval_after"}),
+        Option("--version", "version", {"type": int, "default": None,
+                                        "help": "policy version of --model: the result is also logged to "
+                                                "metrics.jsonl at this step"})])

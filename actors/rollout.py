@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from asyncor.actors.buffer_link import Grant, Stop, Wait
+from asyncor.actors.buffer_link import Grant
 from asyncor.actors.sequences import InFlight
 from asyncor.telemetry.time_budget import TimeBudget
 from asyncor.telemetry.timeline import Timeline
+from asyncor.wire import messages as wire
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,9 @@ class Rollout:
         idle = not self.engine.running() and not self.pending and self.staged is None
         with self.budget.measure("waiting_for_grant"):
             reply = self.link.ask(self.free_prompts(), self.version, self.s.grant_hold_s if idle else 0.0)
-        if isinstance(reply, Stop):
+        if isinstance(reply, wire.Stop):
             self.stopped = True
-        elif isinstance(reply, Wait):
+        elif isinstance(reply, wire.WaitReply):
             self.retry_at = time.perf_counter() + reply.retry_s
         elif isinstance(reply, Grant):
             self.n = reply.n

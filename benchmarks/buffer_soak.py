@@ -185,7 +185,7 @@ def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens:
     if auth == "curve":
         env.update(curve.generate().to_env())
     os.environ.update({k: v for k, v in env.items() if k == curve.ENV})  # the senders (forked) use them too
-    buffer = subprocess.Popen([sys.executable, "-m", "asyncor.buffer.service", "--config", cfg_path], cwd=ROOT, env=env,
+    buffer = subprocess.Popen([sys.executable, "-m", "asyncor.buffer", "--config", cfg_path], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     vocab = build_tokenizer().get_vocab_size()
     out: mp.Queue = mp.get_context("fork").Queue()

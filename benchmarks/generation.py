@@ -77,10 +77,11 @@ def engine_only(args) -> None:
     from asyncor.actors.engine import cpu_environment
 
     os.environ.update(cpu_environment(1, "0", os.path.join(tempfile.gettempdir(), "asyncor-vllm-cache")))
-    from asyncor.actors.buffer_link import Grant, Stop, Wait
+    from asyncor.actors.buffer_link import Grant
+    from asyncor.wire.messages import Stop, WaitReply
     from asyncor.actors.engine import Engine
     from asyncor.actors.rollout import Rollout, RolloutSettings
-    from asyncor.actors.sequences import GrantedPrompt
+    from asyncor.actors.sequences import Prompt
     from asyncor.configs.loader import load_config
     from asyncor.prepare.warm_start import prepare_policy
     from asyncor.tasks.builtin import make_splits
@@ -109,9 +110,9 @@ def engine_only(args) -> None:
 
             def ask(self, k, version, hold_s=0.0):
                 if not self.left:
-                    return Stop() if self.out == 0 else Wait(0.0)
+                    return Stop() if self.out == 0 else WaitReply(retry_s=0.0)
                 take, self.left = self.left[:k], self.left[k:]
-                grant = [GrantedPrompt(self.granted + i, p, "arithmetic", "") for i, p in enumerate(take)]
+                grant = [Prompt(self.granted + i, p, "arithmetic", "") for i, p in enumerate(take)]
                 self.out, self.granted = self.out + len(take), self.granted + len(take)
                 return Grant(grant, 0, a.group_size, a.max_response_tokens)
 

@@ -19,14 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from asyncor.tasks.verifier_pool import Job, PoolSettings, VerifierPool  # noqa: E402
+from asyncor.tasks.verifier_pool import VerifierJob, PoolSettings, VerifierPool  # noqa: E402
 
 
-def jobs(repeat: int) -> dict[str, list[Job]]:
+def jobs(repeat: int) -> dict[str, list[VerifierJob]]:
     math_rows = [json.loads(x) for x in (ROOT / "tests/data/math.jsonl").read_text().splitlines()]
     code_rows = [json.loads(x) for x in (ROOT / "tests/data/code.jsonl").read_text().splitlines()]
-    math = [Job("math", f"<think>...</think> {a}", r["answer"]) for r in math_rows for a in r["equivalent"] + r["wrong"]]
-    code = [Job("code", f"<think>...</think>\n```python\n{r[k]}\n```", r["tests"])
+    math = [VerifierJob("math", f"<think>...</think> {a}", r["answer"]) for r in math_rows for a in r["equivalent"] + r["wrong"]]
+    code = [VerifierJob("code", f"<think>...</think>\n```python\n{r[k]}\n```", r["tests"])
             for r in code_rows for k in ("solution", "wrong_solution")]
     return {"math": math * repeat, "code": code * repeat}
 

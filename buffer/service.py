@@ -23,7 +23,6 @@ final figures to `roles/buffer.json`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -46,14 +45,14 @@ from asyncor.buffer.rejection import GroupTally, uniform_kind
 from asyncor.buffer.replay import ReplayStore
 from asyncor.buffer.staleness import StalenessBudget
 from asyncor.wire.transport import Server, endpoint
-from asyncor.configs.loader import load_resolved
 from asyncor.configs.schema import Config
 from asyncor.configs.stages import groups_through, max_over_stages, stage_at
 from asyncor.tasks.builtin import make_splits
 from asyncor.tasks.codec import TextCodec
 from asyncor.telemetry import log as tlog
-from asyncor.telemetry.role_summary import write_role_summary
+from asyncor.runtime.role_summary import write_role_summary
 from asyncor.telemetry.metrics import MetricsWriter
+from asyncor.runtime.run_dir import BUFFER_STATE, RunDir
 
 LONG_POLL_S = 1.0
 OK = Ack(status="ok")  # the plain acknowledgement
@@ -63,7 +62,7 @@ PEER = re.compile(r"^actor-(\d{1,6})(-groups)?$")  # the identities actors/worke
 
 
 @dataclass
-class Grant:
+class PromptGrant:
     """What an actor was granted for one prompt: its group must match it."""
 
     actor_id: int
@@ -85,7 +84,7 @@ class BufferService:
     def __init__(self, config: Config):
         self.config = config
         self.log = tlog.get("buffer")
-        self.metrics = MetricsWriter(config.run_dir, "buffer", config.net.telemetry_address)
+        self.metrics = MetricsWriter(RunDir(config.run_dir).metrics, "buffer", config.net.telemetry_address)
         self.codec = TextCodec(config.model.path)
         self.prompt_ids: dict[int, np.ndarray] = {}  # pre-rendered prompts (task.kind = "files")
         self.prompts = PromptStream(self.training_problems(), config.run.seed)
@@ -95,7 +94,7 @@ class BufferService:
         self.online_filter = OnlineFilter()
         self.online_filtered = 0
         self.store = ReplayStore(config.buffer.max_groups)
-        self.granted: dict[int, Grant] = {}  # prompt id -> what was granted, until its group arrives
+        self.granted: dict[int, PromptGrant] = {}  # prompt id -> what was granted, until its group arrives
         self.rejected = {r: 0 for r in REJECT_REASONS}
         self.dropped_stale = 0
         self.tally = GroupTally()
@@ -175,7 +174,7 @@ class BufferService:
         self.log.info("actor_restarted", actor=actor_id, grants_returned=len(held), version=self.budget.version)
 
     def try_grant(self, server: Server, ident: bytes, msg: Message, actor_id: int, wanted: int) -> bool:
-        """Grant up to `wanted` prompts if the staleness budget has room; True if a grant was sent."""
+        """PromptGrant up to `wanted` prompts if the staleness budget has room; True if a grant was sent."""
         n = self.budget.grant(wanted)
         if n == 0:
             return False
@@ -187,7 +186,7 @@ class BufferService:
         stage = stage_at(self.config, self.budget.version)
         entries = [self.grant_entry(p) for p in problems]
         for p, entry in zip(problems, entries):
-            self.granted[p.id] = Grant(actor_id, p, unpack_array(entry.token_ids, "token_ids", "<i4"),
+            self.granted[p.id] = PromptGrant(actor_id, p, unpack_array(entry.token_ids, "token_ids", "<i4"),
                                        stage.group_size, stage.max_response_tokens)
         # The current stage's sampling: actors switch length and group size without restarting.
         sampling = Sampling(n=stage.group_size, max_tokens=stage.max_response_tokens, stage=stage.index)
@@ -463,7 +462,7 @@ class BufferService:
 
     def load_state(self, checkpoint: str) -> None:
         """Continue from `<checkpoint>/buffer_state.json` (written by `state_dict`)."""
-        path = os.path.join(checkpoint, "buffer_state.json")
+        path = os.path.join(checkpoint, BUFFER_STATE)
         try:
             with open(path) as f:
                 state = json.load(f)
@@ -511,11 +510,3 @@ def main(config: Config) -> None:
     write_role_summary(config, "buffer", summary)
     tlog.get("buffer").info("exit", **summary["staleness"])
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="asyncor buffer role")
-    parser.add_argument("--config", required=True, help="resolved config.json written by launch.py")
-    args = parser.parse_args()
-    cfg = load_resolved(args.config)
-    tlog.setup("buffer", cfg.run_dir)
-    main(cfg)

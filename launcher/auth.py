@@ -9,12 +9,12 @@ keys themselves never are (they reach the roles through the environment).
 
 from __future__ import annotations
 
-import os
 import sys
 
 from asyncor.wire import curve
 from asyncor.configs.schema import Config
 from asyncor.launcher.placement import is_loopback
+from asyncor.runtime.run_dir import RunDir
 
 
 def exposed_binds(config: Config) -> list[str]:
@@ -38,6 +38,6 @@ def resolve_auth(config: Config, run_dir: str) -> curve.CurveKeys | None:
                   "address: anything that can reach their ports can connect (every message is still checked "
                   "and bad ones refused). Remove net.auth = off to use CURVE.", file=sys.stderr, flush=True)
         return None
-    keys = curve.load(net.curve_keys) if net.curve_keys else curve.generate()  # ValueError names the file
-    curve.save(keys, os.path.join(run_dir, "keys"))
+    keys = curve.load_keys(net.curve_keys) if net.curve_keys else curve.generate()  # ValueError names the file
+    curve.save_keys(keys, RunDir(run_dir).keys)
     return keys

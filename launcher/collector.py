@@ -23,6 +23,7 @@ import zmq
 
 from asyncor.wire.envelope import ProtocolError, decode
 from asyncor.wire.transport import Server
+from asyncor.runtime.run_dir import RunDir
 
 MAX_BYTES = 16 << 20
 MAX_DEPTH = 6
@@ -91,8 +92,9 @@ class Collector:
         self.run_dir = run_dir
         self.server = Server(zmq.Context.instance(), f"tcp://{bind}:{port}", keys)
         self.server.sock.setsockopt(zmq.MAXMSGSIZE, MAX_BYTES)
-        os.makedirs(os.path.join(run_dir, "roles"), exist_ok=True)
-        self._metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self.files = RunDir(run_dir)
+        os.makedirs(self.files.roles, exist_ok=True)
+        self._metrics = open(self.files.metrics, "a")
         self._tensorboard = None
         self.tensorboard_errors = 0  # records metrics.jsonl has but the event files could not take
         if tensorboard:
@@ -110,13 +112,13 @@ class Collector:
         return self
 
     def has_summary(self, role: str) -> bool:
-        return role in self.summaries or os.path.exists(os.path.join(self.run_dir, "roles", f"{role}.json"))
+        return role in self.summaries or os.path.exists(self.files.role(role))
 
     def result(self, role: str) -> dict | None:
         """The summary `role` sent (or, when it could not reach the collector, wrote to roles/ itself)."""
         if role in self.summaries:
             return self.summaries[role]
-        path = os.path.join(self.run_dir, "roles", f"{role}.json")
+        path = self.files.role(role)
         if not os.path.exists(path):
             return None
         with open(path) as f:
@@ -167,7 +169,7 @@ class Collector:
             self.server.reply(ident, msg, "ack", {})
 
     def _write_summary(self, role: str, summary: dict) -> None:
-        path = os.path.join(self.run_dir, "roles", f"{role}.json")
+        path = self.files.role(role)
         with open(path + ".tmp", "w") as f:
             json.dump(summary, f, indent=2)
         os.replace(path + ".tmp", path)

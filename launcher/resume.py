@@ -16,20 +16,19 @@ import os
 
 from asyncor.configs.loader import ConfigError, apply_override, validate
 from asyncor.configs.schema import Config
-from asyncor.learner.checkpoint import CheckpointError, complete, read_meta
+from asyncor.runtime.run_dir import META, CheckpointError, RunDir, read_meta
 
-LAUNCH_CONFIG = "launch_config.json"  # the config as given to `launch.py run` (before ports and paths are filled)
 KEPT_ROLE_FILES = ("prepare.json", "eval_before.json")  # results of phases a resumed run does not repeat
 
 
 def find_checkpoint(path: str) -> tuple[str, str]:
     """(run directory, checkpoint directory) for PATH; ConfigError says what is missing."""
     path = os.path.normpath(os.path.abspath(path))
-    if os.path.exists(os.path.join(path, "meta.json")):
+    if os.path.exists(os.path.join(path, META)):
         return os.path.dirname(os.path.dirname(path)), path
     if not os.path.isdir(path):
         raise ConfigError(f"--resume {path}: no such run or checkpoint directory")
-    found = complete(path)
+    found = RunDir(path).complete()
     if not found:
         raise ConfigError(f"--resume {path}: no complete checkpoint under {path}/checkpoints "
                           "(they are written every checkpoint.every_steps steps and at the end of a run)")
@@ -44,9 +43,9 @@ def resume_config(path: str, overrides: list[str] = ()) -> Config:
     except CheckpointError as exc:
         raise ConfigError(f"--resume: {exc}") from None
     try:
-        with open(os.path.join(run_dir, LAUNCH_CONFIG)) as f:
+        with open(RunDir(run_dir).launch_config) as f:
             tree = json.load(f)
-        with open(os.path.join(run_dir, "config.json")) as f:
+        with open(RunDir(run_dir).config) as f:
             resolved = json.load(f)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--resume {run_dir}: cannot read the run's config ({exc})") from None
@@ -65,25 +64,25 @@ def resume_config(path: str, overrides: list[str] = ()) -> Config:
 
 
 def save_launch_config(config: Config, run_dir: str) -> None:
-    with open(os.path.join(run_dir, LAUNCH_CONFIG), "w") as f:
+    with open(RunDir(run_dir).launch_config, "w") as f:
         json.dump(config.model_dump(mode="json"), f, indent=2)
 
 
 def prepare_resumed_dir(config: Config) -> None:
     """Keep what the run did up to the checkpoint; set aside what came after it."""
-    run_dir = config.run_dir
+    run_dir = RunDir(config.run_dir)
     written_at = read_meta(config.checkpoint.resume_from).get("written_at", float("inf"))
-    keep_records_before(os.path.join(run_dir, "metrics.jsonl"), written_at)
-    for path in glob.glob(os.path.join(run_dir, "roles", "*.json")):
+    keep_records_before(run_dir.metrics, written_at)
+    for path in glob.glob(os.path.join(run_dir.roles, "*.json")):
         if os.path.basename(path) not in KEPT_ROLE_FILES:
             os.remove(path)
-    if os.path.exists(os.path.join(run_dir, "summary.json")):
-        os.remove(os.path.join(run_dir, "summary.json"))
+    if os.path.exists(run_dir.summary):
+        os.remove(run_dir.summary)
     if config.telemetry.tensorboard:  # the events again, without the steps after the checkpoint
         from asyncor.launcher.tensorboard import export
 
-        export(run_dir)
-    logs = os.path.join(run_dir, "logs")
+        export(run_dir.path)
+    logs = run_dir.logs
     if os.path.isdir(logs):
         n = 1
         while os.path.exists(f"{logs}.{n}"):

@@ -34,7 +34,8 @@ from asyncor.wire.curve import CurveKeys
 from asyncor.launcher.auth import resolve_auth
 from asyncor.launcher.preflight import PreflightError, check_environment
 from asyncor.launcher.restarts import ActorRestarts
-from asyncor.launcher.resume import LAUNCH_CONFIG, prepare_resumed_dir, save_launch_config
+from asyncor.launcher.resume import prepare_resumed_dir, save_launch_config
+from asyncor.runtime.run_dir import RunDir
 from asyncor.launcher.status import StatusView
 from asyncor.launcher.stop_signals import StopSignals
 from asyncor.launcher.summary import build_summary, first_step_ts, human
@@ -87,22 +88,22 @@ def run_phase(backend: Backend, spec: RoleSpec, log_dir: str, timeout_s: float, 
 
 
 def prepare_run_dir(config: Config) -> str:
-    run_dir = config.run_dir
+    run_dir = RunDir(config.run_dir)
     if config.checkpoint.resume_from:  # continuing: keep everything up to the checkpoint
         prepare_resumed_dir(config)
     # `launch.py submit` leaves only its batch script (submit/) there: that is not an old run.
-    elif os.path.exists(run_dir) and set(os.listdir(run_dir)) - {"submit"}:
+    elif os.path.exists(run_dir.path) and set(os.listdir(run_dir.path)) - {os.path.basename(run_dir.submit)}:
         if not config.run.overwrite:
-            raise RunFailed(f"{run_dir} exists and run.overwrite = false; pick another run.name")
+            raise RunFailed(f"{run_dir.path} exists and run.overwrite = false; pick another run.name")
         # Old outputs would mix with the new ones (metrics.jsonl is appended to; --resume reads checkpoints/).
-        old_logs = [os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "logs.*"))]
-        for old in ("logs", "roles", "final", "checkpoints", "tensorboard", *old_logs):
-            shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
-        for old in ("metrics.jsonl", "summary.json", "plan.json", LAUNCH_CONFIG):
-            if os.path.exists(os.path.join(run_dir, old)):
-                os.remove(os.path.join(run_dir, old))
-    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
-    return run_dir
+        for old in (run_dir.logs, run_dir.roles, run_dir.final, run_dir.checkpoints, run_dir.tensorboard,
+                    *glob.glob(run_dir.logs + ".*")):
+            shutil.rmtree(old, ignore_errors=True)
+        for old in (run_dir.metrics, run_dir.summary, run_dir.plan, run_dir.launch_config):
+            if os.path.exists(old):
+                os.remove(old)
+    os.makedirs(run_dir.logs, exist_ok=True)
+    return run_dir.path
 
 
 def supervise(config: Config, backend: Backend, roles: list[Handle], learner: Handle, view: StatusView,
@@ -207,7 +208,7 @@ def write_plan(run_dir: str, plan: Plan, backend: Backend, config: Config) -> No
                          "launcher": net.launcher_host, "bind": net.bind_host or "(each role's advertised address)"},
            "ports": {k: getattr(net, k) for k in ("buffer_actor_port", "buffer_learner_port", "sync_port",
                                                    "store_port", "learner_port", "telemetry_port")}}
-    with open(os.path.join(run_dir, "plan.json"), "w") as f:
+    with open(RunDir(run_dir).plan, "w") as f:
         json.dump(doc, f, indent=2)
 
 
@@ -222,8 +223,7 @@ def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float
     run_dir = prepare_run_dir(config)
     if not config.checkpoint.resume_from:
         save_launch_config(given, run_dir)  # what `launch.py run --resume` continues with
-    logs = os.path.join(run_dir, "logs")
-    cfg_path = os.path.join(run_dir, "config.json")
+    logs, cfg_path = RunDir(run_dir).logs, RunDir(run_dir).config
     assign_ports(config)
     try:
         keys = resolve_auth(config, run_dir)  # net.auth: CURVE keys for every ZeroMQ socket, or None
@@ -260,14 +260,14 @@ def _spec(plan: Plan, backend: Backend, config: Config, role: str, index: int, n
 
 def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, collector: Collector,
                cfg_path: str, wall_start: float, launched_at: float, keys: CurveKeys | None) -> dict:
-    run_dir = config.run_dir
-    logs = os.path.join(run_dir, "logs")
+    run_dir = RunDir(config.run_dir)
+    logs = run_dir.logs
     resumed = config.checkpoint.resume_from
     if resumed:  # the policy was prepared and evaluated before the checkpoint was written
         print(f"resuming from {resumed}", flush=True)
     else:
         print("preparing the policy (tiny model + warm start, cached) ...", flush=True)
-        prepare = _spec(plan, backend, config, "learner", 0, "prepare", "asyncor.prepare.warm_start", ["--config", cfg_path],
+        prepare = _spec(plan, backend, config, "learner", 0, "prepare", "asyncor.prepare", ["--config", cfg_path],
                         keys)
         prepare = RoleSpec(prepare.name, prepare.module, prepare.args, prepare.node,  # one process, no group
                            {k: v for k, v in prepare.env.items() if k in ("CUDA_VISIBLE_DEVICES", CURVE_ENV)})
@@ -292,20 +292,20 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
     view = None
     restarts = ActorRestarts(config.actors.max_restarts, config.actors.restart_backoff_s)
     try:  # a failure part-way through starting the roles still stops the ones already started
-        roles.append(backend.start(_spec(plan, backend, config, "buffer", 0, "buffer", "asyncor.buffer.service",
+        roles.append(backend.start(_spec(plan, backend, config, "buffer", 0, "buffer", "asyncor.buffer",
                                          ["--config", cfg_path], keys), logs))
         learner_ranks = [backend.start(_spec(plan, backend, config, "learner", rank,
-                                             "learner" if rank == 0 else f"learner{rank}", "asyncor.learner.trainer",
+                                             "learner" if rank == 0 else f"learner{rank}", "asyncor.learner",
                                              ["--config", cfg_path], keys), logs)
                          for rank in range(config.learner.ranks)]
         roles.extend(learner_ranks)
         learner = learner_ranks[0]  # rank 0 talks to the buffer and the actors; its exit ends the run
-        actor_specs = {f"actor{i}": _spec(plan, backend, config, "actor", i, f"actor{i}", "asyncor.actors.worker",
+        actor_specs = {f"actor{i}": _spec(plan, backend, config, "actor", i, f"actor{i}", "asyncor.actors",
                                           ["--config", cfg_path, "--actor-id", str(i)], keys)
                        for i in range(config.actors.count)}
         for spec in actor_specs.values():
             roles.append(backend.start(spec, logs))
-        view = StatusView(run_dir, config.learner.steps)
+        view = StatusView(run_dir.path, config.learner.steps)
         supervise(config, backend, roles, learner, view, collector, stop, actor_specs, restarts, logs)
     finally:
         if view is not None:
@@ -315,8 +315,8 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
 
     if config.eval.before_and_after:
         print("evaluating the trained policy ...", flush=True)
-        evaluation("eval_after", os.path.join(run_dir, "final"), config.learner.steps)
-    summary = build_summary(run_dir, config.actors.count, rl_wall)
+        evaluation("eval_after", run_dir.final, config.learner.steps)
+    summary = build_summary(run_dir.path, config.actors.count, rl_wall)
     summary["cluster"] = {"kind": backend.kind, "nodes": len(backend.nodes),
                           "roles_by_node": {backend.nodes[n].label: [s.role if s.role == "buffer" else
                                                                      f"{s.role}{s.index}" for s in plan.on_node(n)]
@@ -328,10 +328,10 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
     summary["total_wall_s"] = time.monotonic() - wall_start
     if resumed:
         summary["resumed_from"] = resumed
-    first = first_step_ts(run_dir, since=launched_at)
+    first = first_step_ts(run_dir.path, since=launched_at)
     summary["time_to_first_step_s"] = first - launched_at if first is not None else None
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+    with open(run_dir.summary, "w") as f:
         json.dump(summary, f, indent=2)
     print(human(summary))
-    print(f"\nsummary: {os.path.join(run_dir, 'summary.json')}")
+    print(f"\nsummary: {run_dir.summary}")
     return summary

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 from asyncor.launcher.backend import Node, RoleSpec
 from asyncor.launcher.processes import Child, spawn, stop_all
+from asyncor.runtime.run_dir import RunDir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SBATCH_TIMEOUT_S = 120.0  # sbatch without --wait: queueing a job takes seconds
 
@@ -141,7 +141,7 @@ class SubmitError(RuntimeError):
 
 
 @dataclass
-class Job:
+class SubmittedJob:
     job_id: str
     script: str
     output: str
@@ -150,7 +150,7 @@ class Job:
 
 def batch_script(config, config_path: str | None, overrides: list[str], nodes: int, gpus_per_node: int,
                  submit_dir: str) -> str:
-    run = [sys.executable, os.path.join(ROOT, "launch.py"), "run", "--cluster", "slurm"]
+    run = [sys.executable, "-m", "asyncor.launch", "run", "--cluster", "slurm"]
     if config_path:
         run += ["--config", os.path.abspath(config_path)]
     for item in overrides:
@@ -171,7 +171,7 @@ def batch_script(config, config_path: str | None, overrides: list[str], nodes: i
 
 
 def submit(config, config_path: str | None, overrides: list[str], nodes: int, gpus_per_node: int,
-           sbatch_args: list[str], wait: bool) -> Job:
+           sbatch_args: list[str], wait: bool) -> SubmittedJob:
     if shutil.which("sbatch") is None:
         raise SubmitError("sbatch is not on PATH: run `launch.py submit` on a SLURM login node")
     if nodes < 1 or gpus_per_node < 0:
@@ -182,7 +182,7 @@ def submit(config, config_path: str | None, overrides: list[str], nodes: int, gp
         make_plan(config, nodes, gpus_per_node)  # refuse a layout that cannot run before it queues for hours
     except PlanError as exc:
         raise SubmitError(str(exc)) from None
-    submit_dir = os.path.join(os.path.abspath(config.run_dir), "submit")
+    submit_dir = RunDir(os.path.abspath(config.run_dir)).submit
     os.makedirs(submit_dir, exist_ok=True)
     script = os.path.join(submit_dir, "job.sbatch")
     with open(script, "w") as f:
@@ -196,4 +196,4 @@ def submit(config, config_path: str | None, overrides: list[str], nodes: int, gp
     job_id = out.stdout.strip().split(";")[0]
     if not job_id.isdigit():
         raise SubmitError(f"{' '.join(cmd)} failed (exit {out.returncode}): {out.stderr.strip()}")
-    return Job(job_id, script, os.path.join(submit_dir, f"slurm-{job_id}.out"), out.returncode if wait else None)
+    return SubmittedJob(job_id, script, os.path.join(submit_dir, f"slurm-{job_id}.out"), out.returncode if wait else None)

@@ -10,6 +10,7 @@ import sys
 import time
 
 from asyncor.telemetry.metrics import read_metrics
+from asyncor.runtime.run_dir import RunDir
 
 FIELDS = [
     ("step", "learner/step", "{:.0f}"),
@@ -44,7 +45,7 @@ class StatusView:
             self.live.start()
 
     def poll(self) -> None:
-        records, self.offset = read_metrics(self.run_dir, self.offset)
+        records, self.offset = read_metrics(RunDir(self.run_dir).metrics, self.offset)
         for r in records:
             for key, value in r.items():
                 if "/" in key and isinstance(value, (int, float)):

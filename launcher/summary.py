@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from asyncor.runtime.run_dir import RunDir
 
 
 def _load(path: str) -> dict:
@@ -13,10 +14,10 @@ def _load(path: str) -> dict:
 
 
 def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
-    roles = os.path.join(run_dir, "roles")
-    learner = _load(os.path.join(roles, "learner.json"))
-    buffer = _load(os.path.join(roles, "buffer.json"))
-    actors = [_load(p) for p in sorted(glob.glob(os.path.join(roles, "actor*.json")))]
+    files = RunDir(run_dir)
+    learner = _load(files.role("learner"))
+    buffer = _load(files.role("buffer"))
+    actors = [_load(p) for p in sorted(glob.glob(files.role("actor*")))]
     load_times = [a["load_s_mean"] for a in actors if a.get("load_s_mean")]
     summary = {
         "eval": {},
@@ -46,7 +47,7 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         "time": {"learner": learner.get("time", {}), "actors": [a.get("time", {}) for a in actors]},
     }
     summary["eval_curve"] = eval_curve(run_dir)
-    before, after = os.path.join(roles, "eval_before.json"), os.path.join(roles, "eval_after.json")
+    before, after = files.role("eval_before"), files.role("eval_after")
     if os.path.exists(before) and os.path.exists(after):
         b, a = _load(before), _load(after)
         summary["eval"] = {"before": b["accuracy"], "after": a["accuracy"], "n": a["n"],
@@ -70,7 +71,7 @@ def first_step_ts(run_dir: str, since: float = 0.0) -> float | None:
     resumed run's metrics also hold the steps before it)."""
     from asyncor.telemetry.metrics import read_metrics
 
-    records, _ = read_metrics(run_dir)
+    records, _ = read_metrics(RunDir(run_dir).metrics)
     return min((r["ts"] for r in records if r.get("role") == "learner" and r["ts"] >= since), default=None)
 
 
@@ -78,7 +79,7 @@ def eval_curve(run_dir: str) -> list[dict]:
     """Every held-out evaluation of the run (before, every `eval.every_steps`, after), by policy version."""
     from asyncor.telemetry.metrics import read_metrics
 
-    records, _ = read_metrics(run_dir)
+    records, _ = read_metrics(RunDir(run_dir).metrics)
     points = [{"version": r["step"], "accuracy": r["eval/accuracy"], "greedy_accuracy": r["eval/greedy_accuracy"],
                "pass_at_k": r["eval/pass_at_k"]} for r in records if r.get("role") == "eval"]
     return sorted(points, key=lambda p: p["version"])

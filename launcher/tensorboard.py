@@ -15,9 +15,7 @@ import os
 import shutil
 
 import numpy as np
-
-DIRNAME = "tensorboard"
-
+from asyncor.runtime.run_dir import RunDir
 
 def role_dir(role: str) -> str:
     """`actor:3` -> `actor3`."""
@@ -29,7 +27,7 @@ class TensorBoardSink:
         from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
 
         self._writer_type = SummaryWriter
-        self.root = os.path.join(run_dir, DIRNAME)
+        self.root = RunDir(run_dir).tensorboard
         self._writers: dict[str, object] = {}
         self._counts: dict[str, int] = {}
 
@@ -84,8 +82,8 @@ def export(run_dir: str) -> str:
     """(Re)write a run's TensorBoard events from its metrics.jsonl; returns the event directory."""
     from asyncor.telemetry.metrics import read_metrics
 
-    records, _ = read_metrics(run_dir)
-    shutil.rmtree(os.path.join(run_dir, DIRNAME), ignore_errors=True)
+    records, _ = read_metrics(RunDir(run_dir).metrics)
+    shutil.rmtree(RunDir(run_dir).tensorboard, ignore_errors=True)
     sink = TensorBoardSink(run_dir)
     try:
         for record in records:

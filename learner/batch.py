@@ -32,7 +32,7 @@ from asyncor.learner.loss import token_weights
 
 
 @dataclass
-class Sequence:
+class TrainingSequence:
     ids: np.ndarray  # (P + R,) int64: prompt ++ response
     prompt_len: int
     behaviour: np.ndarray  # (R,) float32, the actor's log-probs
@@ -46,7 +46,7 @@ class Sequence:
 @dataclass
 class MiniBatch:
     """The data of one optimiser step (every rank holds all of it; it is small next to the model)."""
-    sequences: list[Sequence]
+    sequences: list[TrainingSequence]
     rewards: np.ndarray  # (B,) per response
     lengths: np.ndarray  # (B,) response tokens
     truncated: np.ndarray  # (B,) bool: cut at the length limit
@@ -79,7 +79,7 @@ def minibatch(groups: list[TrajectoryGroup], aggregation: str, truncation_mask: 
         cut = [r.finish_reason == "length" for r in g.responses]
         for resp, adv, was_cut in zip(g.responses, group_advantages(g.rewards, cut, truncation_mask), cut):
             ids = np.concatenate([np.asarray(g.prompt_ids, np.int64), np.asarray(resp.token_ids, np.int64)])
-            sequences.append(Sequence(ids, len(g.prompt_ids), np.asarray(resp.logprobs, np.float32), float(adv),
+            sequences.append(TrainingSequence(ids, len(g.prompt_ids), np.asarray(resp.logprobs, np.float32), float(adv),
                                       np.zeros(0, np.float32)))
             rewards.append(resp.reward)
             lengths.append(len(resp.token_ids))
@@ -92,14 +92,14 @@ def minibatch(groups: list[TrajectoryGroup], aggregation: str, truncation_mask: 
                      np.array(truncated, bool))
 
 
-def _filler(pad_id: int) -> Sequence:
+def _filler(pad_id: int) -> TrainingSequence:
     """The stand-in for an empty micro-batch: two tokens, weight 0. Its forward and backward run the same
     collectives as real data (a sharded rank with nothing to do must not leave the others waiting) and
     add exactly zero to the loss and gradients."""
-    return Sequence(np.array([pad_id, pad_id], np.int64), 1, np.zeros(1, np.float32), 0.0, np.zeros(1, np.float32))
+    return TrainingSequence(np.array([pad_id, pad_id], np.int64), 1, np.zeros(1, np.float32), 0.0, np.zeros(1, np.float32))
 
 
-def micro_batch(rows_of: list[list[Sequence]], packing: bool, pad_id: int) -> MicroBatch:
+def micro_batch(rows_of: list[list[TrainingSequence]], packing: bool, pad_id: int) -> MicroBatch:
     """`rows_of`: the sequences of each row (empty: a filler micro-batch). `packing`: no attention mask, position
     ids restart per sequence; else each row must hold one sequence and gets an attention mask."""
     real = bool(rows_of)

@@ -1,6 +1,7 @@
 """Learner checkpoints: what a run needs to continue exactly where it stood.
 
-One checkpoint is one directory, `<run_dir>/checkpoints/step_NNNNNN/`:
+One checkpoint is one directory, `<run_dir>/checkpoints/step_NNNNNN/` (its layout and `meta.json`:
+runtime/run_dir.py):
 
   model/              Hugging Face model directory: the fp32 master weights (`save_pretrained`, safetensors)
                       plus the tokenizer files; transformers and vLLM load it as is
@@ -8,7 +9,7 @@ One checkpoint is one directory, `<run_dir>/checkpoints/step_NNNNNN/`:
                       when the learner is sharded (FSDP2), and a different number of ranks can load it
   rng/rank<R>.pt      torch's random-number state of each learner rank
   trainer_state.json  version (= steps trained), the entropy controller's state
-  buffer_state.json   the buffer's data cursor, staleness budget and ledger at that version (buffer/service.py
+  buffer_state.json   the buffer's data cursor, staleness budget and ledger at that version (the buffer's
                       `state_dict`; groups generated but not trained yet are given back as prompts)
   meta.json           step, version, ranks, time; written last
 
@@ -22,55 +23,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 import warnings
 
-STEP_DIR = re.compile(r"^step_(\d{6,})$")
+from asyncor.runtime.run_dir import BUFFER_STATE, META, MODEL, OPTIMIZER, RNG, TRAINER_STATE, RunDir, read_meta
+
 MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def checkpoints_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, "checkpoints")
-
-
-def step_dir(run_dir: str, step: int) -> str:
-    return os.path.join(checkpoints_dir(run_dir), f"step_{step:06d}")
-
-
-def complete(path: str) -> list[str]:
-    """Complete checkpoints under `path` (a run directory), oldest first."""
-    root = checkpoints_dir(path)
-    if not os.path.isdir(root):
-        return []
-    found = [(int(m.group(1)), os.path.join(root, name)) for name in os.listdir(root)
-             if (m := STEP_DIR.match(name)) and os.path.exists(os.path.join(root, name, "meta.json"))]
-    return [p for _, p in sorted(found)]
-
-
-def read_meta(path: str) -> dict:
-    """The checkpoint's meta.json, checked; CheckpointError names what is wrong."""
-    meta_path = os.path.join(path, "meta.json")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json)") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path} is unreadable: {exc}") from None
-    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), int) and meta[k] >= 0
-                                             for k in ("step", "version", "ranks")):
-        raise CheckpointError(f"{meta_path} lacks step / version / ranks")
-    for part in ("model", "optimizer", "trainer_state.json", "buffer_state.json"):
-        if not os.path.exists(os.path.join(path, part)):
-            raise CheckpointError(f"{path} lacks {part}")
-    return meta
 
 
 def read_json(path: str, name: str) -> dict:
@@ -113,25 +73,24 @@ def save(run_dir: str, step: int, version: int, policy, optimizer, ranks, full_s
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    final = step_dir(run_dir, step)
-    tmp = os.path.join(checkpoints_dir(run_dir), f".tmp-step_{step:06d}")
+    final, tmp = RunDir(run_dir).step(step), RunDir(run_dir).partial_step(step)
     if ranks.main:
         shutil.rmtree(tmp, ignore_errors=True)  # a write that died half-way
-        os.makedirs(os.path.join(tmp, "rng"))
+        os.makedirs(os.path.join(tmp, RNG))
     ranks.barrier()
     optim_state = get_optimizer_state_dict(policy, optimizer)
-    dcp.save({"optimizer": optim_state}, checkpoint_id=os.path.join(tmp, "optimizer"), no_dist=_single())
+    dcp.save({"optimizer": optim_state}, checkpoint_id=os.path.join(tmp, OPTIMIZER), no_dist=_single())
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, os.path.join(tmp, "rng", f"rank{ranks.rank}.pt"))
+    torch.save(rng, os.path.join(tmp, RNG, f"rank{ranks.rank}.pt"))
     if ranks.main:
-        save_model(policy.lm, full_state, os.path.join(tmp, "model"), torch.float32, source_dir)
-        _write_json(os.path.join(tmp, "trainer_state.json"), trainer_state)
-        _write_json(os.path.join(tmp, "buffer_state.json"), buffer_state or {})
+        save_model(policy.lm, full_state, os.path.join(tmp, MODEL), torch.float32, source_dir)
+        _write_json(os.path.join(tmp, TRAINER_STATE), trainer_state)
+        _write_json(os.path.join(tmp, BUFFER_STATE), buffer_state or {})
     ranks.barrier()  # every rank's shard is on disk
     if ranks.main:
-        _write_json(os.path.join(tmp, "meta.json"), {"step": step, "version": version, "ranks": ranks.world,
+        _write_json(os.path.join(tmp, META), {"step": step, "version": version, "ranks": ranks.world,
                                                      "written_at": time.time()})
         if os.path.exists(final):  # the same step written again (a resumed run that ended where it began)
             shutil.rmtree(final)
@@ -153,7 +112,7 @@ def _single() -> bool:
 def prune(run_dir: str, keep: int, protect: str = "") -> list[str]:
     """Delete all but the newest `keep` complete checkpoints (never `protect`, the one this run resumed
     from, while it may still be read); returns the deleted paths."""
-    old = complete(run_dir)[:-keep]
+    old = RunDir(run_dir).complete()[:-keep]
     gone = [p for p in old if os.path.abspath(p) != os.path.abspath(protect or "/nonexistent")]
     for p in gone:
         shutil.rmtree(p, ignore_errors=True)
@@ -171,12 +130,12 @@ def load(path: str, policy, optimizer, ranks) -> dict:
     meta = read_meta(path)
     optim_state = get_optimizer_state_dict(policy, optimizer)  # the target layout, AdamW's state allocated
     state = {"optimizer": optim_state}
-    dcp.load(state, checkpoint_id=os.path.join(path, "optimizer"), no_dist=_single())
+    dcp.load(state, checkpoint_id=os.path.join(path, OPTIMIZER), no_dist=_single())
     set_optimizer_state_dict(policy, optimizer, state["optimizer"])
-    rng_path = os.path.join(path, "rng", f"rank{ranks.rank}.pt")
+    rng_path = os.path.join(path, RNG, f"rank{ranks.rank}.pt")
     if meta["ranks"] == ranks.world and os.path.exists(rng_path):
         rng = torch.load(rng_path, weights_only=True)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-    return read_json(path, "trainer_state.json")
+    return read_json(path, TRAINER_STATE)

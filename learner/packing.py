@@ -129,7 +129,7 @@ def _packed_rows(indices: list[int], lengths: list[int], budget: int) -> list[li
     return micro
 
 
-def plan(lengths: list[int], budget: int, ranks: int, layout: str = "varlen") -> Plan:
+def pack(lengths: list[int], budget: int, ranks: int, layout: str = "varlen") -> Plan:
     """Every rank's micro-batches (lists of rows of sequence indices); the same count (>= 1) on every rank."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")

@@ -21,8 +21,6 @@ saves the policy (model.dtype) to `runs/<name>/final/`, tells the buffer
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import numpy as np
@@ -34,7 +32,6 @@ from asyncor.wire import messages as wire
 from asyncor.wire.envelope import decode, encode
 from asyncor.wire.trajectory import parse_group
 from asyncor.wire.transport import Client, endpoint
-from asyncor.configs.loader import load_resolved
 from asyncor.configs.schema import Config
 from asyncor.configs.stages import stage_at
 from asyncor.kernels.logprob_entropy import resolve_impl
@@ -49,10 +46,11 @@ from asyncor.learner.weight_sync import publish
 from asyncor.sync.broadcaster import WeightBroadcaster
 from asyncor.sync.group import pick_backend
 from asyncor.telemetry import log as tlog
-from asyncor.telemetry.role_summary import write_role_summary
+from asyncor.runtime.role_summary import write_role_summary
 from asyncor.telemetry.metrics import MetricsWriter
 from asyncor.telemetry.time_budget import TimeBudget
 from asyncor.telemetry.timeline import Timeline
+from asyncor.runtime.run_dir import RunDir
 
 
 def groups_metrics(report: dict) -> dict:
@@ -93,7 +91,7 @@ class Learner:
                       micro_batch_tokens=lc.micro_batch_tokens, master_dtype=lc.master_dtype,
                       compute_dtype=config.model.dtype)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
-        self.metrics = MetricsWriter(config.run_dir, "learner", config.net.telemetry_address) if self.ranks.main else None
+        self.metrics = MetricsWriter(RunDir(config.run_dir).metrics, "learner", config.net.telemetry_address) if self.ranks.main else None
         net = config.net
         self.buffer = self.broadcaster = None
         if self.ranks.main:
@@ -300,7 +298,7 @@ class Learner:
         """The policy in model.dtype, for evaluation and use (the checkpoints keep the fp32 masters)."""
         state = self.gathered_state(self.dtype)
         if self.ranks.main:
-            checkpoint.save_model(self.policy.lm, state, os.path.join(self.config.run_dir, "final"), self.dtype,
+            checkpoint.save_model(self.policy.lm, state, RunDir(self.config.run_dir).final, self.dtype,
                                   self.config.model.path)
 
 
@@ -308,12 +306,3 @@ def main(config: Config) -> None:
     summary = Learner(config).run()
     tlog.get("learner").info("exit", steps=summary["steps"])
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="asyncor learner role")
-    parser.add_argument("--config", required=True, help="resolved config.json written by launch.py")
-    args = parser.parse_args()
-    cfg = load_resolved(args.config)
-    rank = int(os.environ.get("RANK", "0"))
-    tlog.setup("learner" if rank == 0 else f"learner{rank}", cfg.run_dir)
-    main(cfg)

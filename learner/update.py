@@ -34,7 +34,7 @@ from asyncor.learner.batch import MicroBatch, MiniBatch, micro_batch, minibatch
 from asyncor.learner.loss import behaviour_kl_k3, policy_loss
 from asyncor.learner.model import policy_logprobs
 from asyncor.learner.off_policy import behaviour_weights
-from asyncor.learner.packing import plan
+from asyncor.learner.packing import pack
 from asyncor.learner.parallel import Ranks, full_tensor, release
 from asyncor.learner.step_metrics import StepMetrics
 
@@ -53,7 +53,7 @@ class UpdateSettings:
 
 def my_micro_batches(mb: MiniBatch, settings: UpdateSettings, ranks: Ranks) -> list[MicroBatch]:
     """This rank's share of `mb` (the same count on every rank)."""
-    mine = plan([len(s) for s in mb.sequences], settings.micro_batch_tokens, ranks.world, settings.layout)[ranks.rank]
+    mine = pack([len(s) for s in mb.sequences], settings.micro_batch_tokens, ranks.world, settings.layout)[ranks.rank]
     return [micro_batch([[mb.sequences[i] for i in row] for row in rows], settings.layout != "padded",
                         settings.pad_id) for rows in mine]
 

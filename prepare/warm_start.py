@@ -109,20 +109,10 @@ def prepare_policy(config: Config) -> str:
     return out
 
 
-if __name__ == "__main__":
-    import argparse
 
-    from asyncor.configs.loader import load_resolved
-    from asyncor.telemetry.role_summary import write_role_summary
+def main(config: Config) -> None:
+    """The preparation phase (launcher/run.py): the policy's directory goes to the launcher as
+    roles/prepare.json."""
+    from asyncor.runtime.role_summary import write_role_summary
 
-    parser = argparse.ArgumentParser(description="asyncor: build / fetch from cache the policy RL starts from")
-    parser.add_argument("--config", required=True, help="resolved config.json")
-    parser.add_argument("--out", default=None, help="also write {'model_dir': ...} to this json file")
-    args = parser.parse_args()
-    cfg = load_resolved(args.config)
-    tlog.setup("prepare", cfg.run_dir)
-    result = {"model_dir": prepare_policy(cfg)}
-    write_role_summary(cfg, "prepare", result)  # to the launcher (roles/prepare.json)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f)
+    write_role_summary(config, "prepare", {"model_dir": prepare_policy(config)})

@@ -33,8 +33,8 @@ import numpy as np
 
 from asyncor.studies.calibration import Calibration, CalibrationError, calibrate, measured, shape_of, shared_host
 from asyncor.studies.simulator import Prediction, Shape, simulate
+from asyncor.runtime.run_dir import RunDir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -166,7 +166,7 @@ def run_calibration(config_path: str | None, sets: list[str], steps: int, output
 
     base = load_config(config_path, sets)
     name = f"{base.run.name}-calibration"
-    args = [sys.executable, os.path.join(ROOT, "launch.py"), "run"]
+    args = [sys.executable, "-m", "asyncor.launch", "run"]
     if config_path:
         args += ["--config", config_path]
     for item in [*sets, f"learner.steps={steps}", "eval.before_and_after=false", "eval.every_steps=0",
@@ -185,13 +185,13 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
            nodes: int, gpus_per_node: int, sim_steps: int, checks: list[str], out: str | None,
            output_dir: str | None = None, efficiency: float = 1.0) -> int:
     from asyncor.configs.loader import ConfigError, load_config
-    from asyncor.studies.report import ReportError, find_runs, flatten, load_run
+    from asyncor.studies.runs import ReportError, find_runs, flatten, load_run
 
     try:
         if not from_runs:
             from_runs = [run_calibration(config_path, sets, calibrate_steps or 40, output_dir)]
         for d in from_runs:
-            if not os.path.exists(os.path.join(d, "summary.json")):
+            if not os.path.exists(RunDir(d).summary):
                 raise CalibrationError(f"--from {d}: not a finished run (no summary.json there)")
         sources = [load_run(d) for d in from_runs]
         cal = calibrate(sources)
@@ -238,3 +238,15 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
         f.write(text)
     print(f"written: {path}")
     return 0
+
+
+def command(args) -> int:
+    """`launch.py advise` (its options: launch.py)."""
+    if args.nodes < 1 or args.gpus_per_node < 1 or args.sim_steps < 3 or args.calibration_steps < 3 \
+            or not 0 < args.learner_efficiency <= 1:
+        print("error: --nodes and --gpus-per-node must be >= 1, --sim-steps and --calibration-steps >= 3, "
+              "--learner-efficiency in (0, 1]", file=sys.stderr)
+        return 2
+    return advise(args.config, args.set, args.from_runs, args.calibration_steps if args.calibrate else None,
+                  args.nodes, args.gpus_per_node, args.sim_steps, args.check, args.out,
+                  efficiency=args.learner_efficiency)

@@ -33,12 +33,12 @@ Where each figure comes from (roles/<role>.json, written by the roles at exit, a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from asyncor.studies.simulator import Rates, Shape, simulate
+from asyncor.runtime.run_dir import RunDir
 
 
 class CalibrationError(ValueError):
@@ -70,7 +70,7 @@ class Measured:
 
 
 def _role(run_dir: str, role: str) -> dict:
-    path = os.path.join(run_dir, "roles", f"{role}.json")
+    path = RunDir(run_dir).role(role)
     try:
         with open(path) as f:
             return json.load(f)

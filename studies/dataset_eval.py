@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
+
+from asyncor.actors.evaluate import rewards_per_problem, summarise
+from asyncor.tasks.dataset import DataError
 
 
 @dataclass
@@ -37,26 +40,6 @@ class EvalSettings:
     gpu_memory_utilization: float = 0.5
     workers: int = 2
     data_format: str = "auto"
-
-
-def summarise(records: list[dict], k: int) -> dict:
-    """Per data source and overall avg@k / pass@k from per-problem records."""
-    def stats(rows):
-        rewards = np.array([r["rewards"] for r in rows], dtype=np.float64)
-        return {"n": len(rows), f"avg@{k}": float(rewards.mean()), f"pass@{k}": float((rewards > 0).any(axis=1).mean())}
-
-    sources = sorted({r["data_source"] for r in records})
-    return {"k": k, "overall": stats(records),
-            "by_source": {s: stats([r for r in records if r["data_source"] == s]) for s in sources}}
-
-
-def rewards_per_problem(scorer, codec, kinds: list[str], references: list, outputs) -> np.ndarray:
-    """(problems, k) rewards of the engine's outputs, through the Scorer (truncated samples score 0)."""
-    from asyncor.tasks.scoring import Sample
-
-    flat = scorer.score([Sample(kind, codec.decode(s.token_ids), ref, s.finish_reason == "length")
-                         for kind, ref, samples in zip(kinds, references, outputs) for s in samples])
-    return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1)
 
 
 def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettings, log=print):
@@ -132,3 +115,60 @@ def filter_files(model_dir: str, data_paths: list[str], out_path: str, settings:
     result = {"problems": len(problems), "kept": len(kept), "never_solved": passes.count(0),
               "always_solved": passes.count(n), "samples": n, "out": out_path, "pass_counts": counts_path, **info}
     return result
+
+
+def _checked_settings(args, k: int) -> EvalSettings | None:
+    """The sampling settings of `eval` / `filter`, or None after printing what is wrong with the command line."""
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        print(f"error: --model {args.model}: not a model directory (no config.json)", file=sys.stderr)
+        return None
+    missing = [path for path in args.data if not os.path.isfile(path)]
+    if missing:
+        print(f"error: --data {' '.join(missing)}: no such file", file=sys.stderr)
+        return None
+    if k < 1 or args.temperature < 0 or args.max_tokens < 1:
+        print("error: --k / --samples and --max-tokens must be >= 1 and --temperature >= 0", file=sys.stderr)
+        return None
+    from asyncor.actors.engine import cpu_environment
+
+    cache = os.path.abspath(os.path.join(".cache", "asyncor", "vllm"))
+    for key, value in cpu_environment(1.0, f"0-{(os.cpu_count() or 1) - 1}", cache).items():
+        os.environ.setdefault(key, value)  # before vLLM is imported
+    return EvalSettings(k=k, temperature=args.temperature, max_tokens=args.max_tokens,
+                        max_prompt_tokens=args.max_prompt_tokens, seed=args.seed, workers=args.workers,
+                        data_format=args.format)
+
+
+def eval_command(args) -> int:
+    """`launch.py eval`: avg@k and pass@k per data source, printed and written under `--out`."""
+    settings = _checked_settings(args, args.k)
+    if settings is None:
+        return 2
+    out = args.out or os.path.join(args.model, "eval")
+    try:
+        summary = evaluate_files(args.model, args.data, out, settings)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    k = summary["k"]
+    print(f"{'data source':<28} {'n':>5} {f'avg@{k}':>8} {f'pass@{k}':>8}")
+    for source, row in [*summary["by_source"].items(), ("overall", summary["overall"])]:
+        print(f"{source:<28} {row['n']:>5} {row[f'avg@{k}']:>8.3f} {row[f'pass@{k}']:>8.3f}")
+    print(f"per-problem results: {os.path.join(out, 'problems.jsonl')}; summary: {os.path.join(out, 'summary.json')}")
+    return 0
+
+
+def filter_command(args) -> int:
+    """`launch.py filter`: the rows solved by 1..N-1 of N samples, written to `--out`."""
+    settings = _checked_settings(args, args.samples)
+    if settings is None:
+        return 2
+    try:
+        result = filter_files(args.model, args.data, args.out, settings)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"kept {result['kept']} of {result['problems']} problems (never solved {result['never_solved']}, "
+          f"always solved {result['always_solved']}, of {settings.k} samples each)")
+    print(f"kept rows: {result['out']}; pass counts: {result['pass_counts']}")
+    return 0

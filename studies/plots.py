@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from asyncor.studies.runs import actor_idle_fraction, wait_fraction
+
 
 def _pyplot():
     import matplotlib
@@ -114,7 +116,6 @@ def _staleness(groups, out: str):
 
 
 def draw_all(groups, out: str) -> list[tuple[str, str]]:
-    from asyncor.studies.report import actor_idle_fraction, wait_fraction
 
     def evals(by: int):
         def get(r):

@@ -2,7 +2,7 @@
 
 Runs are grouped by what their configs differ in (run identity and addresses aside), so the seeds of one grid
 point of a sweep form one group and the table gives each group's mean +- std over its seeds. Everything comes
-from each run's `summary.json`, `config.json` and `metrics.jsonl`; plots are drawn by telemetry/plots.py:
+from each run's `summary.json`, `config.json` and `metrics.jsonl`; runs are read by studies/runs.py, plots drawn by studies/plots.py:
 
   accuracy_vs_steps.png, accuracy_vs_wall.png   held-out accuracy (eval records: before, during, after RL)
   reward.png, entropy.png, kl_behaviour.png, logprob_gap.png   learner curves by policy version
@@ -16,135 +16,13 @@ then the table, then the plots.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+import sys
 
 import numpy as np
 
-IGNORED_PREFIXES = ("run.", "net.", "model.path", "checkpoint.resume_from")
-
-
-class ReportError(ValueError):
-    pass
-
-
-@dataclass
-class RunData:
-    name: str
-    path: str
-    summary: dict
-    config: dict  # flattened: "buffer.max_staleness" -> 2
-    records: list[dict]
-    group: str = ""
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.get("run.seed", 0))
-
-    def series(self, key: str, role: str = "learner") -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of one metric, in step order (records without the metric or a step skipped)."""
-        pts = sorted((r["step"], r[key]) for r in self.records
-                     if r.get("role") == role and isinstance(r.get(key), (int, float)) and r.get("step") is not None)
-        return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
-
-    def eval_points(self) -> list[tuple[int, float, float]]:
-        """(version, seconds since the run's first record, accuracy) of every held-out evaluation."""
-        start = min((r["ts"] for r in self.records), default=0.0)
-        return sorted((r["step"], r["ts"] - start, r["eval/accuracy"]) for r in self.records
-                      if r.get("role") == "eval" and isinstance(r.get("eval/accuracy"), (int, float)))
-
-
-@dataclass
-class Group:
-    label: str
-    runs: list[RunData] = field(default_factory=list)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _load_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{path}: {exc}") from None
-
-
-def load_run(path: str) -> RunData:
-    from asyncor.telemetry.metrics import read_metrics
-
-    records, _ = read_metrics(path)
-    config = _load_json(os.path.join(path, "config.json")) if os.path.exists(os.path.join(path, "config.json")) else {}
-    return RunData(os.path.basename(os.path.normpath(path)), path, _load_json(os.path.join(path, "summary.json")),
-                   flatten(config), records)
-
-
-def find_runs(dirs: list[str]) -> list[RunData]:
-    """Finished runs in `dirs`: each DIR is a run (summary.json) or holds runs (a sweep directory)."""
-    runs = []
-    for d in dirs:
-        if not os.path.isdir(d):
-            raise ReportError(f"{d}: no such directory")
-        if os.path.exists(os.path.join(d, "summary.json")):
-            runs.append(load_run(d))
-            continue
-        inside = sorted(e.path for e in os.scandir(d) if e.is_dir() and os.path.exists(os.path.join(e.path, "summary.json")))
-        if not inside:
-            raise ReportError(f"{d}: neither a finished run (summary.json) nor a directory of finished runs")
-        runs.extend(load_run(p) for p in inside)
-    return runs
-
-
-def group_runs(runs: list[RunData]) -> list[Group]:
-    """Group by the config keys whose values differ between runs (seeds and run identity aside)."""
-    keys = sorted({k for r in runs for k in r.config if not k.startswith(IGNORED_PREFIXES)})
-    differing = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
-    groups: dict[str, Group] = {}
-    for r in runs:
-        label = ", ".join(f"{k}={r.config.get(k)}" for k in differing) or "all runs"
-        r.group = label
-        groups.setdefault(label, Group(label)).runs.append(r)
-    return list(groups.values())
-
-
-# ----------------------------------------------------------------------------- figures per run
-
-
-def held_out(r: RunData) -> tuple[float | None, float | None]:
-    e = r.summary.get("eval") or {}
-    return e.get("before"), e.get("after")
-
-
-def tail_mean(values: np.ndarray, frac: float = 0.2) -> float | None:
-    """Mean of the last `frac` of a curve (at least one point): where a run ended up."""
-    if len(values) == 0:
-        return None
-    n = max(1, int(round(len(values) * frac)))
-    return float(values[-n:].mean())
-
-
-def wait_fraction(r: RunData) -> float | None:
-    t = r.summary.get("time", {}).get("learner", {})
-    return t.get("waiting_for_batch", 0.0) / t["wall"] if t.get("wall") else None
-
-
-def actor_idle_fraction(r: RunData) -> float | None:
-    """Share of each actor's wall time spent waiting (for a grant, for weights, for its outbox), averaged."""
-    fracs = []
-    for t in r.summary.get("time", {}).get("actors", []):
-        if t.get("wall"):
-            fracs.append(sum(v for k, v in t.items() if k.startswith("waiting")) / t["wall"])
-    return float(np.mean(fracs)) if fracs else None
-
+from asyncor.studies import plots
+from asyncor.studies.runs import RunGroup, ReportError, actor_idle_fraction, find_runs, group_runs, held_out, tail_mean, wait_fraction
 
 COLUMNS = [  # (header, value of a run, format)
     ("held-out after", lambda r: held_out(r)[1], "{:.3f}"),
@@ -177,7 +55,7 @@ def cell(values: list, fmt: str) -> str:
     return fmt.format(mean) + (f" ± {fmt.format(std).lstrip('+')}" if n > 1 else "")
 
 
-def table(groups: list[Group]) -> str:
+def table(groups: list[RunGroup]) -> str:
     head = "| group | seeds | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
     rule = "|" + "---|" * (len(COLUMNS) + 2)
     rows = [f"| {g.label} | {len(g.runs)} | " + " | ".join(cell([f(r) for r in g.runs], fmt) for _, f, fmt in COLUMNS)
@@ -193,7 +71,7 @@ def _judge(spread: float, noise: float, n: int) -> str:
     return f"within twice the seed-to-seed standard deviation ({noise:.3f}): not distinguishable"
 
 
-def _extremes(groups: list[Group], value) -> tuple | None:
+def _extremes(groups: list[RunGroup], value) -> tuple | None:
     """((mean, std, n), group) of the highest and the lowest group mean of `value(run)`."""
     per = [(stats([value(r) for r in g.runs]), g) for g in groups]
     per = [(s, g) for s, g in per if s is not None]
@@ -202,7 +80,7 @@ def _extremes(groups: list[Group], value) -> tuple | None:
     return max(per, key=lambda x: x[0][0]), min(per, key=lambda x: x[0][0])
 
 
-def findings(groups: list[Group]) -> list[str]:
+def findings(groups: list[RunGroup]) -> list[str]:
     lines = []
     acc = _extremes(groups, lambda r: held_out(r)[1])
     if acc:
@@ -233,8 +111,6 @@ def findings(groups: list[Group]) -> list[str]:
 
 
 def write_report(dirs: list[str], out: str | None = None) -> str:
-    from asyncor.studies import plots
-
     runs = find_runs(dirs)
     groups = group_runs(runs)
     out = out or (dirs[0] if len(dirs) == 1 else "report")
@@ -259,3 +135,14 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def command(args) -> int:
+    """`launch.py report DIR...`."""
+    try:
+        path = write_report(args.dirs, args.out)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0

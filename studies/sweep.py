@@ -25,8 +25,8 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from asyncor.runtime.run_dir import RunDir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = "sweep.json"
 
 
@@ -95,12 +95,12 @@ def expand(grid_items: list[str], seeds: int, base_seed: int) -> list[SweepRun]:
 
 
 def finished(run_dir: str) -> bool:
-    return os.path.exists(os.path.join(run_dir, "summary.json"))
+    return os.path.exists(RunDir(run_dir).summary)
 
 
 def outcome(run_dir: str) -> str:
     """What a finished run reached, in a few words (for the progress line)."""
-    with open(os.path.join(run_dir, "summary.json")) as f:
+    with open(RunDir(run_dir).summary) as f:
         s = json.load(f)
     parts = [f"{s['learner']['steps']} steps in {s['wall_s']:.0f} s of RL"]
     if s.get("eval"):
@@ -137,7 +137,7 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
             entry["status"] = "done"
             print(f"{tag}: done before ({outcome(run_dir)})", flush=True)
             continue
-        args = [sys.executable, os.path.join(ROOT, "launch.py"), "run", "--cluster", cluster, *extra]
+        args = [sys.executable, "-m", "asyncor.launch", "run", "--cluster", cluster, *extra]
         if config_path:
             args += ["--config", config_path]
         for item in [*sets, *r.overrides, f"run.output_dir={root}", f"run.name={r.name}", "run.overwrite=true"]:
@@ -187,3 +187,9 @@ def _write_manifest(root: str, manifest: dict) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def command(args) -> int:
+    """`launch.py sweep` (its options: launch.py)."""
+    return sweep(args.config, args.set, args.grid, args.seeds, args.name, args.output_dir, args.cluster,
+                 ["--address", args.address] if args.address else [])

@@ -31,7 +31,7 @@ class Scorer:
         return VerifierPool(PoolSettings(workers=self.workers, deadline_s=self.deadline_s))
 
     def score(self, samples: list[Sample]) -> list[float]:
-        from asyncor.tasks.verifier_pool import Job
+        from asyncor.tasks.verifier_pool import VerifierJob
         from asyncor.tasks.arithmetic import score
 
         rewards = [0.0] * len(samples)
@@ -42,7 +42,7 @@ class Scorer:
             if s.kind == "arithmetic":
                 rewards[i] = score(s.text, str(s.reference))
             else:
-                jobs.append(Job(s.kind, s.text, s.reference))
+                jobs.append(VerifierJob(s.kind, s.text, s.reference))
                 where.append(i)
         if jobs:
             if self._pool is None:

@@ -31,7 +31,7 @@ KINDS = ("math", "code")
 
 
 @dataclass(frozen=True)
-class Job:
+class VerifierJob:
     kind: str  # "math" | "code"
     response: str
     reference: object  # math: the gold answer (str); code: the tests (dict)
@@ -110,7 +110,7 @@ class VerifierPool:
         self._workers = [_Worker(self._ctx, slot, settings) for slot in range(settings.workers)]
         self.timeouts = 0  # jobs killed at their deadline, since start
 
-    def score(self, jobs: list[Job]) -> list[float]:
+    def score(self, jobs: list[VerifierJob]) -> list[float]:
         """Rewards in job order; blocks until every job finished or hit its deadline."""
         for job in jobs:
             if job.kind not in KINDS:

@@ -1,10 +1,10 @@
-"""Structured logging: every role writes JSON lines to `runs/<name>/logs/<role>.jsonl`.
+"""Structured logging: every role writes JSON lines to its log file (`runs/<name>/logs/<role>.jsonl`).
 
 On a cluster (ASYNCOR_LOG_TO_STDOUT=1, set by the SLURM and Ray back-ends) the lines go to stdout
 instead, which the back-end gathers into `logs/<role>.out` on the launcher's host, whichever node the
 role runs on.
 
-`setup(role, run_dir)` configures structlog once per process; `get()` returns
+`setup(role, path)` configures structlog once per process (runtime/entry.py calls it); `get()` returns
 the bound logger. Lines carry `ts`, `role`, `level`, `event` and key/values.
 """
 
@@ -16,21 +16,21 @@ import sys
 import structlog
 
 
-def setup(role: str, run_dir: str | None) -> structlog.BoundLogger:
-    """Log to `<run_dir>/logs/<role>.jsonl` (line-buffered), or stderr without a run dir."""
+def setup(role: str, path: str | None) -> structlog.BoundLogger:
+    """Log to the file `path` (line-buffered, appended to), or stderr without one."""
     processors = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         structlog.processors.JSONRenderer(),
     ]
-    if run_dir is None:
+    if path is None:
         stream = sys.stderr
     elif os.environ.get("ASYNCOR_LOG_TO_STDOUT") == "1":
         stream = sys.stdout
     else:
-        os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
-        stream = open(os.path.join(run_dir, "logs", f"{role}.jsonl"), "a", buffering=1)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        stream = open(path, "a", buffering=1)
     structlog.configure(processors=processors, logger_factory=structlog.PrintLoggerFactory(stream),
                         cache_logger_on_first_use=True)
     return structlog.get_logger().bind(role=role)

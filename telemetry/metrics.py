@@ -1,4 +1,4 @@
-"""Metrics: one JSON object per line in `runs/<name>/metrics.jsonl`, shared by all roles.
+"""Metrics: one JSON object per line in the run's `metrics.jsonl`, shared by all roles.
 
 Each record is `{"ts": unix_s, "role": ..., "step": int|None, "<role>/<metric>": value, ...}`.
 Under `launch.py` (`launcher` set) a role sends each record to the launcher's
@@ -17,17 +17,18 @@ import time
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str, role: str, launcher: str | None = None):
-        """`launcher`: the collector's address (`config.net.telemetry_address`); None writes the file."""
+    def __init__(self, path: str, role: str, launcher: str | None = None):
+        """`path`: the run's metrics.jsonl; `launcher`: the collector's address (`config.net.telemetry_address`),
+        None writes the file."""
         self.role = role
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = path
         self._link = self._fd = None
         if launcher:
             from asyncor.telemetry.link import link_to
 
             self._link = link_to(launcher)
         else:
-            os.makedirs(run_dir, exist_ok=True)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def log(self, values: dict, step: int | None = None) -> None:
@@ -59,9 +60,8 @@ def _jsonable(v):
     return v
 
 
-def read_metrics(run_dir: str, offset: int = 0) -> tuple[list[dict], int]:
-    """Records appended since byte `offset`, and the new offset (only whole lines)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+def read_metrics(path: str, offset: int = 0) -> tuple[list[dict], int]:
+    """Records of the metrics file `path` appended since byte `offset`, and the new offset (only whole lines)."""
     if not os.path.exists(path):
         return [], offset
     with open(path, "rb") as f:

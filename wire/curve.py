@@ -43,7 +43,7 @@ def generate() -> CurveKeys:
     return CurveKeys(server_public, server_secret, client_public, client_secret)
 
 
-def save(keys: CurveKeys, directory: str) -> None:
+def save_keys(keys: CurveKeys, directory: str) -> None:
     """Key files in ZeroMQ's certificate format (zmq.auth.load_certificate reads them); secrets are 0600."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for name, public, secret in (("server", keys.server_public, keys.server_secret),
@@ -57,7 +57,7 @@ def save(keys: CurveKeys, directory: str) -> None:
                     f.write(f'    secret-key = "{secret.decode()}"\n')
 
 
-def load(directory: str) -> CurveKeys:
+def load_keys(directory: str) -> CurveKeys:
     """Keys given by the user (`net.curve_keys`): server.key_secret and client.key_secret in `directory`."""
     from zmq.auth import load_certificate
 

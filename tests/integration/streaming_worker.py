@@ -26,10 +26,11 @@ def main() -> None:
 
     import torch
 
-    from asyncor.actors.buffer_link import Grant, Stop, Wait
+    from asyncor.actors.buffer_link import Grant
+    from asyncor.wire.messages import Stop, WaitReply
     from asyncor.actors.engine import Engine
     from asyncor.actors.rollout import Rollout, RolloutSettings
-    from asyncor.actors.sequences import GrantedPrompt
+    from asyncor.actors.sequences import Prompt
     from asyncor.configs.loader import load_config
     from asyncor.prepare.tiny_model import build_tiny_model
     from asyncor.tasks.codec import TextCodec
@@ -37,7 +38,7 @@ def main() -> None:
     model_dir = build_tiny_model(load_config(None, []), os.path.join(args.work, "model"))
     codec = TextCodec(model_dir)
     engine = Engine(model_dir, "float32", seed=3, max_model_len=96, gpu_memory_utilization=0.3)
-    prompts = [GrantedPrompt(i, codec.encode_prompt(text), "arithmetic", "0")
+    prompts = [Prompt(i, codec.encode_prompt(text), "arithmetic", "0")
                for i, text in enumerate(["12+34=", "5+6=", "77+8=", "1+2=", "40+40=", "9+99="])]
 
     class Link:
@@ -46,7 +47,7 @@ def main() -> None:
 
         def ask(self, max_prompts, version, hold_s=0.0):
             if not self.left:
-                return Stop() if self.out == 0 else Wait(0.0)
+                return Stop() if self.out == 0 else WaitReply(retry_s=0.0)
             take, self.left = self.left, []
             self.out = len(take)
             return Grant(take, 0, 4, 40)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def policy():
     """The tiny model after its supervised warm start (built once, cached)."""
-    code = ("from configs.loader import load_config; from learner.warm_start import prepare_policy; "
+    code = ("from asyncor.configs.loader import load_config; from asyncor.prepare.warm_start import prepare_policy; "
             f"print(prepare_policy(load_config(None, ['run.cache_dir={CACHE}'])))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -44,7 +44,7 @@ def test_eval_on_the_sample_data_reports_every_source(policy, tmp_path):
 
 def arithmetic_file(tmp_path, n=48):
     """Held-out arithmetic as a plain {prompt, answer} file: problems the warm-started policy partly solves."""
-    code = ("import json; from configs.schema import TaskConfig; from tasks.arithmetic import make_splits; "
+    code = ("import json; from asyncor.configs.schema import TaskConfig; from asyncor.tasks.arithmetic import make_splits; "
             "_, held = make_splits(TaskConfig(), 0); "
             "print('\\n'.join(json.dumps({'prompt': p.prompt, 'answer': p.answer, 'data_source': 'add2'}) "
             f"for p in held[:{n}]))")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncor.tasks.verifier_pool import Job, PoolSettings, VerifierPool
+from asyncor.tasks.verifier_pool import VerifierJob, PoolSettings, VerifierPool
 from asyncor.tasks.code_sandbox import SANDBOX_UID_BASE, Limits
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def pool():
 
 def test_every_test_format_correct_and_wrong(pool):
     rows = [json.loads(line) for line in (DATA / "code.jsonl").read_text().splitlines()]
-    jobs = [Job("code", fenced(r[key]), r["tests"]) for r in rows for key in ("solution", "wrong_solution")]
+    jobs = [VerifierJob("code", fenced(r[key]), r["tests"]) for r in rows for key in ("solution", "wrong_solution")]
     assert pool.score(jobs) == [1.0, 0.0] * len(rows)
     assert {r["data_source"] for r in rows} >= {"sample_code_stdio", "sample_code_leetcode", "sample_code_assert",
                                                 "sample_code_function"}
@@ -54,14 +54,14 @@ def test_extraction_takes_the_last_block_after_thinking(pool):
     two_blocks = "```python\nprint(0)\n```\n" + fenced("a, b = map(int, input().split())\nprint(a + b)")
     thinking_only = "<think>```python\na, b = map(int, input().split())\nprint(a + b)\n```</think> no code"
     not_python = fenced("a, b = = map(")
-    assert pool.score([Job("code", two_blocks, STDIO), Job("code", thinking_only, STDIO),
-                       Job("code", not_python, STDIO)]) == [1.0, 0.0, 0.0]
+    assert pool.score([VerifierJob("code", two_blocks, STDIO), VerifierJob("code", thinking_only, STDIO),
+                       VerifierJob("code", not_python, STDIO)]) == [1.0, 0.0, 0.0]
 
 
 def test_fraction_of_tests_passed_as_an_option():
     tests = {"inputs": ["1\n", "2\n", "3\n", "4\n"], "outputs": ["1\n", "4\n", "9\n", "15\n"]}
     with VerifierPool(PoolSettings(workers=1, code_limits=LIMITS, code_fraction=True)) as p:
-        assert p.score([Job("code", fenced("n = int(input())\nprint(n * n)"), tests)]) == [0.75]
+        assert p.score([VerifierJob("code", fenced("n = int(input())\nprint(n * n)"), tests)]) == [0.75]
 
 
 HOSTILE = {
@@ -78,20 +78,20 @@ HOSTILE = {
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_hostile_program_scores_zero_within_its_limit(pool, name):
     start = time.monotonic()
-    assert pool.score([Job("code", fenced(HOSTILE[name]), STDIO)]) == [0.0]
+    assert pool.score([VerifierJob("code", fenced(HOSTILE[name]), STDIO)]) == [0.0]
     assert time.monotonic() - start < LIMITS.wall_s + 3, name
     assert sandbox_processes() == [], name
     # The pool still works afterwards.
-    assert pool.score([Job("code", fenced("a, b = map(int, input().split())\nprint(a + b)"), STDIO)]) == [1.0]
+    assert pool.score([VerifierJob("code", fenced("a, b = map(int, input().split())\nprint(a + b)"), STDIO)]) == [1.0]
 
 
 def test_writing_outside_its_directory_is_refused(pool, tmp_path):
     target = tmp_path / "escaped.txt"
     program = f"open({str(target)!r}, 'w').write('x')\nprint(3)"
-    assert pool.score([Job("code", fenced(program), STDIO)]) == [0.0]
+    assert pool.score([VerifierJob("code", fenced(program), STDIO)]) == [0.0]
     assert not target.exists()
     home_file = Path("/root/escaped-by-sandbox")
-    assert pool.score([Job("code", fenced(f"open({str(home_file)!r}, 'w').write('x')\nprint(3)"), STDIO)]) == [0.0]
+    assert pool.score([VerifierJob("code", fenced(f"open({str(home_file)!r}, 'w').write('x')\nprint(3)"), STDIO)]) == [0.0]
     assert not home_file.exists()
 
 
@@ -100,14 +100,14 @@ def test_a_job_past_its_deadline_is_killed_and_the_worker_replaced():
     with VerifierPool(PoolSettings(workers=1, deadline_s=1.5, code_total_s=60.0,
                                    code_limits=Limits(wall_s=5.0, cpu_s=5))) as p:
         start = time.monotonic()
-        rewards = p.score([Job("code", fenced("import time\ntime.sleep(4)\nprint(3)"), slow),
-                           Job("math", "\\boxed{2}", "2")])
+        rewards = p.score([VerifierJob("code", fenced("import time\ntime.sleep(4)\nprint(3)"), slow),
+                           VerifierJob("math", "\\boxed{2}", "2")])
         assert rewards == [0.0, 1.0] and p.timeouts == 1
         assert time.monotonic() - start < 10
     assert sandbox_processes() == []
 
 
 def test_math_jobs_and_unknown_kinds(pool):
-    assert pool.score([Job("math", "\\boxed{\\dfrac{1}{2}}", "0.5"), Job("math", "\\boxed{3}", "4")]) == [1.0, 0.0]
+    assert pool.score([VerifierJob("math", "\\boxed{\\dfrac{1}{2}}", "0.5"), VerifierJob("math", "\\boxed{3}", "4")]) == [1.0, 0.0]
     with pytest.raises(ValueError, match="kind"):
-        pool.score([Job("chemistry", "x", "y")])
+        pool.score([VerifierJob("chemistry", "x", "y")])

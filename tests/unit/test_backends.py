@@ -20,7 +20,7 @@ def test_batch_script_runs_the_same_config_and_overrides_under_slurm(tmp_path):
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script and "#SBATCH --exclusive" in script
     assert f"#SBATCH --output={tmp_path}/slurm-%j.out" in script and "#SBATCH --job-name=asyncor-exp1" in script
     run_line = script.splitlines()[-1]
-    assert run_line.startswith(f"exec {sys.executable} {ROOT}/launch.py run --cluster slurm --config "
+    assert run_line.startswith(f"exec {sys.executable} -m asyncor.launch run --cluster slurm --config "
                                f"{os.path.abspath('configs/tiny.toml')}")
     assert "--set actors.count=3 --set 'task.kind=\"repeat\"'" in run_line  # quoted for the shell
     cpu = batch_script(config, None, [], nodes=1, gpus_per_node=0, submit_dir=str(tmp_path))

@@ -10,7 +10,7 @@ import pytest
 from asyncor.studies.advisor import check, recommend, splits
 from asyncor.studies.calibration import CalibrationError, calibrate, measured, overlap_fraction, shape_of
 from asyncor.studies.simulator import simulate
-from asyncor.studies.report import load_run
+from asyncor.studies.runs import load_run
 
 GEN, LEARN, A_L, A_A, L_A = 500.0, 2000.0, 0.8, 0.5, 0.1  # the truth the timelines are built from
 

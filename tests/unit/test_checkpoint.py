@@ -10,10 +10,11 @@ import torch
 
 from asyncor.configs.loader import ConfigError
 from asyncor.configs.schema import Config
-from asyncor.launcher.resume import LAUNCH_CONFIG, keep_records_before, resume_config
+from asyncor.launcher.resume import keep_records_before, resume_config
 from asyncor.learner import checkpoint
 from asyncor.learner.parallel import Ranks
 from asyncor.prepare.tiny_model import build_tiny_model
+from asyncor.runtime.run_dir import CheckpointError, RunDir, read_meta
 
 ONE = Ranks(0, 1, torch.device("cpu"), sharded=False)
 
@@ -88,7 +89,7 @@ def test_only_complete_checkpoints_count_and_old_ones_are_pruned(tmp_path, model
     first = save(tmp_path, 1, policy, opt, keep=2)
     save(tmp_path, 2, policy, opt, keep=2, protect=first)
     save(tmp_path, 3, policy, opt, keep=2, protect=first)
-    names = lambda: [os.path.basename(p) for p in checkpoint.complete(str(tmp_path))]  # noqa: E731
+    names = lambda: [os.path.basename(p) for p in RunDir(str(tmp_path)).complete()]  # noqa: E731
     assert names() == ["step_000001", "step_000002", "step_000003"]  # step 1 is protected (resumed from)
     save(tmp_path, 4, policy, opt, keep=2)
     assert names() == ["step_000003", "step_000004"]
@@ -99,8 +100,8 @@ def test_only_complete_checkpoints_count_and_old_ones_are_pruned(tmp_path, model
     save(tmp_path, 5, policy, opt, keep=2)  # replaces the dead temp dir
     assert names() == ["step_000004", "step_000005"]
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints", ".tmp-step_000005"))
-    with pytest.raises(checkpoint.CheckpointError, match="no meta.json"):
-        checkpoint.read_meta(os.path.join(tmp_path, "checkpoints", "step_000006"))
+    with pytest.raises(CheckpointError, match="no meta.json"):
+        read_meta(os.path.join(tmp_path, "checkpoints", "step_000006"))
 
 
 def make_run(tmp_path, model_dir, steps=6, ckpt_steps=(2, 4)):
@@ -108,7 +109,7 @@ def make_run(tmp_path, model_dir, steps=6, ckpt_steps=(2, 4)):
     config = Config.model_validate({"run": {"output_dir": str(tmp_path / "runs"), "name": "r"},
                                     "learner": {"steps": steps}})
     os.makedirs(run_dir / "checkpoints")
-    (run_dir / LAUNCH_CONFIG).write_text(json.dumps(config.model_dump(mode="json")))
+    open(RunDir(str(run_dir)).launch_config, "w").write(json.dumps(config.model_dump(mode="json")))
     resolved = config.model_copy(deep=True)
     resolved.model.path = model_dir
     (run_dir / "config.json").write_text(json.dumps(resolved.model_dump(mode="json")))

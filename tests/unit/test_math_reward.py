@@ -51,7 +51,7 @@ def test_pathological_input_returns_within_the_timeout():
     import subprocess
     import sys
 
-    code = ("import time; from tasks.math_reward import math_reward; start = time.monotonic(); "
+    code = ("import time; from asyncor.tasks.math_reward import math_reward; start = time.monotonic(); "
             "a = math_reward('\\\\boxed{' + 'x^{' * 200 + '2' + '}' * 200 + '}', '3', timeout_s=2); "
             "b = math_reward('\\\\boxed{' + '+'.join(f'x_{i}^{i}' for i in range(400)) + '}', '1', timeout_s=2); "
             "print(a, b, time.monotonic() - start)")

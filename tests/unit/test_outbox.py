@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from asyncor.actors.outbox import Outbox
-from asyncor.actors.sequences import GrantedPrompt, InFlight
+from asyncor.actors.sequences import Prompt, InFlight
 from asyncor.wire.envelope import Message
 from asyncor.wire.trajectory import parse_group
 
@@ -72,7 +72,7 @@ class Metrics:
 
 def finished_group(prompt_id, answers):
     flight = InFlight()
-    prompt = GrantedPrompt(prompt_id, np.array([1, 2], np.int32), "arithmetic", "56")
+    prompt = Prompt(prompt_id, np.array([1, 2], np.int32), "arithmetic", "56")
     seqs = flight.start(prompt, len(answers), 8)
     group = None
     for seq, tokens in zip(seqs, answers):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from asyncor.learner.packing import LAYOUTS, best_fit_decreasing, padded_bins, plan
+from asyncor.learner.packing import LAYOUTS, best_fit_decreasing, pack, padded_bins
 
 
 def test_best_fit_decreasing_respects_the_budget_and_keeps_every_sequence():
@@ -31,7 +31,7 @@ def test_planning_thousands_of_sequences_takes_milliseconds():
     lengths = (np.random.default_rng(1).pareto(1.2, 4096) * 500 + 50).astype(int).clip(max=34816).tolist()
     for layout in LAYOUTS:
         start = time.perf_counter()
-        plan(lengths, 36864, 4, layout)
+        pack(lengths, 36864, 4, layout)
         assert time.perf_counter() - start < 1.0, layout  # best fit with a sorted index: O(n log n)
 
 
@@ -45,7 +45,7 @@ def cost(rows, lengths, layout):
 def test_plan_balances_tokens_and_gives_every_rank_the_same_step_count(ranks, layout):
     rng = np.random.default_rng(ranks)
     lengths = (rng.pareto(1.5, 61) * 20 + 5).astype(int).clip(max=200).tolist()  # long-tailed, like RL responses
-    p = plan(lengths, 256, ranks, layout)
+    p = pack(lengths, 256, ranks, layout)
     assert len(p) == ranks and len({len(steps) for steps in p}) == 1
     assert sorted(i for steps in p for mb in steps for row in mb for i in row) == list(range(61))
     assert all(cost(mb, lengths, layout) <= 256 for steps in p for mb in steps if mb)
@@ -62,15 +62,15 @@ def test_rows_layout_wastes_less_than_padding_on_long_tailed_lengths():
     lengths = (rng.pareto(1.5, 200) * 20 + 5).astype(int).clip(max=400).tolist()
     waste = {}
     for layout in ("rows", "padded"):
-        mbs = [mb for mb in plan(lengths, 2048, 1, layout)[0] if mb]
+        mbs = [mb for mb in pack(lengths, 2048, 1, layout)[0] if mb]
         slots = sum(len(mb) * max(sum(lengths[i] for i in row) for row in mb) for mb in mbs)
         waste[layout] = 1 - sum(lengths) / slots
     assert waste["rows"] < waste["padded"] / 2, waste
 
 
 def test_fewer_sequences_than_ranks_leaves_empty_micro_batches():
-    assert plan([5], 64, 2) == [[[[0]]], [[]]]
-    assert plan([], 64, 2) == [[[]], [[]]]
+    assert pack([5], 64, 2) == [[[[0]]], [[]]]
+    assert pack([], 64, 2) == [[[]], [[]]]
 
 
 # eager takes its softmax in float32 whatever the model dtype: equal to fp32 rounding; sdpa is exact in float64.

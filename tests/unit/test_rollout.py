@@ -10,10 +10,11 @@ at its end, with the version of each token.
 import numpy as np
 import pytest
 
-from asyncor.actors.buffer_link import Grant, Stop, Wait
+from asyncor.actors.buffer_link import Grant
+from asyncor.wire.messages import Stop, WaitReply
 from asyncor.actors.outbox import to_trajectory
 from asyncor.actors.rollout import Rollout, RolloutSettings
-from asyncor.actors.sequences import GrantedPrompt, InFlight
+from asyncor.actors.sequences import Prompt, InFlight
 from asyncor.wire.trajectory import parse_group
 
 TOKEN = 9
@@ -110,7 +111,7 @@ class FakeWeights:
 
 class FakeLink:
     def __init__(self, lengths, n=2, max_tokens=50, min_version=0):
-        self.prompts = [GrantedPrompt(i, np.array([length, 1, 2], np.int32), "arithmetic", "x")
+        self.prompts = [Prompt(i, np.array([length, 1, 2], np.int32), "arithmetic", "x")
                         for i, length in enumerate(lengths)]
         self.n, self.max_tokens, self.min_version = n, max_tokens, min_version
         self.asked, self.returned, self.holds = [], [], []
@@ -120,7 +121,7 @@ class FakeLink:
         self.asked.append((max_prompts, version))
         self.holds.append(hold_s)
         if not self.prompts:
-            return Stop() if self.outstanding == 0 else Wait(0.0)
+            return Stop() if self.outstanding == 0 else WaitReply(retry_s=0.0)
         take, self.prompts = self.prompts[:max_prompts], self.prompts[max_prompts:]
         self.outstanding += len(take)
         return Grant(take, self.min_version, self.n, self.max_tokens)
@@ -259,7 +260,7 @@ def test_a_full_engine_still_hears_stop_and_aborts_its_sequences():
 
 def test_in_flight_bookkeeping_ignores_outputs_of_a_restarted_request():
     flight = InFlight()
-    prompt = GrantedPrompt(7, np.array([1, 2], np.int32), "arithmetic", "3")
+    prompt = Prompt(7, np.array([1, 2], np.int32), "arithmetic", "3")
     [a, b] = flight.start(prompt, 2, 8)
     old = flight.restart(a)
     assert flight.record(old, [5], [-0.1], 0, None) is None and a.tokens == []  # late output of the aborted request

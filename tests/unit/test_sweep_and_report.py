@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from asyncor.studies.sweep import SweepError, expand, parse_grid
-from asyncor.studies.report import ReportError, find_runs, group_runs, table, write_report
+from asyncor.studies.report import table, write_report
+from asyncor.studies.runs import ReportError, find_runs, group_runs
 
 
 def test_the_grid_expands_in_order_with_seeds_innermost():

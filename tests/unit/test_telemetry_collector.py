@@ -13,6 +13,7 @@ from asyncor.launcher.ports import free_port
 from asyncor.launcher.collector import Collector
 from asyncor.telemetry.link import LauncherLink
 from asyncor.telemetry.metrics import MetricsWriter
+from asyncor.runtime.run_dir import RunDir
 
 
 def lines(run_dir):
@@ -24,7 +25,7 @@ def test_records_and_summaries_arrive_in_order_and_are_acknowledged(tmp_path):
     port = free_port()
     collector = Collector(str(tmp_path), "127.0.0.1", port).start()
     try:
-        writer = MetricsWriter(str(tmp_path), "actor:3", f"tcp://127.0.0.1:{port}")
+        writer = MetricsWriter(RunDir(str(tmp_path)).metrics, "actor:3", f"tcp://127.0.0.1:{port}")
         for step in range(50):
             writer.log({"actor/tokens_per_s": step * 1.5, "reward/mean": float("nan")}, step=step)
         writer.close()  # returns once all 50 are written
@@ -37,7 +38,7 @@ def test_records_and_summaries_arrive_in_order_and_are_acknowledged(tmp_path):
             assert json.load(f) == {"steps": 3, "time": {"training": 1.25}}
         # A role's summary as roles build it (int keys, as the buffer's per-actor figures) is accepted.
         from asyncor.configs.loader import load_config
-        from asyncor.telemetry.role_summary import write_role_summary
+        from asyncor.runtime.role_summary import write_role_summary
 
         config = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "net.launcher_host=127.0.0.1",
                                     f"net.telemetry_port={port}", "net.request_timeout_s=5"])
@@ -72,7 +73,7 @@ def test_hostile_messages_are_refused_by_reason_and_honest_ones_still_served(tmp
         ]
         for raw in hostile:
             sock.send(raw)
-        writer = MetricsWriter(str(tmp_path), "learner", f"tcp://127.0.0.1:{port}")
+        writer = MetricsWriter(RunDir(str(tmp_path)).metrics, "learner", f"tcp://127.0.0.1:{port}")
         writer.log({"learner/loss": 0.25}, step=7)
         writer.close()
         assert [r["learner/loss"] for r in lines(tmp_path)] == [0.25]
@@ -91,13 +92,13 @@ def test_hostile_messages_are_refused_by_reason_and_honest_ones_still_served(tmp
 
 def test_without_a_launcher_roles_write_their_own_files(tmp_path):
     from asyncor.configs.loader import load_config
-    from asyncor.telemetry.role_summary import write_role_summary
+    from asyncor.runtime.role_summary import write_role_summary
 
     config = load_config(None, [f"run.output_dir={tmp_path}", "run.name=solo"])
     write_role_summary(config, "buffer", {"staleness": {"max": 1}})
     with open(os.path.join(config.run_dir, "roles", "buffer.json")) as f:
         assert json.load(f) == {"staleness": {"max": 1}}
-    writer = MetricsWriter(config.run_dir, "buffer")
+    writer = MetricsWriter(RunDir(config.run_dir).metrics, "buffer")
     writer.log({"buffer/size": 3})
     writer.close()
     assert lines(config.run_dir)[0]["buffer/size"] == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from asyncor.runtime.run_dir import RunDir
 from asyncor.telemetry import log as tlog
 
 
@@ -26,7 +27,7 @@ def write_role_summary(config, name: str, summary: dict) -> None:
             return
         tlog.get(name).warning("summary_not_acknowledged", launcher=address,
                                            fallback="written to the run directory")
-    path = os.path.join(config.run_dir, "roles", f"{name}.json")
+    path = RunDir(config.run_dir).role(name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:

@@ -1,0 +1,139 @@
+"""Finished runs as data for the studies (report, advise): each run's summary.json, flattened config.json and
+metrics.jsonl, grouped by what their configs differ in, and the per-run figures the report and its plots use.
+
+`find_runs(dirs)` takes run directories or sweep directories (a directory of runs); a directory that is
+neither, or a run whose files do not parse, is a `ReportError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from asyncor.runtime.run_dir import RunDir
+from asyncor.telemetry.metrics import read_metrics
+
+IGNORED_PREFIXES = ("run.", "net.", "model.path", "checkpoint.resume_from")
+
+
+class ReportError(ValueError):
+    """A run or sweep directory that cannot be read (the message names the file)."""
+
+
+@dataclass
+class RunData:
+    name: str
+    path: str
+    summary: dict
+    config: dict  # flattened: "buffer.max_staleness" -> 2
+    records: list[dict]
+    group: str = ""
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("run.seed", 0))
+
+    def series(self, key: str, role: str = "learner") -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one metric, in step order (records without the metric or a step skipped)."""
+        pts = sorted((r["step"], r[key]) for r in self.records
+                     if r.get("role") == role and isinstance(r.get(key), (int, float)) and r.get("step") is not None)
+        return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+    def eval_points(self) -> list[tuple[int, float, float]]:
+        """(version, seconds since the run's first record, accuracy) of every held-out evaluation."""
+        start = min((r["ts"] for r in self.records), default=0.0)
+        return sorted((r["step"], r["ts"] - start, r["eval/accuracy"]) for r in self.records
+                      if r.get("role") == "eval" and isinstance(r.get("eval/accuracy"), (int, float)))
+
+
+@dataclass
+class RunGroup:
+    label: str
+    runs: list[RunData] = field(default_factory=list)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _load_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: {exc}") from None
+
+
+def load_run(path: str) -> RunData:
+    files = RunDir(path)
+    records, _ = read_metrics(files.metrics)
+    config = _load_json(files.config) if os.path.exists(files.config) else {}
+    return RunData(os.path.basename(os.path.normpath(path)), path, _load_json(files.summary),
+                   flatten(config), records)
+
+
+def find_runs(dirs: list[str]) -> list[RunData]:
+    """Finished runs in `dirs`: each DIR is a run (summary.json) or holds runs (a sweep directory)."""
+    runs = []
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise ReportError(f"{d}: no such directory")
+        if os.path.exists(RunDir(d).summary):
+            runs.append(load_run(d))
+            continue
+        inside = sorted(e.path for e in os.scandir(d) if e.is_dir() and os.path.exists(RunDir(e.path).summary))
+        if not inside:
+            raise ReportError(f"{d}: neither a finished run (summary.json) nor a directory of finished runs")
+        runs.extend(load_run(p) for p in inside)
+    return runs
+
+
+def group_runs(runs: list[RunData]) -> list[RunGroup]:
+    """RunGroup by the config keys whose values differ between runs (seeds and run identity aside)."""
+    keys = sorted({k for r in runs for k in r.config if not k.startswith(IGNORED_PREFIXES)})
+    differing = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
+    groups: dict[str, RunGroup] = {}
+    for r in runs:
+        label = ", ".join(f"{k}={r.config.get(k)}" for k in differing) or "all runs"
+        r.group = label
+        groups.setdefault(label, RunGroup(label)).runs.append(r)
+    return list(groups.values())
+
+
+# ----------------------------------------------------------------------------- figures per run
+
+
+def held_out(r: RunData) -> tuple[float | None, float | None]:
+    e = r.summary.get("eval") or {}
+    return e.get("before"), e.get("after")
+
+
+def tail_mean(values: np.ndarray, frac: float = 0.2) -> float | None:
+    """Mean of the last `frac` of a curve (at least one point): where a run ended up."""
+    if len(values) == 0:
+        return None
+    n = max(1, int(round(len(values) * frac)))
+    return float(values[-n:].mean())
+
+
+def wait_fraction(r: RunData) -> float | None:
+    t = r.summary.get("time", {}).get("learner", {})
+    return t.get("waiting_for_batch", 0.0) / t["wall"] if t.get("wall") else None
+
+
+def actor_idle_fraction(r: RunData) -> float | None:
+    """Share of each actor's wall time spent waiting (for a grant, for weights, for its outbox), averaged."""
+    fracs = []
+    for t in r.summary.get("time", {}).get("actors", []):
+        if t.get("wall"):
+            fracs.append(sum(v for k, v in t.items() if k.startswith("waiting")) / t["wall"])
+    return float(np.mean(fracs)) if fracs else None
