@@ -73,21 +73,21 @@ def make_config(run_dir: str, senders: int, group_size: int, response_tokens: in
 
 def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: int, out: mp.Queue) -> None:
     """One synthetic actor: grant -> groups of the granted shape -> acks, until the buffer says stop."""
-    import zmq
-
     from asyncor.wire.curve import role_keys
     from asyncor.wire.arrays import unpack_array
     from asyncor.wire.envelope import encode
     from asyncor.wire.trajectory import Response, TrajectoryGroup
-    from asyncor.wire.transport import Client, endpoint
+    from asyncor.wire.rpc import connect
+    from asyncor.wire.transport import endpoint
+    from asyncor.wire.zeromq import ZmqTransport
     from asyncor.configs.loader import load_resolved
 
     cfg = load_resolved(cfg_path)
-    ctx = zmq.Context.instance()
+    transport = ZmqTransport()
     at = endpoint(cfg.net.buffer_address, cfg.net.buffer_actor_port)
     keys = role_keys(cfg.net.auth)
-    control = Client(ctx, at, f"actor-{actor_id}", cfg.buffer.max_message_bytes, "buffer", keys)
-    groups_sock = Client(ctx, at, f"actor-{actor_id}-groups", cfg.buffer.max_message_bytes, "buffer", keys)
+    control = connect(transport, at, f"actor-{actor_id}", cfg.buffer.max_message_bytes, "buffer", keys)
+    groups_sock = connect(transport, at, f"actor-{actor_id}-groups", cfg.buffer.max_message_bytes, "buffer", keys)
     rng = np.random.default_rng(actor_id)
     stats = {"sent": 0, "accepted": 0, "bytes": 0, "lost": 0, "not_accepted": {}}
     control.request("hello", {"actor_id": actor_id}, TIMEOUT)
@@ -136,14 +136,14 @@ def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: 
 
 
 def learner(cfg_path: str, step_s: float, stop_at: float, out: mp.Queue) -> None:
-    import zmq
-
     from asyncor.wire.curve import role_keys
-    from asyncor.wire.transport import Client, endpoint
+    from asyncor.wire.rpc import connect
+    from asyncor.wire.transport import endpoint
+    from asyncor.wire.zeromq import ZmqTransport
     from asyncor.configs.loader import load_resolved
 
     cfg = load_resolved(cfg_path)
-    client = Client(zmq.Context.instance(), endpoint(cfg.net.buffer_address, cfg.net.buffer_learner_port), "learner",
+    client = connect(ZmqTransport(), endpoint(cfg.net.buffer_address, cfg.net.buffer_learner_port), "learner",
                     cfg.buffer.max_message_bytes, "buffer", role_keys(cfg.net.auth))
     client.request("hello", {}, TIMEOUT)
     client.request("version", {"version": 0}, TIMEOUT)

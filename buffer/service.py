@@ -31,9 +31,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import zmq
 
-from asyncor.wire.curve import role_keys, stop_authenticator
+from asyncor.wire.curve import role_keys
 from asyncor.buffer.online_filter import OnlineFilter
 from asyncor.buffer.prompts import PromptStream
 from asyncor.wire.messages import (Ack, ActorHello, BatchReply, BatchRequest, Bye, CheckpointAck, GrantedPrompt, GrantReply,
@@ -44,7 +43,9 @@ from asyncor.wire.trajectory import parse_group
 from asyncor.buffer.rejection import GroupTally, uniform_kind
 from asyncor.buffer.replay import ReplayStore
 from asyncor.buffer.staleness import StalenessBudget
-from asyncor.wire.transport import Server, endpoint
+from asyncor.wire.rpc import Server
+from asyncor.wire.transport import endpoint
+from asyncor.wire.zeromq import ZmqTransport
 from asyncor.configs.schema import Config
 from asyncor.configs.stages import groups_through, max_over_stages, stage_at
 from asyncor.tasks.builtin import make_splits
@@ -396,19 +397,16 @@ class BufferService:
 
     def run(self) -> dict:
         cfg = self.config
-        ctx = zmq.Context()
+        transport = ZmqTransport.private()
         bind = cfg.net.bind_address(cfg.net.buffer_address)
         keys = role_keys(cfg.net.auth)
-        actors = Server(ctx, endpoint(bind, cfg.net.buffer_actor_port), keys)
-        learner = Server(ctx, endpoint(bind, cfg.net.buffer_learner_port), keys)
-        poller = zmq.Poller()
-        poller.register(actors.sock, zmq.POLLIN)
-        poller.register(learner.sock, zmq.POLLIN)
+        actors = Server(transport.listen(endpoint(bind, cfg.net.buffer_actor_port), keys))
+        learner = Server(transport.listen(endpoint(bind, cfg.net.buffer_learner_port), keys))
         self.log.info("listening", actor_port=cfg.net.buffer_actor_port, learner_port=cfg.net.buffer_learner_port)
         try:
             while not self.stop_requested:
-                for sock, _ in poller.poll(50):
-                    server, handler = (actors, self.on_actor) if sock is actors.sock else (learner, self.on_learner)
+                for ready in transport.wait([actors.listener, learner.listener], 0.05):
+                    server, handler = (actors, self.on_actor) if ready is actors.listener else (learner, self.on_learner)
                     ident, raw = server.recv()
                     msg = None
                     try:
@@ -425,8 +423,7 @@ class BufferService:
         finally:
             actors.close()
             learner.close()
-            stop_authenticator(ctx)
-            ctx.term()
+            transport.close()
         return self.summary()
 
     def ledger(self) -> dict:

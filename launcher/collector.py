@@ -19,10 +19,10 @@ import os
 import re
 import threading
 
-import zmq
-
 from asyncor.wire.envelope import ProtocolError, decode
-from asyncor.wire.transport import Server
+from asyncor.wire.rpc import Server
+from asyncor.wire.transport import endpoint
+from asyncor.wire.zeromq import ZmqTransport
 from asyncor.runtime.run_dir import RunDir
 
 MAX_BYTES = 16 << 20
@@ -90,8 +90,7 @@ class Collector:
         """`keys`: the run's CURVE keys (wire/curve.py) when net.auth is curve; `tensorboard`: every record
         also goes to TensorBoard event files (telemetry/tensorboard.py)."""
         self.run_dir = run_dir
-        self.server = Server(zmq.Context.instance(), f"tcp://{bind}:{port}", keys)
-        self.server.sock.setsockopt(zmq.MAXMSGSIZE, MAX_BYTES)
+        self.server = Server(ZmqTransport().listen(endpoint(bind, port), keys, max_bytes=MAX_BYTES))
         self.files = RunDir(run_dir)
         os.makedirs(self.files.roles, exist_ok=True)
         self._metrics = open(self.files.metrics, "a")
@@ -135,7 +134,7 @@ class Collector:
 
     def _loop(self) -> None:
         while True:
-            if not self.server.sock.poll(100):
+            if not self.server.listener.readable(0.1):
                 if self._stop.is_set():
                     return
                 continue

@@ -25,13 +25,14 @@ import time
 
 import numpy as np
 import torch
-import zmq
 
 from asyncor.wire.curve import role_keys
 from asyncor.wire import messages as wire
 from asyncor.wire.envelope import decode, encode
 from asyncor.wire.trajectory import parse_group
-from asyncor.wire.transport import Client, endpoint
+from asyncor.wire.rpc import connect
+from asyncor.wire.transport import endpoint
+from asyncor.wire.zeromq import ZmqTransport
 from asyncor.configs.schema import Config
 from asyncor.configs.stages import stage_at
 from asyncor.kernels.logprob_entropy import resolve_impl
@@ -95,11 +96,11 @@ class Learner:
         net = config.net
         self.buffer = self.broadcaster = None
         if self.ranks.main:
-            ctx = zmq.Context.instance()
+            transport = ZmqTransport()
             keys = role_keys(net.auth)
-            self.buffer = Client(ctx, endpoint(net.buffer_address, net.buffer_learner_port), "learner",
-                                 config.buffer.max_message_bytes, "buffer", keys)
-            self.broadcaster = WeightBroadcaster(ctx, net.learner_address, net.sync_port, net.store_port,
+            self.buffer = connect(transport, endpoint(net.buffer_address, net.buffer_learner_port), "learner",
+                                  config.buffer.max_message_bytes, "buffer", keys)
+            self.broadcaster = WeightBroadcaster(transport, net.learner_address, net.sync_port, net.store_port,
                                                  config.actors.count, pick_backend(config.sync.backend, self.device),
                                                  config.sync.timeout_s, self.device,
                                                  bind=net.bind_address(net.learner_address), keys=keys,

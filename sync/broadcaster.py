@@ -28,13 +28,12 @@ import time
 from datetime import timedelta
 
 import torch
-import zmq
 
-from asyncor.wire.curve import CurveKeys, secure_server
 from asyncor.wire import messages as wire
+from asyncor.wire.curve import CurveKeys
 from asyncor.wire.envelope import ProtocolError, decode
 from asyncor.wire.messages import encode_message
-from asyncor.wire.transport import HWM
+from asyncor.wire.transport import Delivery, Transport, endpoint
 from asyncor.sync.buckets import Bucket
 from asyncor.sync.group import abandon, hello_identity, make_group, open_store
 from asyncor.telemetry import log as tlog
@@ -46,20 +45,14 @@ MAX_INBOUND_BYTES = 1 << 16
 class WeightBroadcaster:
     """Rank 0 of the broadcast group, and the announcement socket every actor's receiver talks to."""
 
-    def __init__(self, ctx: zmq.Context, host: str, sync_port: int, store_port: int, num_actors: int,
+    def __init__(self, transport: Transport, host: str, sync_port: int, store_port: int, num_actors: int,
                  backend: str, timeout_s: float, device: torch.device, bind: str | None = None,
                  keys: CurveKeys | None = None, max_failures: int = 3):
         """`host`: the address actors reach this learner at (the store's address too); `bind`: the IP or
         interface the announcement socket binds (default `host`); `keys`: the run's CURVE keys, if any."""
         self.log = tlog.get("learner")
-        self.sock = ctx.socket(zmq.ROUTER)
-        secure_server(self.sock, keys)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, HWM)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if keys is not None:  # authenticated peers only: a restarted actor's connection replaces its old one
-            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # (without CURVE the identity frees when TCP closes)
-        self.sock.bind(f"tcp://{bind or host}:{sync_port}")
+        # With CURVE a restarted actor's connection replaces its old one at once (wire/zeromq.py).
+        self.listener = transport.listen(endpoint(bind or host, sync_port), keys)
         self.num_actors = num_actors
         self.backend = backend
         self.timeout_s = timeout_s
@@ -76,10 +69,10 @@ class WeightBroadcaster:
         self.refused = 0  # messages on the announcement port that are not an actor's
         deadline = time.monotonic() + timeout_s
         while len(self.joining) < num_actors:
-            if not self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            if not self.listener.readable(max(0.001, deadline - time.monotonic())):
                 raise TimeoutError(f"only {len(self.joining)}/{num_actors} actors said hello to the weight sync "
                                    f"within sync.timeout_s = {timeout_s:g} s")
-            self._handle(*self._recv())
+            self._handle(*self.listener.recv())
         self.regroup()
         if self.pg is None:
             raise RuntimeError(f"could not make the first weight-sync group with all {num_actors} actors")
@@ -94,10 +87,6 @@ class WeightBroadcaster:
         return {"sync/actors": len(self.members), **{f"sync/{k}": v for k, v in self.stats.items()}}
 
     # ------------------------------------------------------------------ inbound
-
-    def _recv(self) -> tuple[bytes, bytes]:
-        frames = self.sock.recv_multipart()
-        return frames[0], frames[-1]
 
     def _handle(self, ident: bytes, raw: bytes, answers: dict[int, bytes] | None = None) -> None:
         """One inbound message: a hello joins, a `here` for the current probe answers it; the rest is refused."""
@@ -122,8 +111,8 @@ class WeightBroadcaster:
 
     def drain(self) -> None:
         """Take every waiting message (hellos of restarted actors) without blocking."""
-        while self.sock.poll(0):
-            self._handle(*self._recv())
+        while self.listener.readable(0):
+            self._handle(*self.listener.recv())
 
     def needs_sync(self) -> bool:
         """True when the actors must get the current weights again: a sync failed, or an actor (re)joined."""
@@ -135,15 +124,11 @@ class WeightBroadcaster:
     def _send(self, ident: bytes, raw: bytes, deadline: float) -> bool:
         """Deliver within the deadline; False when the actor's connection is gone or its queue stayed full."""
         while True:
-            try:
-                self.sock.send_multipart([ident, raw], zmq.NOBLOCK)
-                return True
-            except zmq.Again:  # its queue is full: it is not reading
-                if time.monotonic() > deadline:
-                    return False
+            delivery = self.listener.send(ident, raw)
+            if delivery is Delivery.FULL and time.monotonic() <= deadline:  # not reading (yet): try again
                 time.sleep(0.005)
-            except zmq.ZMQError:  # EHOSTUNREACH (ROUTER_MANDATORY): its connection is gone
-                return False
+                continue
+            return delivery is Delivery.SENT
 
     def _drop(self, actor_ids, why: str) -> None:
         for a in actor_ids:
@@ -167,8 +152,8 @@ class WeightBroadcaster:
         unreachable = [a for a, ident in candidates.items() if not self._send(ident, probe, deadline)]
         answers: dict[int, bytes] = {}
         while set(answers) < set(candidates) - set(unreachable) and time.monotonic() < deadline:
-            if self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-                self._handle(*self._recv(), answers=answers)
+            if self.listener.readable(max(0.001, deadline - time.monotonic())):
+                self._handle(*self.listener.recv(), answers=answers)
         # An actor that restarted during the probe said hello instead: it is waiting too.
         answers.update(self.joining)
         self.joining = {}
@@ -241,4 +226,4 @@ class WeightBroadcaster:
         if self.pg is not None:
             abandon(self.pg)
             self.pg = None
-        self.sock.close(linger=0)
+        self.listener.close()

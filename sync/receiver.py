@@ -21,13 +21,12 @@ import time
 from datetime import timedelta
 
 import torch
-import zmq
 
-from asyncor.wire.curve import CurveKeys, secure_client
 from asyncor.wire import messages as wire
+from asyncor.wire.curve import CurveKeys
 from asyncor.wire.envelope import ProtocolError, decode
 from asyncor.wire.messages import encode_message
-from asyncor.wire.transport import HWM
+from asyncor.wire.transport import Connection, Transport, endpoint
 from asyncor.sync.buckets import Bucket, unflatten
 from asyncor.sync.group import abandon, hello_identity, make_group, open_store
 from asyncor.telemetry import log as tlog
@@ -44,9 +43,10 @@ class StagedWeights:
 
 
 class WeightReceiver(threading.Thread):
-    def __init__(self, actor_id: int, host: str, sync_port: int, store_port: int, backend: str, timeout_s: float,
+    def __init__(self, transport: Transport, actor_id: int, host: str, sync_port: int, store_port: int, backend: str, timeout_s: float,
                  device: torch.device, keys: CurveKeys | None = None, rejoin_timeout_s: float = 600.0):
         super().__init__(name=f"weight-receiver-{actor_id}", daemon=True)
+        self.transport = transport
         self.keys = keys  # the run's CURVE keys (net.auth = "curve"), else None
         self.actor_id = actor_id
         self.args = (host, sync_port, store_port, backend, timeout_s)
@@ -66,23 +66,18 @@ class WeightReceiver(threading.Thread):
 
     def run(self) -> None:
         host, sync_port, store_port, backend, timeout_s = self.args
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, HWM)
-        sock.setsockopt(zmq.IDENTITY, hello_identity(self.actor_id))  # the learner checks it against actor_id
-        secure_client(sock, self.keys)
+        # The identity the learner checks against the actor id of every message.
+        conn = self.transport.connect(endpoint(host, sync_port), hello_identity(self.actor_id).decode(), self.keys)
         try:
-            sock.connect(f"tcp://{host}:{sync_port}")
-            sock.send(encode_message(wire.SyncHello(actor_id=self.actor_id)))
+            self._say(conn, wire.SyncHello(actor_id=self.actor_id))
             store = open_store(host, store_port, False, timeout_s)
             orphan_since: float | None = time.monotonic()  # without a working group since (None: in one)
             while not self._stopping.is_set():
                 if orphan_since is not None and time.monotonic() - orphan_since > self.rejoin_timeout_s:
                     raise TimeoutError(f"no weight-sync group from the learner within sync.rejoin_timeout_s = "
                                        f"{self.rejoin_timeout_s:g} s")
-                if sock.poll(200):
-                    self._handle(sock, store, backend)
+                if conn.readable(0.2):
+                    self._handle(conn, store, backend)
                 if self._pg is not None:
                     orphan_since = None
                 elif orphan_since is None:
@@ -93,18 +88,23 @@ class WeightReceiver(threading.Thread):
                 self._cond.notify_all()
         finally:
             self._leave()
-            sock.close(linger=0)
+            conn.close()
 
-    def _handle(self, sock, store, backend: str) -> None:
+    @staticmethod
+    def _say(conn: Connection, message: wire.Body) -> None:
+        if not conn.send(encode_message(message)):  # its queue is full: the learner has stopped reading
+            raise RuntimeError(f"could not send {message.TYPE!r} to the learner (queue full)")
+
+    def _handle(self, conn: Connection, store, backend: str) -> None:
         """One message from the learner; a failed collective leaves the group (the learner makes a new one)."""
         try:
-            msg = decode(sock.recv(), MAX_ANNOUNCEMENT_BYTES)
+            msg = decode(conn.recv(), MAX_ANNOUNCEMENT_BYTES)
             kind = {"probe": wire.Probe, "join": wire.Join, "weights": wire.Announcement}.get(msg.type)
             if kind is None:
                 raise ProtocolError("unknown_type", f"{msg.type!r} is not a weight-sync message")
             m = wire.parse(msg, kind)
             if isinstance(m, wire.Probe):
-                sock.send(encode_message(wire.Here(actor_id=self.actor_id, epoch=m.epoch)), zmq.NOBLOCK)
+                self._say(conn, wire.Here(actor_id=self.actor_id, epoch=m.epoch))
             elif isinstance(m, wire.Join):
                 self._join(store, m.epoch, m.rank, m.world_size, backend)
             elif m.epoch == self._epoch and self._pg is not None:
@@ -118,7 +118,7 @@ class WeightReceiver(threading.Thread):
             self.stats["failed"] += 1
             self.log.warning("sync_group_failed", epoch=self._epoch, error=str(exc)[:300])
             self._leave()
-            sock.send(encode_message(wire.SyncHello(actor_id=self.actor_id)), zmq.NOBLOCK)  # asks for a regroup
+            self._say(conn, wire.SyncHello(actor_id=self.actor_id))  # asks for a regroup
 
     def _join(self, store, epoch: int, rank: int, world_size: int, backend: str) -> None:
         if rank >= world_size or epoch <= self._epoch:

@@ -5,7 +5,7 @@ to the launcher as messages, wherever it runs: the launcher is then the only
 writer of `metrics.jsonl` and `roles/`, so nothing depends on appends from
 several nodes to one file on a shared filesystem (not atomic on NFS).
 
-One link per process (`link_to`), one DEALER socket, so messages arrive in the
+One link per process (`link_to`), one connection, so messages arrive in the
 order they were sent: when the launcher acknowledges a message (`flush`, a
 summary) every record sent before it is already written. Records are
 fire-and-forget on a bounded queue: if the launcher falls behind by `HWM`
@@ -20,10 +20,9 @@ import os
 import threading
 import time
 
-import zmq
-
-from asyncor.wire.curve import ENV, from_env, secure_client
+from asyncor.wire.curve import ENV, from_env
 from asyncor.wire.envelope import ProtocolError, decode, encode
+from asyncor.wire.zeromq import ZmqTransport
 
 HWM = 10_000
 
@@ -41,12 +40,9 @@ def link_to(address: str) -> "LauncherLink":
 
 class LauncherLink:
     def __init__(self, address: str):
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)  # what matters is acknowledged (flush, summary) before exit
-        self.sock.setsockopt(zmq.SNDHWM, HWM)
-        # net.auth = "curve": the launcher gave this role the run's keys (wire/curve.py).
-        secure_client(self.sock, from_env() if ENV in os.environ else None)
-        self.sock.connect(address)
+        # Unsent records are dropped at exit (what matters is acknowledged before: flush, summary). net.auth =
+        # "curve": the launcher gave this role the run's keys (wire/curve.py).
+        self.conn = ZmqTransport().connect(address, None, from_env() if ENV in os.environ else None, queue=HWM)
         self.address = address
         self.dropped = 0
         self._rids = itertools.count(1)
@@ -54,9 +50,7 @@ class LauncherLink:
 
     def record(self, record: dict) -> None:
         with self._lock:
-            try:
-                self.sock.send(encode("metrics", {"record": record}), zmq.NOBLOCK)
-            except zmq.Again:
+            if not self.conn.send(encode("metrics", {"record": record})):
                 self.dropped += 1
 
     def flush(self, timeout_s: float) -> bool:
@@ -70,14 +64,12 @@ class LauncherLink:
     def _acknowledged(self, type_: str, body: dict, timeout_s: float) -> bool:
         with self._lock:
             rid = next(self._rids)
-            try:
-                self.sock.send(encode(type_, {**body, "rid": rid, "pid": os.getpid()}), zmq.NOBLOCK)
-            except zmq.Again:
+            if not self.conn.send(encode(type_, {**body, "rid": rid, "pid": os.getpid()})):
                 return False
             deadline = time.monotonic() + timeout_s
-            while (left := deadline - time.monotonic()) > 0 and self.sock.poll(int(left * 1000) + 1):
+            while (left := deadline - time.monotonic()) > 0 and self.conn.readable(left + 0.001):
                 try:
-                    reply = decode(self.sock.recv(), 1 << 16)
+                    reply = decode(self.conn.recv(), 1 << 16)
                 except ProtocolError:
                     continue
                 if reply.type == "ack" and reply.body.get("rid") == rid:

@@ -1,11 +1,9 @@
-"""ZeroMQ CURVE for every ZeroMQ socket of a run (`net.auth = "curve"`, docs/security.md).
+"""The run's CURVE keys (`net.auth = "curve"`, docs/security.md): what they are, where they live, how roles
+get them. The transport uses them (wire/zeromq.py secures every listener and connection with them).
 
-A run has two key pairs: one for the servers (buffer, learner announcements, launcher collector) and one
-for the clients (actors, learner, every role's telemetry link). A server socket encrypts with the server
-secret key and lets in only connections that prove they hold the client secret key (a ZAP handler per
-process checks the client's public key). A client must know the server's public key and hold the client
-pair. So a peer without the keys can neither connect nor inject: its handshake fails before any message
-reaches our code, and it is never counted as a message.
+A run has two key pairs: one for the servers (buffer, learner announcements, launcher collector) and one for
+the clients (actors, learner, every role's telemetry link). A server lets in only connections that prove they
+hold the client secret key; a client must know the server's public key and hold the client pair.
 
 The launcher generates the keys (or reads them from `net.curve_keys`), writes them under `<run_dir>/keys/`
 (mode 0600) and hands them to every role in the `ASYNCOR_CURVE_KEYS` environment variable. They do not
@@ -15,13 +13,9 @@ appear on a command line, so other users of a node never see them in `ps`.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 
-import zmq
-
 ENV = "ASYNCOR_CURVE_KEYS"
-FILES = ("server.key", "server.key_secret", "client.key", "client.key_secret")
 
 
 @dataclass(frozen=True)
@@ -38,8 +32,10 @@ class CurveKeys:
 
 
 def generate() -> CurveKeys:
-    server_public, server_secret = zmq.curve_keypair()
-    client_public, client_secret = zmq.curve_keypair()
+    from asyncor.wire.zeromq import keypair
+
+    server_public, server_secret = keypair()
+    client_public, client_secret = keypair()
     return CurveKeys(server_public, server_secret, client_public, client_secret)
 
 
@@ -59,13 +55,13 @@ def save_keys(keys: CurveKeys, directory: str) -> None:
 
 def load_keys(directory: str) -> CurveKeys:
     """Keys given by the user (`net.curve_keys`): server.key_secret and client.key_secret in `directory`."""
-    from zmq.auth import load_certificate
+    from asyncor.wire.zeromq import read_certificate
 
     pairs = []
     for name in ("server", "client"):
         path = os.path.join(directory, f"{name}.key_secret")
         try:
-            public, secret = load_certificate(path)
+            public, secret = read_certificate(path)
         except (OSError, ValueError) as exc:
             raise ValueError(f"net.curve_keys: cannot read {path} ({exc}); it needs server.key_secret and "
                              "client.key_secret (zmq.auth.create_certificates writes them)") from None
@@ -87,52 +83,3 @@ def from_env(environ=os.environ) -> CurveKeys:
 def role_keys(auth: str) -> CurveKeys | None:
     """The keys a role uses for its sockets: None unless the (resolved) config says curve."""
     return from_env() if auth == "curve" else None
-
-
-def secure_client(sock: zmq.Socket, keys: CurveKeys | None) -> None:
-    """Before connect: talk to a server holding the run's server key, proving the client key."""
-    if keys is not None:
-        sock.curve_serverkey = keys.server_public
-        sock.curve_publickey = keys.client_public
-        sock.curve_secretkey = keys.client_secret
-
-
-class _AllowedClients:
-    """The ZAP check: the client proved it holds the secret of one of these public keys."""
-
-    def __init__(self):
-        self.keys: set[bytes] = set()
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.keys
-
-
-_authenticators: dict[int, tuple[object, _AllowedClients]] = {}
-_lock = threading.Lock()
-
-
-def secure_server(sock: zmq.Socket, keys: CurveKeys | None) -> None:
-    """Before bind: encrypt with the server key and admit only clients holding the client key."""
-    if keys is None:
-        return
-    from zmq.auth.thread import ThreadAuthenticator
-
-    with _lock:  # one ZAP handler per context, started before the first server socket binds
-        ctx = sock.context
-        if id(ctx) not in _authenticators:
-            auth, allowed = ThreadAuthenticator(ctx), _AllowedClients()
-            auth.start()
-            auth.configure_curve_callback("*", credentials_provider=allowed)
-            _authenticators[id(ctx)] = (auth, allowed)
-        _authenticators[id(ctx)][1].keys.add(keys.client_public)
-    sock.curve_secretkey = keys.server_secret
-    sock.curve_publickey = keys.server_public
-    sock.curve_server = True
-
-
-def stop_authenticator(ctx: zmq.Context) -> None:
-    """Before the context is terminated (a running ZAP thread holds a socket of it)."""
-    with _lock:
-        entry = _authenticators.pop(id(ctx), None)
-    if entry is not None:
-        entry[0].stop()

@@ -75,7 +75,7 @@ def step(ranks, out, variants):
 
 
 def publish_weights(ranks, out, sync_port, store_port):
-    import zmq
+    from asyncor.wire.zeromq import ZmqTransport
 
     policy = parallelize(small_policy(seed=3), ranks, torch.bfloat16)  # model.dtype = bfloat16
     # fp32 master weights (what AdamW updates); forward in bf16 (what a decoder layer outputs), log-probs in fp32.
@@ -90,7 +90,7 @@ def publish_weights(ranks, out, sync_port, store_port):
     dtypes = {"master": master, "compute": str(seen[0]), "logprob": str(lp.dtype)}
     broadcaster = None
     if ranks.main:
-        broadcaster = WeightBroadcaster(zmq.Context.instance(), "127.0.0.1", sync_port, store_port, 1, "gloo", 60.0,
+        broadcaster = WeightBroadcaster(ZmqTransport(), "127.0.0.1", sync_port, store_port, 1, "gloo", 60.0,
                                         torch.device("cpu"))
     named = list(policy.lm.state_dict().items())
     publish(named, torch.bfloat16, 4096, broadcaster, 5, torch.device("cpu"))  # 4 KiB buckets: many of them

@@ -12,6 +12,7 @@ import time
 import torch
 
 from asyncor.sync.receiver import WeightReceiver
+from asyncor.wire.zeromq import ZmqTransport
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--actor-id", type=int, required=True)
@@ -21,7 +22,7 @@ parser.add_argument("--timeout-s", type=float, default=5.0)
 args = parser.parse_args()
 sync_port, store_port = map(int, args.ports.split(","))
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-receiver = WeightReceiver(args.actor_id, "127.0.0.1", sync_port, store_port, "gloo", args.timeout_s,
+receiver = WeightReceiver(ZmqTransport(), args.actor_id, "127.0.0.1", sync_port, store_port, "gloo", args.timeout_s,
                           torch.device("cpu"), rejoin_timeout_s=120.0)
 receiver.start()
 while True:

@@ -54,15 +54,16 @@ def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_th
     import dataclasses
 
     import numpy as np
-    import zmq
 
     from asyncor.wire.trajectory import Response
-    from asyncor.wire.transport import Client, endpoint
+    from asyncor.wire.rpc import connect
+    from asyncor.wire.transport import endpoint
+    from asyncor.wire.zeromq import ZmqTransport
 
     svc, actor0, learner, result, thread = start_service(tmp_path, actors={"group_size": 2,
                                                                             "max_response_tokens": 4})
     net = svc.config.net
-    actor1 = Client(zmq.Context.instance(), endpoint(net.host, net.buffer_actor_port), "actor-1", 1 << 24, "buffer")
+    actor1 = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor-1", 1 << 24, "buffer")
     try:
         learner.request("version", {"version": 0}, TIMEOUT)
         p0, p1 = actor0.request("grant_request", {"actor_id": 0, "max_prompts": 2}, TIMEOUT).body["prompts"]

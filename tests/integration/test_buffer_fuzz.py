@@ -118,7 +118,7 @@ def fuzz(tmp_path, examples):
     evil_actor = ctx.socket(zmq.DEALER)
     evil_actor.setsockopt(zmq.IDENTITY, b"actor-0-groups")
     evil_actor.connect(f"tcp://{net.host}:{net.buffer_actor_port}")
-    evil_learner = learner.sock
+    evil_learner = learner.conn.sock
     sent = {"actor": 0, "learner": 0}
     try:
         learner.request("version", {"version": 0}, TIMEOUT)

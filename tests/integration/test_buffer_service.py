@@ -7,13 +7,14 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
 from asyncor.wire.arrays import unpack_array
 
 from asyncor.wire.trajectory import Response, TrajectoryGroup
 from asyncor.buffer.service import BufferService
-from asyncor.wire.transport import Client, endpoint
+from asyncor.wire.rpc import connect
+from asyncor.wire.transport import endpoint
+from asyncor.wire.zeromq import ZmqTransport
 from asyncor.configs.schema import Config
 from asyncor.launcher.ports import assign_ports
 from asyncor.prepare.tiny_model import build_tokenizer
@@ -43,10 +44,9 @@ def start_service(tmp_path, **overrides):
     result = {}
     thread = threading.Thread(target=lambda: result.update(svc.run()), daemon=True)
     thread.start()
-    ctx = zmq.Context.instance()
     net = config.net
-    actor = Client(ctx, endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
-    learner = Client(ctx, endpoint(net.host, net.buffer_learner_port), "learner", 1 << 24, "buffer")
+    actor = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
+    learner = connect(ZmqTransport(), endpoint(net.host, net.buffer_learner_port), "learner", 1 << 24, "buffer")
     return svc, actor, learner, result, thread
 
 
@@ -88,9 +88,9 @@ def test_bad_messages_are_counted_and_good_groups_survive(service):
     # A zero-prompt request is the actor's heartbeat: `wait` (or `stop`), nothing granted.
     assert actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 0}, TIMEOUT).type == "wait"
 
-    actor.sock.send(b"\x00garbage")  # not msgpack
-    assert actor.sock.poll(int(TIMEOUT * 1000))
-    actor.sock.recv()  # the buffer answers (rejected) and keeps running
+    actor.conn.sock.send(b"\x00garbage")  # not msgpack
+    assert actor.conn.sock.poll(int(TIMEOUT * 1000))
+    actor.conn.sock.recv()  # the buffer answers (rejected) and keeps running
     nan_group = group_for(p0, seq=0, logprob=float("nan")).to_wire()
     ack = actor.request("group", nan_group, TIMEOUT).body
     assert (ack["status"], ack["reason"]) == ("rejected", "non_finite")
@@ -135,14 +135,14 @@ def test_a_held_grant_request_is_granted_the_moment_a_new_version_makes_room(ser
     for seq, prompt in enumerate(grant.body["prompts"]):
         actor.request("group", group_for(prompt, seq=seq).to_wire(), TIMEOUT)
     # η = 0 and the step's groups are in: nothing to grant until version 1. An idle actor asks to be held.
-    actor.sock.send(encode("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2, "hold_s": 2.0, "rid": 77}))
+    actor.conn.sock.send(encode("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2, "hold_s": 2.0, "rid": 77}))
     time.sleep(0.3)
-    assert not actor.sock.poll(0)  # held, not answered `wait`
+    assert not actor.conn.sock.poll(0)  # held, not answered `wait`
     assert learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT).type == "batch"
     start = time.monotonic()
     learner.request("version", {"version": 1}, TIMEOUT)
-    assert actor.sock.poll(1000)
-    reply = decode(actor.sock.recv(), 1 << 24)
+    assert actor.conn.sock.poll(1000)
+    reply = decode(actor.conn.sock.recv(), 1 << 24)
     assert reply.type == "grant" and reply.body["rid"] == 77 and reply.body["min_version"] == 1
     assert time.monotonic() - start < 0.5  # at the version, not at the end of the hold
     # With still nothing to grant a held request ends in `wait` when its hold does; bad holds are refused.
@@ -300,9 +300,8 @@ def test_a_restarted_actor_gets_its_predecessors_grants_back_in_the_stream_and_n
     # still registered would not be read, so the successor waits as long as a restart does at the least.
     actor.close()
     time.sleep(1.0)
-    ctx = zmq.Context.instance()
     net = svc.config.net
-    successor = Client(ctx, endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
+    successor = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
     try:
         again = successor.request("hello", {"actor_id": 0}, TIMEOUT).body
         assert again["restarted"] is True and again["seq_start"] > 3

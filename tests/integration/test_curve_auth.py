@@ -7,11 +7,12 @@ import socket
 import time
 
 import pytest
-import zmq
 
 from asyncor.wire import curve
 from asyncor.wire.envelope import encode
-from asyncor.wire.transport import Client, endpoint
+from asyncor.wire.rpc import connect
+from asyncor.wire.transport import endpoint
+from asyncor.wire.zeromq import ZmqTransport, keypair
 from asyncor.launcher.auth import exposed_binds, resolve_auth
 from asyncor.launcher.ports import free_port
 from asyncor.launcher.collector import Collector
@@ -24,7 +25,7 @@ def outsiders(keys):
     """Peers without the run's keys: plain TCP, a plain ZeroMQ socket, a CURVE client with its own key pair
     (it knows the server's public key, e.g. from keys/server.key), and one claiming the client public key
     without its secret."""
-    own_public, own_secret = zmq.curve_keypair()
+    own_public, own_secret = keypair()
     return {
         "plain": None,
         "own_pair": curve.CurveKeys(keys.server_public, b"", own_public, own_secret),
@@ -51,28 +52,25 @@ def keys(monkeypatch):
 
 def test_the_buffer_serves_only_peers_with_the_keys(tmp_path, keys):
     svc, actor, learner, _, thread = start_service(tmp_path, net={"auth": "curve", "request_timeout_s": 2.0})
-    ctx = zmq.Context.instance()
+    transport = ZmqTransport()
     at = endpoint("127.0.0.1", svc.config.net.buffer_actor_port)
     try:
         # start_service's clients are plain: a buffer with CURVE does not answer them.
         with pytest.raises(TimeoutError):
             actor.request("hello", {"actor_id": 0}, 1.0)
         for name, pair in outsiders(keys).items():
-            intruder = Client(ctx, at, "actor-0", 1 << 20, "buffer", pair)
+            intruder = connect(transport, at, "actor-0", 1 << 20, "buffer", pair)
             try:
                 for _ in range(2):  # the second finds the connection refused: its send keeps the deadline too
                     start = time.monotonic()
                     with pytest.raises(TimeoutError):
                         intruder.request("hello", {"actor_id": 0}, 1.0)
                     assert time.monotonic() - start < 2.0, name
-                try:
-                    intruder.sock.send(b"\xc1junk", zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # no connection to queue it on
+                intruder.conn.send(b"\xc1junk")  # queued nowhere when there is no connection
             finally:
                 intruder.close()
         raw_tcp(svc.config.net.buffer_actor_port, b"\xff" + b"\x00" * 8 + b"\x7f" + b"junk" * 100)
-        honest = Client(ctx, at, "actor-0", 1 << 20, "buffer", keys)
+        honest = connect(transport, at, "actor-0", 1 << 20, "buffer", keys)
         try:
             reply = honest.request("hello", {"actor_id": 0}, TIMEOUT)
             assert reply.type == "ack" and reply.body["status"] == "ok"
@@ -93,18 +91,15 @@ def test_the_buffer_serves_only_peers_with_the_keys(tmp_path, keys):
 def test_the_collector_writes_only_what_key_holders_send(tmp_path, keys):
     port = free_port()
     collector = Collector(str(tmp_path), "127.0.0.1", port, keys).start()
-    ctx = zmq.Context.instance()
+    transport = ZmqTransport()
     try:
         record = {"ts": 1.0, "role": "learner", "step": 1, "learner/loss": 0.5}
         for name, pair in outsiders(keys).items():
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            curve.secure_client(sock, pair)
-            sock.connect(f"tcp://127.0.0.1:{port}")
-            sock.send(encode("metrics", {"record": record}))
-            sock.send(encode("summary", {"role": "learner", "summary": {"steps": 99}, "rid": 1}))
-            assert not sock.poll(1000)  # no acknowledgement: the handshake never completed
-            sock.close()
+            conn = transport.connect(f"tcp://127.0.0.1:{port}", None, pair)
+            conn.send(encode("metrics", {"record": record}))
+            conn.send(encode("summary", {"role": "learner", "summary": {"steps": 99}, "rid": 1}))
+            assert not conn.readable(1.0)  # no acknowledgement: the handshake never completed
+            conn.close()
         # An honest role (keys from the environment, as launch.py starts it) gets through.
         from asyncor.telemetry.link import LauncherLink
 
@@ -117,28 +112,18 @@ def test_the_collector_writes_only_what_key_holders_send(tmp_path, keys):
 
 
 def test_the_learner_announcement_port_ignores_hellos_without_the_keys(keys):
-    ctx = zmq.Context.instance()
+    transport = ZmqTransport()
     port = free_port()
-    server = ctx.socket(zmq.ROUTER)
-    server.setsockopt(zmq.LINGER, 0)
-    curve.secure_server(server, keys)  # what WeightBroadcaster does with the run's keys
-    server.bind(f"tcp://127.0.0.1:{port}")
+    server = transport.listen(f"tcp://127.0.0.1:{port}", keys)  # what WeightBroadcaster does with the run's keys
     try:
         for name, pair in outsiders(keys).items():
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IDENTITY, b"actor-0-weights")
-            curve.secure_client(sock, pair)
-            sock.connect(f"tcp://127.0.0.1:{port}")
-            sock.send(encode("hello", {"actor_id": 0}))
-            assert not server.poll(500), name
-            sock.close()
-        honest = ctx.socket(zmq.DEALER)
-        honest.setsockopt(zmq.LINGER, 0)
-        curve.secure_client(honest, keys)
-        honest.connect(f"tcp://127.0.0.1:{port}")
+            conn = transport.connect(f"tcp://127.0.0.1:{port}", "actor-0-weights", pair)
+            conn.send(encode("hello", {"actor_id": 0}))
+            assert not server.readable(0.5), name
+            conn.close()
+        honest = transport.connect(f"tcp://127.0.0.1:{port}", None, keys)
         honest.send(b"hello")
-        assert server.poll(int(TIMEOUT * 1000)) and server.recv_multipart()[-1] == b"hello"
+        assert server.readable(TIMEOUT) and server.recv()[1] == b"hello"
         honest.close()
     finally:
         server.close()

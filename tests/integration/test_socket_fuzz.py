@@ -15,6 +15,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.receiver import WeightReceiver
 from asyncor.wire.envelope import encode
 from asyncor.launcher.ports import free_port
@@ -149,7 +150,7 @@ def test_fuzzed_hellos_cannot_join_the_broadcast_and_the_real_actor_still_gets_t
     evil.setsockopt(zmq.IDENTITY, b"actor-0-weightz")
     evil.connect(f"tcp://127.0.0.1:{sync_port}")
     sent = [flood(evil, announcement_hostile())]
-    receiver = WeightReceiver(0, "127.0.0.1", sync_port, store_port, "gloo", 60.0, torch.device("cpu"))
+    receiver = WeightReceiver(ZmqTransport(), 0, "127.0.0.1", sync_port, store_port, "gloo", 60.0, torch.device("cpu"))
     receiver.start()
     learner.join(timeout=120)
     broadcaster = made["b"]

@@ -11,6 +11,7 @@ from asyncor.sync.receiver import WeightReceiver
 from asyncor.wire.envelope import encode
 from asyncor.launcher.ports import free_port
 from asyncor.sync.broadcaster import WeightBroadcaster
+from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.buckets import plan_buckets
 
 
@@ -18,7 +19,7 @@ def start_broadcaster(sync_port, store_port, timeout_s):
     """A one-actor WeightBroadcaster forming in a thread (it waits for the actor); made["b"] once formed."""
     made = {}
     thread = threading.Thread(target=lambda: made.update(b=WeightBroadcaster(
-        zmq.Context.instance(), "127.0.0.1", sync_port, store_port, 1, "gloo", timeout_s, torch.device("cpu"))),
+        ZmqTransport(), "127.0.0.1", sync_port, store_port, 1, "gloo", timeout_s, torch.device("cpu"))),
         daemon=True)
     thread.start()
     return thread, made
@@ -42,7 +43,7 @@ def test_bad_hellos_are_refused_and_the_real_actor_still_gets_the_weights():
         s.connect(f"tcp://127.0.0.1:{sync_port}")
         s.send_multipart(frames)
         hostile.append(s)
-    receiver = WeightReceiver(0, "127.0.0.1", sync_port, store_port, "gloo", 30.0, torch.device("cpu"))
+    receiver = WeightReceiver(ZmqTransport(), 0, "127.0.0.1", sync_port, store_port, "gloo", 30.0, torch.device("cpu"))
     receiver.start()
     learner.join(timeout=60)
     broadcaster = made["b"]
@@ -69,15 +70,10 @@ class _BigBucket:
 def announcer(port, timeout_s, max_failures=3):
     """The announcement side of a WeightBroadcaster (its socket as __init__ makes it) with actor 0 in a
     group that needs no collective (no store, no process group)."""
-    from asyncor.wire.transport import HWM
     from asyncor.telemetry import log as tlog
 
     b = WeightBroadcaster.__new__(WeightBroadcaster)
-    b.sock = zmq.Context.instance().socket(zmq.ROUTER)
-    b.sock.setsockopt(zmq.LINGER, 0)
-    b.sock.setsockopt(zmq.SNDHWM, HWM)
-    b.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    b.sock.bind(f"tcp://127.0.0.1:{port}")
+    b.listener = ZmqTransport().listen(f"tcp://127.0.0.1:{port}")
     b.log, b.num_actors, b.timeout_s, b.max_failures = tlog.get("test"), 1, timeout_s, max_failures
     b.members, b.joining, b.refused, b.epoch, b.failures, b.dirty = {0: b"actor-0-weights"}, {}, 0, 1, 0, False
     b.stats = {"regroups": 0, "failed_syncs": 0, "actors_dropped": 0, "rejoined": 0}
@@ -101,8 +97,8 @@ def test_an_actor_that_stops_reading_or_vanishes_is_dropped_within_the_deadline_
     peer.setsockopt(zmq.RCVBUF, 4096)
     peer.connect(f"tcp://127.0.0.1:{port}")
     peer.send(encode("hello", {"actor_id": 0}))
-    assert b.sock.poll(5000)
-    b.sock.recv_multipart()
+    assert b.listener.readable(5.0)
+    b.listener.recv()
     start = time.monotonic()
     version = 1
     while b.begin(version, [_BigBucket()]):
@@ -111,7 +107,7 @@ def test_an_actor_that_stops_reading_or_vanishes_is_dropped_within_the_deadline_
     assert time.monotonic() - start < 30
     assert b.members == {} and b.dirty and b.failures == 1 and b.stats["actors_dropped"] == 1
     peer.close(linger=0)
-    b.sock.close(linger=0)
+    b.listener.close()
     # A receiver that said hello and went away: the announcement fails at once; in a row, fatal.
     port = free_port()
     b = announcer(port, timeout_s=1.0, max_failures=1)
@@ -119,12 +115,12 @@ def test_an_actor_that_stops_reading_or_vanishes_is_dropped_within_the_deadline_
     peer.setsockopt(zmq.IDENTITY, b"actor-0-weights")
     peer.connect(f"tcp://127.0.0.1:{port}")
     peer.send(encode("hello", {"actor_id": 0}))
-    assert b.sock.poll(5000)
-    b.sock.recv_multipart()
+    assert b.listener.readable(5.0)
+    b.listener.recv()
     peer.close(linger=0)
     time.sleep(0.5)
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"weight sync failed 1 times in a row .*actors \[0\] took no announcement"):
         b.begin(1, [])
     assert time.monotonic() - start < 1.0
-    b.sock.close(linger=0)
+    b.listener.close()

@@ -13,10 +13,10 @@ import sys
 import time
 
 import torch
-import zmq
 
 from asyncor.launcher.ports import free_port
 from asyncor.sync.broadcaster import WeightBroadcaster
+from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.buckets import plan_buckets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -72,7 +72,7 @@ def test_dead_hung_and_restarted_actors_never_stop_the_weight_sync(tmp_path):
     ports = f"{sync_port},{store_port}"
     out = [tmp_path / "actor0.txt", tmp_path / "actor1.txt"]
     procs = [start_receiver(i, ports, out[i]) for i in range(2)]
-    b = WeightBroadcaster(zmq.Context.instance(), "127.0.0.1", sync_port, store_port, 2, "gloo", TIMEOUT_S,
+    b = WeightBroadcaster(ZmqTransport(), "127.0.0.1", sync_port, store_port, 2, "gloo", TIMEOUT_S,
                           torch.device("cpu"), max_failures=3)
     figures = {}
     try:

@@ -1,0 +1,101 @@
+"""Request and reply over the transport (wire/transport.py), with deadlines.
+
+`Client` wraps a connection: `request` sends one message and waits at most `timeout_s` for the reply that
+carries the same request id (`rid`); a late reply to an earlier, timed-out request is discarded, never
+mistaken for the current one. A send that cannot be queued before the deadline (no live server, the CURVE
+handshake refused, its queue full) and a reply that does not come both raise `TimeoutError` naming the peer.
+`request_many` sends several requests at once and collects their replies (one round trip for all).
+
+`Server` wraps a listener: `recv` gives (peer identity, raw bytes); `answer` sends a typed reply
+(wire/messages.py) to that peer with the request's id echoed, and drops it when the peer is gone or not
+reading (the peer times out and retries or fails).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from asyncor.wire.envelope import Message, decode, encode
+from asyncor.wire.messages import Body, body
+from asyncor.wire.transport import Connection, Delivery, Listener, Transport
+
+
+class Client:
+    def __init__(self, conn: Connection, max_bytes: int, peer: str):
+        """`peer`: the server's name in error messages; `max_bytes`: larger replies are refused."""
+        self.conn = conn
+        self.max_bytes = max_bytes
+        self.peer = peer
+        self._rids = itertools.count(1)
+
+    def _send(self, data: bytes, type_: str, deadline: float, timeout_s: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not self.conn.writable(left) or not self.conn.send(data):
+            raise TimeoutError(f"could not send {type_!r} to {self.peer} within {timeout_s:.0f}s (not connected?)")
+
+    def request(self, type_: str, body_: dict, timeout_s: float) -> Message:
+        rid = next(self._rids)
+        deadline = time.monotonic() + timeout_s
+        self._send(encode(type_, {**body_, "rid": rid}), type_, deadline, timeout_s)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.conn.readable(left):
+                raise TimeoutError(f"no reply from {self.peer} to {type_!r} within {timeout_s:.0f}s")
+            reply = decode(self.conn.recv(), self.max_bytes)
+            if reply.body.get("rid") == rid:
+                return reply
+
+    def request_many(self, type_: str, bodies: list[dict], timeout_s: float) -> list[Message | None]:
+        """Send every request at once, then collect the replies by request id: one round trip's latency for
+        all of them. A request with no reply within `timeout_s` gets None."""
+        at = {}
+        deadline = time.monotonic() + timeout_s
+        for i, body_ in enumerate(bodies):
+            rid = next(self._rids)
+            at[rid] = i
+            try:
+                self._send(encode(type_, {**body_, "rid": rid}), type_, deadline, timeout_s)
+            except TimeoutError:
+                break  # the rest get None, as requests without a reply
+        replies: list[Message | None] = [None] * len(bodies)
+        while at:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.conn.readable(left):
+                break
+            reply = decode(self.conn.recv(), self.max_bytes)
+            i = at.pop(reply.body.get("rid"), None)
+            if i is not None:
+                replies[i] = reply
+        return replies
+
+    def call(self, message: Body, timeout_s: float) -> Message:
+        """`request` with a typed message (wire/messages.py); the reply still needs `messages.parse`."""
+        return self.request(message.TYPE, body(message), timeout_s)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(transport: Transport, address: str, identity: str, max_bytes: int, peer: str, keys=None) -> Client:
+    """A request/reply client of the server at `address`."""
+    return Client(transport.connect(address, identity, keys), max_bytes, peer)
+
+
+class Server:
+    def __init__(self, listener: Listener):
+        self.listener = listener
+
+    def recv(self) -> tuple[bytes, bytes]:
+        return self.listener.recv()
+
+    def reply(self, peer: bytes, request: Message | None, type_: str, body_: dict) -> Delivery:
+        rid = request.body.get("rid") if request is not None else None
+        return self.listener.send(peer, encode(type_, {**body_, "rid": rid}))
+
+    def answer(self, peer: bytes, request: Message | None, message: Body) -> Delivery:
+        """Reply with a typed message (wire/messages.py)."""
+        return self.reply(peer, request, message.TYPE, body(message))
+
+    def close(self) -> None:
+        self.listener.close()
