@@ -1,9 +1,13 @@
-"""The policy objective's pieces: token weights, PPO-clip surrogate, KL penalty.
+"""The policy objective: its inputs, its pieces (token weights, PPO-clip surrogate, KL estimators) and their sum.
 
-Pure functions on flat per-token tensors; the learner combines them
-(learner/update.py). Every term is a weighted sum with per-token weights that
-sum to one over the mini-batch, so the aggregation (token-level as in the
-paper, or per-sequence as in GRPO) is chosen in one place.
+`LossInputs` holds the per-token tensors of one micro-batch that the objective
+reads; `LossSettings` the step's scalars (clip bounds, entropy bonus α, KL
+coefficient β); `policy_loss(inputs, settings)` combines the pieces. The
+pieces are pure functions on flat per-token tensors. learner/update.py builds
+one `LossInputs` per micro-batch. Every term is a weighted sum with per-token
+weights that sum to one over the mini-batch, so the aggregation (token-level
+as in the paper, or per-sequence as in GRPO) is chosen in one place
+(`token_weights`).
 """
 
 from __future__ import annotations
@@ -89,26 +93,46 @@ def behaviour_kl_k3(logprob_N: torch.Tensor, behaviour_logprob_N: torch.Tensor) 
     return torch.exp(log_r) - 1 - log_r
 
 
-def policy_loss(logprob_N, entropy_N, old_logprob_N, advantage_N, weight_N, real_N, eps_low: float, eps_high: float,
-                alpha: float = 0.0, is_weight_N=None, ref_logprob_N=None, kl_coef: float = 0.0
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+@dataclass
+class LossInputs:
+    """The per-token tensors of one micro-batch that the objective reads: all (N,), on one device."""
+    logprob_N: torch.Tensor  # log π_θ of each response token (carries the gradient)
+    entropy_N: torch.Tensor  # full-vocabulary entropy of π_θ at each token (carries the gradient)
+    old_logprob_N: torch.Tensor  # the PPO ratio's denominator: behaviour log μ, or recomputed log π_prox
+    advantage_N: torch.Tensor
+    weight_N: torch.Tensor  # the token's share of the mini-batch loss (sums to 1 over the mini-batch)
+    real_N: torch.Tensor  # 1 for data, 0 for an empty micro-batch's filler (not counted in the ratio statistics)
+    is_weight_N: torch.Tensor | None = None  # behaviour importance weight (learner/off_policy.py); None: 1
+    ref_logprob_N: torch.Tensor | None = None  # log π_ref for the KL penalty; None: no penalty
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The objective's scalars for one training step."""
+    eps_low: float  # PPO clip: ρ is clipped below at 1 - eps_low ...
+    eps_high: float  # ... and above at 1 + eps_high (> eps_low: clip-higher)
+    alpha: float = 0.0  # entropy bonus (the entropy controller's output for this step)
+    kl_coef: float = 0.0  # β of the KL(π_θ || π_ref) penalty; applied only where ref_logprob_N is given
+
+
+def policy_loss(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The Skywork-OR1 objective on one micro-batch: PPO-clip surrogate - α Σ w·H (+ β Σ w·KL(π_θ || π_ref)).
 
     With weights that sum to 1 over the mini-batch, the loss and the weighted statistics of the micro-batches
     add up to those of the mini-batch. Statistics are detached tensors: weighted sums (clip fractions, kl_ref,
     loss), token sums and counts over real tokens (ratio, importance weights), and extremes."""
-    loss, s = ppo_clip_surrogate(logprob_N, old_logprob_N, advantage_N, weight_N, eps_low, eps_high, is_weight_N,
-                                 real_N)
+    loss, s = ppo_clip_surrogate(inputs.logprob_N, inputs.old_logprob_N, inputs.advantage_N, inputs.weight_N,
+                                 settings.eps_low, settings.eps_high, inputs.is_weight_N, inputs.real_N)
     stats = {"clip_low": s.clip_low, "clip_high": s.clip_high, "ratio_sum": s.ratio_sum, "ratio_count": s.count,
              "ratio_min": s.ratio_min, "ratio_max": s.ratio_max}
-    if alpha:
-        loss = loss - alpha * (weight_N * entropy_N).sum()
-    if ref_logprob_N is not None:
-        kl = (weight_N * kl_k3(logprob_N, ref_logprob_N)).sum()
-        loss = loss + kl_coef * kl
+    if settings.alpha:
+        loss = loss - settings.alpha * (inputs.weight_N * inputs.entropy_N).sum()
+    if inputs.ref_logprob_N is not None:
+        kl = (inputs.weight_N * kl_k3(inputs.logprob_N, inputs.ref_logprob_N)).sum()
+        loss = loss + settings.kl_coef * kl
         stats["kl_ref"] = kl.detach()
-    if is_weight_N is not None:
-        stats["is_weight_sum"] = (is_weight_N * real_N).sum()
-        stats["is_dropped"] = ((is_weight_N == 0).float() * real_N).sum()
+    if inputs.is_weight_N is not None:
+        stats["is_weight_sum"] = (inputs.is_weight_N * inputs.real_N).sum()
+        stats["is_dropped"] = ((inputs.is_weight_N == 0).float() * inputs.real_N).sum()
     stats["loss"] = loss.detach()
     return loss, stats

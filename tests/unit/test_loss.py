@@ -1,4 +1,5 @@
-"""Advantages, aggregation, PPO-clip (incl. clip-higher), KL and importance weights on hand-computed values."""
+"""Advantages, aggregation, PPO-clip (incl. clip-higher), KL, importance weights and the whole objective on
+hand-computed values."""
 
 import math
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from asyncor.learner.advantage import group_advantages
-from asyncor.learner.loss import behaviour_kl_k3, kl_k3, ppo_clip_surrogate, token_weights
+from asyncor.learner.loss import (LossInputs, LossSettings, behaviour_kl_k3, kl_k3, policy_loss, ppo_clip_surrogate,
+                                  token_weights)
 from asyncor.learner.off_policy import behaviour_weights
 
 
@@ -110,3 +112,62 @@ def test_tis_truncates_and_decoupled_drops_above_cap():
     torch.testing.assert_close(behaviour_weights(prox, behaviour, "decoupled", 2.0), torch.tensor([0.5, 1.0, 0.0]))
     with pytest.raises(ValueError, match="recomputed"):
         behaviour_weights(None, behaviour, "tis", 2.0)
+
+
+def test_policy_loss_matches_the_formula_in_float64_on_random_odd_inputs():
+    """L = -Σ w·c·min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A) - α Σ w·H + β Σ w·k3(π_θ, π_ref), ρ = e^(lp - old),
+    with clip-higher, an importance weight c that drops some tokens, and filler tokens (real = 0)."""
+    rng = np.random.default_rng(11)
+    n, eps_low, eps_high, alpha, beta = 37, 0.2, 0.28, 0.03, 0.1
+    lp, ref = rng.normal(-2.0, 0.5, n), rng.normal(-2.0, 0.5, n)
+    old = lp + rng.normal(0, 0.4, n)  # ratios spread over both clip bounds
+    ent, adv = rng.uniform(0.5, 3.0, n), rng.normal(0, 1, n)
+    weight = rng.uniform(0.1, 1.0, n) / 53.0  # a share of a larger mini-batch
+    real = (rng.uniform(size=n) > 0.2).astype(np.float64)
+    is_weight = np.where(rng.uniform(size=n) < 0.15, 0.0, rng.uniform(0.5, 2.0, n))
+
+    ratio = np.exp(lp - old)
+    surrogate = np.minimum(ratio * adv, np.clip(ratio, 1 - eps_low, 1 + eps_high) * adv) * is_weight
+    kl = np.sum(weight * (np.exp(ref - lp) - (ref - lp) - 1))
+    expected = -np.sum(weight * surrogate) - alpha * np.sum(weight * ent) + beta * kl
+    # d/d lp: the unclipped branch carries -w·c·A·ρ (inside the bounds, or where the min picks it), the KL term
+    # β·w·(1 - e^(ref - lp)); d/d H: -α·w.
+    unclipped = ratio * adv <= np.clip(ratio, 1 - eps_low, 1 + eps_high) * adv
+    grad_lp = -weight * is_weight * adv * ratio * unclipped + beta * weight * (1 - np.exp(ref - lp))
+
+    t = lambda a: torch.tensor(a, dtype=torch.float64)
+    lp_N, ent_N = t(lp).requires_grad_(), t(ent).requires_grad_()
+    inputs = LossInputs(logprob_N=lp_N, entropy_N=ent_N, old_logprob_N=t(old), advantage_N=t(adv),
+                        weight_N=t(weight), real_N=t(real), is_weight_N=t(is_weight), ref_logprob_N=t(ref))
+    loss, stats = policy_loss(inputs, LossSettings(eps_low, eps_high, alpha, beta))
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(lp_N.grad.numpy(), grad_lp, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ent_N.grad.numpy(), -alpha * weight, rtol=1e-12)
+
+    counted = real > 0
+    assert 0 < (ratio < 1 - eps_low).sum() and 0 < (ratio > 1 + eps_high).sum()  # both bounds are exercised
+    assert float(stats["loss"]) == pytest.approx(expected, rel=1e-12)
+    assert float(stats["kl_ref"]) == pytest.approx(kl, rel=1e-12)
+    assert float(stats["clip_low"]) == pytest.approx(np.sum(weight * ((ratio < 1 - eps_low) & (adv < 0))), rel=1e-12)
+    assert float(stats["clip_high"]) == pytest.approx(np.sum(weight * ((ratio > 1 + eps_high) & (adv > 0))), rel=1e-12)
+    assert float(stats["ratio_sum"]) == pytest.approx(np.sum(ratio * counted), rel=1e-12)
+    assert float(stats["ratio_count"]) == counted.sum()
+    assert float(stats["ratio_min"]) == pytest.approx(ratio[counted].min(), rel=1e-12)
+    assert float(stats["ratio_max"]) == pytest.approx(ratio[counted].max(), rel=1e-12)
+    assert float(stats["is_weight_sum"]) == pytest.approx(np.sum(is_weight * real), rel=1e-12)
+    assert float(stats["is_dropped"]) == np.sum((is_weight == 0) * real) > 0
+
+
+def test_policy_loss_without_optional_terms_is_the_surrogate():
+    """No importance weight, no reference, α = 0: the loss is the PPO-clip surrogate alone, with no extra stats."""
+    rng = np.random.default_rng(5)
+    n = 13
+    lp, old = torch.tensor(rng.normal(-1, 0.3, n)), torch.tensor(rng.normal(-1, 0.3, n))
+    adv, weight = torch.tensor(rng.normal(0, 1, n)), torch.full((n,), 1.0 / n, dtype=torch.float64)
+    inputs = LossInputs(lp, torch.tensor(rng.uniform(1, 2, n)), old, adv, weight, torch.ones(n, dtype=torch.float64))
+    loss, stats = policy_loss(inputs, LossSettings(0.2, 0.2))
+    surrogate, _ = ppo_clip_surrogate(lp, old, adv, weight, 0.2, 0.2)
+    assert loss.item() == surrogate.item()
+    assert not {"kl_ref", "is_weight_sum", "is_dropped"} & set(stats)
