@@ -1,19 +1,22 @@
 """The actor's decode loop: keep the engine full, hand each group on as soon as it is complete.
 
-One `tick`:
-  1. weights: take newly staged weights; load them now (`update_mode =
-     "inflight"`: between two decoding steps, running sequences kept) or once
-     the engine has drained (`"chunk"`: the old behaviour, for comparison).
-     With `inflight_kv = "recompute"` every running sequence is restarted on
-     the new weights from its prompt plus the tokens so far (its KV recomputed);
-     with `"keep"` it continues on its KV cache as it is (PipelineRL's way).
-     Only "recompute" needs each step's tokens (to restart from them); otherwise
-     a sequence reports once, when it finishes, with its tokens' versions;
-  2. prompts: ask the buffer for a grant when there is room (inflight: enough
-     free sequence slots under `target_sequences`; chunk: only when the
-     engine is empty, `prompts_per_chunk` prompts), and at least every
-     `heartbeat_s` (for 0 prompts when full), so a `stop` is heard while long
-     sequences run;
+When weights may be loaded, how many prompts the engine has room for and when to ask for them is one rule,
+actors/refill.py `RefillRule` (`settings.refill`), which the pipeline simulator calls too. One `tick`:
+  1. weights: take newly staged weights; load them when the rule allows
+     (`update_mode = "inflight"`: between two decoding steps, running sequences
+     kept; `"chunk"`: once the engine has drained, the old behaviour, for
+     comparison). With `inflight_kv = "recompute"` every running sequence is
+     restarted on the new weights from its prompt plus the tokens so far (its
+     KV recomputed); with `"keep"` it continues on its KV cache as it is
+     (PipelineRL's way). Only "recompute" needs each step's tokens (to restart
+     from them); otherwise a sequence reports once, when it finishes, with its
+     tokens' versions;
+  2. prompts: ask the buffer for a grant when the rule says there is room
+     worth asking for (inflight: about a quarter of `target_sequences` free,
+     counting granted sequences not yet started, or any room in an empty
+     engine; chunk: `prompts_per_chunk` prompts once the engine has drained),
+     and at least every `heartbeat_s` (for 0 prompts when full), so a `stop`
+     is heard while long sequences run;
   3. start granted prompts whose `min_version` the engine has reached (a
      grant that needs newer weights waits for them up to `grant_wait_s`, then
      goes back to the buffer);
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from asyncor.actors.buffer_link import Grant
+from asyncor.actors.refill import RefillRule
 from asyncor.actors.sequences import InFlight
 from asyncor.telemetry.time_budget import TimeBudget
 from asyncor.telemetry.timeline import Timeline
@@ -45,10 +49,8 @@ from asyncor.wire import messages as wire
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    update_mode: str = "inflight"  # "chunk" | "inflight" (configs/schema.py ActorsConfig documents both)
+    refill: RefillRule = RefillRule()  # update mode, engine size, when to load and to ask (actors/refill.py)
     inflight_kv: str = "keep"  # "keep" | "recompute"
-    target_sequences: int = 64  # sequences kept in the engine (inflight mode)
-    prompts_per_chunk: int = 8  # prompts per grant in chunk mode
     group_size: int = 8  # samples per prompt until a grant says otherwise
     temperature: float = 1.0
     top_p: float = 1.0
@@ -60,6 +62,11 @@ class RolloutSettings:
     heartbeat_s: float = 1.0  # ask (for 0 prompts if there is no room) at least this often: learns of `stop` in time
     probe_prompt: np.ndarray | None = field(default=None, compare=False)  # greedy probe after each load
     seed: int | None = None  # actors.seeded_requests: requests' sampling seeds derive from this (else engine's)
+
+    @property
+    def update_mode(self) -> str:
+        """The rule's update mode (the actor's summary reports it)."""
+        return self.refill.update_mode
 
 
 def request_seed(run_seed: int, prompt_id: int, version: int, sample: int = 0, tokens_done: int = 0) -> int:
@@ -80,6 +87,7 @@ class Rollout:
                  on_loaded=None, pause=None):
         self.engine, self.link, self.weights, self.outbox = engine, link, weights, outbox
         self.s = settings
+        self.rule = settings.refill
         self.log, self.metrics = log, metrics
         self.on_loaded = on_loaded  # (staged, load_s) -> None: the actor's per-load metrics
         self.pause = pause  # optional: .due(version) -> bool and .run(version) (held-out evaluation, engine idle)
@@ -92,12 +100,12 @@ class Rollout:
         self.retry_at = 0.0
         self.last_ask = 0.0
         self.budget = TimeBudget()
-        self.timeline = Timeline()  # each engine step's wall-clock interval and tokens (launcher/calibration.py)
+        self.timeline = Timeline()  # each engine step's wall-clock interval and tokens (studies/calibration.py)
         self.stats = {"tokens": 0, "steps": 0, "restarted": 0, "returned": 0,
                       "first_token_s": []}
         self._window = {"start": time.perf_counter(), "tokens": 0, "gen_s": 0.0, "occupancy": 0.0, "steps": 0}
         self._first_token_due: float | None = None  # staged_at of weights loaded, until a step uses them
-        self.stream = settings.update_mode == "inflight" and settings.inflight_kv == "recompute"
+        self.stream = self.rule.update_mode == "inflight" and settings.inflight_kv == "recompute"
         self._probes: dict[str, dict] = {}  # request id -> {version, logprob}
 
     # ------------------------------------------------------------------ loop
@@ -131,7 +139,7 @@ class Rollout:
         staged = self.weights.take()
         if staged is not None:
             self.staged = staged  # a newer one replaces one still waiting
-        if self.staged is not None and (self.s.update_mode == "inflight" or not self.engine.running()):
+        if self.staged is not None and self.rule.may_load(self.engine.running()):
             staged, self.staged = self.staged, None
             self.load(staged)
 
@@ -165,21 +173,15 @@ class Rollout:
     # ------------------------------------------------------------------ prompts
 
     def free_prompts(self) -> int:
-        """How many more prompts the engine has room for now."""
+        """How many more prompts the engine has room for now (none while stopped or told to wait)."""
         if self.stopped or time.perf_counter() < self.retry_at:
             return 0
-        if self.s.update_mode == "chunk":
-            busy = self.engine.running() or self.pending or self.staged is not None
-            return 0 if busy else self.s.prompts_per_chunk
         queued = sum(len(p.grant.prompts) for p in self.pending) * self.n
-        return max(self.s.target_sequences - self.engine.running() - queued, 0) // self.n
+        return self.rule.room(self.engine.running(), queued, self.n,
+                              waiting=bool(self.pending) or self.staged is not None)
 
     def wants_prompts(self) -> bool:
-        free = self.free_prompts()
-        if self.s.update_mode == "chunk" or not self.engine.running():
-            return free > 0
-        # Refill in batches of about a quarter of the target: one round trip per several groups, not per group.
-        return free >= max(1, self.s.target_sequences // self.n // 4)
+        return self.rule.should_ask(self.free_prompts(), self.engine.running(), self.n)
 
     def ask(self) -> None:
         self.last_ask = time.perf_counter()
@@ -256,7 +258,7 @@ class Rollout:
         w = self._window
         w["tokens"] += tokens
         w["gen_s"] += gen_s
-        w["occupancy"] += running / max(self.s.target_sequences, 1)
+        w["occupancy"] += running / self.rule.target_sequences
         w["steps"] += 1
         if self.metrics is not None and time.perf_counter() - w["start"] >= self.s.metrics_every_s:
             self.flush_metrics()

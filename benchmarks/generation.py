@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,9 +81,11 @@ def engine_only(args) -> None:
     from asyncor.actors.buffer_link import Grant
     from asyncor.wire.messages import Stop, WaitReply
     from asyncor.actors.engine import Engine
+    from asyncor.actors.refill import RefillRule
     from asyncor.actors.rollout import Rollout, RolloutSettings
     from asyncor.actors.sequences import Prompt
     from asyncor.configs.loader import load_config
+    from asyncor.configs.stages import max_over_stages
     from asyncor.prepare.warm_start import prepare_policy
     from asyncor.tasks.builtin import make_splits
     from asyncor.tasks.codec import TextCodec
@@ -94,7 +97,9 @@ def engine_only(args) -> None:
     engine = Engine(model_dir, config.model.dtype, config.run.seed, a.max_prompt_tokens + a.max_response_tokens, 0.3)
     train, _ = make_splits(config.task, config.run.seed)
     prompts = [codec.encode_prompt(p.prompt) for p in train[:args.prompts]]
-    target = a.inflight_sequences or a.prompts_per_chunk * a.group_size
+    # The actor's rule and engine size, always in flight here (the chunked way is vLLM's blocking generate).
+    refill = replace(RefillRule.from_config(a, max_over_stages(config, "group_size")), update_mode="inflight")
+    target = refill.target_sequences
 
     def chunked(prompts: list) -> int:
         tokens = 0
@@ -133,7 +138,7 @@ def engine_only(args) -> None:
 
         link = Link()
         rollout = Rollout(engine, link, Weights(), Outbox(), RolloutSettings(
-            update_mode="inflight", inflight_kv=kv, target_sequences=target, group_size=a.group_size,
+            refill=refill, inflight_kv=kv, group_size=a.group_size,
             temperature=a.temperature, top_p=a.top_p, stop_token_id=codec.eos_id, metrics_every_s=1e9), Log())
         rollout.run()
         return rollout.stats["tokens"]

@@ -4,14 +4,14 @@
     python launch.py advise --config my.toml --calibrate --nodes 4 --gpus-per-node 8
     python launch.py advise --from runs/cal-eta0 runs/cal-eta2 --check runs/advisor-check
 
-1. Rates: read from one or more finished runs (`--from`, launcher/calibration.py) or measured by a short
+1. Rates: read from one or more finished runs (`--from`, studies/calibration.py) or measured by a short
    calibration run of the config (`--calibrate`: `learner.steps = --calibration-steps`, evaluation off).
 2. Splits: for a cluster of `nodes x gpus_per_node` devices, every split the cluster launcher can place
    (launcher/plan.py): L = 1 .. gpus_per_node learner ranks on node 0 and actor engines of
    actors.tensor_parallel_size devices on the rest of every node; the learner's rate scales with its ranks from
    the calibration's rate per rank, linearly unless `--learner-efficiency E` (E per doubling of the ranks,
    e.g. 0.9; a data-parallel learner's all-reduce is not simulated).
-3. Each split runs through the pipeline simulator (launcher/simulator.py) with the config's staleness bound,
+3. Each split runs through the pipeline simulator (studies/simulator.py) with the config's staleness bound,
    batch and group sizes and chunking: predicted step time, learner idle fraction, actor idle fraction,
    staleness and trained tokens/s.
 4. Recommended: the split with the most trained tokens/s; among splits within `tolerance` (2 %) of it, the one
@@ -208,7 +208,7 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
         return 2
     devices = nodes * gpus_per_node
     lines = [f"# Actor:learner split for {nodes} node{'s' if nodes > 1 else ''} x {gpus_per_node} devices",
-             "", f"Rates from {', '.join(f'`{d}`' for d in from_runs)} (launcher/calibration.py):", "",
+             "", f"Rates from {', '.join(f'`{d}`' for d in from_runs)} (studies/calibration.py):", "",
              rates_table(cal), ""]
     lines += [f"* {n}" for n in cal.notes] + ([""] if cal.notes else [])
     lines += [f"Simulated {sim_steps} learner steps of η = {config.get('buffer.max_staleness')}, "

@@ -1,9 +1,10 @@
-"""The rates a finished run achieved, for the pipeline simulator (launcher/simulator.py) and the ratio advisor.
+"""The rates a finished run achieved, for the pipeline simulator (studies/simulator.py) and the ratio advisor.
 
     cal = calibrate([load_run("runs/cal-eta0"), load_run("runs/cal-eta2")])   # one run or several
     cal.rates        # simulator.Rates: generation and training rates, sync, overheads, lengths, slowdowns
     cal.notes        # how each figure was obtained, for advice.md
     measured(run)    # what the run did: steady-state wall time and the learner's idle fraction
+    shape_of(run.config)   # the run's simulator.Shape; its actors' refill rule is actors/refill.py's, as they ran it
 
 Where each figure comes from (roles/<role>.json, written by the roles at exit, and metrics.jsonl):
 
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from asyncor.actors.refill import RefillRule
+from asyncor.configs.schema import ActorsConfig
 from asyncor.studies.simulator import Rates, Shape, simulate
 from asyncor.runtime.run_dir import RunDir
 
@@ -346,19 +349,33 @@ def shared_host(run) -> bool:
     return int(cluster.get("nodes", 1)) <= 1
 
 
+_REFILL_FIELDS = ("update_mode", "prompts_per_chunk", "inflight_sequences", "group_size")  # what the rule reads
+
+
+def _refill_rule(config: dict) -> tuple[RefillRule, int]:
+    """The refill rule (actors/refill.py) a (flattened) run config's actors ran, and its first stage's group
+    size (the simulator's)."""
+    try:  # only the fields the rule reads: the schema's defaults and checks, whatever else config.json holds
+        actors = ActorsConfig(**{f: config[f"actors.{f}"] for f in _REFILL_FIELDS if f"actors.{f}" in config})
+    except ValueError as exc:
+        raise CalibrationError(f"the run's [actors] section: {exc}") from None
+    # The largest group over the stages sizes the actors' default engine (configs/stages.py max_over_stages).
+    stages = config.get("algo.stages") or []
+    largest = max([actors.group_size] + [int(stage.get("group_size") or 0) for stage in stages])
+    return RefillRule.from_config(actors, largest), actors.group_size
+
+
 def shape_of(config: dict, steps: int | None = None, actors: int | None = None, shared: bool = False,
              seed: int = 0) -> Shape:
-    """The simulator's shape for a (flattened) run config."""
-    group = int(config.get("actors.group_size", 8))
-    mode = str(config.get("actors.update_mode", "inflight"))
-    chunk = int(config.get("actors.prompts_per_chunk", 8))
-    if mode == "inflight" and int(config.get("actors.inflight_sequences", 0) or 0):
-        chunk = max(int(config["actors.inflight_sequences"]) // group, 1)
+    """The simulator's shape for a (flattened) run config: the prompts its actors' rule runs at once."""
+    rule, group = _refill_rule(config)
+    # An engine smaller than one group would never ask for prompts; simulated as running one.
+    chunk = max(rule.prompts_at_once(group), 1)
     return Shape(actors=actors or int(config.get("actors.count", 1)),
                  max_staleness=int(config.get("buffer.max_staleness", 0)),
                  prompts_per_step=int(config.get("learner.prompts_per_step", 64)), group_size=group,
-                 prompts_per_chunk=chunk, steps=steps or int(config.get("learner.steps", 100)), update_mode=mode,
-                 shared_host=shared, seed=seed)
+                 prompts_per_chunk=chunk, steps=steps or int(config.get("learner.steps", 100)),
+                 update_mode=rule.update_mode, shared_host=shared, seed=seed)
 
 
 def measured(run) -> Measured:

@@ -12,10 +12,15 @@ What it models, and how it maps to the code:
   training are dropped, giving their slot back).
 * **An actor** is one engine whose decoding step gives every running sequence one token and takes
   `gen_step_s + running / gen_tokens_per_s` (continuous batching: a fixed cost per step, as on a GPU reading
-  the weights, plus a cost per sequence; `gen_step_s = 0` is a fixed token rate shared by the sequences). It keeps `prompts_per_chunk` prompts running: in "inflight"
-  mode it asks for a new prompt as soon as a group finishes and loads new weights as soon as they are
-  published (pausing `load_s`); in "chunk" mode it asks for a whole chunk, generates it to the end, then loads
-  the newest weights. A group's `min_version` is the version loaded when it started.
+  the weights, plus a cost per sequence; `gen_step_s = 0` is a fixed token rate shared by the sequences).
+  When it loads published weights (pausing `load_s`), how many prompts it has room for and when it asks for
+  them is the actor's own rule, `actors/refill.py` `RefillRule`, called as is on an engine of
+  `prompts_per_chunk` groups: in "inflight" mode it loads new weights between decoding steps and refills when
+  about a quarter of its prompts have finished (any room when nothing runs); in "chunk" mode it asks for a
+  whole chunk, generates it to the end, then loads the newest weights. The simulator's unit is the group: a
+  group holds its `group_size` slots until its last sample ends (the engine frees each sample's slot as it
+  ends), and it wakes for new weights or room at the buffer only while it has room. A group's `min_version`
+  is the version loaded when it started.
 * **The learner** waits for `prompts_per_step` fresh groups, trains for `tokens / learner_tokens_per_s +
   step_overhead_s` (tokens = prompt + response tokens of the batch), publishes (`sync_s`) and only then tells
   the buffer the new version, as learner/trainer.py does.
@@ -30,7 +35,7 @@ What it models, and how it maps to the code:
   `speed = 1 / (1 + Σ slowdown)` over the other busy roles: `actor_slowdown_learner` while the learner trains,
   `actor_slowdown_actor` per other generating actor, `actor_slowdown_both` more while both kinds work (three
   roles on two cores are worse than the sum of pairs), `learner_slowdown_actor` while any actor generates
-  (launcher/calibration.py measures them from a run's timelines). On a cluster every role has its own devices
+  (studies/calibration.py measures them from a run's timelines). On a cluster every role has its own devices
   and they are unused.
 
 Not modelled: prefill cost beyond what the token rate absorbs, network jitter, a learner whose speed depends
@@ -44,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from asyncor.actors.refill import RefillRule
 from asyncor.buffer.staleness import StalenessBudget
 
 
@@ -110,6 +116,9 @@ class _Pipeline:
         if rates.gen_tokens_per_s <= 0 or rates.learner_tokens_per_s <= 0 or not 0 < rates.keep_frac <= 1:
             raise ValueError(f"rates need positive token rates and 0 < keep_frac <= 1: {rates}")
         self.s, self.r = shape, rates
+        # The actor's rule on an engine of prompts_per_chunk groups (the shape's prompts kept running).
+        self.refill = RefillRule(shape.update_mode, shape.prompts_per_chunk * shape.group_size,
+                                 shape.prompts_per_chunk)
         self.env = simpy.Environment()
         self.rng = np.random.default_rng(shape.seed)
         self.budget = StalenessBudget(shape.max_staleness, shape.prompts_per_step)
@@ -218,19 +227,18 @@ class _Pipeline:
         return {"left": lens.copy(), "min_version": loaded, "tokens": int(lens.sum())}
 
     def actor(self, i: int):
-        s, r = self.s, self.r
+        s, r, rule = self.s, self.r, self.refill
         loaded = 0
         running: list[dict] = []  # {left: tokens per sample (array), min_version, tokens}
-        refill_at = max(1, s.prompts_per_chunk // 4)  # actors/rollout.py asks when a quarter of its slots are free
         while not self.done:
-            # Load newer weights: in flight at once; in chunk mode only with nothing running.
-            if self.version > loaded and (s.update_mode == "inflight" or not running):
+            if self.version > loaded and rule.may_load(len(running)):
                 loaded = self.version
                 if r.load_s:
                     yield self.env.timeout(r.load_s)
-            # Ask for prompts: inflight refills free slots; chunk mode asks only when empty.
-            free = s.prompts_per_chunk - len(running)
-            if (free >= refill_at or not running) and (s.update_mode == "inflight" or not running):
+            # No grant waits to start (one starts at once), and no weights count as waiting: a version published
+            # during a chunk-mode load waits for the next chunk (the actor would load it before asking).
+            free = rule.room(len(running) * s.group_size, 0, s.group_size)
+            if rule.should_ask(free, len(running), s.group_size):
                 # Weights are published before the buffer hears the version, so what this actor has loaded
                 # is never older than a grant's min_version (v - η): the group starts on `loaded`.
                 running.extend(self._new_group(loaded) for _ in range(self.budget.grant(free)))
@@ -248,7 +256,7 @@ class _Pipeline:
             per_sample = self._actor_speed(i) / (r.gen_step_s + active / r.gen_tokens_per_s)
             t0 = self.env.now
             events = [self.env.timeout(first / per_sample)]
-            if s.update_mode == "inflight" and free > 0:
+            if free > 0 and rule.may_load(len(running)):  # chunk mode acts on news only once its chunk is done
                 events.append(self.changed)
             if s.shared_host:
                 events.append(self.speed_changed)

@@ -29,6 +29,7 @@ def main() -> None:
     from asyncor.actors.buffer_link import Grant
     from asyncor.wire.messages import Stop, WaitReply
     from asyncor.actors.engine import Engine
+    from asyncor.actors.refill import RefillRule
     from asyncor.actors.rollout import Rollout, RolloutSettings
     from asyncor.actors.sequences import Prompt
     from asyncor.configs.loader import load_config
@@ -93,7 +94,7 @@ def main() -> None:
     v1 = {k: t + 0.3 * t.std() * torch.randn(t.shape, generator=gen) if t.ndim == 2 else t for k, t in v0.items()}
     link, outbox = Link(), Outbox()
     weights = Weights(6, list(v1.items()) if args.scenario == "switch" else None)
-    settings = RolloutSettings(update_mode="inflight", inflight_kv=args.kv, target_sequences=24, group_size=4,
+    settings = RolloutSettings(refill=RefillRule("inflight", target_sequences=24), inflight_kv=args.kv, group_size=4,
                                temperature=1.0, stop_token_id=codec.eos_id, metrics_every_s=1e9)
     rollout = Rollout(engine, link, weights, outbox, settings, Log())
     rollout.run()

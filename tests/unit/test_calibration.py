@@ -1,5 +1,5 @@
-"""launcher/calibration.py: rates and shared-host slowdowns recovered from roles' timelines built with known
-values; launcher/advisor.py's splits and recommendation on those rates."""
+"""studies/calibration.py: rates and shared-host slowdowns recovered from roles' timelines built with known
+values; studies/advisor.py's splits and recommendation on those rates."""
 
 import dataclasses
 import json
@@ -162,3 +162,23 @@ def test_an_engines_step_cost_and_token_rate_come_back_from_its_steps():
     starts = np.concatenate([[0.0], np.cumsum(seconds)[:-1]])
     step_s, rate, (a,) = fit_engine(np.column_stack([starts, starts + seconds, n]), [busy])
     assert (step_s, rate, a) == pytest.approx((0.005, 2000.0, 1.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("sets, prompts", [
+    ([], 32),  # the tiny default: prompts_per_chunk prompts of group_size
+    (["actors.inflight_sequences=40"], 5),  # 40 sequences: 5 groups of 8
+    (["actors.update_mode='chunk'"], 32),
+    (["algo.stages=[{start_step=3, group_size=16}]"], 32 * 16 // 8),  # sized for stage 1's groups, runs stage 0's
+])
+def test_the_simulated_shape_runs_as_many_prompts_at_once_as_the_actors_rule(sets, prompts):
+    """shape_of reads a run's config through the actors' own refill rule (actors/refill.py)."""
+    from asyncor.actors.refill import RefillRule
+    from asyncor.configs.loader import load_config
+    from asyncor.configs.stages import max_over_stages
+    from asyncor.studies.runs import flatten
+
+    config = load_config(None, sets)
+    rule = RefillRule.from_config(config.actors, max_over_stages(config, "group_size"))
+    shape = shape_of(flatten(config.model_dump(mode="json")))
+    assert (shape.update_mode, shape.group_size) == (config.actors.update_mode, config.actors.group_size)
+    assert shape.prompts_per_chunk == rule.prompts_at_once(config.actors.group_size) == prompts

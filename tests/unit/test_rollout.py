@@ -13,6 +13,7 @@ import pytest
 from asyncor.actors.buffer_link import Grant
 from asyncor.wire.messages import Stop, WaitReply
 from asyncor.actors.outbox import to_trajectory
+from asyncor.actors.refill import RefillRule
 from asyncor.actors.rollout import Rollout, RolloutSettings
 from asyncor.actors.sequences import Prompt, InFlight
 from asyncor.wire.trajectory import parse_group
@@ -146,8 +147,8 @@ def make(lengths, schedule=(), n=2, target=8, **settings):
     outbox = FakeOutbox(engine, link)
     weights = FakeWeights(engine, list(schedule))
     settings = {"grant_wait_s": 60.0, **settings}
-    s = RolloutSettings(target_sequences=target, group_size=n, prompts_per_chunk=target // n, metrics_every_s=1e9,
-                        **settings)
+    refill = RefillRule(settings.pop("update_mode", "inflight"), target_sequences=target, prompts_per_chunk=target // n)
+    s = RolloutSettings(refill=refill, group_size=n, metrics_every_s=1e9, **settings)
     return Rollout(engine, link, weights, outbox, s, log=_Log()), engine, link, outbox
 
 

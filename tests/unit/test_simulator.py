@@ -1,4 +1,4 @@
-"""The pipeline simulator (launcher/simulator.py) against cases computed by hand: one actor, fixed lengths."""
+"""The pipeline simulator (studies/simulator.py) against cases computed by hand: one actor, fixed lengths."""
 
 import pytest
 
