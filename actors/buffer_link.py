@@ -46,8 +46,8 @@ class BufferLink:
             return self._expect(reply, wire.WaitReply)
         grant = self._expect(reply, wire.GrantReply)
         try:
-            prompts = [Prompt(p.prompt_id, unpack_array(p.token_ids, "token_ids", "<i4"), p.kind,
-                                     p.reference if p.reference is not None else p.answer) for p in grant.prompts]
+            prompts = [Prompt(p.prompt_id, unpack_array(p.token_ids, "token_ids", "<i4"), p.kind, p.reference)
+                       for p in grant.prompts]
         except wire.ProtocolError as exc:
             raise RuntimeError(f"the buffer's grant is malformed: {exc}") from None
         return Grant(prompts, grant.min_version, grant.sampling.n, grant.sampling.max_tokens)

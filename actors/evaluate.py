@@ -1,12 +1,15 @@
-"""Held-out evaluation with the actor engine, before, during and after RL.
+"""Evaluation with the actor engine: k samples per problem, scored, summarised as avg@k and pass@k.
 
-One protocol everywhere, so the numbers form one curve:
+`sample_and_score` is the one evaluation path: the held-out protocol below and `launch.py eval` / `filter`
+(studies/dataset_eval.py) both generate with it and score with the task's verifiers (tasks/scoring.py;
+a response cut at the length limit scores 0).
+
+The held-out protocol is the same everywhere, so the numbers form one curve:
   * greedy accuracy (one decoding per problem), and
   * avg@k at `eval.temperature` with `eval.samples_per_problem` samples per
     problem and the fixed sampling seed `eval.seed` (the same random stream
-    every time), plus pass@k and avg@k per data source.
-
-Who runs it:
+    every time), plus pass@k and avg@k per data source,
+on the task's first `eval.max_problems` held-out problems (tasks/task.py). Who runs it:
   * `launch.py run` runs this module as a phase before RL (version 0) and
     after it (`final/`, the last version) when `eval.before_and_after`;
   * during RL, actor `eval.actor` runs `evaluate_engine` with its own engine
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,37 +30,6 @@ from asyncor.configs.schema import Config
 from asyncor.telemetry import log as tlog
 from asyncor.runtime.role_summary import write_role_summary
 from asyncor.runtime.run_dir import RunDir
-
-
-@dataclass
-class Heldout:
-    """The held-out problems as the engine and the scorer need them (at most eval.max_problems)."""
-
-    prompts: list  # token id arrays
-    kinds: list[str]
-    references: list
-    sources: list[str]
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-def heldout(config: Config, codec, model_dir: str) -> Heldout:
-    limit = config.eval.max_problems
-    if config.task.kind != "files":
-        from asyncor.tasks.builtin import make_splits
-
-        _, problems = make_splits(config.task, config.run.seed)
-        problems = problems[:limit]
-        return Heldout([codec.encode_prompt(p.prompt) for p in problems], ["arithmetic"] * len(problems),
-                       [p.answer for p in problems], ["arithmetic"] * len(problems))
-    from asyncor.tasks.dataset import load_problems
-
-    problems, ids, _ = load_problems(config.task.heldout_files, codec, model_dir, config.actors.max_prompt_tokens,
-                                     config.task.format)
-    problems, ids = problems[:limit], ids[:limit]
-    return Heldout(ids, [p.kind for p in problems], [p.reference for p in problems],
-                   [p.data_source for p in problems])
 
 
 def response_tokens(config: Config) -> int:
@@ -84,28 +55,31 @@ def summarise(records: list[dict], k: int) -> dict:
             "by_source": {s: stats([r for r in records if r["data_source"] == s]) for s in sources}}
 
 
-def rewards_per_problem(scorer, codec, kinds: list[str], references: list, outputs) -> np.ndarray:
-    """(problems, k) rewards of the engine's outputs, through the Scorer (truncated samples score 0)."""
+def sample_and_score(engine, codec, scorer, problems: list, k: int, temperature: float, max_tokens: int,
+                     seed: int, top_p: float = 1.0) -> tuple[np.ndarray, list]:
+    """(rewards (problems, k), the engine's completions) of `k` samples per problem (tasks/task.py Problem)."""
     from asyncor.tasks.scoring import Sample
 
-    flat = scorer.score([Sample(kind, codec.decode(s.token_ids), ref, s.finish_reason == "length")
-                         for kind, ref, samples in zip(kinds, references, outputs) for s in samples])
-    return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1)
+    outputs = engine.generate([p.prompt_ids for p in problems], k, temperature, top_p, max_tokens, codec.eos_id,
+                              seed=seed)
+    flat = scorer.score([Sample(p.kind, codec.decode(c.token_ids), p.reference, c.finish_reason == "length")
+                         for p, completions in zip(problems, outputs) for c in completions])
+    return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1), outputs
 
 
-def evaluate_engine(config: Config, engine, codec, scorer, problems: Heldout) -> dict:
+def evaluate_engine(config: Config, engine, codec, scorer, problems: list) -> dict:
+    """The held-out protocol on the weights in `engine`."""
     cfg = config.eval
     max_tokens = response_tokens(config)
 
-    def rewards(temperature: float, k: int):
-        outputs = engine.generate(problems.prompts, k, temperature, 1.0, max_tokens, codec.eos_id, seed=cfg.seed)
-        return rewards_per_problem(scorer, codec, problems.kinds, problems.references, outputs)
+    def rewards(temperature: float, k: int) -> np.ndarray:
+        return sample_and_score(engine, codec, scorer, problems, k, temperature, max_tokens, cfg.seed)[0]
 
     start = time.perf_counter()
     greedy = rewards(0.0, 1)
     k = cfg.samples_per_problem if cfg.temperature > 0 else 1
     main = rewards(cfg.temperature, k) if cfg.temperature > 0 else greedy  # never decode greedily twice
-    stats = summarise([{"data_source": s, "rewards": r} for s, r in zip(problems.sources, main)], k)
+    stats = summarise([{"data_source": p.data_source, "rewards": r} for p, r in zip(problems, main)], k)
     return {"accuracy": stats["overall"][f"avg@{k}"], "n": len(problems), "samples_per_problem": k,
             "temperature": cfg.temperature, "greedy_accuracy": float(greedy.mean()),
             "pass_at_k": stats["overall"][f"pass@{k}"],
@@ -126,11 +100,13 @@ def evaluate(config: Config, model_dir: str) -> dict:
     from asyncor.actors.engine import Engine
     from asyncor.tasks.codec import TextCodec
     from asyncor.tasks.scoring import Scorer
+    from asyncor.tasks.task import make_task
 
     codec = TextCodec(model_dir)
-    problems = heldout(config, codec, model_dir)
+    task = make_task(config, codec)
+    problems = task.heldout(config.eval.max_problems)
     scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
-                    needs_pool=config.task.kind == "files")
+                    needs_pool=task.needs_verifier_pool)
     try:
         engine = Engine(model_dir, config.model.dtype, config.run.seed,
                         config.actors.max_prompt_tokens + response_tokens(config), config.actors.gpu_memory_utilization,

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from asyncor.actors.sequences import Group
+from asyncor.runtime.names import actor_name
 from asyncor.telemetry.time_budget import TimeBudget
 from asyncor.wire import messages as wire
 
@@ -53,7 +54,7 @@ def to_trajectory(group: Group, rewards: list[float], actor_id: int, seq: int):
 class Outbox(threading.Thread):
     def __init__(self, actor_id: int, scorer, codec, client, request_timeout_s: float, metrics, log,
                  capacity: int = 64):
-        super().__init__(name=f"outbox-{actor_id}", daemon=True)
+        super().__init__(name=f"{actor_name(actor_id)}/outbox", daemon=True)
         self.actor_id = actor_id
         self.scorer, self.codec, self.client = scorer, codec, client
         self.request_timeout_s = request_timeout_s
@@ -145,55 +146,51 @@ class Outbox(threading.Thread):
 
     def _send_all(self, groups: list) -> None:
         """All at once (one round trip's latency); a group without a clear answer goes the one-by-one way."""
-        replies = self.client.request_many("group", [g.to_wire() for g in groups], self.request_timeout_s)
+        replies = self.client.request_many(wire.TRAJECTORY_GROUP, [g.to_wire() for g in groups],
+                                           self.request_timeout_s)
         for group, reply in zip(groups, replies):
-            ack = self._ack(reply)
-            if ack is not None and ack.status in ("accepted", "duplicate"):
-                continue
-            if ack is not None and ack.status == "rejected":
-                self._rejected(group, ack)
-                continue
-            if reply is None:
-                self.log.warning("group_ack_timeout", seq=group.seq, attempt="batch")
-            self._send(group)  # no ack (lost, or late) or `full`: again, with the same seq
+            answer = self._answer(reply)
+            if isinstance(answer, wire.Refused):
+                self._rejected(group, answer)
+            elif answer is None or answer.status == "full":
+                if reply is None:
+                    self.log.warning("group_ack_timeout", seq=group.seq, attempt="batch")
+                self._send(group)  # no answer (lost, or late) or `full`: again, with the same seq
 
-    def _ack(self, reply) -> wire.GroupAck | None:
-        """The buffer's ack to a group, checked; None for no answer or one that is not an ack (sent again)."""
+    def _answer(self, reply) -> wire.GroupAck | wire.Refused | None:
+        """The buffer's answer to a group, checked; None for no answer or one that is neither (sent again)."""
         if reply is None:
             return None
         try:
-            return wire.parse(reply, wire.GroupAck)
+            return wire.parse(reply, wire.Refused if reply.type == wire.Refused.TYPE else wire.GroupAck)
         except wire.ProtocolError as exc:
             self.log.warning("group_ack_malformed", error=str(exc))
             return None
 
-    def _rejected(self, group, ack: wire.GroupAck) -> None:
+    def _rejected(self, group, refused: wire.Refused) -> None:
         self.sent["rejected"] += 1
-        self.log.error("group_rejected", seq=group.seq, reason=ack.reason, detail=ack.detail)
+        self.log.error("group_rejected", seq=group.seq, reason=refused.reason, detail=refused.detail)
 
     def _send(self, group) -> None:
         body = group.to_wire()
         unanswered, pause = 0, 0.05
         while unanswered < SEND_ATTEMPTS:
             try:
-                ack = self.client.request("group", body, self.request_timeout_s)
+                answer = self._answer(self.client.request(wire.TRAJECTORY_GROUP, body, self.request_timeout_s))
             except TimeoutError:
                 unanswered += 1
                 self.log.warning("group_ack_timeout", seq=group.seq, attempt=unanswered)
                 continue
-            ack = self._ack(ack)
-            status = ack.status if ack is not None else None
-            if status in ("accepted", "duplicate"):
-                return
-            if status is None:  # not an ack: as if unanswered
+            if answer is None:  # not an answer to a group: as if unanswered
                 unanswered += 1
-                continue
-            if status == "full":  # the learner has not caught up: wait, as long as the buffer answers
-                if self._stopping.is_set():
-                    return
+            elif isinstance(answer, wire.Refused):
+                self._rejected(group, answer)
+                return
+            elif answer.status != "full":  # accepted, or a duplicate of one accepted before
+                return
+            elif self._stopping.is_set():
+                return
+            else:  # full: the learner has not caught up: wait, as long as the buffer answers
                 time.sleep(pause)
                 pause = min(2 * pause, FULL_PAUSE_MAX_S)
-                continue
-            self._rejected(group, ack)
-            return
         raise RuntimeError(f"group seq={group.seq} not acknowledged after {SEND_ATTEMPTS} sends without an answer")

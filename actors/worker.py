@@ -30,12 +30,14 @@ import time
 
 import numpy as np
 
-from asyncor.actors.evaluate import due, evaluate_engine, heldout, metrics_of, response_tokens
+from asyncor.actors.evaluate import due, evaluate_engine, metrics_of, response_tokens
 from asyncor.configs.schema import Config
 from asyncor.configs.stages import max_over_stages
 from asyncor.telemetry import log as tlog
 from asyncor.runtime.role_summary import write_role_summary
+from asyncor.runtime.names import actor_name, actor_socket
 from asyncor.runtime.run_dir import RunDir
+from asyncor.wire import messages as wire
 
 
 
@@ -44,13 +46,13 @@ class Stopped(BaseException):
 
 
 def rollout_settings(config: Config, codec):
+    from asyncor.actors.refill import RefillRule
     from asyncor.actors.rollout import RolloutSettings
 
     a = config.actors
     return RolloutSettings(
-        update_mode=a.update_mode, inflight_kv=a.inflight_kv,
-        target_sequences=a.inflight_sequences or a.prompts_per_chunk * max_over_stages(config, "group_size"),
-        prompts_per_chunk=a.prompts_per_chunk, group_size=a.group_size, temperature=a.temperature, top_p=a.top_p,
+        refill=RefillRule.from_config(a, max_over_stages(config, "group_size")), inflight_kv=a.inflight_kv,
+        group_size=a.group_size, temperature=a.temperature, top_p=a.top_p,
         stop_token_id=codec.eos_id, grant_wait_s=a.grant_wait_s, outbox_timeout_s=config.net.request_timeout_s * 3,
         probe_prompt=codec.encode_prompt("12+34=") if a.probe else None,
         seed=config.run.seed if a.seeded_requests else None)
@@ -74,48 +76,51 @@ class Evaluation:
 class Actor:
     def __init__(self, config: Config, actor_id: int):
         import torch
-        import zmq
-
         from asyncor.actors.buffer_link import BufferLink
         from asyncor.actors.engine import Engine
         from asyncor.actors.outbox import Outbox
         from asyncor.actors.rollout import Rollout
         from asyncor.wire.curve import role_keys
-        from asyncor.wire.transport import Client, endpoint
+        from asyncor.wire.rpc import connect
+        from asyncor.wire.transport import endpoint
+        from asyncor.wire.zeromq import ZmqTransport
         from asyncor.runtime.run_dir import start_version
         from asyncor.sync.group import pick_backend
         from asyncor.sync.receiver import WeightReceiver
         from asyncor.tasks.codec import TextCodec
         from asyncor.tasks.scoring import Scorer
+        from asyncor.tasks.task import make_task
         from asyncor.telemetry.metrics import MetricsWriter
 
         self.config = config
         self.actor_id = actor_id
-        self.log = tlog.get(f"actor{actor_id}")
-        self.metrics = MetricsWriter(RunDir(config.run_dir).metrics, f"actor:{actor_id}", config.net.telemetry_address)
+        self.log = tlog.get(actor_name(actor_id))
+        self.metrics = MetricsWriter(RunDir(config.run_dir).metrics, actor_name(actor_id), config.net.telemetry_address)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net = config.net
         keys = role_keys(net.auth)  # CURVE keys for every socket (None: net.auth off)
+        transport = ZmqTransport()
         # The receiver joins the broadcast group first so the learner never waits on vLLM start-up.
-        self.receiver = WeightReceiver(actor_id, net.learner_address, net.sync_port, net.store_port,
+        self.receiver = WeightReceiver(transport, actor_id, net.learner_address, net.sync_port, net.store_port,
                                        pick_backend(config.sync.backend, device), config.sync.timeout_s, device, keys,
                                        config.sync.rejoin_timeout_s)
         self.receiver.start()
         # Hello to the buffer before the engine starts: a restarted actor's unfinished grants go back to the
         # prompt stream at once, not after its start-up.
-        ctx = zmq.Context.instance()
         buffer_at = endpoint(net.buffer_address, net.buffer_actor_port)
-        self.client = Client(ctx, buffer_at, f"actor-{actor_id}", config.buffer.max_message_bytes, "buffer", keys)
+        self.client = connect(transport, buffer_at, actor_socket(actor_id), config.buffer.max_message_bytes, "buffer",
+                              keys)
         self.link = BufferLink(self.client, actor_id, net.request_timeout_s)
         self.welcome = self.link.hello(3 * net.request_timeout_s)  # the buffer may still be starting
         if self.welcome.restarted:
             self.log.info("restarted", learner_version=self.welcome.version, seq_start=self.welcome.seq_start)
         self.codec = TextCodec(config.model.path)
+        task = make_task(config, self.codec)
         # Periodic held-out evaluation, by one actor only.
         self.eval_every = config.eval.every_steps if actor_id == config.eval.actor else 0
         # Verifier processes start before vLLM (spawned, never forked from the engine's process state).
         self.scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
-                             needs_pool=config.task.kind == "files")
+                             needs_pool=task.needs_verifier_pool)
         # A resumed run's engine starts with the checkpoint's weights, that version.
         self.start_version = start_version(config.checkpoint.resume_from)
         start = time.perf_counter()
@@ -125,14 +130,14 @@ class Actor:
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
         # Groups go out on their own socket, from the outbox thread.
         self.outbox = Outbox(actor_id, self.scorer, self.codec,
-                             Client(ctx, buffer_at, f"actor-{actor_id}-groups", config.buffer.max_message_bytes,
-                                    "buffer", keys),
+                             connect(transport, buffer_at, actor_socket(actor_id, "groups"),
+                                     config.buffer.max_message_bytes, "buffer", keys),
                              net.request_timeout_s, self.metrics, self.log)
         self.outbox.seq = self.welcome.seq_start  # numbers after the last incarnation's (duplicates stay duplicates)
         self.outbox.start()
         self.finishing = False  # after `stop`: saying bye and writing the figures
         self.stats = {"load_s": [], "recv_s": [], "versions": [self.start_version], "eval_s": 0.0, "evaluated": []}
-        self.heldout = heldout(config, self.codec, config.model.path) if self.eval_every else None
+        self.heldout = task.heldout(config.eval.max_problems) if self.eval_every else None
         self.eval_metrics = MetricsWriter(RunDir(config.run_dir).metrics, "eval", config.net.telemetry_address) if self.eval_every else None
         self.rollout = Rollout(self.engine, self.link, self.receiver, self.outbox, rollout_settings(config, self.codec),
                                self.log, self.metrics, on_loaded=self.on_loaded,
@@ -220,10 +225,10 @@ class Actor:
         }
         try:
             bye = {k: v for k, v in summary.items() if k != "timeline"}  # the buffer's copy needs no timeline
-            self.client.request("bye", {"actor_id": self.actor_id, "stats": bye}, 5.0)
+            self.client.call(wire.Bye(actor_id=self.actor_id, stats=bye), 5.0)
         except TimeoutError:
             self.log.warning("bye_not_acknowledged")
-        write_role_summary(self.config, f"actor{self.actor_id}", summary)
+        write_role_summary(self.config, actor_name(self.actor_id), summary)
         self.close()
         self.log.info("exit", tokens=tokens, groups=summary["groups"])
 

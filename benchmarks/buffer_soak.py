@@ -86,11 +86,11 @@ def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: 
     transport = ZmqTransport()
     at = endpoint(cfg.net.buffer_address, cfg.net.buffer_actor_port)
     keys = role_keys(cfg.net.auth)
-    control = connect(transport, at, f"actor-{actor_id}", cfg.buffer.max_message_bytes, "buffer", keys)
-    groups_sock = connect(transport, at, f"actor-{actor_id}-groups", cfg.buffer.max_message_bytes, "buffer", keys)
+    control = connect(transport, at, f"actor{actor_id}", cfg.buffer.max_message_bytes, "buffer", keys)
+    groups_sock = connect(transport, at, f"actor{actor_id}/groups", cfg.buffer.max_message_bytes, "buffer", keys)
     rng = np.random.default_rng(actor_id)
     stats = {"sent": 0, "accepted": 0, "bytes": 0, "lost": 0, "not_accepted": {}}
-    control.request("hello", {"actor_id": actor_id}, TIMEOUT)
+    control.request("actor_hello", {"actor_id": actor_id}, TIMEOUT)
     seq = 0
     while True:
         want = in_flight if time.monotonic() < stop_at else 0
@@ -145,7 +145,7 @@ def learner(cfg_path: str, step_s: float, stop_at: float, out: mp.Queue) -> None
     cfg = load_resolved(cfg_path)
     client = connect(ZmqTransport(), endpoint(cfg.net.buffer_address, cfg.net.buffer_learner_port), "learner",
                     cfg.buffer.max_message_bytes, "buffer", role_keys(cfg.net.auth))
-    client.request("hello", {}, TIMEOUT)
+    client.request("learner_hello", {}, TIMEOUT)
     client.request("version", {"version": 0}, TIMEOUT)
     version, trained = 0, 0
     while time.monotonic() < stop_at:
@@ -176,6 +176,7 @@ def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens:
          prompts_per_step: int = 32, eta: int = 2, in_flight: int = 16, learner_step_s: float = 0.0,
          auth: str = "off", run_dir: str | None = None) -> dict:
     from asyncor.wire import curve
+    from asyncor.wire.zeromq import generate_keys
     from asyncor.prepare.tiny_model import build_tokenizer
 
     run_dir = run_dir or tempfile.mkdtemp(prefix="asyncor-soak-")
@@ -183,7 +184,7 @@ def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens:
                            eta, auth)
     env = {**os.environ, "PYTHONPATH": ROOT}
     if auth == "curve":
-        env.update(curve.generate().to_env())
+        env.update(generate_keys().to_env())
     os.environ.update({k: v for k, v in env.items() if k == curve.ENV})  # the senders (forked) use them too
     buffer = subprocess.Popen([sys.executable, "-m", "asyncor.buffer", "--config", cfg_path], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
-from asyncor.tasks.arithmetic import Problem
+from asyncor.tasks.task import Problem
 
 
 class PromptStream:

@@ -63,10 +63,11 @@ class ReplayStore:
         """The prompts of the stored groups, oldest first."""
         return [g.prompt_id for g in self._groups]
 
-    def next_seq(self, actor_id: int, gap: int) -> int:
-        """Where a restarted actor starts numbering: `gap` past every number of its earlier incarnations, so a
-        group of theirs still in flight can never share a number with one of the new incarnation's."""
-        return self._seen.highest(actor_id) + 1 + gap
+    def highest_seq(self, actor_id: int) -> int:
+        """The highest group number of `actor_id` seen (-1: none). A restarted actor numbers its groups well past
+        it (buffer/admission.py), so a group of an earlier incarnation still in flight never shares a number
+        with one of the new incarnation's."""
+        return self._seen.highest(actor_id)
 
     def is_duplicate(self, group: TrajectoryGroup) -> bool:
         return (group.actor_id, group.seq) in self._seen

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from asyncor.wire import curve
+from asyncor.wire.zeromq import generate_keys, load_keys
 from asyncor.configs.schema import Config
 from asyncor.launcher.placement import is_loopback
 from asyncor.runtime.run_dir import RunDir
@@ -38,6 +39,6 @@ def resolve_auth(config: Config, run_dir: str) -> curve.CurveKeys | None:
                   "address: anything that can reach their ports can connect (every message is still checked "
                   "and bad ones refused). Remove net.auth = off to use CURVE.", file=sys.stderr, flush=True)
         return None
-    keys = curve.load_keys(net.curve_keys) if net.curve_keys else curve.generate()  # ValueError names the file
+    keys = load_keys(net.curve_keys) if net.curve_keys else generate_keys()  # ValueError names the file
     curve.save_keys(keys, RunDir(run_dir).keys)
     return keys

@@ -20,15 +20,17 @@ import re
 import threading
 
 from asyncor.wire.envelope import ProtocolError, decode
+from asyncor.wire.messages import Ack, Flush, MetricsRecord, RoleSummary, parse
 from asyncor.wire.rpc import Server
 from asyncor.wire.transport import endpoint
 from asyncor.wire.zeromq import ZmqTransport
 from asyncor.runtime.run_dir import RunDir
 
+MESSAGES = {m.TYPE: m for m in (MetricsRecord, Flush, RoleSummary)}
 MAX_BYTES = 16 << 20
 MAX_DEPTH = 6
 MAX_STR = 4096
-RECORD_ROLE = re.compile(r"^(learner|buffer|eval|actor:\d{1,6})$")
+RECORD_ROLE = re.compile(r"^(learner|buffer|eval|actor\d{1,6})$")  # the roles that log metrics (runtime/names.py)
 SUMMARY_ROLE = re.compile(r"^(learner|buffer|actor\d{1,6}|prepare|eval_before|eval_after)$")
 
 
@@ -58,10 +60,7 @@ def plain(obj, depth: int = 0):
     raise ProtocolError("bad_field", f"value of type {type(obj).__name__}")
 
 
-def parse_record(body: dict) -> dict:
-    record = body["record"]
-    if not isinstance(record, dict):
-        raise ProtocolError("bad_field", "'record' is not a map")
+def check_record(record: dict) -> dict:
     record = plain(record)
     if not isinstance(record.get("role"), str) or not RECORD_ROLE.match(record["role"]):
         raise ProtocolError("bad_value", f"record role {record.get('role')!r}")
@@ -76,12 +75,9 @@ def parse_record(body: dict) -> dict:
     return record
 
 
-def parse_summary(body: dict) -> tuple[str, dict]:
-    role, summary = body.get("role"), body.get("summary")
-    if not isinstance(role, str) or not SUMMARY_ROLE.match(role):
+def check_summary(role: str, summary: dict) -> tuple[str, dict]:
+    if not SUMMARY_ROLE.match(role):
         raise ProtocolError("bad_value", f"summary role {role!r}")
-    if not isinstance(summary, dict):
-        raise ProtocolError("bad_field", "'summary' is not a map")
     return role, plain(summary)
 
 
@@ -144,8 +140,12 @@ class Collector:
     def handle(self, ident: bytes, raw: bytes) -> None:
         try:
             msg = decode(raw, MAX_BYTES)
-            if msg.type == "metrics" and "record" in msg.body:
-                record = parse_record(msg.body)
+            kind = MESSAGES.get(msg.type)
+            if kind is None:
+                raise ProtocolError("unknown_type", f"{msg.type!r} is not for the launcher")
+            m = parse(msg, kind)
+            if isinstance(m, MetricsRecord):
+                record = check_record(m.record)
                 self._metrics.write(json.dumps(record) + "\n")
                 self._metrics.flush()
                 self.records += 1
@@ -154,18 +154,15 @@ class Collector:
                         self._tensorboard.write(record)
                     except Exception:  # noqa: BLE001 - events are a copy: metrics.jsonl has the record
                         self.tensorboard_errors += 1
-            elif msg.type == "summary":
-                role, summary = parse_summary(msg.body)
-                self._write_summary(role, summary)
-            elif msg.type != "metrics":
-                raise ProtocolError("unknown_type", f"{msg.type!r} is not for the launcher")
+            elif isinstance(m, RoleSummary):
+                self._write_summary(*check_summary(m.role, m.summary))
         except ProtocolError as exc:
             self.refused[exc.reason] += 1
             return
         rid = msg.body.get("rid")
         if isinstance(rid, int) and not isinstance(rid, bool):
             self._metrics.flush()
-            self.server.reply(ident, msg, "ack", {})
+            self.server.answer(ident, msg, Ack())
 
     def _write_summary(self, role: str, summary: dict) -> None:
         path = self.files.role(role)

@@ -17,11 +17,6 @@ import shutil
 import numpy as np
 from asyncor.runtime.run_dir import RunDir
 
-def role_dir(role: str) -> str:
-    """`actor:3` -> `actor3`."""
-    return role.replace(":", "")
-
-
 class TensorBoardSink:
     def __init__(self, run_dir: str):
         from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
@@ -33,7 +28,7 @@ class TensorBoardSink:
 
     def _writer(self, role: str):
         if role not in self._writers:
-            self._writers[role] = self._writer_type(log_dir=os.path.join(self.root, role_dir(role)), flush_secs=10)
+            self._writers[role] = self._writer_type(log_dir=os.path.join(self.root, role), flush_secs=10)
         return self._writers[role]
 
     def write(self, record: dict) -> None:

@@ -148,8 +148,8 @@ class Learner:
                     n_groups = stage_at(cfg, self.version).prompts_per_step  # D_R of the current stage
                     reply = self.buffer.call(wire.BatchRequest(version=self.version, n_groups=n_groups),
                                              cfg.net.request_timeout_s)
-                    if reply.type == "batch":
-                        raw = encode("batch", reply.body)
+                    if reply.type == wire.BatchReply.TYPE:
+                        raw = encode(wire.BatchReply.TYPE, reply.body)
                         break
                     try:
                         waiting = wire.parse(reply, wire.WaitReply)
@@ -282,7 +282,7 @@ class Learner:
         buffer_state = None
         if self.ranks.main:
             try:
-                buffer_state = wire.parse(reply, wire.CheckpointAck).state
+                buffer_state = wire.parse(reply, wire.BufferState).state
             except wire.ProtocolError as exc:
                 raise RuntimeError(f"the buffer did not send its state for the checkpoint: {exc}") from None
         cfg = self.config

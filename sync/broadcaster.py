@@ -92,14 +92,14 @@ class WeightBroadcaster:
         """One inbound message: a hello joins, a `here` for the current probe answers it; the rest is refused."""
         try:
             msg = decode(raw, MAX_INBOUND_BYTES)
-            kind = {"hello": wire.SyncHello, "here": wire.Here}.get(msg.type)
+            kind = {wire.ReceiverHello.TYPE: wire.ReceiverHello, wire.Here.TYPE: wire.Here}.get(msg.type)
             if kind is None:
                 raise ProtocolError("unknown_type", f"{msg.type!r} is not a weight-receiver message")
             m = wire.parse(msg, kind)
             actor_id = m.actor_id
             if not actor_id < self.num_actors or ident != hello_identity(actor_id):
                 raise ProtocolError("bad_value", f"not from actor {actor_id}'s weight receiver")
-            if isinstance(m, wire.SyncHello):
+            if isinstance(m, wire.ReceiverHello):
                 if actor_id in self.members or self.epoch > 0:
                     self.stats["rejoined"] += 1
                     self.log.info("sync_actor_rejoined", actor=actor_id)

@@ -14,10 +14,12 @@ from datetime import timedelta
 
 import torch
 
+from asyncor.runtime.names import actor_socket
+
 
 def hello_identity(actor_id: int) -> bytes:
     """The socket identity of actor `actor_id`'s weight receiver: its hello must come from it."""
-    return f"actor-{actor_id}-weights".encode()
+    return actor_socket(actor_id, "weights").encode()
 
 
 def pick_backend(setting: str, device: torch.device) -> str:

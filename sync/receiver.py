@@ -29,6 +29,7 @@ from asyncor.wire.messages import encode_message
 from asyncor.wire.transport import Connection, Transport, endpoint
 from asyncor.sync.buckets import Bucket, unflatten
 from asyncor.sync.group import abandon, hello_identity, make_group, open_store
+from asyncor.runtime.names import actor_name
 from asyncor.telemetry import log as tlog
 
 MAX_ANNOUNCEMENT_BYTES = 1 << 24
@@ -45,7 +46,7 @@ class StagedWeights:
 class WeightReceiver(threading.Thread):
     def __init__(self, transport: Transport, actor_id: int, host: str, sync_port: int, store_port: int, backend: str, timeout_s: float,
                  device: torch.device, keys: CurveKeys | None = None, rejoin_timeout_s: float = 600.0):
-        super().__init__(name=f"weight-receiver-{actor_id}", daemon=True)
+        super().__init__(name=f"{actor_name(actor_id)}/weights", daemon=True)
         self.transport = transport
         self.keys = keys  # the run's CURVE keys (net.auth = "curve"), else None
         self.actor_id = actor_id
@@ -53,7 +54,7 @@ class WeightReceiver(threading.Thread):
         self.device = device
         self.timeout_s = timeout_s
         self.rejoin_timeout_s = rejoin_timeout_s
-        self.log = tlog.get(f"actor{actor_id}")
+        self.log = tlog.get(actor_name(actor_id))
         self._staged: StagedWeights | None = None
         self._cond = threading.Condition()
         self._stopping = threading.Event()
@@ -69,7 +70,7 @@ class WeightReceiver(threading.Thread):
         # The identity the learner checks against the actor id of every message.
         conn = self.transport.connect(endpoint(host, sync_port), hello_identity(self.actor_id).decode(), self.keys)
         try:
-            self._say(conn, wire.SyncHello(actor_id=self.actor_id))
+            self._say(conn, wire.ReceiverHello(actor_id=self.actor_id))
             store = open_store(host, store_port, False, timeout_s)
             orphan_since: float | None = time.monotonic()  # without a working group since (None: in one)
             while not self._stopping.is_set():
@@ -99,7 +100,7 @@ class WeightReceiver(threading.Thread):
         """One message from the learner; a failed collective leaves the group (the learner makes a new one)."""
         try:
             msg = decode(conn.recv(), MAX_ANNOUNCEMENT_BYTES)
-            kind = {"probe": wire.Probe, "join": wire.Join, "weights": wire.Announcement}.get(msg.type)
+            kind = {m.TYPE: m for m in (wire.Probe, wire.Join, wire.Announcement)}.get(msg.type)
             if kind is None:
                 raise ProtocolError("unknown_type", f"{msg.type!r} is not a weight-sync message")
             m = wire.parse(msg, kind)
@@ -118,7 +119,7 @@ class WeightReceiver(threading.Thread):
             self.stats["failed"] += 1
             self.log.warning("sync_group_failed", epoch=self._epoch, error=str(exc)[:300])
             self._leave()
-            self._say(conn, wire.SyncHello(actor_id=self.actor_id))  # asks for a regroup
+            self._say(conn, wire.ReceiverHello(actor_id=self.actor_id))  # asks for a regroup
 
     def _join(self, store, epoch: int, rank: int, world_size: int, backend: str) -> None:
         if rank >= world_size or epoch <= self._epoch:

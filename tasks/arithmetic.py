@@ -19,7 +19,7 @@ CHARACTERS = list("0123456789+-*=")
 
 
 @dataclass(frozen=True)
-class Problem:
+class TextProblem:
     id: int
     prompt: str
     answer: str
@@ -29,7 +29,7 @@ def _solve(a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b}[op]
 
 
-def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
+def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[TextProblem], list[TextProblem]]:
     """(train, heldout): disjoint lists of distinct problems, deterministic in `seed`."""
     rng = random.Random(f"arithmetic-{seed}")
     high = 10**cfg.digits - 1
@@ -38,14 +38,14 @@ def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[Problem], list[Problem
     if n_total > space:
         raise ValueError(f"task: {n_total} problems requested but only {space} distinct ones exist for digits={cfg.digits}")
     seen: set[tuple[int, str, int]] = set()
-    problems: list[Problem] = []
+    problems: list[TextProblem] = []
     while len(problems) < n_total:
         key = (rng.randint(0, high), rng.choice(cfg.operations), rng.randint(0, high))
         if key in seen:
             continue
         seen.add(key)
         a, op, b = key
-        problems.append(Problem(id=len(problems), prompt=f"{a}{op}{b}=", answer=str(_solve(a, op, b))))
+        problems.append(TextProblem(id=len(problems), prompt=f"{a}{op}{b}=", answer=str(_solve(a, op, b))))
     return problems[: cfg.train_size], problems[cfg.train_size :]
 
 

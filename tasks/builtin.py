@@ -4,10 +4,10 @@ held-out evaluation). Both are scored exact-answer (scoring kind "arithmetic")."
 from __future__ import annotations
 
 from asyncor.configs.schema import TaskConfig
-from asyncor.tasks.arithmetic import Problem
+from asyncor.tasks.arithmetic import TextProblem
 
 
-def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
+def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[TextProblem], list[TextProblem]]:
     """(train, heldout) of the built-in task; kind = "files" warm-starts on arithmetic."""
     if cfg.kind == "repeat":
         from asyncor.tasks.repeat import make_splits as repeat_splits

@@ -15,7 +15,7 @@ import math
 import random
 
 from asyncor.configs.schema import TaskConfig
-from asyncor.tasks.arithmetic import Problem
+from asyncor.tasks.arithmetic import TextProblem
 
 MEDIAN_REPEAT = 2.0
 SIGMA = 1.0
@@ -25,13 +25,13 @@ def draw_repeat(rng: random.Random, max_repeat: int) -> int:
     return min(max(1, round(math.exp(rng.gauss(math.log(MEDIAN_REPEAT), SIGMA)))), max_repeat)
 
 
-def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
+def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[TextProblem], list[TextProblem]]:
     """(train, heldout): disjoint lists of distinct problems, deterministic in `seed`."""
     rng = random.Random(f"repeat-{seed}")
     high = 10**cfg.digits - 1
     n_total = cfg.train_size + cfg.heldout_size
     seen: set[tuple[int, int]] = set()
-    problems: list[Problem] = []
+    problems: list[TextProblem] = []
     for _ in range(100 * n_total):  # bounded: a space too small for the request fails, never hangs
         if len(problems) == n_total:
             break
@@ -40,7 +40,7 @@ def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[Problem], list[Problem
             continue
         seen.add(key)
         a, n = key
-        problems.append(Problem(id=len(problems), prompt=f"{a}*{n}=", answer=str(a) * n))
+        problems.append(TextProblem(id=len(problems), prompt=f"{a}*{n}=", answer=str(a) * n))
     if len(problems) < n_total:
         raise ValueError(f"task: {n_total} distinct problems requested; digits={cfg.digits} and "
                          f"max_repeat={cfg.max_repeat} give too few (raise task.digits or task.max_repeat)")

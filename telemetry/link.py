@@ -21,6 +21,7 @@ import threading
 import time
 
 from asyncor.wire.curve import ENV, from_env
+from asyncor.wire import messages as wire
 from asyncor.wire.envelope import ProtocolError, decode, encode
 from asyncor.wire.zeromq import ZmqTransport
 
@@ -50,21 +51,21 @@ class LauncherLink:
 
     def record(self, record: dict) -> None:
         with self._lock:
-            if not self.conn.send(encode("metrics", {"record": record})):
+            if not self.conn.send(wire.encode_message(wire.MetricsRecord(record=record))):
                 self.dropped += 1
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the launcher has written every record sent so far; False past the deadline."""
-        return self._acknowledged("metrics", {}, timeout_s)
+        return self._acknowledged(wire.Flush(), timeout_s)
 
     def summary(self, name: str, summary: dict, timeout_s: float) -> bool:
         """Send the role's final figures; True once the launcher has them on disk (and every earlier record)."""
-        return self._acknowledged("summary", {"role": name, "summary": summary}, timeout_s)
+        return self._acknowledged(wire.RoleSummary(role=name, summary=summary), timeout_s)
 
-    def _acknowledged(self, type_: str, body: dict, timeout_s: float) -> bool:
+    def _acknowledged(self, message: wire.Body, timeout_s: float) -> bool:
         with self._lock:
             rid = next(self._rids)
-            if not self.conn.send(encode(type_, {**body, "rid": rid, "pid": os.getpid()})):
+            if not self.conn.send(encode(message.TYPE, {**wire.body(message), "rid": rid, "pid": os.getpid()})):
                 return False
             deadline = time.monotonic() + timeout_s
             while (left := deadline - time.monotonic()) > 0 and self.conn.readable(left + 0.001):
@@ -72,6 +73,6 @@ class LauncherLink:
                     reply = decode(self.conn.recv(), 1 << 16)
                 except ProtocolError:
                     continue
-                if reply.type == "ack" and reply.body.get("rid") == rid:
+                if reply.type == wire.Ack.TYPE and reply.body.get("rid") == rid:
                     return True
             return False

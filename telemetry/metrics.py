@@ -32,7 +32,7 @@ class MetricsWriter:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def log(self, values: dict, step: int | None = None) -> None:
-        prefix = self.role.split(":")[0]
+        prefix = self.role.rstrip("0123456789")  # actor3 -> actor (runtime/names.py)
         for key in values:
             # role/metric names keep dashboards and the summary unambiguous.
             assert "/" in key and key.split("/")[0] in (prefix, "reward", "sync", "eval"), key

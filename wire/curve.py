@@ -1,5 +1,6 @@
 """The run's CURVE keys (`net.auth = "curve"`, docs/security.md): what they are, where they live, how roles
-get them. The transport uses them (wire/zeromq.py secures every listener and connection with them).
+get them. The transport makes and reads them, and secures every listener and connection with them
+(wire/zeromq.py `generate_keys`, `load_keys`).
 
 A run has two key pairs: one for the servers (buffer, learner announcements, launcher collector) and one for
 the clients (actors, learner, every role's telemetry link). A server lets in only connections that prove they
@@ -31,14 +32,6 @@ class CurveKeys:
                                                    self.client_secret))}
 
 
-def generate() -> CurveKeys:
-    from asyncor.wire.zeromq import keypair
-
-    server_public, server_secret = keypair()
-    client_public, client_secret = keypair()
-    return CurveKeys(server_public, server_secret, client_public, client_secret)
-
-
 def save_keys(keys: CurveKeys, directory: str) -> None:
     """Key files in ZeroMQ's certificate format (zmq.auth.load_certificate reads them); secrets are 0600."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -51,24 +44,6 @@ def save_keys(keys: CurveKeys, directory: str) -> None:
                 f.write(f'metadata\ncurve\n    public-key = "{public.decode()}"\n')
                 if with_secret:
                     f.write(f'    secret-key = "{secret.decode()}"\n')
-
-
-def load_keys(directory: str) -> CurveKeys:
-    """Keys given by the user (`net.curve_keys`): server.key_secret and client.key_secret in `directory`."""
-    from asyncor.wire.zeromq import read_certificate
-
-    pairs = []
-    for name in ("server", "client"):
-        path = os.path.join(directory, f"{name}.key_secret")
-        try:
-            public, secret = read_certificate(path)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"net.curve_keys: cannot read {path} ({exc}); it needs server.key_secret and "
-                             "client.key_secret (zmq.auth.create_certificates writes them)") from None
-        if not secret:
-            raise ValueError(f"net.curve_keys: {path} holds no secret key")
-        pairs += [public, secret]
-    return CurveKeys(*pairs)
 
 
 def from_env(environ=os.environ) -> CurveKeys:

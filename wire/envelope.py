@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every message type has a tag of its own
 
 REJECT_REASONS = (
     "oversized",        # raw message larger than the configured limit

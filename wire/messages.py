@@ -1,22 +1,23 @@
-"""Every message body, typed: one msgspec Struct per message type and direction, one `parse` for all of them.
+"""Every message body, typed: one msgspec Struct per message type, one `parse` for all of them.
 
-The envelope (`{type, schema, body}`, wire/envelope.py) says which message it is; the receiver picks the
-Struct for that type and `parse` validates the body while converting it: field types (a bool is never an
-int), ranges (`Meta` bounds), lengths. A body that does not fit raises `ProtocolError` with the reason the
-receiver counts (`bad_field`: missing or wrongly typed; `bad_value`: out of range). Unknown fields are
-ignored (the request id `rid` rides in every request body). Trajectory groups carry packed arrays and
-per-token checks, so they keep their own parser (wire/protocol.py `parse_group`).
+The envelope (`{type, schema, body}`, wire/envelope.py) says which message it is: every Struct has its own
+`TYPE` tag, unique across the protocol (a unit test checks it). The receiver picks the Struct for that tag
+and `parse` validates the body while converting it: field types (a bool is never an int), ranges (`Meta`
+bounds), lengths. A body that does not fit raises `ProtocolError` with the reason the receiver counts
+(`bad_field`: missing or wrongly typed; `bad_value`: out of range; `unknown_type`: another tag). Unknown
+fields are ignored (the request id `rid` rides in every request body). Trajectory groups (tag `group`) carry
+packed arrays and per-token checks, so they keep their own parser (wire/trajectory.py `parse_group`).
 
-Senders build the same Structs and send `body(struct)` under `struct.TYPE`, so both sides share one
-definition.
+Senders build the same Structs and send them with `encode_message`, so both sides share one definition.
 
-  actor   -> buffer   ActorHello, GrantRequest, GrantReturn, Bye            (+ group: parse_group)
-  buffer  -> actor    Welcome (ack to hello), GrantReply, WaitReply, GroupAck (ack to a group), Stop
-  learner -> buffer   LearnerHello, VersionUpdate, BatchRequest, CheckpointRequest, Done
-  buffer  -> learner  BatchReply, WaitReply, CheckpointAck, Ack
-  actor   -> learner  SyncHello, Here                                         (weight sync, sync/)
-  learner -> actor    Probe, Join, Announcement
-  learner -> learner ranks  BatchReply or Resync
+  actor    -> buffer    ActorHello, GrantRequest, GrantReturn, Bye                 (+ group: parse_group)
+  buffer   -> actor     Welcome, GrantReply, WaitReply, Stop, GroupAck, Ack, Refused
+  learner  -> buffer    LearnerHello, VersionUpdate, BatchRequest, CheckpointRequest, Done
+  buffer   -> learner   BatchReply, WaitReply, BufferState, Ack, Refused
+  actor    -> learner   ReceiverHello, Here                                         (weight sync, sync/)
+  learner  -> actor     Probe, Join, Announcement
+  learner rank 0 -> the other ranks   BatchReply or Resync
+  any role -> launcher  MetricsRecord, Flush, RoleSummary; the launcher acknowledges with Ack
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 import msgspec
 
 from asyncor.wire.envelope import Message, ProtocolError, encode  # noqa: F401  (ProtocolError: for users of parse)
+
+TRAJECTORY_GROUP = "group"  # the tag of a trajectory group (wire/trajectory.py), the one body that is not a Struct
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -45,7 +48,7 @@ class Body(msgspec.Struct, kw_only=True):
 
 
 class ActorHello(Body):
-    TYPE = "hello"
+    TYPE = "actor_hello"
     actor_id: NonNeg
 
 
@@ -71,7 +74,7 @@ class Bye(Body):
 
 class Welcome(Body):
     """The buffer's answer to an actor's hello."""
-    TYPE = "ack"
+    TYPE = "welcome"
     version: NonNeg  # the learner's version now
     restarted: bool  # this actor id said hello before: an earlier incarnation died; its grants were given back
     seq_start: NonNeg  # number this incarnation's groups from here
@@ -84,9 +87,8 @@ PackedArray = dict[str, Any]  # {dtype, shape, data}: raw little-endian bytes, c
 class GrantedPrompt(msgspec.Struct, kw_only=True):
     prompt_id: NonNeg
     token_ids: PackedArray
-    answer: Any  # what the built-in verifier compares with (files: shown in logs only)
-    kind: str = "arithmetic"
-    reference: Any = None  # task.kind = "files": what the verifier needs (tests, expected answer)
+    kind: str  # how the answers are scored: arithmetic | math | code (tasks/scoring.py)
+    reference: Any  # what the verifier compares with: the answer, or a code problem's tests
 
 
 class Sampling(msgspec.Struct, kw_only=True):
@@ -113,19 +115,26 @@ class Stop(Body):
 
 
 class GroupAck(Body):
-    """The buffer's answer to a group (or to any request it refused)."""
-    TYPE = "ack"
-    status: Literal["accepted", "duplicate", "full", "rejected", "ok"]
-    seq: NonNeg | None = None
-    reason: str | None = None
-    detail: str | None = None
+    """The buffer's answer to a group it took: stored (accepted), already had (duplicate: at-least-once
+    delivery), or has no room for yet (full: send it again later)."""
+    TYPE = "group_ack"
+    status: Literal["accepted", "duplicate", "full"]
+    seq: NonNeg
+
+
+class Refused(Body):
+    """The answer to any request the receiver refused: the reason it counted (wire/envelope.py
+    REJECT_REASONS) and a readable detail."""
+    TYPE = "refused"
+    reason: str
+    detail: str
 
 
 # ----------------------------------------------------------------------------- learner <-> buffer
 
 
 class LearnerHello(Body):
-    TYPE = "hello"
+    TYPE = "learner_hello"
 
 
 class VersionUpdate(Body):
@@ -151,19 +160,20 @@ class BatchReply(Body):
     TYPE = "batch"
     version: NonNeg
     staleness: list[NonNeg]
-    groups: list[dict[str, Any]]  # each a trajectory group: wire/protocol.py parse_group
+    groups: list[dict[str, Any]]  # each a trajectory group: wire/trajectory.py parse_group
     groups_report: dict[str, Any] = {}
 
 
-class CheckpointAck(Body):
-    TYPE = "ack"
-    status: Literal["ok"]
-    state: dict[str, Any]  # the buffer's state, saved in the learner's checkpoint
+class BufferState(Body):
+    """The buffer's answer to a checkpoint request: its state, saved in the learner's checkpoint."""
+    TYPE = "buffer_state"
+    state: dict[str, Any]
 
 
 class Ack(Body):
+    """A request was done (a version noted, grants taken back, a goodbye, telemetry written)."""
     TYPE = "ack"
-    status: str
+    status: Literal["ok"] = "ok"
 
 
 class Resync(Body):
@@ -174,8 +184,9 @@ class Resync(Body):
 # ----------------------------------------------------------------------------- weight sync (sync/)
 
 
-class SyncHello(Body):
-    TYPE = "hello"
+class ReceiverHello(Body):
+    """An actor's weight receiver joining (or rejoining) the broadcast."""
+    TYPE = "receiver_hello"
     actor_id: NonNeg
 
 
@@ -208,6 +219,28 @@ class Announcement(Body):
     epoch: NonNeg
     version: NonNeg
     buckets: list[BucketWire]
+
+
+# ----------------------------------------------------------------------------- telemetry (telemetry/link.py)
+
+
+class MetricsRecord(Body):
+    """One metrics record (`{ts, role, step, role/metric: value, ...}`), fire-and-forget; the launcher's
+    collector checks its contents (launcher/collector.py)."""
+    TYPE = "metrics"
+    record: dict[str, Any]
+
+
+class Flush(Body):
+    """Acknowledged once every record sent before it is written."""
+    TYPE = "flush"
+
+
+class RoleSummary(Body):
+    """A role's final figures (roles/<role>.json), acknowledged once written."""
+    TYPE = "summary"
+    role: str
+    summary: dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- both ways

@@ -16,6 +16,7 @@ reaches our code.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import zmq
@@ -29,11 +30,30 @@ def keypair() -> tuple[bytes, bytes]:
     return zmq.curve_keypair()
 
 
-def read_certificate(path: str) -> tuple[bytes, bytes | None]:
-    """(public, secret) of a ZeroMQ certificate file (zmq.auth's format); ValueError / OSError if unreadable."""
+def generate_keys() -> CurveKeys:
+    """A run's keys: a server pair and a client pair."""
+    server_public, server_secret = keypair()
+    client_public, client_secret = keypair()
+    return CurveKeys(server_public, server_secret, client_public, client_secret)
+
+
+def load_keys(directory: str) -> CurveKeys:
+    """Keys given by the user (`net.curve_keys`): server.key_secret and client.key_secret in `directory`, in
+    ZeroMQ's certificate format (zmq.auth.create_certificates writes them; wire/curve.py `save_keys` too)."""
     from zmq.auth import load_certificate
 
-    return load_certificate(path)
+    pairs = []
+    for name in ("server", "client"):
+        path = os.path.join(directory, f"{name}.key_secret")
+        try:
+            public, secret = load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"net.curve_keys: cannot read {path} ({exc}); it needs server.key_secret and "
+                             "client.key_secret (zmq.auth.create_certificates writes them)") from None
+        if not secret:
+            raise ValueError(f"net.curve_keys: {path} holds no secret key")
+        pairs += [public, secret]
+    return CurveKeys(*pairs)
 
 
 class _AllowedClients:

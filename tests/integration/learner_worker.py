@@ -59,7 +59,8 @@ def step(ranks, out, variants):
         for tokens, layout, checkpointing in variants:
             policy = parallelize(small_policy(), ranks, torch.float32, activation_checkpointing=checkpointing)
             start = {n: full_tensor(p.detach()).clone() for n, p in policy.lm.named_parameters()}
-            reference = parallelize(small_policy(seed=1), ranks, torch.float32)  # a different policy: KL and its gradient > 0.eval().requires_grad_(False)
+            # A different policy from the trained one: KL and its gradient > 0.
+            reference = parallelize(small_policy(seed=1), ranks, torch.float32).eval().requires_grad_(False)
             a = algo(aggregation)
             settings = UpdateSettings(a, 0.2, 0.2, grad_clip=1e9, pad_id=0, micro_batch_tokens=tokens, layout=layout)
             opt = torch.optim.SGD(policy.parameters(), lr=1.0)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from asyncor.buffer import state as buffer_state
 from tests.integration.test_buffer_service import TIMEOUT, group_for, start_service
 
 
@@ -40,12 +41,12 @@ def test_a_prompt_still_in_flight_is_never_granted_twice_and_no_slot_leaks(small
 def test_a_batch_request_missing_a_field_is_refused_with_its_id_and_the_buffer_keeps_serving(small_pool):
     svc, actor, learner = small_pool
     reply = learner.request("batch_request", {"version": 0}, TIMEOUT)  # no n_groups: answered, by request id
-    assert (reply.body["status"], reply.body["reason"]) == ("rejected", "bad_field")
+    assert (reply.type, reply.body["reason"]) == ("refused", "bad_field")
     reply = learner.request("batch_request", {"version": 0, "n_groups": -1}, TIMEOUT)
-    assert (reply.body["status"], reply.body["reason"]) == ("rejected", "bad_value")
-    assert learner.request("hello", {}, TIMEOUT).body["status"] == "ok"  # still serving
-    assert actor.request("hello", {"actor_id": 0}, TIMEOUT).body["status"] == "ok"
-    assert svc.rejected["bad_field"] == 1 and svc.rejected["bad_value"] == 1
+    assert (reply.type, reply.body["reason"]) == ("refused", "bad_value")
+    assert learner.request("learner_hello", {}, TIMEOUT).body["status"] == "ok"  # still serving
+    assert actor.request("actor_hello", {"actor_id": 0}, TIMEOUT).body["status"] == "ok"
+    assert svc.counts.rejected["bad_field"] == 1 and svc.counts.rejected["bad_value"] == 1
 
 
 def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_themselves(tmp_path):
@@ -63,7 +64,7 @@ def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_th
     svc, actor0, learner, result, thread = start_service(tmp_path, actors={"group_size": 2,
                                                                             "max_response_tokens": 4})
     net = svc.config.net
-    actor1 = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor-1", 1 << 24, "buffer")
+    actor1 = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor1", 1 << 24, "buffer")
     try:
         learner.request("version", {"version": 0}, TIMEOUT)
         p0, p1 = actor0.request("grant_request", {"actor_id": 0, "max_prompts": 2}, TIMEOUT).body["prompts"]
@@ -78,25 +79,25 @@ def test_groups_must_answer_a_grant_their_sender_holds_and_peers_act_only_for_th
                 Response(np.array([5, 10**6], np.int32), np.array([-0.1, -0.1], np.float32), 0, "stop", 1.0)] * 2),
         }
         # Actor 1 holds no grant: it can neither answer actor 0's prompt nor hand it back or say bye for actor 0.
-        ack = actor1.request("group", dataclasses.replace(honest, actor_id=1).to_wire(), TIMEOUT).body
-        assert ack["status"] == "rejected"
+        ack = actor1.request("group", dataclasses.replace(honest, actor_id=1).to_wire(), TIMEOUT)
+        assert ack.type == "refused"
         assert actor1.request("grant_return", {"actor_id": 1, "prompt_ids": [p0["prompt_id"]]}, TIMEOUT
-                              ).body["status"] == "rejected"
-        assert actor1.request("bye", {"actor_id": 0}, TIMEOUT).body["status"] == "rejected"
-        assert actor0.request("group", forged["claims another actor"].to_wire(), TIMEOUT).body["status"] == "rejected"
-        assert svc.actors_done == set() and set(svc.granted) == {p0["prompt_id"], p1["prompt_id"]}
+                              ).type == "refused"
+        assert actor1.request("bye", {"actor_id": 0}, TIMEOUT).type == "refused"
+        assert actor0.request("group", forged["claims another actor"].to_wire(), TIMEOUT).type == "refused"
+        assert svc.admission.actors_done == set() and set(svc.admission.granted) == {p0["prompt_id"], p1["prompt_id"]}
         in_flight = svc.budget.in_flight
         for what, group in forged.items():
-            ack = actor0.request("group", group.to_wire(), TIMEOUT).body
-            assert (ack["status"], ack["reason"]) == ("rejected", "bad_value"), what
+            ack = actor0.request("group", group.to_wire(), TIMEOUT)
+            assert (ack.type, ack.body["reason"]) == ("refused", "bad_value"), what
         # The holder's refused answer gave its grant back: the slot is free and the prompt is served again first.
-        assert set(svc.granted) == {p1["prompt_id"]} and svc.budget.in_flight == in_flight - 1
+        assert set(svc.admission.granted) == {p1["prompt_id"]} and svc.budget.in_flight == in_flight - 1
         again = actor0.request("grant_request", {"actor_id": 0, "max_prompts": 1}, TIMEOUT).body["prompts"]
         assert [p["prompt_id"] for p in again] == [p0["prompt_id"]]
         # The honest answers go through.
         assert actor0.request("group", group_for(again[0], seq=0).to_wire(), TIMEOUT).body["status"] == "accepted"
         assert actor0.request("group", group_for(p1, seq=1).to_wire(), TIMEOUT).body["status"] == "accepted"
-        assert svc.rejected["bad_value"] == len(forged) + 4
+        assert svc.counts.rejected["bad_value"] == len(forged) + 4
     finally:
         svc.stop_requested = True
         thread.join(timeout=5)
@@ -121,7 +122,7 @@ def test_the_ledger_accounts_for_every_accepted_group_once(tmp_path):
         for body in bodies + bodies[1:2]:  # one retry
             actor.request("group", body, TIMEOUT)
         assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "batch"
-        assert svc.ledger() == {"accepted": 6, "trained": 2, "dropped_stale": 2, "dropped_uniform": 1,
+        assert buffer_state.ledger(svc.counts, len(svc.store)) == {"accepted": 6, "trained": 2, "dropped_stale": 2, "dropped_uniform": 1,
                                 "still_buffered": 1, "requeued_at_resume": 0, "unaccounted": 0,
                                 "duplicates_discarded": 1}
     finally:

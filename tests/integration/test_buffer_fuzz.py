@@ -17,7 +17,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncor.wire.envelope import encode
+from asyncor.wire.envelope import SCHEMA_VERSION, encode
 from tests.integration.test_buffer_service import TIMEOUT, group_for, start_service
 
 pytestmark = pytest.mark.slow
@@ -73,19 +73,19 @@ def mutations(honest: dict):
 
 
 def hostile_messages(honest_group: dict):
-    envelope = st.fixed_dictionaries({"type": st.sampled_from(["hello", "grant_request", "group", "grant_return",
+    envelope = st.fixed_dictionaries({"type": st.sampled_from(["actor_hello", "grant_request", "group", "grant_return",
                                                                "bye", "nonsense", "batch"]),
-                                      "schema": st.one_of(st.just(1), weird), "body": plain})
+                                      "schema": st.one_of(st.just(SCHEMA_VERSION), weird), "body": plain})
     return st.one_of(
         st.binary(max_size=64),  # random bytes
         st.integers(OVERSIZE, 4 * OVERSIZE).map(lambda n: b"\x92" * n),  # over buffer.max_message_bytes
         st.builds(lambda raw, cut: raw[:cut], st.just(encode("group", honest_group)),
                   st.integers(0, 200)),  # a truncated honest message
         plain.map(lambda obj: msgpack.packb(obj, use_bin_type=True)),  # valid msgpack, not an envelope
-        envelope.filter(lambda e: not (e["type"] in ("hello", "bye") and e["schema"] == 1)
+        envelope.filter(lambda e: not (e["type"] in ("actor_hello", "bye") and e["schema"] == SCHEMA_VERSION)
                         ).map(lambda e: msgpack.packb(e, use_bin_type=True)),
         mutations(honest_group).map(lambda body: encode("group", {**body, "rid": 1})),
-        st.tuples(st.sampled_from(["grant_request", "grant_return", "bye", "hello"]), weird)
+        st.tuples(st.sampled_from(["grant_request", "grant_return", "bye", "actor_hello"]), weird)
         .filter(lambda t: not (type(t[1]) is int and t[1] == 0))  # actor_id 0 with max_prompts 0: a heartbeat
         .map(lambda t: encode(t[0], {"actor_id": t[1], "max_prompts": t[1], "prompt_ids": t[1], "rid": 1})),
         st.one_of(st.integers(-2**40, -1), st.integers(4097, 2**40))  # outside [0, buffer.max_groups]
@@ -116,7 +116,7 @@ def fuzz(tmp_path, examples):
     # socket (ZeroMQ refuses a second connection with an identity in use): the sender checks alone cannot
     # refuse it, every field check must.
     evil_actor = ctx.socket(zmq.DEALER)
-    evil_actor.setsockopt(zmq.IDENTITY, b"actor-0-groups")
+    evil_actor.setsockopt(zmq.IDENTITY, b"actor0/groups")
     evil_actor.connect(f"tcp://{net.host}:{net.buffer_actor_port}")
     evil_learner = learner.conn.sock
     sent = {"actor": 0, "learner": 0}
@@ -129,7 +129,7 @@ def fuzz(tmp_path, examples):
             sock.send(raw)
             assert sock.poll(int(TIMEOUT * 1000)), "the buffer stopped answering"
             reply = msgpack.unpackb(sock.recv(), raw=False)
-            assert reply["body"].get("status") == "rejected", (raw[:200], reply)
+            assert reply["type"] == "refused", (raw[:200], reply)
 
         @settings(max_examples=examples, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
@@ -145,7 +145,7 @@ def fuzz(tmp_path, examples):
         one()
         # The buffer still serves: the honest groups are kept and trained, nothing hostile got in. A refused
         # answer to one of actor 0's grants gave that grant back (the fuzz speaks as actor 0): ask again.
-        answers = [body for body in honest if body["prompt_id"] in svc.granted]
+        answers = [body for body in honest if body["prompt_id"] in svc.admission.granted]
         if len(answers) < len(honest):
             regrant = actor.request("grant_request", {"actor_id": 0, "max_prompts": len(honest) - len(answers)},
                                     TIMEOUT)
@@ -155,11 +155,11 @@ def fuzz(tmp_path, examples):
             assert actor.request("group", body, TIMEOUT).body["status"] == "accepted"
         batch = learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT)
         assert batch.type == "batch" and len(batch.body["groups"]) == 2
-        assert sum(svc.rejected.values()) == sent["actor"] + sent["learner"]
+        assert sum(svc.counts.rejected.values()) == sent["actor"] + sent["learner"]
         # Bounded: nothing hostile is held, granted or stored beyond the honest traffic.
-        assert len(svc.granted) == 0 and len(svc.held_grants) == 0 and len(svc.store) == 0
+        assert len(svc.admission.granted) == 0 and len(svc.admission.held) == 0 and len(svc.store) == 0
         assert svc.budget.version == 0 and svc.done_at is None
-        return sent, dict(svc.rejected)
+        return sent, dict(svc.counts.rejected)
     finally:
         svc.stop_requested = True
         thread.join(timeout=5)

@@ -11,6 +11,7 @@ import pytest
 from asyncor.wire.arrays import unpack_array
 
 from asyncor.wire.trajectory import Response, TrajectoryGroup
+from asyncor.buffer import state as buffer_state
 from asyncor.buffer.service import BufferService
 from asyncor.wire.rpc import connect
 from asyncor.wire.transport import endpoint
@@ -45,7 +46,7 @@ def start_service(tmp_path, **overrides):
     thread = threading.Thread(target=lambda: result.update(svc.run()), daemon=True)
     thread.start()
     net = config.net
-    actor = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
+    actor = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor0", 1 << 24, "buffer")
     learner = connect(ZmqTransport(), endpoint(net.host, net.buffer_learner_port), "learner", 1 << 24, "buffer")
     return svc, actor, learner, result, thread
 
@@ -76,15 +77,15 @@ def group_for(prompt, seq, version=0, logprob=-0.5, rewards=(0.0, 1.0)):
 
 def test_bad_messages_are_counted_and_good_groups_survive(service):
     svc, actor, learner, _ = service
-    actor.request("hello", {"actor_id": 0}, TIMEOUT)
+    actor.request("actor_hello", {"actor_id": 0}, TIMEOUT)
     learner.request("version", {"version": 0}, TIMEOUT)
     grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 5}, TIMEOUT)
     assert grant.type == "grant" and len(grant.body["prompts"]) == 2  # η = 0: one step's worth
     assert grant.body["min_version"] == 0
     p0, p1 = grant.body["prompts"]
     # A negative request would have handed admission slots back: refused, and the budget is untouched.
-    ack = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": -3}, TIMEOUT).body
-    assert (ack["status"], ack["reason"]) == ("rejected", "bad_value") and svc.budget.in_flight == 2
+    ack = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": -3}, TIMEOUT)
+    assert (ack.type, ack.body["reason"]) == ("refused", "bad_value") and svc.budget.in_flight == 2
     # A zero-prompt request is the actor's heartbeat: `wait` (or `stop`), nothing granted.
     assert actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 0}, TIMEOUT).type == "wait"
 
@@ -92,8 +93,8 @@ def test_bad_messages_are_counted_and_good_groups_survive(service):
     assert actor.conn.sock.poll(int(TIMEOUT * 1000))
     actor.conn.sock.recv()  # the buffer answers (rejected) and keeps running
     nan_group = group_for(p0, seq=0, logprob=float("nan")).to_wire()
-    ack = actor.request("group", nan_group, TIMEOUT).body
-    assert (ack["status"], ack["reason"]) == ("rejected", "non_finite")
+    ack = actor.request("group", nan_group, TIMEOUT)
+    assert (ack.type, ack.body["reason"]) == ("refused", "non_finite")
     assert actor.request("group", group_for(p0, seq=1).to_wire(), TIMEOUT).body["status"] == "accepted"
     assert actor.request("group", group_for(p0, seq=1).to_wire(), TIMEOUT).body["status"] == "duplicate"
     # Not enough for a batch yet: the learner is told to wait, never given a partial batch.
@@ -104,8 +105,8 @@ def test_bad_messages_are_counted_and_good_groups_survive(service):
     assert batch.type == "batch" and batch.body["staleness"] == [0, 0]
     assert sorted(g["prompt_id"] for g in batch.body["groups"]) == sorted([p0["prompt_id"], p1["prompt_id"]])
     assert all(len(g["responses"]) == 2 for g in batch.body["groups"])  # groups kept whole
-    assert svc.rejected["not_msgpack"] == 1 and svc.rejected["non_finite"] == 1 and svc.duplicates == 1
-    assert svc.rejected["bad_value"] == 1
+    assert svc.counts.rejected["not_msgpack"] == 1 and svc.counts.rejected["non_finite"] == 1 and svc.counts.duplicates == 1
+    assert svc.counts.rejected["bad_value"] == 1
 
 
 def test_stale_groups_are_dropped_not_trained(service):
@@ -119,7 +120,7 @@ def test_stale_groups_are_dropped_not_trained(service):
     assert [a.body["seq"] for a in acks] == [0, 1, 0]
     learner.request("version", {"version": 1}, TIMEOUT)  # the learner moved on: version-0 data is too old for η = 0
     assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "wait"
-    assert svc.dropped_stale == 2
+    assert svc.counts.dropped_stale == 2
     # The dropped groups gave their admission slots back, and new grants demand version 1.
     grant = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 5}, TIMEOUT)
     # (η + v + 1) · B - accepted - in_flight = (0 + 1 + 1) · 2 - 0 - 0
@@ -151,7 +152,7 @@ def test_a_held_grant_request_is_granted_the_moment_a_new_version_makes_room(ser
     for bad, reason in ((-1, "bad_value"), (60.0, "bad_value"), (float("nan"), "bad_value"), ("1", "bad_field"),
                         (True, "bad_field")):  # out of range, or not a number at all
         ack = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 1, "hold_s": bad}, TIMEOUT)
-        assert (ack.body["status"], ack.body["reason"]) == ("rejected", reason), bad
+        assert (ack.type, ack.body["reason"]) == ("refused", reason), bad
 
 
 def test_all_equal_groups_are_dropped_counted_and_replaced(service):
@@ -175,7 +176,7 @@ def test_all_equal_groups_are_dropped_counted_and_replaced(service):
     report = batch.body["groups_report"]
     assert (report["arrived"], report["solve_all"], report["solve_none"]) == (3, 1, 0)
     assert report["accuracy_hist"][5] == 2 and report["accuracy_hist"][9] == 1  # accuracies 0.5, 0.5, 1.0
-    assert svc.rejected_uniform == {"solve_all": 1, "solve_none": 0}
+    assert svc.counts.rejected_uniform == {"solve_all": 1, "solve_none": 0}
 
 
 def test_stage_switch_changes_grants_and_filters_mastered_prompts(tmp_path):
@@ -193,7 +194,7 @@ def test_stage_switch_changes_grants_and_filters_mastered_prompts(tmp_path):
         actor.request("group", group_for(p1, seq=1, rewards=(1.0, 0.0)).to_wire(), TIMEOUT)
         pool = svc.prompts.remaining
         learner.request("version", {"version": 1}, TIMEOUT)
-        assert svc.prompts.remaining == pool - 1 and svc.online_filtered == 1
+        assert svc.prompts.remaining == pool - 1 and svc.counts.online_filtered == 1
         grant = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 40}, TIMEOUT)
         assert grant.body["sampling"] == {"stage": 1, "n": 3, "max_tokens": 5}
         assert p0["prompt_id"] not in {p["prompt_id"] for p in grant.body["prompts"]}
@@ -223,7 +224,7 @@ def test_shrink_mode_trains_on_fewer_groups_and_skips_an_all_equal_batch(tmp_pat
         assert learner.request("batch_request", {"version": 1, "n_groups": 2}, TIMEOUT).type == "wait"
         again = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 2}, TIMEOUT)
         assert again.type == "grant" and len(again.body["prompts"]) == 2
-        assert svc.rejected_uniform == {"solve_all": 1, "solve_none": 2} and svc.dropped_stale == 0
+        assert svc.counts.rejected_uniform == {"solve_all": 1, "solve_none": 2} and svc.counts.dropped_stale == 0
     finally:
         stop_service(svc, thread, actor, learner)
 
@@ -243,15 +244,15 @@ def test_checkpoint_state_gives_untrained_groups_back_and_a_resumed_buffer_conti
         assert actor.request("group", group_for(p2, seq=2).to_wire(), TIMEOUT).body["status"] == "accepted"
         p3 = actor.request("grant_request", {"actor_id": 0, "version": 1, "max_prompts": 1}, TIMEOUT).body["prompts"][0]
         reply = learner.request("checkpoint", {}, TIMEOUT)
-        assert reply.type == "ack" and reply.body["status"] == "ok"
+        assert reply.type == "buffer_state"
         state = reply.body["state"]
         # Trained: p0, p1. Stored: p2. In flight: p3. Both untrained ones come back, stored first.
         assert state["version"] == 1 and state["budget_accepted"] == 2
         assert state["prompts"]["returned"] == [p2["prompt_id"], p3["prompt_id"]]
         assert state["requeued"] == 1 and state["accepted"] == 3 and state["trained_staleness_hist"] == [2]
         # A message the buffer does not accept from the actors' side.
-        ack = actor.request("checkpoint", {"actor_id": 0}, TIMEOUT).body
-        assert (ack["status"], ack["reason"]) == ("rejected", "unknown_type")
+        ack = actor.request("checkpoint", {"actor_id": 0}, TIMEOUT)
+        assert (ack.type, ack.body["reason"]) == ("refused", "unknown_type")
     finally:
         stop_service(svc, thread, actor, learner)
 
@@ -267,7 +268,7 @@ def test_checkpoint_state_gives_untrained_groups_back_and_a_resumed_buffer_conti
         # (η + v + 1) · B - accepted = 3 · 2 - 2 = 4 grants; the two given back come first.
         assert len(ids) == 4 and ids[:2] == [p2["prompt_id"], p3["prompt_id"]]
         assert len(set(ids) | {p0["prompt_id"], p1["prompt_id"]}) == 6  # nothing trained comes back
-        ledger = svc2.ledger()
+        ledger = buffer_state.ledger(svc2.counts, len(svc2.store))
         assert ledger["accepted"] == 3 and ledger["trained"] == 2 and ledger["requeued_at_resume"] == 1
         assert ledger["unaccounted"] == 0
     finally:
@@ -288,12 +289,12 @@ def test_a_restarted_actor_gets_its_predecessors_grants_back_in_the_stream_and_n
     every number the buffer has seen, and the ledger still adds up."""
     svc, actor, learner, _ = service
     learner.request("version", {"version": 0}, TIMEOUT)
-    first = actor.request("hello", {"actor_id": 0}, TIMEOUT).body
+    first = actor.request("actor_hello", {"actor_id": 0}, TIMEOUT).body
     assert (first["restarted"], first["seq_start"], first["version"]) == (False, 0, 0)
     grant = actor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 5}, TIMEOUT)
     p0, p1 = grant.body["prompts"]
     assert actor.request("group", group_for(p0, seq=3).to_wire(), TIMEOUT).body["status"] == "accepted"
-    assert svc.budget.in_flight == 1 and list(svc.granted) == [p1["prompt_id"]]
+    assert svc.budget.in_flight == 1 and list(svc.admission.granted) == [p1["prompt_id"]]
     # The actor dies holding p1; its successor (same identity, new connection) says hello. A restarted actor
     # connects seconds after the death (a new process, after actors.restart_backoff_s): by then the buffer has
     # dropped the dead connection. Without CURVE (no ROUTER_HANDOVER) a connection made while the old one is
@@ -301,11 +302,11 @@ def test_a_restarted_actor_gets_its_predecessors_grants_back_in_the_stream_and_n
     actor.close()
     time.sleep(1.0)
     net = svc.config.net
-    successor = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor-0", 1 << 24, "buffer")
+    successor = connect(ZmqTransport(), endpoint(net.host, net.buffer_actor_port), "actor0", 1 << 24, "buffer")
     try:
-        again = successor.request("hello", {"actor_id": 0}, TIMEOUT).body
+        again = successor.request("actor_hello", {"actor_id": 0}, TIMEOUT).body
         assert again["restarted"] is True and again["seq_start"] > 3
-        assert svc.granted == {} and svc.budget.in_flight == 0 and svc.actor_restarts == {0: 1}
+        assert svc.admission.granted == {} and svc.budget.in_flight == 0 and svc.admission.actor_restarts == {0: 1}
         regrant = successor.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 5}, TIMEOUT)
         assert [p["prompt_id"] for p in regrant.body["prompts"]] == [p1["prompt_id"]]  # served first
         ack = successor.request("group", group_for(regrant.body["prompts"][0], seq=again["seq_start"]).to_wire(),
@@ -313,8 +314,8 @@ def test_a_restarted_actor_gets_its_predecessors_grants_back_in_the_stream_and_n
         assert ack["status"] == "accepted"
         batch = learner.request("batch_request", {"version": 0, "n_groups": 2}, TIMEOUT)
         assert batch.type == "batch" and len(batch.body["groups"]) == 2
-        ledger = svc.ledger()
+        ledger = buffer_state.ledger(svc.counts, len(svc.store))
         assert ledger["accepted"] == 2 and ledger["trained"] == 2 and ledger["unaccounted"] == 0
-        assert svc.summary()["actor_restarts"] == {"0": 1}
+        assert buffer_state.summary(svc)["actor_restarts"] == {"0": 1}
     finally:
         successor.close()

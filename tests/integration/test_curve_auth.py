@@ -12,7 +12,7 @@ from asyncor.wire import curve
 from asyncor.wire.envelope import encode
 from asyncor.wire.rpc import connect
 from asyncor.wire.transport import endpoint
-from asyncor.wire.zeromq import ZmqTransport, keypair
+from asyncor.wire.zeromq import ZmqTransport, generate_keys, keypair
 from asyncor.launcher.auth import exposed_binds, resolve_auth
 from asyncor.launcher.ports import free_port
 from asyncor.launcher.collector import Collector
@@ -45,7 +45,7 @@ def raw_tcp(port, data):
 
 @pytest.fixture
 def keys(monkeypatch):
-    keys = curve.generate()
+    keys = generate_keys()
     monkeypatch.setenv(curve.ENV, keys.to_env()[curve.ENV])
     return keys
 
@@ -57,29 +57,29 @@ def test_the_buffer_serves_only_peers_with_the_keys(tmp_path, keys):
     try:
         # start_service's clients are plain: a buffer with CURVE does not answer them.
         with pytest.raises(TimeoutError):
-            actor.request("hello", {"actor_id": 0}, 1.0)
+            actor.request("actor_hello", {"actor_id": 0}, 1.0)
         for name, pair in outsiders(keys).items():
-            intruder = connect(transport, at, "actor-0", 1 << 20, "buffer", pair)
+            intruder = connect(transport, at, "actor0", 1 << 20, "buffer", pair)
             try:
                 for _ in range(2):  # the second finds the connection refused: its send keeps the deadline too
                     start = time.monotonic()
                     with pytest.raises(TimeoutError):
-                        intruder.request("hello", {"actor_id": 0}, 1.0)
+                        intruder.request("actor_hello", {"actor_id": 0}, 1.0)
                     assert time.monotonic() - start < 2.0, name
                 intruder.conn.send(b"\xc1junk")  # queued nowhere when there is no connection
             finally:
                 intruder.close()
         raw_tcp(svc.config.net.buffer_actor_port, b"\xff" + b"\x00" * 8 + b"\x7f" + b"junk" * 100)
-        honest = connect(transport, at, "actor-0", 1 << 20, "buffer", keys)
+        honest = connect(transport, at, "actor0", 1 << 20, "buffer", keys)
         try:
-            reply = honest.request("hello", {"actor_id": 0}, TIMEOUT)
-            assert reply.type == "ack" and reply.body["status"] == "ok"
+            reply = honest.request("actor_hello", {"actor_id": 0}, TIMEOUT)
+            assert reply.type == "welcome" and reply.body["restarted"] is False
             grant = honest.request("grant_request", {"actor_id": 0, "version": 0, "max_prompts": 2}, TIMEOUT)
             assert grant.type == "grant"
         finally:
             honest.close()
         # Nothing any outsider sent reached the decoder: no rejection counted, no peer seen but the honest one.
-        assert not any(svc.rejected.values()) and svc.actors_seen == {0}
+        assert not any(svc.counts.rejected.values()) and svc.admission.actors_seen == {0}
     finally:
         svc.stop_requested = True
         thread.join(timeout=5)
@@ -117,8 +117,8 @@ def test_the_learner_announcement_port_ignores_hellos_without_the_keys(keys):
     server = transport.listen(f"tcp://127.0.0.1:{port}", keys)  # what WeightBroadcaster does with the run's keys
     try:
         for name, pair in outsiders(keys).items():
-            conn = transport.connect(f"tcp://127.0.0.1:{port}", "actor-0-weights", pair)
-            conn.send(encode("hello", {"actor_id": 0}))
+            conn = transport.connect(f"tcp://127.0.0.1:{port}", "actor0/weights", pair)
+            conn.send(encode("receiver_hello", {"actor_id": 0}))
             assert not server.readable(0.5), name
             conn.close()
         honest = transport.connect(f"tcp://127.0.0.1:{port}", None, keys)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.receiver import WeightReceiver
 from asyncor.launcher.ports import free_port
 
@@ -89,7 +90,7 @@ def test_split_packed_padded_and_two_rank_steps_equal_the_unsplit_step(tmp_path)
 def test_two_sharded_bf16_ranks_keep_fp32_masters_and_publish_exactly_the_learners_weights(tmp_path):
     sync_port, store_port = free_port(), free_port()
     procs = start_ranks(2, ["publish", "--out", str(tmp_path), "--ports", f"{sync_port},{store_port}"], tmp_path)
-    receiver = WeightReceiver(0, "127.0.0.1", sync_port, store_port, "gloo", 60.0, torch.device("cpu"))
+    receiver = WeightReceiver(ZmqTransport(), 0, "127.0.0.1", sync_port, store_port, "gloo", 60.0, torch.device("cpu"))
     receiver.start()
     try:
         staged = receiver.wait_for(5, timeout_s=120)

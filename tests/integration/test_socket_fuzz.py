@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.receiver import WeightReceiver
-from asyncor.wire.envelope import encode
+from asyncor.wire.envelope import SCHEMA_VERSION, encode
 from asyncor.launcher.ports import free_port
 from asyncor.sync.broadcaster import WeightBroadcaster
 from asyncor.sync.buckets import plan_buckets
@@ -34,7 +34,7 @@ RECORD = {"ts": 1.0, "role": "learner", "step": 1, "learner/loss": 0.5}
 
 
 def envelope(types):
-    return st.fixed_dictionaries({"type": st.sampled_from(types), "schema": st.just(1), "body": plain})
+    return st.fixed_dictionaries({"type": st.sampled_from(types), "schema": st.just(SCHEMA_VERSION), "body": plain})
 
 
 def flood(sock, strategy) -> int:
@@ -80,7 +80,7 @@ def collector_hostile():
         envelope(["hello", "group", "grant", "nonsense", "weights"]).map(lambda e: msgpack.packb(e, use_bin_type=True)),
         bad_records.map(lambda r: encode("metrics", {"record": r})),
         bad_summaries.map(lambda b: encode("summary", {**b, "rid": 1})),
-        st.integers(2, 2**31).map(lambda s: msgpack.packb({"type": "metrics", "schema": s, "body": {"record": RECORD}})),
+        st.integers(SCHEMA_VERSION + 1, 2**31).map(lambda s: msgpack.packb({"type": "metrics", "schema": s, "body": {"record": RECORD}})),
     )  # (oversized messages never reach the collector's code: ZeroMQ drops them, MAXMSGSIZE)
 
 
@@ -112,14 +112,14 @@ def test_fuzzed_telemetry_is_refused_and_never_written(tmp_path):
 
 
 def announcement_hostile():
-    hello = {"type": "hello", "schema": 1, "body": {"actor_id": 0}}
+    hello = {"type": "receiver_hello", "schema": SCHEMA_VERSION, "body": {"actor_id": 0}}
     return st.one_of(
         st.binary(max_size=64),
         plain.map(lambda obj: msgpack.packb(obj, use_bin_type=True)),
-        envelope(["hello", "here", "weights", "group", "nonsense"]).map(lambda e: msgpack.packb(e, use_bin_type=True)),
+        envelope(["receiver_hello", "here", "weights", "group", "nonsense"]).map(lambda e: msgpack.packb(e, use_bin_type=True)),
         weird.map(lambda a: msgpack.packb({**hello, "body": {"actor_id": a}}, use_bin_type=True)),
         st.just(msgpack.packb(hello)),  # actor 0's hello, from a socket that is not actor 0's receiver
-        st.integers(1, 2**31).map(lambda a: encode("hello", {"actor_id": a})),  # actors that do not exist
+        st.integers(1, 2**31).map(lambda a: encode("receiver_hello", {"actor_id": a})),  # actors that do not exist
     )
 
 
@@ -130,7 +130,7 @@ def test_every_fuzzed_hello_is_refused():
     b.num_actors, b.members, b.joining, b.refused, b.epoch = 1, {}, {}, 0, 0
 
     @settings(max_examples=EXAMPLES * 5, **SETTINGS)
-    @given(announcement_hostile(), st.sampled_from([b"actor-0-weightz", b"actor-0-weights2", b"x", b""]))
+    @given(announcement_hostile(), st.sampled_from([b"actor0/weightz", b"actor0/weights2", b"x", b""]))
     def one(raw, ident):
         before = b.refused
         answers = {}
@@ -147,7 +147,7 @@ def test_fuzzed_hellos_cannot_join_the_broadcast_and_the_real_actor_still_gets_t
     learner, made = start_broadcaster(sync_port, store_port, 60.0)
     evil = ctx.socket(zmq.DEALER)
     evil.setsockopt(zmq.LINGER, 0)
-    evil.setsockopt(zmq.IDENTITY, b"actor-0-weightz")
+    evil.setsockopt(zmq.IDENTITY, b"actor0/weightz")
     evil.connect(f"tcp://127.0.0.1:{sync_port}")
     sent = [flood(evil, announcement_hostile())]
     receiver = WeightReceiver(ZmqTransport(), 0, "127.0.0.1", sync_port, store_port, "gloo", 60.0, torch.device("cpu"))
@@ -157,13 +157,13 @@ def test_fuzzed_hellos_cannot_join_the_broadcast_and_the_real_actor_still_gets_t
     try:
         # The group is built from the one real hello; every hostile message, read while the group formed or
         # when the sync drains the port, is refused and counted.
-        assert broadcaster.actors == {0: b"actor-0-weights"}
+        assert broadcaster.actors == {0: b"actor0/weights"}
         weight = torch.arange(6, dtype=torch.float32)
         assert broadcaster.begin(1, plan_buckets([("w", [6], torch.float32)], 1 << 20))
         assert broadcaster.send(weight)
         staged = receiver.wait_for(1, 30.0)
         assert staged is not None and torch.equal(dict(staged.tensors)["w"], weight)
-        assert broadcaster.refused == sent[0] and broadcaster.actors == {0: b"actor-0-weights"}
+        assert broadcaster.refused == sent[0] and broadcaster.actors == {0: b"actor0/weights"}
         print(f"announcement fuzz: {sent[0]} hostile hellos sent, {broadcaster.refused} refused, none joined")
     finally:
         receiver.stop()

@@ -8,7 +8,7 @@ import torch
 import zmq
 
 from asyncor.sync.receiver import WeightReceiver
-from asyncor.wire.envelope import encode
+from asyncor.wire.envelope import SCHEMA_VERSION, encode
 from asyncor.launcher.ports import free_port
 from asyncor.sync.broadcaster import WeightBroadcaster
 from asyncor.wire.zeromq import ZmqTransport
@@ -32,10 +32,10 @@ def test_bad_hellos_are_refused_and_the_real_actor_still_gets_the_weights():
     hostile = []
     for identity, frames in [
         (b"x", [b"\x00garbage"]),  # not msgpack
-        (b"y", [b"", encode("hello", {"actor_id": 0})]),  # REQ-style frames, wrong identity
-        (b"actor-0-weights2", [encode("hello", {"actor_id": 0})]),  # someone else claiming actor 0
-        (b"actor-7-weights", [encode("hello", {"actor_id": 7})]),  # an actor that does not exist
-        (b"actor-0-weightz", [msgpack.packb({"type": "hello", "schema": 1, "body": {"actor_id": "0"}})]),
+        (b"y", [b"", encode("receiver_hello", {"actor_id": 0})]),  # REQ-style frames, wrong identity
+        (b"actor0/weights2", [encode("receiver_hello", {"actor_id": 0})]),  # someone else claiming actor 0
+        (b"actor7/weights", [encode("receiver_hello", {"actor_id": 7})]),  # an actor that does not exist
+        (b"actor0/weightz", [msgpack.packb({"type": "receiver_hello", "schema": SCHEMA_VERSION, "body": {"actor_id": "0"}})]),
         (b"z", [encode("weights", {"actor_id": 0})]),
     ]:
         s = ctx.socket(zmq.DEALER)
@@ -49,7 +49,7 @@ def test_bad_hellos_are_refused_and_the_real_actor_still_gets_the_weights():
     broadcaster = made["b"]
     try:
         assert broadcaster.refused == len(hostile)
-        assert broadcaster.actors == {0: b"actor-0-weights"}
+        assert broadcaster.actors == {0: b"actor0/weights"}
         weight = torch.arange(6, dtype=torch.float32)
         buckets = plan_buckets([("w", [6], torch.float32)], 1 << 20)
         assert broadcaster.begin(3, buckets) and broadcaster.send(weight)
@@ -75,7 +75,7 @@ def announcer(port, timeout_s, max_failures=3):
     b = WeightBroadcaster.__new__(WeightBroadcaster)
     b.listener = ZmqTransport().listen(f"tcp://127.0.0.1:{port}")
     b.log, b.num_actors, b.timeout_s, b.max_failures = tlog.get("test"), 1, timeout_s, max_failures
-    b.members, b.joining, b.refused, b.epoch, b.failures, b.dirty = {0: b"actor-0-weights"}, {}, 0, 1, 0, False
+    b.members, b.joining, b.refused, b.epoch, b.failures, b.dirty = {0: b"actor0/weights"}, {}, 0, 1, 0, False
     b.stats = {"regroups": 0, "failed_syncs": 0, "actors_dropped": 0, "rejoined": 0}
     b.pg = object()  # stands for the group: announcements only
     return b
@@ -92,11 +92,11 @@ def test_an_actor_that_stops_reading_or_vanishes_is_dropped_within_the_deadline_
     port = free_port()
     b = announcer(port, timeout_s=1.0)
     peer = zmq.Context.instance().socket(zmq.DEALER)
-    peer.setsockopt(zmq.IDENTITY, b"actor-0-weights")
+    peer.setsockopt(zmq.IDENTITY, b"actor0/weights")
     peer.setsockopt(zmq.RCVHWM, 1)
     peer.setsockopt(zmq.RCVBUF, 4096)
     peer.connect(f"tcp://127.0.0.1:{port}")
-    peer.send(encode("hello", {"actor_id": 0}))
+    peer.send(encode("receiver_hello", {"actor_id": 0}))
     assert b.listener.readable(5.0)
     b.listener.recv()
     start = time.monotonic()
@@ -112,9 +112,9 @@ def test_an_actor_that_stops_reading_or_vanishes_is_dropped_within_the_deadline_
     port = free_port()
     b = announcer(port, timeout_s=1.0, max_failures=1)
     peer = zmq.Context.instance().socket(zmq.DEALER)
-    peer.setsockopt(zmq.IDENTITY, b"actor-0-weights")
+    peer.setsockopt(zmq.IDENTITY, b"actor0/weights")
     peer.connect(f"tcp://127.0.0.1:{port}")
-    peer.send(encode("hello", {"actor_id": 0}))
+    peer.send(encode("receiver_hello", {"actor_id": 0}))
     assert b.listener.readable(5.0)
     b.listener.recv()
     peer.close(linger=0)

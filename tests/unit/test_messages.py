@@ -23,32 +23,42 @@ EXAMPLES = {
     wire.Bye: wire.Bye(actor_id=1, stats={"tokens": 12, "time": {"generating": 1.5}}),
     wire.Welcome: wire.Welcome(version=5, restarted=True, seq_start=65540),
     wire.GrantReply: wire.GrantReply(min_version=2, sampling=wire.Sampling(n=4, max_tokens=64), prompts=[
-        wire.GrantedPrompt(prompt_id=7, token_ids=pack_array(np.arange(5, dtype=np.int32)), answer="12"),
-        wire.GrantedPrompt(prompt_id=8, token_ids=pack_array(np.arange(2, dtype=np.int32)), answer="x", kind="code",
+        wire.GrantedPrompt(prompt_id=7, token_ids=pack_array(np.arange(5, dtype=np.int32)), kind="arithmetic",
+                           reference="12"),
+        wire.GrantedPrompt(prompt_id=8, token_ids=pack_array(np.arange(2, dtype=np.int32)), kind="code",
                            reference={"tests": [{"input": "1", "output": "2"}]})]),
     wire.WaitReply: wire.WaitReply(retry_s=0.05, size=3),
     wire.Stop: wire.Stop(),
-    wire.GroupAck: wire.GroupAck(status="rejected", seq=4, reason="bad_value", detail="why"),
+    wire.GroupAck: wire.GroupAck(status="duplicate", seq=4),
+    wire.Refused: wire.Refused(reason="bad_value", detail="why"),
     wire.LearnerHello: wire.LearnerHello(),
     wire.VersionUpdate: wire.VersionUpdate(version=9),
     wire.BatchRequest: wire.BatchRequest(version=9, n_groups=16),
     wire.CheckpointRequest: wire.CheckpointRequest(),
     wire.Done: wire.Done(),
     wire.BatchReply: wire.BatchReply(version=9, staleness=[0, 1], groups=[{"prompt_id": 1}], groups_report={"a": 1}),
-    wire.CheckpointAck: wire.CheckpointAck(status="ok", state={"cursor": 4}),
-    wire.Ack: wire.Ack(status="ok"),
+    wire.BufferState: wire.BufferState(state={"cursor": 4}),
+    wire.Ack: wire.Ack(),
     wire.Resync: wire.Resync(),
-    wire.SyncHello: wire.SyncHello(actor_id=2),
+    wire.ReceiverHello: wire.ReceiverHello(actor_id=2),
     wire.Here: wire.Here(actor_id=2, epoch=3),
     wire.Probe: wire.Probe(epoch=3),
     wire.Join: wire.Join(epoch=3, rank=1, world_size=2),
     wire.Announcement: wire.Announcement(epoch=3, version=7, buckets=[
         wire.BucketWire(dtype="bfloat16", names=["w", "b"], shapes=[[3, 5], [5]])]),
+    wire.MetricsRecord: wire.MetricsRecord(record={"ts": 1.0, "role": "learner", "step": 3, "learner/loss": 0.5}),
+    wire.Flush: wire.Flush(),
+    wire.RoleSummary: wire.RoleSummary(role="buffer", summary={"staleness": {"max": 2}}),
 }
 
 
 def test_every_message_type_has_an_example():
     assert set(wire.Body.__subclasses__()) == set(EXAMPLES)
+
+
+def test_every_message_type_has_a_tag_of_its_own():
+    tags = [kind.TYPE for kind in wire.Body.__subclasses__()] + [wire.TRAJECTORY_GROUP]
+    assert len(tags) == len(set(tags)), sorted(t for t in tags if tags.count(t) > 1)
 
 
 @pytest.mark.parametrize("kind", list(EXAMPLES), ids=lambda k: k.__name__)
@@ -86,7 +96,7 @@ def test_bodies_that_do_not_fit_are_refused_with_the_reason_counted():
     assert reason(wire.BatchRequest, {"version": 1, "n_groups": 2}, type_="version") == "unknown_type"
     assert reason(wire.Bye, {"actor_id": 0, "stats": [1]}) == "bad_field"
     # Unknown fields (the request id every request carries) are ignored.
-    assert wire.parse(decode(encode("hello", {"actor_id": 1, "rid": 4, "extra": "x"}), MAX), wire.ActorHello) \
+    assert wire.parse(decode(encode("actor_hello", {"actor_id": 1, "rid": 4, "extra": "x"}), MAX), wire.ActorHello) \
         == wire.ActorHello(actor_id=1)
 
 

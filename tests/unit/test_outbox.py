@@ -39,7 +39,9 @@ class Client:
         status = self.script.pop(0) if self.script else "accepted"
         if status == "timeout":
             raise TimeoutError("no reply")
-        return Message("ack", {"status": status, "reason": "bad_value" if status == "rejected" else None})
+        if status == "rejected":
+            return Message("refused", {"reason": "bad_value", "detail": "scripted"})
+        return Message("group_ack", {"status": status, "seq": self.sent[-1].seq})
 
     def request_many(self, type_, bodies, timeout_s):
         self.batches.append(len(bodies))

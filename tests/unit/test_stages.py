@@ -9,7 +9,7 @@ from asyncor.buffer.prompts import PromptStream
 from asyncor.buffer.staleness import StalenessBudget
 from asyncor.configs.loader import ConfigError, load_config
 from asyncor.configs.stages import groups_through, max_over_stages, stage_at, stages
-from asyncor.tasks.arithmetic import Problem
+from asyncor.tasks.arithmetic import TextProblem
 
 TWO_STAGES = ['algo.stages=[{start_step=2, max_response_tokens=4, group_size=6}, {start_step=5, prompts_per_step=32}]']
 
@@ -62,7 +62,7 @@ def test_online_filter_keeps_prompts_missed_even_once():
 
 
 def test_prompt_stream_removal_is_permanent_but_never_empties_the_pool():
-    problems = [Problem(i, f"p{i}", str(i)) for i in range(5)]
+    problems = [TextProblem(i, f"p{i}", str(i)) for i in range(5)]
     stream = PromptStream(problems, seed=0)
     stream.give_back([problems[1]])
     assert stream.remove({1, 3, 99}) == 2 and stream.remaining == 3

@@ -25,12 +25,12 @@ def test_records_and_summaries_arrive_in_order_and_are_acknowledged(tmp_path):
     port = free_port()
     collector = Collector(str(tmp_path), "127.0.0.1", port).start()
     try:
-        writer = MetricsWriter(RunDir(str(tmp_path)).metrics, "actor:3", f"tcp://127.0.0.1:{port}")
+        writer = MetricsWriter(RunDir(str(tmp_path)).metrics, "actor3", f"tcp://127.0.0.1:{port}")
         for step in range(50):
             writer.log({"actor/tokens_per_s": step * 1.5, "reward/mean": float("nan")}, step=step)
         writer.close()  # returns once all 50 are written
         records = lines(tmp_path)
-        assert [r["step"] for r in records] == list(range(50)) and records[0]["role"] == "actor:3"
+        assert [r["step"] for r in records] == list(range(50)) and records[0]["role"] == "actor3"
         assert records[1]["actor/tokens_per_s"] == 1.5 and records[1]["reward/mean"] is None  # NaN is not JSON
         link = LauncherLink(f"tcp://127.0.0.1:{port}")
         assert link.summary("learner", {"steps": 3, "time": {"training": 1.25}}, 5.0)

@@ -24,7 +24,7 @@ def test_every_record_reaches_tensorboard_per_role_and_step(tmp_path):
     collector = Collector(str(tmp_path), "127.0.0.1", port, tensorboard=True).start()
     try:
         learner = MetricsWriter(RunDir(str(tmp_path)).metrics, "learner", f"tcp://127.0.0.1:{port}")
-        actors = [MetricsWriter(RunDir(str(tmp_path)).metrics, f"actor:{i}", f"tcp://127.0.0.1:{port}") for i in range(2)]
+        actors = [MetricsWriter(RunDir(str(tmp_path)).metrics, f"actor{i}", f"tcp://127.0.0.1:{port}") for i in range(2)]
         for step in range(1, 8):
             learner.log({"learner/loss": 0.5 / step, "learner/staleness_hist": [step, 2, 0, 1], "reward/mean": None,
                          "learner/stage": step // 4, "learner/odd_hist": ["x", -1], "learner/text": "x"}, step=step)

@@ -1,0 +1,115 @@
+"""The buffer's state: what it counts, what a checkpoint keeps, what it reports at the end.
+
+`Counts` are the figures the other parts add to (ingest, batches, the service's refusals). The ledger says
+where every accepted group went: trained, dropped as stale, dropped as all-equal (rejection sampling), still
+stored, or given back at a resume; `unaccounted` is 0 unless a group was lost or counted twice.
+
+`state_dict` is what a run resumed at the current version needs (saved in the learner's checkpoint as
+buffer_state.json, runtime/run_dir.py); groups not trained yet, stored or still being generated, are not
+kept: their prompts go back to the front of the stream, to be generated again by the resumed policy.
+`load_state` continues from it; `summary` is roles/buffer.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from asyncor.buffer.rejection import GroupTally
+from asyncor.runtime.run_dir import BUFFER_STATE
+from asyncor.wire.envelope import REJECT_REASONS
+
+
+@dataclass
+class Counts:
+    accepted: int = 0  # groups accepted; each ends trained, dropped stale, dropped uniform or still stored
+    duplicates: int = 0  # resends of groups answered before
+    dropped_stale: int = 0
+    requeued: int = 0  # groups stored at the checkpoint a run resumed from: given back, generated again
+    max_stored: int = 0  # the most groups the store held at once (bounded by buffer.max_groups)
+    online_filtered: int = 0  # prompts removed from the pool as mastered
+    rejected: dict[str, int] = field(default_factory=lambda: {r: 0 for r in REJECT_REASONS})  # refused messages
+    rejected_uniform: dict[str, int] = field(default_factory=lambda: {"solve_all": 0, "solve_none": 0})
+    staleness_trained: list[int] = field(default_factory=list)  # one entry per group handed to the learner
+
+    def uniform(self, kind: str, tally: GroupTally) -> None:
+        """An all-equal group dropped by rejection sampling."""
+        tally.on_rejected(kind)
+        self.rejected_uniform[kind] += 1
+
+
+def ledger(counts: Counts, stored: int) -> dict:
+    """Where every accepted group went. Retried duplicates were never accepted (`duplicates_discarded`)."""
+    ends = {"trained": len(counts.staleness_trained), "dropped_stale": counts.dropped_stale,
+            "dropped_uniform": sum(counts.rejected_uniform.values()), "still_buffered": stored,
+            "requeued_at_resume": counts.requeued}
+    return {"accepted": counts.accepted, **ends, "unaccounted": counts.accepted - sum(ends.values()),
+            "duplicates_discarded": counts.duplicates}
+
+
+def state_dict(b) -> dict:
+    """`b`: the buffer service (buffer/service.py), whose parts hold the state."""
+    c, ages = b.counts, b.counts.staleness_trained
+    prompts = b.prompts.state_dict()
+    prompts["returned"] = b.store.prompt_ids() + list(b.admission.granted) + prompts["returned"]
+    return {
+        "version": b.budget.version,
+        "budget_accepted": b.budget.accepted - len(b.store),  # groups consumed by the steps so far
+        "prompts": prompts,
+        "online_filter": b.online_filter.state_dict(),
+        "online_filtered": c.online_filtered,
+        "accepted": c.accepted, "dropped_stale": c.dropped_stale, "duplicates": c.duplicates,
+        "requeued": c.requeued + len(b.store),
+        "rejected_uniform": dict(c.rejected_uniform),
+        "rejected": dict(c.rejected),
+        "trained_staleness_hist": np.bincount(ages).tolist() if ages else [],
+    }
+
+
+def load_state(b, checkpoint: str) -> None:
+    """Continue from `<checkpoint>/buffer_state.json` (written from `state_dict`)."""
+    path = os.path.join(checkpoint, BUFFER_STATE)
+    c = b.counts
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        b.prompts.load_state_dict(state["prompts"])
+        b.budget.on_version(int(state["version"]))
+        b.budget.accepted = int(state["budget_accepted"])
+        b.online_filter.load_state_dict(state["online_filter"])
+        c.online_filtered = int(state["online_filtered"])
+        c.accepted, c.dropped_stale = int(state["accepted"]), int(state["dropped_stale"])
+        c.duplicates, c.requeued = int(state["duplicates"]), int(state["requeued"])
+        c.rejected_uniform.update({k: int(state["rejected_uniform"][k]) for k in c.rejected_uniform})
+        c.rejected.update({k: int(v) for k, v in state["rejected"].items() if k in c.rejected})
+        c.staleness_trained = [age for age, n in enumerate(state["trained_staleness_hist"]) for _ in range(int(n))]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"cannot resume the buffer from {path}: {exc!r}") from None
+    b.log.info("resumed", version=b.budget.version, requeued=len(state["prompts"]["returned"]),
+               epoch=b.prompts.epoch, trained=len(c.staleness_trained))
+
+
+def summary(b) -> dict:
+    c, ages, a = b.counts, b.counts.staleness_trained, b.admission
+    eta = b.config.buffer.max_staleness
+    return {
+        "staleness": {
+            "max_allowed": eta,
+            "mean": float(np.mean(ages)) if ages else 0.0,
+            "max": int(max(ages)) if ages else 0,
+            "dropped": c.dropped_stale,
+            "hist": np.bincount(ages, minlength=eta + 1).tolist() if ages else [],
+        },
+        "rejected": {k: v for k, v in c.rejected.items() if v},
+        "rejection_sampling": dict(c.rejected_uniform),
+        "online_filtered": c.online_filtered,
+        "duplicates": c.duplicates,
+        "groups_trained": len(ages),
+        "max_stored": c.max_stored,
+        "ledger": ledger(c, len(b.store)),
+        "actors": a.actor_stats,
+        "actor_restarts": {str(i): n for i, n in sorted(a.actor_restarts.items())},
+    }
