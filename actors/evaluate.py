@@ -1,8 +1,8 @@
 """Evaluation with the actor engine: k samples per problem, scored, summarised as avg@k and pass@k.
 
-`sample_and_score` is the one evaluation path: the held-out protocol below and `launch.py eval` / `filter`
-(studies/dataset_eval.py) both generate with it and score with the task's verifiers (tasks/scoring.py;
-a response cut at the length limit scores 0).
+One evaluation path: the held-out protocol below and `launch.py eval` / `filter` (studies/dataset_eval.py) both
+generate k completions per problem with the engine, score them with `score_completions` (the task's verifiers,
+tasks/scoring.py; a response cut at the length limit scores 0) and summarise them with `summarise`.
 
 The held-out protocol is the same everywhere, so the numbers form one curve:
   * greedy accuracy (one decoding per problem), and
@@ -55,16 +55,14 @@ def summarise(records: list[dict], k: int) -> dict:
             "by_source": {s: stats([r for r in records if r["data_source"] == s]) for s in sources}}
 
 
-def sample_and_score(engine, codec, scorer, problems: list, k: int, temperature: float, max_tokens: int,
-                     seed: int, top_p: float = 1.0) -> tuple[np.ndarray, list]:
-    """(rewards (problems, k), the engine's completions) of `k` samples per problem (tasks/task.py Problem)."""
+def score_completions(scorer, codec, problems: list, outputs: list) -> np.ndarray:
+    """(problems, k) rewards of the engine's k completions of each problem (tasks/task.py Problem), through the
+    task's verifiers; a completion cut at the length limit scores 0."""
     from asyncor.tasks.scoring import Sample
 
-    outputs = engine.generate([p.prompt_ids for p in problems], k, temperature, top_p, max_tokens, codec.eos_id,
-                              seed=seed)
     flat = scorer.score([Sample(p.kind, codec.decode(c.token_ids), p.reference, c.finish_reason == "length")
                          for p, completions in zip(problems, outputs) for c in completions])
-    return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1), outputs
+    return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1)
 
 
 def evaluate_engine(config: Config, engine, codec, scorer, problems: list) -> dict:
@@ -73,7 +71,9 @@ def evaluate_engine(config: Config, engine, codec, scorer, problems: list) -> di
     max_tokens = response_tokens(config)
 
     def rewards(temperature: float, k: int) -> np.ndarray:
-        return sample_and_score(engine, codec, scorer, problems, k, temperature, max_tokens, cfg.seed)[0]
+        outputs = engine.generate([p.prompt_ids for p in problems], k, temperature, 1.0, max_tokens, codec.eos_id,
+                                  seed=cfg.seed)
+        return score_completions(scorer, codec, problems, outputs)
 
     start = time.perf_counter()
     greedy = rewards(0.0, 1)

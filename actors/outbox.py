@@ -7,16 +7,23 @@ workers run side by side) and sends them on its own socket, all at once, then
 collects the buffer's acks (one round trip's latency for the lot, not one per
 group). The queue is bounded (`capacity` groups): when the buffer is
 slower than generation, `put` blocks and the loop's time shows up as
-"waiting_for_outbox".
+"waiting_for_outbox"; past `put`'s `timeout_s` it raises TimeoutError.
 
-Delivery is at-least-once: a group whose ack does not arrive is sent again with
-the same (actor_id, seq), which the buffer dedupes. `full` is backpressure, not
-an error: it is retried with a growing pause (up to `FULL_PAUSE_MAX_S`) for as
-long as the buffer keeps answering, and the time shows as "waiting for outbox"
-in the loop; `rejected` is logged and counted (a bug on this side, never
-silently dropped). A group whose ack does not arrive after `SEND_ATTEMPTS`
-sends stops the thread; the loop re-raises the error on its next `put` or
-`drain`.
+Producer: the rollout loop (`put`). Consumer: this thread, which sends to the
+buffer on the actor's `actor<i>/groups` socket. Blocking: the loop only in a
+full `put`; the thread in each send, which waits at most `request_timeout_s`
+for the buffer's answers, and in the pauses after `full`.
+
+Delivery is at-least-once: a group whose `group_ack` does not arrive is sent
+again, one by one, with the same (actor_id, seq), which the buffer dedupes
+(`duplicate`). `full` is backpressure, not an error: it is retried with a
+growing pause (up to `FULL_PAUSE_MAX_S`) for as long as the buffer keeps
+answering, and once the queue fills the time shows as "waiting_for_outbox" in
+the loop; `refused` is logged and counted (a bug on this side, never silently
+dropped), and the group is not sent again. A group still unanswered after the
+batched send and `SEND_ATTEMPTS` more stops the thread; the loop re-raises the
+error on its next `put` or `drain`. Dropped at `stop`: the groups still queued,
+and a group the buffer answers `full` while stopping.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ actors/refill.py `RefillRule` (`settings.refill`), which the pipeline simulator 
   2. prompts: ask the buffer for a grant when the rule says there is room
      worth asking for (inflight: about a quarter of `target_sequences` free,
      counting granted sequences not yet started, or any room in an empty
-     engine; chunk: `prompts_per_chunk` prompts once the engine has drained),
+     engine; chunk: `prompts_per_chunk` prompts once the engine has drained
+     and no grant or weights wait),
      and at least every `heartbeat_s` (for 0 prompts when full), so a `stop`
      is heard while long sequences run;
   3. start granted prompts whose `min_version` the engine has reached (a
@@ -23,7 +24,17 @@ actors/refill.py `RefillRule` (`settings.refill`), which the pipeline simulator 
   4. one engine step; every token is recorded with its behaviour log-prob
      and the version that sampled it; a group whose last sequence finished
      goes to the outbox (scored and sent on another thread).
-Nothing here blocks the decode loop except an engine with nothing to do.
+
+Producers: the buffer (grants, through `link`), the weight receiver thread (staged weights, through
+`weights`) and the engine (tokens). Consumer of the finished groups: the outbox thread (actors/outbox.py).
+Blocking: every request to the buffer (`ask`, `give_back`) waits for its reply, at most
+`net.request_timeout_s` (an idle engine's `ask` may also be held up to `grant_hold_s` in the buffer); `put`
+waits while the outbox is full, at most `outbox_timeout_s`; an idle engine waits up to 0.5 s for the
+weights a grant needs, or up to 0.05 s until the buffer may have room. Dropped: staged weights not yet
+loaded when newer ones arrive; at `stop`, the sequences still generating (aborted) and grants not yet
+started (the learner is done). Timeouts: a grant whose weights do not come within `grant_wait_s` goes back
+to the buffer (`grant_return`); a buffer request with no reply, a full outbox past `outbox_timeout_s` or a
+failed outbox / weight receiver raise, and the actor exits with the error (the launcher may restart it).
 
 The engine, buffer link, weight source and outbox are injected (see
 tests/unit/test_rollout.py for fakes): `engine` has add / step / abort /

@@ -1,11 +1,14 @@
 """The sequences an actor has in its engine, grouped by granted prompt.
 
-A granted prompt becomes `n` sequences (one engine request each, so they
-join and leave the running batch independently). Every step's new tokens are
+A granted prompt becomes `n` sequences: one engine request of n (`together`,
+the default: vLLM prepares the prompt once and reports the sequences when the
+last one ends), or one streamed request each when running sequences are
+restarted on new weights (`inflight_kv = "recompute"`). New tokens are
 appended with the behaviour log-probs the engine reports and the policy
-version loaded when they were sampled; a group is complete when its last
-sequence finishes, and is handed on at once, whatever its neighbours are
-doing. Pure bookkeeping: no engine, no sockets (tests drive it directly).
+version that sampled each (the version loaded, for a step's streamed tokens;
+the engine's per-token versions, for a sequence reported whole); a group is
+complete when its last sequence finishes, and is handed on at once, whatever
+its neighbours are doing. Pure bookkeeping: no engine, no sockets (tests drive it directly).
 """
 
 from __future__ import annotations

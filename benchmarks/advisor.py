@@ -9,9 +9,10 @@
    cost alone, and the two actors beside each other) and at eta = 2 (every role overlaps every other: the
    slowdowns of sharing this host's two cores).
 2. A check sweep (seed 0, evaluations off): buffer.max_staleness in {0, 2} x actors.count in {1, 2}.
-3. `launch.py advise --from <both calibration runs> --check <the sweep>`: every check run's own shape
-   simulated with the calibrated rates, and the table of predicted against measured steady-state wall time
-   (end of the first learner step to the end of the last) and learner idle fraction.
+3. `launch.py advise --from <the four calibration runs, or --calibrate-from's> --check <the sweep> --nodes 4
+   --gpus-per-node 8 --out <out>/advice.md`: every check run's own shape simulated with the calibrated rates,
+   and the table of predicted against measured steady-state wall time (end of the first learner step to the
+   end of the last) and learner idle fraction.
 
 Every run is a real `launch.py run`; finished runs are kept and reused when the command runs again with the
 same --out (delete the directory to measure afresh).

@@ -12,8 +12,9 @@ against T_gen + T_train, so the ideal speed-up is (T_gen + T_train) / max(T_gen,
 runs' budgets, the measured speed-up (RL wall time, eta = 0 over eta = 2) and its share of the ideal. It also
 prints the contention (how much longer each side's busy time got beside the other) and how much of the eta = 2
 wall time the slower side was busy: with full overlap, 100 %.
-On this 2-core machine the actor pins its threads to core 0 and the learner runs one thread; they still
-share memory bandwidth and the buffer's process.
+On a 2-core machine with one actor (the default) the actor's engine binds its OpenMP thread to core 0 and
+the learner, one thread, is pinned to core 1 (runtime/cores.py); they still share memory bandwidth and the
+buffer's process.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python benchmarks/buffer_soak.py                      # 60 s per row: 4 senders, CURVE off and on
     python benchmarks/buffer_soak.py --seconds 20 --senders 2 4 8 --response-tokens 512
 
-The buffer runs as its own process (`python -m buffer.service`), exactly as `launch.py` starts it. Each
+The buffer runs as its own process (`python -m asyncor.buffer`), exactly as `launch.py` starts it. Each
 sender process is an actor without an engine. It asks for grants, builds the group each grant asks for
 (random tokens of the granted length, the granted group size, labelled with the oldest version the
 grant allows, so many are dropped as stale when the learner moves on) and sends the groups as fast as the buffer
@@ -16,7 +16,8 @@ Printed per row:
 * the buffer's peak RSS, and its growth from the first to the second half of the soak (a leak shows here);
 * the most groups the buffer's store held at once, against the admission window (η + 1) x batch;
 * the ledger (accepted = trained + dropped + still buffered; 0 unaccounted).
-A sender checks every ack. A group refused or unanswered counts as lost, and the run reports it.
+A sender checks every answer: a group acknowledged "full" is sent again after a pause; one refused,
+acknowledged "duplicate" or unanswered counts as lost, and the run reports it.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: 
             acks = groups_sock.request_many("group", pending, TIMEOUT)
             retry = []
             for body, ack in zip(pending, acks):
-                status = ack.body.get("status") if ack is not None else "no reply"
+                status = ("no reply" if ack is None else f"refused: {ack.body.get('reason')}"
+                                          if ack.type == "refused" else ack.body.get("status"))
                 if status == "accepted":
                     stats["accepted"] += 1
                 elif status == "full":

@@ -5,7 +5,8 @@
 vLLM (in-process, its OpenMP thread bound to core 0) generates the tiny model's arithmetic groups, alone and
 while a second process pinned to core 1 runs a float matmul loop (like the learner) or a pure-Python loop.
 If the cores were independent the rates would match; the ratio is what an actor keeps of its speed beside a
-learner, whatever the scheduling. Needs the tiny default's cached warm start (any `launch.py run` makes it).
+learner, whatever the scheduling. Uses the tiny default's cached warm start (prepare/warm_start.py
+`prepare_policy`: built first if no `launch.py run` has made it yet).
 """
 
 from __future__ import annotations

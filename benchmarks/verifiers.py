@@ -1,6 +1,7 @@
-"""Verifier throughput through the actor's pool, on the project's sample data.
+"""Verifier throughput through the actors' pool (tasks/verifier_pool.py), on the project's sample data.
 
-    python benchmarks/verifiers.py [--workers 2] [--repeat 8]
+    python benchmarks/verifiers.py                        # pools of 1 and 2 workers, the data 8 times
+    python benchmarks/verifiers.py --workers 1 2 4 --repeat 4
 
 Prints samples/s for math answers (math-verify) and for programs (sandboxed
 runs against every test of tests/data/code.jsonl), correct and wrong mixed.

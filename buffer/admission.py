@@ -3,10 +3,11 @@
 The buffer's side of the actor conversation that is not a group: hellos, grant requests, grants given back
 and goodbyes. A grant is at most the staleness budget's room (buffer/staleness.py) of prompts from the
 stream (buffer/prompts.py), none of them already in flight, each recorded as a `PromptGrant` until its
-group arrives (buffer/ingest.py), is given back, or its actor says bye or restarts. A request that finds no
-room may be held (`hold_s`): it is answered the moment room appears (a new version, a slot given back) or
-with `wait` when the hold ends, one held request per actor socket. After the learner's `done` every
-request is answered `stop`.
+group is accepted or refused (buffer/ingest.py), it is given back, or its actor says bye or restarts. A
+request that finds no room may be held (`hold_s`): it is answered the moment room appears (a new version,
+a slot given back; the loop checks every 0.05 s) or with `wait` when the hold ends, one held request per
+actor socket (a newer one replaces it, unanswered). After the learner's `done` every request is answered
+`stop`.
 
 A second hello from an actor id is a restart: the dead incarnation's grants go back to the front of the
 stream, its held request is dropped, and the new incarnation numbers its groups past everything seen from

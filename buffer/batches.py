@@ -1,12 +1,13 @@
 """Batches: the learner's requests, answered with fresh groups.
 
-A batch request (the current stage's `prompts_per_step` groups) is long-polled: it is answered as soon as
-that many groups fresh enough exist, or with `wait` after `LONG_POLL_S` (the learner asks again). Before a
-batch is taken every stored group older than `buffer.max_staleness` is dropped and counted
-(`buffer/dropped_stale`); its admission slot goes back, so dropping never stalls generation. With rejection
-sampling in shrink mode (the original code) the all-equal groups of a taken batch are dropped from it; a
-step left with nothing is skipped and its slots go back. The batch carries the staleness of each group and
-the tally of the groups that arrived since the last batch (the learner logs the rejection-sampling rates).
+A batch request (the learner asks for its current stage's `prompts_per_step` groups) is long-polled: it is
+answered as soon as that many groups fresh enough exist, or with `wait` after `LONG_POLL_S` (the learner
+asks again). One request is pending at a time; a newer one replaces it. Before a batch is taken every stored
+group older than `buffer.max_staleness` is dropped and counted (`buffer/dropped_stale`); its admission slot
+goes back, so dropping never stalls generation. With rejection sampling in shrink mode (the original code)
+the all-equal groups of a taken batch are dropped from it; a batch left with nothing is discarded, its slots
+go back, and the request keeps waiting for the next groups. The batch carries the staleness of each group
+and the tally of the groups accepted since the last batch (the learner logs the rejection-sampling rates).
 """
 
 from __future__ import annotations

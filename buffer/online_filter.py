@@ -1,9 +1,11 @@
 """Online filtering at stage boundaries (Skywork-OR1 §3.1).
 
 During a stage the buffer notes, per prompt, whether every sample of every
-group it received was correct (reward >= 1). When the learner crosses into
-the next stage, those prompts are removed from the pool: the policy has
-mastered them, and they would only come back as zero-advantage groups.
+group it accepted was correct (reward >= 1). When the learner crosses into
+the next stage, those prompts are removed from the pool (with
+`algo.online_filter`, buffer/admission.py `enter_stage`; never the whole
+pool): the policy has mastered them, and they would only come back as
+zero-advantage groups.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ refill mode drops at arrival, so batches stay full; shrink mode drops from a
 batch already taken, as the original code does.
 
 `GroupTally` also keeps the accuracy histogram (10 bins of a group's mean
-reward) of every group that arrived, reported with each batch and reset.
+reward) of every group accepted (duplicates and refused groups are not
+counted), reported with each batch and reset.
 """
 
 from __future__ import annotations

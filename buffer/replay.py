@@ -1,11 +1,12 @@
 """The replay store: whole trajectory groups in arrival order, bounded.
 
-Producer: the buffer service, as actors' groups are accepted. Consumer: the
-learner's batch requests. Memory is bounded by `max_groups` and, for duplicate detection, a window
-of recent sequence numbers per actor (`SeenSequences`). `take` first drops every group that is already too
-stale (counted), then hands out the oldest `n` fresh groups, or nothing if
-fewer than `n` are ready (batches are never partial). A full store refuses new
-groups (the actor is told and retries); nothing is evicted silently.
+Producer: buffer/ingest.py, as actors' groups are accepted. Consumer: the
+learner's batch requests (buffer/batches.py). Memory is bounded by `max_groups` and, for duplicate
+detection, a window of recent sequence numbers per actor (`SeenSequences`). `drop_stale` removes and
+returns every group already too stale (the caller counts them; batches.py calls it before every `take`);
+`take` hands out the oldest `n` groups, or nothing if fewer than `n` are stored (batches are never
+partial). A full store refuses new groups (`is_full`: the actor is answered `full` and retries); nothing
+is evicted silently.
 """
 
 from __future__ import annotations

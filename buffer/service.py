@@ -2,9 +2,9 @@
 
 Two listeners, one loop, no threads. Actors (`actor<i>` and `actor<i>/groups` sockets) send `actor_hello`,
 `grant_request`, `group`, `grant_return` and `bye`; the learner (socket `learner`) sends `learner_hello`,
-`version` after it publishes weights, `batch_request`, `checkpoint` and `done`. Every message is decoded and
-checked before use; one that is refused is counted by reason (`buffer/rejected_<reason>`), logged and
-answered `refused`, never fatal.
+`version` (at start, then after every step, once that step's broadcast if any went out), `batch_request`,
+`checkpoint` and `done`. Every message is decoded and checked before use; one that is refused is counted by
+reason (`buffer/rejected_<reason>`), logged and answered `refused`, never fatal.
 
 The loop only moves bytes: the logic lives in four parts, each a module, around `BufferService`:
   buffer/admission.py  grants, held requests, returns, restarts, stages   (actors' requests)
@@ -15,8 +15,18 @@ The loop only moves bytes: the logic lives in four parts, each a module, around 
 `owed` returns the answers due now (held grants, a pending batch), so the logic runs without any transport
 (tests/unit/test_buffer_logic.py drives it in-process).
 
+Producers: the actors (grant requests, groups) and the learner (versions, batch and checkpoint requests).
+Consumers: the actors (grants) and the learner (batches, the buffer's state). Blocking: the loop waits at
+most 0.05 s on its two listeners and nothing else; its sends never block (a reply to a peer that is gone or
+not reading is dropped, and that peer's own request deadline covers it). Data dropped, always counted: refused
+messages (by reason), resent groups already answered (`duplicate`), groups too stale to train
+(`buffer/dropped_stale`, when a batch is taken) and all-equal groups (rejection sampling); a full store
+answers `full` and evicts nothing. Timeouts: a held grant request is answered `wait` when its `hold_s`
+ends, a batch request `wait` after `LONG_POLL_S` (buffer/batches.py), and both peers ask again.
+
 After `done`, actors asking for work are told to `stop`; the buffer exits once every actor said `bye` (or
-`net.request_timeout_s` has passed), and sends its final figures to the launcher (roles/buffer.json).
+`net.request_timeout_s` has passed), or on SIGTERM, and sends its final figures to the launcher
+(roles/buffer.json; written there by the buffer itself when no launcher acknowledges them).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ more data than the learner can train on within η versions. With a multi-stage
 schedule the batch size changes with the step, so the bound is the number of
 groups the learner consumes in its first η + v + 1 steps (`groups_through`). Groups dropped as
 stale at consumption give their admission slot back (`accepted` counts groups
-that will be trained), so dropping never deadlocks generation.
+trained or still to be trained), so dropping never deadlocks generation.
 
 Consumption: a group whose oldest token came from version `min_version` is
 trainable at learner version `v` only if `v - min_version <= η`.

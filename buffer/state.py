@@ -25,7 +25,7 @@ from asyncor.wire.envelope import REJECT_REASONS
 
 @dataclass
 class Counts:
-    accepted: int = 0  # groups accepted; each ends trained, dropped stale, dropped uniform or still stored
+    accepted: int = 0  # groups accepted; each ends trained, dropped stale, dropped uniform, still stored or requeued
     duplicates: int = 0  # resends of groups answered before
     dropped_stale: int = 0
     requeued: int = 0  # groups stored at the checkpoint a run resumed from: given back, generated again

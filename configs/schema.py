@@ -1,6 +1,6 @@
 """Typed run configuration.
 
-Every field has a docstring (shown by `launch.py run --help-config`). Unknown
+Every field has a docstring (shown by `launch.py config`). Unknown
 keys, wrong types and out-of-range values are refused by pydantic before any
 process starts; `configs.loader` turns those errors into messages that name the
 key and what it accepts. Derived values are properties, never second fields.
@@ -89,7 +89,7 @@ class TaskConfig(_Section):
     train_files: list[str] = []
     """kind = "files": training data, local .jsonl / .parquet (verl or plain layout)."""
     heldout_files: list[str] = []
-    """kind = "files": held-out data for evaluation before and after RL."""
+    """kind = "files": held-out data for evaluation before and after RL (and during it: eval.every_steps)."""
     format: Literal["auto", "verl", "plain"] = "auto"
     """kind = "files": row layout of the data files ("auto" tells them apart by their columns)."""
     digits: int = Field(2, ge=1, le=9)
@@ -148,7 +148,8 @@ class ActorsConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling (1.0 = off; anything else makes behaviour log-probs differ from the learner's)."""
     max_prompt_tokens: int = Field(64, ge=1)
-    """Longest prompt the engine accepts (vLLM's max_model_len is this plus max_response_tokens)."""
+    """Longest prompt the engine accepts (vLLM's max_model_len is this plus the largest max_response_tokens of
+    any stage, or of evaluation on the evaluating actor). Longer prompts of data files are left out."""
     max_response_tokens: int = Field(16, ge=1)
     """Length limit of one response; longer responses end with finish reason `length`."""
     prompts_per_chunk: int = Field(8, ge=1)
@@ -357,7 +358,8 @@ class EvalConfig(_Section):
     before_and_after: bool = True
     """Measure held-out accuracy before and after RL."""
     temperature: float = Field(1.0, ge=0)
-    """Evaluation sampling temperature (0 = greedy). Default: the training temperature, as the paper's avg@k."""
+    """Evaluation sampling temperature (0 = greedy). The default, 1.0, is the default training temperature; it
+    does not follow actors.temperature (set both for the paper's avg@k at the training temperature)."""
     samples_per_problem: int = Field(4, ge=1)
     """k of avg@k: samples per held-out problem (1 when greedy). Accuracy is the mean over all samples."""
     seed: int = Field(1234, ge=0)
@@ -556,6 +558,11 @@ class Config(_Section):
             raise ValueError(f"buffer.max_groups ({self.buffer.max_groups}) is below (buffer.max_staleness + 1) x "
                              f"the largest prompts_per_step = {window}, the groups admission lets exist at once; "
                              f"set it to at least {window}")
+        largest_group = max(stage.group_size for stage in stages(self))
+        if self.actors.update_mode == "inflight" and 0 < self.actors.inflight_sequences < largest_group:
+            raise ValueError(f"actors.inflight_sequences ({self.actors.inflight_sequences}) is below the largest group "
+                             f"size ({largest_group}): the engine would never have room for a group and the actor "
+                             f"would wait for ever; set it to at least {largest_group}, or 0 (the default size)")
         longest = self.actors.max_prompt_tokens + max(stage.max_response_tokens for stage in stages(self))
         if self.learner.micro_batch_tokens < longest:
             raise ValueError(f"learner.micro_batch_tokens ({self.learner.micro_batch_tokens}) is below the longest "

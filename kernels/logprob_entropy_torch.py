@@ -1,4 +1,6 @@
-"""Chunked pure-torch log-prob + entropy: the CPU path and the reference for the kernels.
+"""Chunked pure-torch log-prob + entropy: the CPU path (and "torch" on CUDA). Both it and the Triton kernels
+are checked against the naive path in float64 (kernels/logprob_entropy_naive.py,
+tests/unit/test_logprob_entropy.py).
 
 Tokens are processed `chunk` at a time under activation checkpointing, so
 forward and backward hold O(chunk x V) fp32 logits, never O(N x V). Entropy is

@@ -7,7 +7,26 @@ record must be a map of plain values (numbers, strings, booleans, null, lists
 and maps of them, at most `MAX_DEPTH` deep) from a known role, and a summary
 must name a known role. Anything else is refused and counted by reason
 (`refused`), never written. Summaries are written atomically (temp + rename)
-and acknowledged; so is a record-less `metrics` message (a role's flush).
+and acknowledged; so is a `flush` (a role asking that every record it sent
+before be written). Records are fire-and-forget: sent without a request id,
+so not answered.
+
+Who produces, who consumes: every role's link (telemetry/link.py) sends;
+this thread is the only consumer, and writes metrics.jsonl (flushed per
+record), the TensorBoard events when `telemetry.tensorboard` is on, and
+roles/<role>.json; the launcher's main thread reads the summaries
+(`result`, `has_summary`) and tails metrics.jsonl (launcher/status.py).
+What blocks: the thread waits up to 0.1 s at a time for a message and
+checks whether it is to stop only when none is waiting; writes are
+synchronous. Bounds: the socket's high-water mark (wire/zeromq.py) and
+`MAX_BYTES` per message. What can be dropped: a refused message (counted,
+never answered: a refused `flush` or summary leaves its sender to its own
+deadline, and the role then writes its summary itself,
+runtime/role_summary.py); records a role's link could not queue (the link's
+`dropped`); records the TensorBoard sink could not take
+(`tensorboard_errors`: metrics.jsonl still has them). On timeout: `stop`
+lets the thread write what has already arrived, waiting for it up to 10 s,
+then closes the files and the socket.
 """
 
 from __future__ import annotations
@@ -30,7 +49,8 @@ MESSAGES = {m.TYPE: m for m in (MetricsRecord, Flush, RoleSummary)}
 MAX_BYTES = 16 << 20
 MAX_DEPTH = 6
 MAX_STR = 4096
-RECORD_ROLE = re.compile(r"^(learner|buffer|eval|actor\d{1,6})$")  # the roles that log metrics (runtime/names.py)
+# The roles that log metrics (runtime/names.py), and `eval`, the held-out evaluations' records.
+RECORD_ROLE = re.compile(r"^(learner|buffer|eval|actor\d{1,6})$")
 SUMMARY_ROLE = re.compile(r"^(learner|buffer|actor\d{1,6}|prepare|eval_before|eval_after)$")
 
 
@@ -84,7 +104,7 @@ def check_summary(role: str, summary: dict) -> tuple[str, dict]:
 class Collector:
     def __init__(self, run_dir: str, bind: str, port: int, keys=None, tensorboard: bool = False):
         """`keys`: the run's CURVE keys (wire/curve.py) when net.auth is curve; `tensorboard`: every record
-        also goes to TensorBoard event files (telemetry/tensorboard.py)."""
+        also goes to TensorBoard event files (launcher/tensorboard.py)."""
         self.run_dir = run_dir
         self.server = Server(ZmqTransport().listen(endpoint(bind, port), keys, max_bytes=MAX_BYTES))
         self.files = RunDir(run_dir)

@@ -5,8 +5,8 @@ indices; `slot_env` turns them into CUDA_VISIBLE_DEVICES with the node's
 device ids (on one host: as `nvidia-smi -L` lists them, or as
 CUDA_VISIBLE_DEVICES restricts them). Learner ranks each see every learner
 GPU and pick theirs with LOCAL_RANK, as torchrun does. Without GPUs nothing
-is set (actors pin their OpenMP threads to cores themselves, see
-actors/worker.py).
+is set (actors bind their engine's OpenMP threads to cores themselves:
+actors/worker.py with runtime/cores.py).
 
 Every learner rank also gets the torch.distributed environment (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).

@@ -1,8 +1,10 @@
 """Free TCP ports for the roles (picked once by the launcher, written into config.json).
 
 A port is picked before the role that binds it starts, so it must not be one the kernel hands out in the
-meantime: ports are drawn at random *below* the kernel's ephemeral range (`ip_local_port_range`), where
-connecting sockets, `bind(0)` and srun's I/O listeners never land, and checked free on every interface.
+meantime: ports are drawn at random *below* the kernel's ephemeral range (`ip_local_port_range`), from
+`LOWEST` up, where connecting sockets, `bind(0)` and srun's I/O listeners never land, and checked free on
+every interface. Where fewer than 1000 ports lie between `LOWEST` and that range, they are drawn above it;
+after 1000 draws that are all taken, any free port the kernel gives.
 (A full-suite run once lost the learner's port to an srun started between the pick and the bind.)
 """
 
@@ -50,7 +52,8 @@ def free_port() -> int:
 
 
 def assign_ports(config: Config) -> None:
-    """Replace every port left at 0 with a free one (distinct from each other)."""
+    """Replace every port left at 0, or set to the same number as a port before it, with a free one (so all
+    six differ)."""
     net = config.net
     taken: set[int] = set()
     for name in ("buffer_actor_port", "buffer_learner_port", "sync_port", "store_port", "learner_port",

@@ -1,10 +1,10 @@
 """Environment checks before any role starts: each problem a clear message naming what to change.
 
 `check_environment` runs in `launch.py run` after the plan and before the first process: the run
-directory must be creatable and writable, ports set in [net] free on this host, `model.path` a model
-directory (config.json that parses, tokenizer.json, weights), and on a CPU host the actors' KV caches must
-fit in the memory available. Raises `PreflightError` (the launcher reports it and exits; nothing was
-started).
+directory must be creatable and writable, `model.path` (when set) a model directory (config.json that
+parses with a model_type, tokenizer.json, weights); and when every role runs on this host (the local
+back-end), ports set in [net] must be free here and, on a CPU host, the actors' KV caches must fit in the
+memory available. Raises `PreflightError` (the launcher reports it and exits 1; nothing was started).
 """
 
 from __future__ import annotations

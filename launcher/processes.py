@@ -3,11 +3,19 @@
 Each role runs as `python -m <module> ...` in a new session (its own process
 group, so a signal reaches it and everything it started), with
 PR_SET_PDEATHSIG so it is terminated even if the launcher itself is killed.
-stdout and stderr go to `logs/<name>.out`. A `prefix` runs the role through
+stdout and stderr go to `logs/<name>.out`, appended to (a restarted role's
+output follows its predecessor's). A `prefix` runs the role through
 another command (the SLURM back-end's `srun ...`, which forwards the remote
-task's output and signals). `stop_all` sends SIGTERM to every
-group, waits up to `grace_s`, then SIGKILLs what is left; it never waits
-longer than `grace_s + reap_s`.
+task's output; signals to it: launcher/slurm.py). `stop_all` sends SIGTERM
+to the group of every role still running, waits up to `grace_s`, then
+SIGKILLs every group; it never waits longer than `grace_s + reap_s`.
+
+Who produces, who consumes: the role writes its output straight into its
+log file; the launcher reads a `Child`'s `returncode` (a non-blocking poll)
+and, on failure, the end of its log (`tail`). What blocks: `spawn` never;
+`stop_all` up to `grace_s + reap_s`. Nothing is dropped. On timeout:
+`stop_all` returns the roles not reaped within `reap_s` after SIGKILL, for
+the caller to report.
 """
 
 from __future__ import annotations
@@ -79,7 +87,8 @@ def _signal_group(child: Child, sig: int) -> None:
 
 
 def stop_all(children: list[Child], grace_s: float = 5.0, reap_s: float = 5.0) -> list[str]:
-    """SIGTERM every process group, SIGKILL whatever is left after `grace_s`; at most grace_s + reap_s in all.
+    """SIGTERM the group of every role still running, SIGKILL every group after `grace_s` (sooner once all
+    roles have exited); at most grace_s + reap_s in all.
 
     Every group gets its SIGKILL even when a role exited by itself (its grandchildren may not have),
     and before any wait, so one process stuck in the kernel cannot keep the others alive. Returns the

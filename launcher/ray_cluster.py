@@ -1,19 +1,33 @@
 """Ray: `launch.py run --cluster ray [--address ADDR]` places the roles on an existing Ray cluster.
 
 Plan nodes are the cluster's alive nodes. One placement group holds one bundle per node (STRICT_SPREAD,
-each bundle reserving that node's GPUs), so no other Ray job takes the GPUs the plan hands out, and plan
-node k is wherever bundle k landed. Every role is a `RoleProcess` Ray actor scheduled into its node's
-bundle: it starts the role's process there (`python -m <module>`, the same command as on one host, with
-the launcher's environment plus the role's), keeps its output in a node-local file, and answers `poll`
-(exit status), `read` (output from an offset: the launcher gathers it into `runs/<name>/logs/<role>.out`,
-no shared filesystem needed) and `signal`. The role stays in its actor's process group, which Ray kills
-when the actor dies (a new session would let the role's own children, vLLM's engine process or the
-verifier pool, outlive it); `signal` reaches every member of that group but the actor. The role also dies
+each bundle reserving the same number of GPUs on its node: the fewest any alive node has, or
+`--gpus-per-node`), so no other Ray job takes the GPUs the plan hands out, and plan node k is wherever
+bundle k landed. Every role is a `RoleProcess` Ray actor scheduled into its node's bundle: it starts the
+role's process there (`python -m <module>`, the same command as on one host, with the launcher's
+environment, RAY_* left out, plus the role's), keeps its output in a node-local temporary file, and
+answers `status` (exit status and the output from an offset, at most `READ_CHUNK` bytes: the launcher's
+`poll` gathers it into `runs/<name>/logs/<role>.out`, no shared filesystem needed) and `signal`. The role
+stays in its actor's process group, which Ray kills when the actor dies (a new session would let the
+role's own children, vLLM's engine process or the verifier pool, outlive it); `signal` reaches every
+member of that group but the actor. The role also dies
 with its actor if the actor is SIGKILLed (PR_SET_PDEATHSIG), and Ray kills the actors when the launcher's
 job ends, however it ends.
 
 The repository must be at the same path on every node (as the Python environment must), which is how Ray
 clusters built from one image, or sharing a filesystem, look.
+
+Who produces, who consumes: each role's process writes its node-local output file; the launcher's `poll`
+asks every role's actor for its status at once and appends what comes back to the role's log. What
+blocks, and on timeout: reaching the cluster (a TCP connect of up to 10 s to a host:port address before
+`ray.init`), reserving the placement group (60 s, then a RuntimeError naming the nodes and GPUs asked
+for), and each `status` answer (`RPC_TIMEOUT_S`: a role that does not answer in time is asked again at the
+next poll; one `poll` can wait that long for each role). Nothing is dropped: output larger than
+`READ_CHUNK` comes over several polls, and a role's exit status is taken only once all its output is
+here. A role whose actor or node dies gets the return code `LOST`, with the reason appended to its log;
+`ended` is always None, so the run reports that role's failure. A stop waits `grace_s` after SIGTERM and
+`reap_s` after SIGKILL, polling as it goes (so it too can take longer, by those RPC deadlines), then kills
+every role's actor.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`launch.py run --resume PATH`: continue a run from a checkpoint (learner/checkpoint.py).
+"""`launch.py run --resume PATH`: continue a run from a checkpoint (written by learner/checkpoint.py; its
+layout and meta.json: runtime/run_dir.py).
 
 PATH is a run directory (its newest complete checkpoint is used) or one checkpoint directory
 (`<run_dir>/checkpoints/step_NNNNNN`). The run continues in the same run directory with the config it was

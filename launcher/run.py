@@ -5,13 +5,27 @@ The launcher is a supervisor only, the same on every back-end (launcher/backend.
             advertise; written to `plan.json` in the run directory;
   start     every piece of work is a role process started by the back-end on its node, its output
             gathered into `logs/<role>.out`; metrics and final figures come back as messages to the
-            launcher's collector (telemetry/collector.py), the only writer of metrics.jsonl and roles/;
-  watch     twice a second: the run succeeds when the learner exits 0 and the buffer and actors follow;
-            an actor exiting with an error while the learner trains is started again, with back-off, up to
-            `actors.max_restarts` times (launcher/restarts.py);
+            launcher's collector (launcher/collector.py), the only writer of metrics.jsonl and roles/ (a
+            role whose summary the collector does not acknowledge in time writes its roles/ file itself);
+  watch     twice a second (`POLL_S`): the run succeeds when the learner exits 0 and the buffer and actors
+            follow (any still running `DRAIN_S` later are stopped, with a warning); another role exiting 0
+            before the learner's summary has arrived fails the run; an actor exiting with an error while
+            the learner trains is started again, with back-off, up to `actors.max_restarts` times
+            (launcher/restarts.py);
   stop      any role exiting with an error (reported with its node and the end of its log), a stop
             signal (Ctrl-C, SIGTERM, SIGHUP, scancel: launcher/stop_signals.py), or `run.max_wall_s`
-            passing stops every role within `SHUTDOWN_GRACE_S` + `REAP_S` seconds.
+            passing (counted from the start of the RL roles) stops every role: SIGTERM, SIGKILL after
+            `SHUTDOWN_GRACE_S`, reaped within `REAP_S` more. That bound is the local back-end's; the SLURM
+            and Ray back-ends add the deadlines of their own commands and RPCs (launcher/slurm.py,
+            launcher/ray_cluster.py).
+
+Who produces, who consumes: the roles produce exit codes and output (read through the back-end's `poll`),
+metrics and summaries (written by the collector's thread); this loop, the launcher's main thread, consumes
+them and starts and stops roles. What blocks: each phase's wait, never without a deadline: the policy's
+preparation `run.prepare_timeout_s`, each evaluation `run.eval_timeout_s`, the RL phase `run.max_wall_s`.
+On timeout the run fails (`RunFailed`, naming the key to raise) and every role is stopped. Nothing here is
+dropped; messages the collector refuses are counted into summary.json (`rejected_messages`, as
+`telemetry_<reason>`).
 """
 
 from __future__ import annotations
@@ -324,6 +338,8 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
     if collector.refused:
         summary["rejected_messages"] = {**summary["rejected_messages"],
                                         **{f"telemetry_{k}": v for k, v in collector.refused.items()}}
+    if collector.tensorboard_errors:  # records metrics.jsonl has and the event files could not take
+        summary["tensorboard_errors"] = collector.tensorboard_errors
     summary["actor_restarts"] = restarts.summary()
     summary["total_wall_s"] = time.monotonic() - wall_start
     if resumed:

@@ -3,8 +3,9 @@
 Nodes are the allocation's, in SLURM's order (`scontrol show hostnames $SLURM_JOB_NODELIST`); plan node 0
 is the first. Every role is one job step started from the launcher:
 
-    srun --nodes=1 --ntasks=1 --nodelist=<node> --overlap --cpu-bind=none --kill-on-bad-exit=1 \\
-         --unbuffered --export=ALL [env CUDA_VISIBLE_DEVICES=<the plan's GPUs>] python -m <role module> ...
+    srun --jobid=<job> --nodes=1 --ntasks=1 --nodelist=<node> --overlap --cpu-bind=none --kill-on-bad-exit=1 \\
+         --unbuffered --job-name=<role> --export=ALL [env CUDA_VISIBLE_DEVICES=<the plan's GPUs>] \\
+         python -m <role module> ...
 
 `srun` runs on the launcher's host as its child: it forwards the task's output (written into
 `logs/<role>.out` on the launcher's host, so no shared filesystem is needed for logs) and exits with the
@@ -18,6 +19,14 @@ because SLURM would overwrite an exported one. That assumes the job owns its nod
 
 Stopping: Ctrl-C in salloc, `scancel`, or the batch job's time limit reach the launcher as SIGINT / SIGTERM
 (launcher/stop_signals.py), which stops every step; SLURM itself kills every step when the job ends.
+
+Who produces, who consumes: each srun writes its task's output into the role's log; the launcher polls
+the sruns' exit codes (launcher/processes.py) and asks SLURM (`squeue`) whether the job itself ended.
+What blocks, and on timeout: `scontrol show hostnames` up to 30 s (then a RuntimeError: the run does not
+start); `squeue` up to 10 s (`ended` then answers None, "cannot tell"; `stop` signals no step and goes
+straight to the sruns); `scancel` up to 10 s (ignored: the sruns are still stopped); `sbatch` up to
+`SBATCH_TIMEOUT_S` (a `SubmitError`), with no deadline under `--wait`, which lasts as long as the job. A
+stop therefore takes up to `grace_s` + 0.5 s + `reap_s` plus those two 10 s deadlines. Nothing is dropped.
 """
 
 from __future__ import annotations

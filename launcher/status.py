@@ -2,6 +2,16 @@
 
 On a terminal it is a rich table refreshed in place; otherwise (CI, pipes) one
 plain line every `plain_every_s`.
+
+Who produces, who consumes: the launcher's collector thread appends records
+to metrics.jsonl (launcher/collector.py); the launcher's watch loop calls
+`poll` after each look at the roles (launcher/run.py), which reads the whole
+lines appended since the last call and keeps the latest value of every
+numeric metric (actors' tokens/s summed over actors). What blocks: nothing
+but reading the file; a torn last line is left for the next poll. What is
+dropped: every record but the latest value of each metric, and values that
+are not numbers. No deadlines: it waits on nothing. On a terminal, rich's
+`Live` redraws the table from its own thread, twice a second.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ from inside a handler: such an exception can land anywhere, for example
 inside `subprocess.Popen.poll()` between taking and releasing its wait lock
 (every later poll then reports the child as running), or inside the
 shutdown itself. A second signal during the shutdown changes nothing; the
-shutdown is bounded on its own (launcher/processes.py).
+shutdown is bounded on its own (the back-end's `stop`: launcher/processes.py
+on one host).
 
 SIGINT and SIGTERM are caught even when the launcher inherited them ignored.
 A non-interactive shell starts background jobs (`launch.py run &` in a

@@ -6,7 +6,8 @@ TensorBoard overlays the actors' curves of one tag (`actor/tokens_per_s`) and gr
 prefix. Scalars are logged at the record's step (the policy version) or, for records without one, at a
 per-role count; `*_hist` metrics (counts per bin, e.g. `learner/staleness_hist`) become histograms.
 Written by the launcher's telemetry collector as records arrive (`telemetry.tensorboard`); `export`
-rebuilds the events of a run from its metrics.jsonl (runs started by hand, older runs).
+rebuilds the events of a run from its metrics.jsonl (runs started by hand, older runs, and `--resume`,
+launcher/resume.py, which drops the steps after the checkpoint).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ runtime/run_dir.py):
                       `state_dict`; groups generated but not trained yet are given back as prompts)
   meta.json           step, version, ranks, time; written last
 
-It is written into `.tmp-step_NNNNNN/` and renamed into place once complete, so a directory named
-`step_*` is always whole (a crash mid-write leaves only a `.tmp-*` that the next write removes); then
-all but the newest `checkpoint.keep` are deleted. `launch.py run --resume` (launcher/resume.py) picks the
+It is written into `.tmp-step_NNNNNN/` (meta.json last) and renamed into place once complete, so a
+directory named `step_*` is always whole (a crash mid-write leaves only a `.tmp-*`, removed when that step
+is written again); then all but the newest `checkpoint.keep` are deleted (never the one this run resumed
+from). `launch.py run --resume` (launcher/resume.py) picks the
 newest and sets `checkpoint.resume_from`; the learner, buffer and actors read their parts at start.
 """
 

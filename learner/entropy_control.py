@@ -6,7 +6,8 @@ each training step, with H the batch's token-weighted full-vocabulary entropy,
     α  = c · 1[H <= target]
 and the loss subtracts α · H. The bonus is thus active only at or below the
 target, which lower-bounds the entropy without pushing it up from above.
-The state (c) is saved with the policy and restored on resume.
+The state (c) is saved in every checkpoint (trainer_state.json) and restored
+on resume; a fixed coefficient is taken from the config, not the checkpoint.
 """
 
 from __future__ import annotations

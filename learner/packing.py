@@ -19,8 +19,9 @@ Layouts (picked from learner.packing and the attention kernel):
 Every rank runs the same number of forward/backward passes, so no collective
 (FSDP's all-gather / reduce-scatter) waits on a rank that ran out of data; an
 empty micro-batch runs a weight-0 filler (learner/batch.py). The plan depends
-only on the lengths, so every rank computes the same one, in O(n log n) for n
-sequences (thousands per step at the cluster configs' scale). A sequence longer
+only on the lengths, so every rank computes the same one, quickly for the
+thousands of sequences per step of the cluster configs (open bins and rows are
+found by bisection over a sorted list). A sequence longer
 than the budget gets a micro-batch of its own (the config refuses budgets
 below the longest allowed sequence; this keeps a longer prompt from being
 dropped).
@@ -43,7 +44,8 @@ def layout_for(packing: bool, attn_implementation: str) -> str:
 
 
 class _Rooms:
-    """Open bins (or rows) by the room left in them, for best fit: the fullest one that still fits, in O(log n)."""
+    """Open bins (or rows) by the room left in them, for best fit: the fullest one that still fits, found by
+    bisection (O(log n) to find; taking it out of and back into the sorted list moves O(n) entries)."""
 
     def __init__(self):
         self._keys: list[tuple[int, int]] = []  # sorted (room, id)

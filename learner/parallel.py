@@ -1,8 +1,8 @@
 """The learner's ranks and how the policy is spread over them (torchtitan's `parallelize`, in small).
 
-`launch.py` starts `learner.ranks` learner processes with the usual
+The launcher starts `learner.ranks` learner processes with the usual
 torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT = net.learner_port). With more than one rank, on CUDA, or with a
+MASTER_PORT = net.learner_port; launcher/placement.py). With more than one rank, on CUDA, or with a
 model.dtype other than float32, the policy is sharded with FSDP2: one
 `fully_shard` unit per decoder layer plus the root (embeddings, final norm,
 lm_head); master weights, gradients and AdamW state are fp32 and split across

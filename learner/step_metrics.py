@@ -18,7 +18,6 @@ class StepMetrics:
         self._sum: dict[str, torch.Tensor | float] = {}
         self._min: dict[str, torch.Tensor | float] = {}
         self._max: dict[str, torch.Tensor | float] = {}
-        self.reduced = False
 
     def add(self, **values) -> None:
         for k, v in values.items():
@@ -41,7 +40,6 @@ class StepMetrics:
             values = torch.stack([torch.as_tensor(table[k], dtype=torch.float64).cpu() for k in names])
             values = ranks.all_reduce(values, op)
             table.update(zip(names, values.tolist()))
-        self.reduced = True
         return self
 
     def sum(self, name: str) -> float:

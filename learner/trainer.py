@@ -1,22 +1,36 @@
-"""The learner role: batch -> loss -> step -> publish version v+1 -> broadcast.
+"""The learner role: batch -> loss -> step -> broadcast the weights as version v+1 -> tell the buffer `version`.
 
 `learner.ranks` processes run this module (learner/parallel.py). Rank 0 talks
-to the buffer (DEALER, request/reply with deadlines) and to every actor
-through the weight broadcast group (learner/weight_sync.py, sync/), and hands each
-step's groups to the other ranks; all ranks train on their share of every
-mini-batch and take part in gathering the weights for a broadcast. It never
-waits for one particular actor: batches come from the buffer whoever
-produced them, and a broadcast waits only for the transfer (each actor's
-receiver thread is always ready). Waiting for a batch is measured
-(`learner/wait_for_batch_s`); past `learner.batch_wait_s` without data the
-learner fails with an error.
+to the buffer (wire/rpc.py request/reply: `learner_hello`, `version`,
+`batch_request`, `checkpoint`, `done`) and to every actor through the weight
+broadcast group (learner/weight_sync.py, sync/), and hands each step's groups
+to the other ranks; all ranks train on their share of every mini-batch and
+take part in gathering the weights for a broadcast. It never waits for one
+particular actor: batches come from the buffer whoever produced them, and a
+broadcast waits only for the transfer (each actor's receiver thread is always
+ready). Broadcasts happen every `sync.every` steps and after the last one; the
+buffer hears the new version only after them.
+
+Producer: new policy versions (weights to the actors, `version` to the buffer).
+Consumer: the buffer's batches. Blocking: at start, until every actor's weight
+receiver said hello (`sync.timeout_s`, else TimeoutError); each request to the
+buffer waits at most `net.request_timeout_s` for its reply (else TimeoutError:
+fatal); a batch request is long-polled by the buffer and asked again after each
+`wait`, and past `learner.batch_wait_s` in all without data the learner fails
+with an error (the wait is measured: `learner/wait_for_batch_s`); a broadcast
+waits at most `sync.timeout_s` per step of the sync (sync/broadcaster.py).
+Dropped: nothing of the data; a failed sync is counted, the group rebuilt and
+the current weights sent again while rank 0 waits for its next batch (`resync`);
+`sync.max_failures` failures in a row are fatal. The other ranks wait in
+collectives bounded by the process group's timeout (`init_ranks`).
 
 Every `checkpoint.every_steps` steps and after the last one it writes a
-checkpoint (learner/checkpoint.py: fp32 weights, optimiser, RNG, entropy
-controller, version, and the buffer's state fetched with a `checkpoint`
-message); with `checkpoint.resume_from` set it starts from one. At the end it
-saves the policy (model.dtype) to `runs/<name>/final/`, tells the buffer
-`done`, and writes its figures to `roles/learner.json`.
+checkpoint (learner/checkpoint.py; layout runtime/run_dir.py: fp32 weights,
+optimiser, RNG, entropy controller, version, and the buffer's state, asked for
+with a `checkpoint` message and answered `buffer_state`); with
+`checkpoint.resume_from` set it starts from one. At the end it saves the policy
+(model.dtype) to `runs/<name>/final/`, sends its figures to the launcher
+(`roles/learner.json`), then tells the buffer `done`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
               L = PPO-clip(ρ = π_θ/π_old, A) · [importance weight] - α · H (+ β · KL(π_θ || π_ref)),
               each micro-batch's terms read from one `LossInputs` (learner/loss.py)
     metrics   `step_report`: the step's metrics dict (role/metric)
-The caller publishes one new policy version per training step.
+Each training step makes one new policy version (the caller broadcasts every `sync.every` steps).
 
 π_old is the actors' behaviour log-prob μ, or the learner's own log-probs
 recomputed in the pre-pass ("recompute", which the importance corrections

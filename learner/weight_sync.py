@@ -6,6 +6,16 @@ holds more than one bucket plus one whole tensor beyond its shards. Rank 0 owns 
 (sync/broadcaster.py: membership, announcements, the collective per bucket); when a sync fails part-way
 (an actor died) rank 0 keeps taking part in the gathers, sends nothing more, and the broadcaster makes a new
 group and sends the weights again at the next chance (`Learner.next_batch`).
+
+Producer: the learner ranks (each parameter gathered from its shards). Consumer: every actor's weight
+receiver thread (sync/receiver.py), through rank 0's broadcaster. Blocking: each gather is a collective of
+the learner ranks (bounded by their process group's timeout, learner/parallel.py `init_ranks`); on rank 0,
+`begin` may rebuild the group (probes answered within the shorter of `PROBE_S` and `sync.timeout_s`, the
+group formed within `sync.timeout_s`) and announces within `sync.timeout_s`, and each bucket's broadcast
+waits at most `sync.timeout_s`. Dropped: after a failure the rest of that sync's buckets (the actors get the
+current weights whole at the next sync), and actors that do not answer are left out of the new group.
+Timeout: a failed sync is counted and logged, never retried in place; `sync.max_failures` failures in a row
+raise RuntimeError.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
-"""The policy RL starts from: a given model directory, or the tiny model after a
-short supervised warm start on the task (the way Skywork-OR1 starts from a
-distilled model), cached on disk under a key of everything it depends on.
+"""The policy RL starts from: a given model directory (`model.path`), or the tiny
+model after a short supervised warm start on the built-in task (the way
+Skywork-OR1 starts from a distilled model; the tiny model as built when
+`warm_start.enabled` is false or `warm_start.steps` is 0); the tiny model and
+its warm start are cached under `run.cache_dir`, each keyed by everything it
+depends on.
 
 `prepare_policy(config)` returns the model directory; a cached warm start is
 reused instantly, a missing one is built (a minute or so on 2 CPU cores).

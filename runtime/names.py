@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import re
 
-ACTOR = re.compile(r"^actor(\d{1,6})$")
 ACTOR_SOCKET = re.compile(r"^actor(\d{1,6})(/groups|/weights)?$")
-PHASES = ("prepare", "eval_before", "eval_after")  # one-off roles before and after RL (launcher/run.py)
 
 
 def actor_name(actor_id: int) -> str:

@@ -16,7 +16,8 @@ from asyncor.telemetry import log as tlog
 
 
 def write_role_summary(config, name: str, summary: dict) -> None:
-    """`name`: buffer | learner | actor<i>. Returns once the launcher (or the file) has it."""
+    """`name`: the role's name (runtime/names.py: buffer, learner, actor<i>, prepare, eval_before, eval_after).
+    Returns once the launcher (or the file) has it."""
     # The form it has on disk: string keys (msgpack maps with int keys are refused), numbers, lists.
     summary = json.loads(json.dumps(summary))
     address = config.net.telemetry_address

@@ -10,17 +10,18 @@
       checkpoints/step_NNNNNN/    .step(n)        learner checkpoints, below
       final/                      .final          the trained policy, a Hugging Face directory
       tensorboard/<role>/         .tensorboard    event files
-      keys/                       .keys           the run's CURVE keys (0600)
+      keys/                       .keys           the run's CURVE keys (directory 0700, secret keys 0600)
       submit/                     .submit         `launch.py submit`'s batch script and SLURM output
       summary.json                .summary        written last: a run with one has finished
 
     checkpoints/step_NNNNNN/      one checkpoint (learner/checkpoint.py writes it)
       model/  optimizer/  rng/rank<R>.pt  trainer_state.json  buffer_state.json
-      meta.json                   {step, version, ranks, written_at}: written last, after the directory is
-                                  renamed into place, so a `step_*` directory with it is complete
+      meta.json                   {step, version, ranks, written_at}: written last, just before the
+                                  directory is renamed into place, so a `step_*` directory with it is complete
 
 The learner writes checkpoints; the buffer and the actors read their parts of one when a run resumes, and
-the launcher picks the newest (`complete`); all of them read `meta.json` through `read_meta` here.
+the launcher picks the newest (`complete`). The learner, the actors (`start_version`) and the launcher read
+`meta.json` through `read_meta` here; the buffer reads only buffer_state.json.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
     python launch.py advise --from runs/cal-eta0 runs/cal-eta2 --check runs/advisor-check
 
 1. Rates: read from one or more finished runs (`--from`, studies/calibration.py) or measured by a short
-   calibration run of the config (`--calibrate`: `learner.steps = --calibration-steps`, evaluation off).
+   calibration run of the config (`--calibrate`: `learner.steps = --calibration-steps`, evaluations and
+   checkpoints off, in `<run.output_dir>/<run.name>-calibration`).
 2. Splits: for a cluster of `nodes x gpus_per_node` devices, every split the cluster launcher can place
    (launcher/plan.py): L = 1 .. gpus_per_node learner ranks on node 0 and actor engines of
    actors.tensor_parallel_size devices on the rest of every node; the learner's rate scales with its ranks from
@@ -15,11 +16,12 @@
    batch and group sizes and chunking: predicted step time, learner idle fraction, actor idle fraction,
    staleness and trained tokens/s.
 4. Recommended: the split with the most trained tokens/s; among splits within `tolerance` (2 %) of it, the one
-   with the freshest data (lowest mean staleness), then the least idle device time.
+   with the freshest data (lowest mean staleness, to 0.1), then the least idle device time.
 
 `--check RUN...` simulates each finished run's own shape with the calibration's rates and sets the prediction
 beside what the run measured (steady-state wall time and learner idle fraction): how far to trust the rest.
-Everything goes to `advice.md` (and is printed).
+Everything goes to `advice.md` (`--out`, default: in the first `--from` run, or the calibration run) and is
+printed.
 """
 
 from __future__ import annotations

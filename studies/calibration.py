@@ -6,7 +6,7 @@
     measured(run)    # what the run did: steady-state wall time and the learner's idle fraction
     shape_of(run.config)   # the run's simulator.Shape; its actors' refill rule is actors/refill.py's, as they ran it
 
-Where each figure comes from (roles/<role>.json, written by the roles at exit, and metrics.jsonl):
+Where each figure comes from (roles/<role>.json, the roles' final figures sent at exit, and metrics.jsonl):
 
 * **Rates and slowdowns** from the roles' timelines (telemetry/timeline.py): every engine step of every actor
   (wall-clock interval, tokens = its running sequences) and every training step of the learner (interval,
@@ -238,7 +238,7 @@ SLOWDOWNS = ("actor_slowdown_learner", "actor_slowdown_actor", "actor_slowdown_b
 
 
 def calibrate(runs, fit_handoff: bool = True) -> Calibration:
-    """Rates from one or more finished runs (telemetry.report.RunData) of the same model and task: timelines
+    """Rates from one or more finished runs (studies/runs.py RunData) of the same model and task: timelines
     pooled, overheads averaged, then the per-step handoff latency fitted (see `fit_handoff_s`).
 
     How much roles slow each other on a shared host depends on how they are laid out on its cores (one actor

@@ -7,12 +7,14 @@ pool (math / code), reported per data source and overall:
   avg@k  = mean correctness over all k samples (the report's protocol, e.g. AIME avg@32);
   pass@k = share of problems with at least one correct sample.
 Writes `<out>/summary.json` and `<out>/problems.jsonl` (one line per problem:
-id, source, kind, per-sample rewards, finish reasons, the first response).
+id, source, kind, per-sample rewards, finish reasons, the first response's
+first 2000 characters).
 A response cut at the length limit scores 0 without being verified.
 
 filter (report §6.2, offline difficulty filter): N samples per problem; keep
 the problems solved by 1..N-1 of them (drop the always- and never-solved),
-write the kept original rows (same layout) and every problem's pass count.
+write the kept original rows (same layout) and every problem's pass count
+(`<out minus its extension>_pass_counts.jsonl`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 
-from asyncor.actors.evaluate import rewards_per_problem, summarise
+from asyncor.actors.evaluate import score_completions, summarise
 from asyncor.tasks.dataset import DataError
 
 
@@ -43,11 +45,11 @@ class EvalSettings:
 
 
 def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettings, log=print):
-    """(problems, per-problem records with k rewards each, timing info)."""
+    """(the data rows, per-problem records with k rewards each, timing info)."""
     from asyncor.actors.engine import Engine
     from asyncor.tasks.codec import TextCodec
-    from asyncor.tasks.dataset import load_problems
     from asyncor.tasks.scoring import Scorer
+    from asyncor.tasks.task import file_problems
 
     start = time.perf_counter()
     codec = TextCodec(model_dir)
@@ -60,19 +62,17 @@ def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettin
             raise ValueError(f"max_tokens {settings.max_tokens} leaves no room for a prompt in the model's "
                              f"{context}-token context")
         log(f"prompts limited to {max_prompt_tokens} tokens: the model's context is {context}")
-    problems, prompt_ids, dropped = load_problems(data_paths, codec, model_dir, max_prompt_tokens,
-                                                  settings.data_format)
+    problems, rows, dropped = file_problems(data_paths, codec, model_dir, max_prompt_tokens, settings.data_format)
     log(f"{len(problems)} problems ({dropped} dropped: prompt longer than {max_prompt_tokens} tokens)")
     engine = Engine(model_dir, settings.dtype, settings.seed, max_prompt_tokens + settings.max_tokens,
                     settings.gpu_memory_utilization)
-    outputs = engine.generate(prompt_ids, settings.k, settings.temperature, settings.top_p, settings.max_tokens,
-                              codec.eos_id, seed=settings.seed)
+    outputs = engine.generate([p.prompt_ids for p in problems], settings.k, settings.temperature, settings.top_p,
+                              settings.max_tokens, codec.eos_id, seed=settings.seed)
     gen_s = time.perf_counter() - start
     scorer = Scorer(settings.workers, needs_pool=True)
     try:
         verify_start = time.perf_counter()
-        rewards = rewards_per_problem(scorer, codec, [p.kind for p in problems], [p.reference for p in problems],
-                                      outputs)
+        rewards = score_completions(scorer, codec, problems, outputs)
         verify_s = time.perf_counter() - verify_start
     finally:
         scorer.close()
@@ -83,7 +83,7 @@ def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettin
     info = {"model": model_dir, "data": data_paths, "dropped_long_prompts": dropped,
             "temperature": settings.temperature, "max_tokens": settings.max_tokens,
             "generate_s": gen_s, "verify_s": verify_s, "wall_s": time.perf_counter() - start}
-    return problems, records, info
+    return rows, records, info
 
 
 def evaluate_files(model_dir: str, data_paths: list[str], out_dir: str, settings: EvalSettings, log=print) -> dict:

@@ -1,7 +1,7 @@
 """The report's figures (matplotlib, written as PNG): one colour per group, thin lines per seed, a bold mean.
 
 `draw_all(groups, out)` returns [(title, file name)] of the figures it wrote; a figure whose data no run has
-(no evaluation, one group) is left out rather than drawn empty.
+(no evaluation, no staleness histogram, no metric of that name) is left out rather than drawn empty.
 """
 
 from __future__ import annotations

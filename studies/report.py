@@ -1,8 +1,10 @@
 """`launch.py report DIR...`: runs (or sweeps of runs) -> report.md with a table and PNG plots.
 
-Runs are grouped by what their configs differ in (run identity and addresses aside), so the seeds of one grid
-point of a sweep form one group and the table gives each group's mean +- std over its seeds. Everything comes
-from each run's `summary.json`, `config.json` and `metrics.jsonl`; runs are read by studies/runs.py, plots drawn by studies/plots.py:
+Runs are grouped by what their configs differ in (`run.*` including the seed, `net.*`, `model.path` and
+`checkpoint.resume_from` aside: studies/runs.py `IGNORED_PREFIXES`), so the seeds of one grid point of a
+sweep form one group and the table gives each group's mean +- std over its seeds. Everything comes from each
+run's `summary.json`, `config.json` and `metrics.jsonl`; runs are read by studies/runs.py, plots drawn by
+studies/plots.py:
 
   accuracy_vs_steps.png, accuracy_vs_wall.png   held-out accuracy (eval records: before, during, after RL)
   reward.png, entropy.png, kl_behaviour.png, logprob_gap.png   learner curves by policy version

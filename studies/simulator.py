@@ -2,8 +2,8 @@
 
 It predicts, for a shape (actors, staleness bound η, batch and group sizes, chunking) and measured rates, what
 a run would do: RL wall time, the learner's idle (waiting-for-batch) fraction, the actors' idle fraction, the
-staleness of trained groups and throughput. The ratio advisor (issue 15 item 4) runs it over a range of
-actor:learner splits.
+staleness of trained groups and throughput. The ratio advisor (`launch.py advise`, studies/advisor.py) runs
+it over a range of actor:learner splits.
 
 What it models, and how it maps to the code:
 
@@ -21,9 +21,10 @@ What it models, and how it maps to the code:
   group holds its `group_size` slots until its last sample ends (the engine frees each sample's slot as it
   ends), and it wakes for new weights or room at the buffer only while it has room. A group's `min_version`
   is the version loaded when it started.
-* **The learner** waits for `prompts_per_step` fresh groups, trains for `tokens / learner_tokens_per_s +
-  step_overhead_s` (tokens = prompt + response tokens of the batch), publishes (`sync_s`) and only then tells
-  the buffer the new version, as learner/trainer.py does.
+* **The learner** waits for `prompts_per_step` fresh groups (plus `handoff_s`, counted as waiting), trains
+  for `tokens / learner_tokens_per_s` (tokens = the batch's response tokens), then spends `sync_s +
+  step_overhead_s` publishing and on bookkeeping, and only then tells the buffer the new version, as
+  learner/trainer.py does.
 * **Lengths**: each response's length is drawn from `lengths` (an empirical sample, e.g. from a calibration
   run); a fixed list of one value gives fixed lengths.
 

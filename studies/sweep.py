@@ -6,12 +6,21 @@
 (`--grid K1+K2=A1+B1,A2+B2` links keys that must change together.)
 
 runs the product of the grid (in the order given, seeds innermost) one after another, each as its own
-`launch.py run` (locally, or through `--cluster slurm|ray`), in `runs/<name>/<run>/` where `<run>` spells its
-overrides (`buffer.max_staleness-2__actors.count-1__seed-1`). The sweep is resumable: a run whose summary.json
-exists is skipped, a run that stopped part-way is started again from scratch; `sweep.json` lists every run
-with its overrides and status. Every combination is validated before the first run starts, so a typo in a
-key fails at once. A progress line per run says what it reached; `launch.py report runs/<name>` turns the
-sweep into tables and plots.
+`launch.py run` (a child process, `python -m asyncor.launch run`: locally, or through `--cluster slurm|ray`),
+in `<output dir>/<name>/<run>/` (`--output-dir`, default `run.output_dir`; `--name`, default
+`<run.name>-sweep`) where `<run>` spells its overrides (`buffer.max_staleness-2__actors.count-1__seed-1`). The
+sweep is resumable: a run whose summary.json exists is skipped, a run that stopped part-way is started again
+from scratch; `sweep.json` lists every run with its overrides and status. Every combination is validated
+before the first run starts, so a typo in a key fails at once. A progress line per run says what it reached;
+`launch.py report runs/<name>` turns the sweep into tables and plots.
+
+Who produces, who consumes: each run's child writes its run directory and its launcher output
+(`<name>/<run>.launch.log`); the sweep reads the exit code and summary.json, and rewrites sweep.json
+(temp + rename) after each run. What blocks: waiting for the child, one at a time and with no deadline of
+the sweep's own: the child's deadlines bound it (`run.prepare_timeout_s`, `run.eval_timeout_s`,
+`run.max_wall_s`). Nothing is dropped: a failed run is recorded and the sweep goes on (exit 1 at the end);
+a run stopped by a signal (exit 129, 130 or 143) stops the sweep with that code, and running the same
+command again continues from it.
 """
 
 from __future__ import annotations
@@ -170,7 +179,8 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
 
 def _run_child(args: list[str], log) -> int:
     """One `launch.py run`; Ctrl-C reaches it from the terminal (it stops its roles and exits 130) while the
-    sweep waits for that; SIGTERM / SIGHUP to the sweep are passed on to it."""
+    sweep, ignoring SIGINT meanwhile, waits for that; SIGTERM / SIGHUP to the sweep are passed on to it (a
+    SIGINT sent to the sweep's process alone is not)."""
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
     forward = lambda sig, _frame: proc.send_signal(sig)  # noqa: E731
     old = {sig: signal.signal(sig, handler) for sig, handler in

@@ -1,25 +1,38 @@
 """The learner's side of the weight sync: membership, announcements, one broadcast per bucket.
 
-Conversation on the announcement socket (learner ROUTER <-> each actor receiver's DEALER, msgpack frames):
+Conversation on the announcement socket (learner ROUTER <-> each actor receiver's DEALER `actor<i>/weights`,
+msgpack frames; wire/messages.py):
 
-    actor   -> learner  hello {actor_id}                 on start and on every restart (same identity)
-    learner -> actor    probe {epoch}                    "are you there?" before a new group is made
-    actor   -> learner  here {actor_id, epoch}           the answer
-    learner -> actor    join {epoch, rank, world_size}   build epoch's group (sync/group.py) now
+    actor   -> learner  receiver_hello {actor_id}         on start, on every restart (same identity) and
+                                                          after a failed collective (sync/receiver.py)
+    learner -> actor    probe {epoch}                     "are you there?" before a new group is made
+    actor   -> learner  here {actor_id, epoch}            the answer
+    learner -> actor    join {epoch, rank, world_size}    build epoch's group (sync/group.py) now
     learner -> actor    weights {epoch, version, buckets}  one broadcast per bucket follows
 
-Membership. The first group is made once all `actors.count` actors said hello (within `sync.timeout_s`).
-Afterwards a group is rebuilt (`regroup`) before the next broadcast whenever an actor said hello again (a
-restarted actor: it gets the current weights on joining) or the last sync failed: an announcement that cannot
-be delivered (the actor's connection is gone, or its queue stayed full past the deadline) or a collective that
-raised or passed `sync.timeout_s` (an actor died mid-transfer). A regroup probes every known actor and builds
-the group from those that answer within `PROBE_S`; the silent ones are dropped from the group (and can come
-back with a hello). Training never waits for a dead actor: at worst one deadline, then the live ones get the
-weights again.
+Membership. The first group is made once all `actors.count` actors said hello (within `sync.timeout_s`;
+past it the constructor raises TimeoutError). Afterwards a group is rebuilt (`regroup`) before the next
+broadcast whenever an actor said hello again (a restarted actor: it gets the current weights on joining)
+or the last sync failed: an announcement that cannot be delivered (the actor's connection is gone, or its
+queue stayed full past the deadline), a group that did not form, or a collective that raised or passed
+`sync.timeout_s` (an actor died mid-transfer). A regroup probes every known actor and builds the group
+from those that answer within `PROBE_S` (or `sync.timeout_s`, if shorter); the silent ones are dropped
+from the group (and can come back with a hello). Training never waits for a dead actor: at worst one
+deadline, then the live ones get the weights again.
 
 Failures are counted, logged with the actors they concern, and only fatal when `sync.max_failures`
 consecutive syncs fail (something other than one actor is wrong). Messages on this port that are not an
-actor's hello or answer are refused and counted (`refused`), never fatal: anything can reach the port.
+actor's hello or answer are counted (`refused`) and not answered, never fatal: anything can reach the port.
+
+Concurrency. Producers: the learner's rank 0 (learner/weight_sync.py `publish`, on its training thread)
+of announcements and weights, which the actors' receivers consume; the receivers of hellos and answers,
+which this object reads only when the learner calls in (`needs_sync`, `begin`): nothing here runs on a
+thread of its own. Blocking:
+the constructor until every actor said hello (at most `sync.timeout_s`) and the first group formed;
+`regroup` up to the probe deadline plus the group's formation (at most `sync.timeout_s`); `begin` up to
+`sync.timeout_s` delivering the announcement; `send` up to `sync.timeout_s` per bucket. Dropped: actors
+that do not answer a probe, announcements to gone actors, late answers to older probes, and refused
+messages. Timeout: the sync fails as above.
 """
 
 from __future__ import annotations

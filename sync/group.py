@@ -35,8 +35,9 @@ def open_store(host: str, port: int, is_master: bool, timeout_s: float) -> torch
 
 
 def make_group(store, epoch: int, rank: int, world_size: int, backend: str, timeout_s: float):
-    """Epoch `epoch`'s process group (blocks until all `world_size` ranks joined, or raises past `timeout_s`).
-    Use its own `.broadcast`; it is not registered with torch.distributed."""
+    """Epoch `epoch`'s process group. gloo: blocks until all `world_size` ranks joined, or raises past
+    `timeout_s`; NCCL: its communicator is made lazily, in the first collective, whose `Work.wait(timeout)`
+    is then the deadline. Use its own `.broadcast`; it is not registered with torch.distributed."""
     timeout = timedelta(seconds=timeout_s)
     prefixed = torch.distributed.PrefixStore(f"asyncor/weights/{epoch}", store)
     if backend == "nccl":

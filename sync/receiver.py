@@ -1,17 +1,25 @@
 """The actor's weight-receiver thread: always ready to join the learner's broadcast.
 
 Producer: the learner (sync/broadcaster.py: probes, `join`s, an announcement then one broadcast per bucket).
-Consumer: the actor's generation loop, which takes the newest staged weights at a chunk boundary (`take`) or
-waits for a version a grant requires (`wait_for`). Only the newest staged version is kept: an older staged set
-not yet loaded is replaced, never queued, and a version already staged once (the learner sends the current
-weights again after a regroup) is received but not staged again.
+Consumer: the actor's generation loop (actors/rollout.py), which takes the newest staged weights (`take`)
+and loads them between decoding steps (update_mode "inflight") or once the engine has drained ("chunk"),
+or waits for a version a grant requires (`wait_for`). Only the newest staged version is kept: an older
+staged set not yet taken is replaced, never queued, and a version received before (the learner sends the
+current weights again after a regroup) is received but not staged again.
 
-The thread says hello, answers probes, builds each epoch's group when told to `join`, and receives. A failed
-collective (an actor died, the learner gave up on the group) is not fatal here: the thread says hello again,
-and the learner makes a new group and sends the current weights again. The thread only fails (`error`,
-re-raised by the generation loop) after `rejoin_timeout_s` without a working group, or on anything else
-going wrong. Blocking: it blocks in a
-collective only after an announcement; its socket poll has a short timeout so `stop()` ends it promptly.
+The thread says `receiver_hello`, answers probes (`here`), builds each epoch's group when told to `join`,
+and receives. A failed collective or group set-up (an actor died, the learner gave up on the group) is
+not fatal here: the thread says hello again, and the learner makes a new group and sends the current
+weights again. A message that does not parse, or an announcement for a group this actor is not in, is
+counted (`ignored`) and skipped. The thread only fails (`error`, re-raised by the generation loop through
+`take` / `wait_for`) after `sync.rejoin_timeout_s` without a working group, or on anything else going
+wrong (the learner's queue full when it says hello again).
+
+Blocking: the thread blocks in a group's set-up after a `join` and in each bucket's broadcast after an
+announcement, each at most `sync.timeout_s` (past it, that fails as any collective does: hello again);
+otherwise its socket poll has a short timeout (0.2 s), so `stop()` ends it promptly unless it is inside
+one of those. `wait_for` blocks the generation loop until the version is staged or its timeout passes
+(then None). Sends never block: a full queue is an error.
 """
 
 from __future__ import annotations

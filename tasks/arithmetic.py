@@ -2,8 +2,9 @@
 
 Train and held-out splits are drawn from one seeded generator and are
 disjoint. The verifier is exact-answer: the decoded response, stripped, must
-equal the answer string. Pure python: used by the buffer (prompts), actors
-(rewards), learner (warm start) and evaluation alike.
+equal the answer string. Pure python: used by the buffer (prompts, through
+tasks/task.py), actors (rewards, tasks/scoring.py), prepare/ (the warm start
+and the tiny tokenizer's vocabulary) and evaluation alike.
 """
 
 from __future__ import annotations

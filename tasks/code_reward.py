@@ -4,7 +4,8 @@ The program is the last fenced ```python block after `</think>`; it must
 parse (`ast.parse`) or the reward is 0. Tests come in three formats (the
 `tests` dict of a problem):
 * stdin/stdout:  {"inputs": [str, ...], "outputs": [str, ...]} - the program
-  reads stdin; its stdout must match (trailing whitespace per line ignored);
+  reads stdin; its stdout must match (whitespace around the whole output and
+  at the end of each line ignored);
 * function call: {"fn_name": str, "inputs": [[args...], ...], "outputs": [value, ...]}
   - calls `Solution().fn_name(*args)` when a `class Solution` exists
   (LeetCode style), else the top-level function; results compared as JSON;

@@ -1,10 +1,11 @@
 """Run untrusted, model-written Python in a throw-away sandbox (docs/verifiers.md, "The sandbox").
 
-As root (the verifier workers of a run, CI), each run is a jail (tasks/sandbox_jail.py):
+As root, with `unshare` and namespaces the kernel allows (`jail_available`: the verifier workers of a run,
+CI), each run is a jail (tasks/sandbox_jail.py):
 * new pid, mount, network, IPC and UTS namespaces (`unshare`). When the run ends its first process dies, and
   the kernel kills every process left in the namespace: forks, daemons, set-uid helpers;
 * a private root: a size-capped tmpfs (`disk_bytes` for every file written, /tmp included) holding read-only
-  /usr and libraries, four devices, an empty /tmp and the run's files in /work. The host's files (datasets,
+  /usr and libraries, four devices, an empty /etc and /tmp, and the run's files in /work. The host's files (datasets,
   expected outputs, homes), /proc (other command lines), /dev/shm and host Unix sockets are not in it, and
   the tmpfs vanishes with the namespace;
 * the slot's private unprivileged uid, no supplementary groups, no_new_privs (a set-uid binary gains
@@ -16,8 +17,19 @@ Nothing of a run stays on the host: stdin and the run's files arrive through des
 stderr go to unlinked temporary files the worker reads through its own descriptors (never by path: the
 program cannot choose what the worker reads), and results come back on a pipe (`channel`).
 
-Not root: the same limits without the jail (own session, rlimits, fresh directory, harness-level socket
-block). The attack classes of docs/verifiers.md stay open there; run verifiers as root.
+Without the jail (not root, or no namespaces): far fewer limits. The run keeps the worker's own uid (root,
+if root), gets its own session and process group (killed as a group at the deadline), a parent-death
+signal on its first process, rlimits on address space per process, CPU, file size and open files (no
+process count, no cgroup, no disk cap), a fresh directory and the harness-level socket block. The attack
+classes of docs/verifiers.md stay open there; run verifiers as root.
+
+Concurrency. Producer: the one verifier worker process (tasks/verifier_pool.py) that owns the slot; it
+runs one program at a time. Consumer: that program. Blocking: `run` blocks its caller for at most
+`wall_s`, plus the kill and up to 5 s waiting for the process to go; `followup` is written by a helper
+thread, so a program that never reads it cannot block the worker. Dropped: output past `output_bytes`
+per stream and on the result channel (cut, and the run counts as `output_exceeded`). Timeout: at
+`wall_s` the run is killed (jailed: every process of it; without the jail: its process group); the
+result has `timed_out` and no return code.
 """
 
 from __future__ import annotations
@@ -219,7 +231,8 @@ def _jail_child_setup(cgroup: RunCgroup):
 
 
 class Sandbox:
-    """A reusable sandbox slot: `run()` executes one command in a fresh jail under the slot's uid."""
+    """A reusable sandbox slot: `run()` executes one command in a fresh jail under the slot's uid (without the
+    jail: in a fresh directory under the caller's uid)."""
 
     def __init__(self, slot: int = 0, limits: Limits = Limits()):
         self.limits = limits

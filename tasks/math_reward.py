@@ -12,7 +12,7 @@
 math-verify handles the equivalences (fractions, \\frac / \\dfrac, decimals,
 intervals, sets, units stripped). Its timeouts use SIGALRM, which only works
 in a process's main thread: run this in the verifier pool's worker processes
-(actors/verifier_pool.py), which also enforce a hard deadline from outside.
+(tasks/verifier_pool.py), which also enforce a hard deadline from outside.
 Any error in parsing or verification is a 0, never an exception.
 """
 

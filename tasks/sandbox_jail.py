@@ -5,8 +5,8 @@ The jail is a tmpfs (`disk_bytes` in all) mounted over /tmp of the private mount
   /usr /lib* /bin /sbin  the host's, bind-mounted read-only, nosuid, nodev (the interpreter and its libraries)
   /dev/{null,zero,random,urandom}  bind-mounted devices, nothing else of /dev
   /work                  the run's files (read from an inherited descriptor, never from a host path), cwd
-  /tmp                   empty
-No /proc, no /etc, no host /tmp, /dev/shm, /run or home: other processes' command lines, host files and
+  /etc, /tmp             empty
+No /proc, no host /etc, /tmp, /dev/shm, /run or home: other processes' command lines, host files and
 datasets, and Unix sockets on the host are not there. Abstract Unix sockets and the network belong to the
 new network namespace, which is empty.
 

@@ -1,7 +1,7 @@
 """Rewards for a chunk of samples, whatever the task: one object the actor and evaluation use.
 
-* "arithmetic" (the built-in task): exact answer, scored inline (microseconds);
-* "math" / "code" (task.kind = "files"): the verifier pool (actors/verifier_pool.py),
+* "arithmetic" (the built-in tasks, arithmetic and repeat): exact answer, scored inline (microseconds);
+* "math" / "code" (task.kind = "files"): the verifier pool (tasks/verifier_pool.py),
   with its per-sample deadline, so a hostile sample cannot stall generation.
 A response cut at the length limit scores 0 without being verified: it never
 finished its answer.

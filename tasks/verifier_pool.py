@@ -1,17 +1,26 @@
 """A bounded pool of verifier processes with a hard deadline per job.
 
-The actor scores a chunk of responses through `VerifierPool.score(jobs)`.
+The actor scores a chunk of responses through `VerifierPool.score(jobs)` (tasks/scoring.py `Scorer`).
 Each job (a math answer or a program to test) runs in one of `workers`
 long-lived processes; a job still running at its deadline has its worker
-killed (with every sandbox process under the worker's private uid) and
-replaced, and scores 0. A slow or hostile sample therefore costs at most its
-deadline and never blocks the others beyond it.
+killed and replaced, and scores 0. Jailed, every process of the worker's
+sandbox run dies with it (tasks/code_sandbox.py); without the jail, only the
+run's first process has a parent-death signal, and what it forked may outlive
+the worker. A slow or hostile sample therefore costs at most its deadline and
+never blocks the others beyond it.
 
 Boundary: parent and workers exchange JSON messages over pipes
 (`{"id", "kind", "response", "reference"}` -> `{"id", "reward"}`); nothing
 is pickled. Workers are started with "spawn" (never fork a process holding
 a vLLM engine and its threads) and are child subreapers, so the orphans of a
 killed sandbox are reaped instead of left as zombies.
+
+Concurrency. Producer: the thread that calls `score` (an actor's outbox thread, or evaluation); `score`
+is not thread-safe: one caller at a time. Consumers: the worker processes, one job each at a time. Blocking: `score` blocks its
+caller until every job has a reward: at most about ceil(jobs / workers) deadlines, plus the time to
+start replacement workers; `close` waits up to 2 s per worker before killing it. Dropped: nothing is
+queued beyond the call's own jobs; a job past its deadline, or whose worker died (e.g. the OOM killer),
+scores 0 (the first counted in `timeouts`). A verifier's own error is a 0 too, never a dead worker.
 """
 
 from __future__ import annotations
@@ -96,9 +105,11 @@ class _Worker:
         self.proc.kill()
         self.proc.join(timeout=5)
         if os.geteuid() == 0 and not jail_available():
-            # Without the jail the sandbox's processes are found by uid. (Jailed, they die with the worker: its
-            # `unshare` child and the namespace's first process have a parent-death signal; and a uid scan
-            # would also hit another pool's sandbox using the same slot uid on this host.)
+            # Root without the jail: a scan for the slot's uid. It finds none of this worker's sandbox processes,
+            # which then run under the worker's own uid (code_sandbox.Sandbox.uid is None without the jail).
+            # (Jailed, they die with the worker: its `unshare` child and the namespace's first process have a
+            # parent-death signal; and a uid scan would also hit another pool's sandbox using the same slot uid
+            # on this host.)
             kill_uid(SANDBOX_UID_BASE + self.slot)
         self.conn.close()
 

@@ -1,16 +1,24 @@
-"""A role's line to the launcher's telemetry collector (telemetry/collector.py).
+"""A role's line to the launcher's telemetry collector (launcher/collector.py).
 
 Run by `launch.py`, every role sends its metrics records and its final summary
 to the launcher as messages, wherever it runs: the launcher is then the only
 writer of `metrics.jsonl` and `roles/`, so nothing depends on appends from
 several nodes to one file on a shared filesystem (not atomic on NFS).
 
-One link per process (`link_to`), one connection, so messages arrive in the
-order they were sent: when the launcher acknowledges a message (`flush`, a
-summary) every record sent before it is already written. Records are
-fire-and-forget on a bounded queue: if the launcher falls behind by `HWM`
-records, newer ones are dropped and counted (`dropped`), never blocking
-training.
+One link per process and collector address (`link_to`), one connection, so
+messages arrive in the order they were sent: when the launcher acknowledges a
+message (`flush`, a summary) every record sent before it is already written.
+
+Producers: any thread of the role (MetricsWriter.log -> `record`; at the end
+`flush` through MetricsWriter.close and `summary` through
+runtime/role_summary.py). Consumer: the launcher's
+collector. Records are fire-and-forget on a bounded queue: if the launcher
+falls behind by `HWM` records (or is not there), newer ones are dropped and
+counted (`dropped`), never blocking training. What blocks: `flush` and
+`summary` wait for the launcher's `ack` at most `timeout_s` (False past it:
+the caller falls back or gives up), holding the link's lock, so a `record`
+from another thread waits for them meanwhile. Unsent records are dropped at
+exit.
 """
 
 from __future__ import annotations

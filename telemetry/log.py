@@ -4,8 +4,9 @@ On a cluster (ASYNCOR_LOG_TO_STDOUT=1, set by the SLURM and Ray back-ends) the l
 instead, which the back-end gathers into `logs/<role>.out` on the launcher's host, whichever node the
 role runs on.
 
-`setup(role, path)` configures structlog once per process (runtime/entry.py calls it); `get()` returns
-the bound logger. Lines carry `ts`, `role`, `level`, `event` and key/values.
+`setup(role, path)` configures structlog once per process (runtime/entry.py calls it); `get(role)` returns
+a logger bound to `role` (without a role, an unbound one). Lines carry `timestamp` (ISO 8601, UTC), `role`,
+`level`, `event` and key/values.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import structlog
 
 
 def setup(role: str, path: str | None) -> structlog.BoundLogger:
-    """Log to the file `path` (line-buffered, appended to), or stderr without one."""
+    """Log to the file `path` (line-buffered, appended to); to stdout instead when ASYNCOR_LOG_TO_STDOUT=1;
+    to stderr without a path."""
     processors = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -2,7 +2,8 @@
 
 Each record is `{"ts": unix_s, "role": ..., "step": int|None, "<role>/<metric>": value, ...}`.
 Under `launch.py` (`launcher` set) a role sends each record to the launcher's
-collector (telemetry/link.py), the file's only writer, wherever the role runs.
+collector (telemetry/link.py -> launcher/collector.py), the file's only writer,
+wherever the role runs.
 Started by hand, a role appends with a single `write` on an O_APPEND
 descriptor, so lines from different processes on one host never interleave.
 The launcher tails the file for the live status view and the final summary.

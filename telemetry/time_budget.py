@@ -5,8 +5,9 @@
         ...
     budget.as_dict()   # {"training": 12.3, ..., "other": 0.4, "wall": 12.7}
 
-"other" is the wall time no activity claimed (bookkeeping, logging). Roles
-write `as_dict()` into their `roles/<role>.json` under "time"; the run summary
+"other" is the wall time no activity claimed (bookkeeping, logging). The
+learner and the actors write `as_dict()` into their `roles/<role>.json` under
+"time" (an actor's outbox thread also under "time_outbox"); the run summary
 collects them (launcher/summary.py), so a run shows at a glance whether the
 learner waited for data or the actors waited for grants or weights.
 """

@@ -2,13 +2,15 @@
 
     timeline = Timeline()
     t0 = time.time(); ...; timeline.add(t0, time.time(), tokens)
-    timeline.as_list()   # [[start, end, amount], ...] -> roles/<role>.json "timeline"
+    timeline.as_list()   # [[start, end, amount], ...]
 
-The actor records each engine step (amount: tokens generated), the learner each training step (amount:
-response tokens). `launcher/calibration.py` lines the roles' intervals up (wall-clock time, so roles on one
-host or on NTP-synchronised hosts compare) to measure each role's rate alone and how much it slows while
-another role on the same host is busy. Bounded: after `max_entries` intervals the rest are counted, not kept
-(the calibration reads the start of a run, which is what it needs).
+Roles write it into roles/<role>.json as "timeline": {"generating" (actors) or "training" (the learner):
+as_list(), "dropped": n}. The actor records each engine step (amount: tokens generated), the learner each
+training step (amount: response tokens). `studies/calibration.py` lines the roles' intervals up
+(wall-clock time, so roles on one host or on NTP-synchronised hosts compare) to measure each role's rate
+alone and how much it slows while another role on the same host is busy. Bounded: after `max_entries`
+intervals the rest are counted (`dropped`), not kept (the calibration reads the start of a run, which is
+what it needs).
 """
 
 from __future__ import annotations

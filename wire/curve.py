@@ -7,8 +7,9 @@ the clients (actors, learner, every role's telemetry link). A server lets in onl
 hold the client secret key; a client must know the server's public key and hold the client pair.
 
 The launcher generates the keys (or reads them from `net.curve_keys`), writes them under `<run_dir>/keys/`
-(mode 0600) and hands them to every role in the `ASYNCOR_CURVE_KEYS` environment variable. They do not
-appear on a command line, so other users of a node never see them in `ps`.
+(launcher/auth.py; the directory 0700, secret-key files 0600) and hands them to every role in the
+`ASYNCOR_CURVE_KEYS` environment variable. They do not appear on a command line, so other users of a node
+never see them in `ps`.
 """
 
 from __future__ import annotations

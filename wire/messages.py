@@ -81,7 +81,7 @@ class Welcome(Body):
     status: Literal["ok"] = "ok"
 
 
-PackedArray = dict[str, Any]  # {dtype, shape, data}: raw little-endian bytes, checked by protocol.unpack_array
+PackedArray = dict[str, Any]  # {dtype, shape, data}: raw little-endian bytes, checked by wire/arrays.py unpack_array
 
 
 class GrantedPrompt(msgspec.Struct, kw_only=True):

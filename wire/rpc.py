@@ -2,13 +2,22 @@
 
 `Client` wraps a connection: `request` sends one message and waits at most `timeout_s` for the reply that
 carries the same request id (`rid`); a late reply to an earlier, timed-out request is discarded, never
-mistaken for the current one. A send that cannot be queued before the deadline (no live server, the CURVE
-handshake refused, its queue full) and a reply that does not come both raise `TimeoutError` naming the peer.
-`request_many` sends several requests at once and collects their replies (one round trip for all).
+mistaken for the current one. A send that cannot be queued before the deadline (the connection's queue
+full) and a reply that does not come in time both raise `TimeoutError` naming the peer; with no live
+server, or the CURVE handshake refused, the send is still queued (wire/transport.py) and it is the reply
+that times out. A reply that does not decode raises `ProtocolError`. `request_many` sends several
+requests at once and collects their replies (one round trip for all).
 
 `Server` wraps a listener: `recv` gives (peer identity, raw bytes); `answer` sends a typed reply
-(wire/messages.py) to that peer with the request's id echoed, and drops it when the peer is gone or not
-reading (the peer times out and retries or fails).
+(wire/messages.py) to that peer with the request's id echoed, and returns the `Delivery`: a reply to a
+peer that is gone or not reading is not sent (the peer times out and retries or fails).
+
+Concurrency. Producer of requests: the thread that uses the `Client` (one thread at a time: its
+connection is a ZeroMQ socket, not thread-safe). Consumer: the role that owns the `Server`, on its own
+loop. Blocking: `request` / `request_many` / `call` block their caller for at most `timeout_s`;
+`Server.recv` blocks until a message, so the owner calls it after the listener is readable; `answer`
+never blocks. Dropped: replies whose request id is not awaited (late ones), and answers the server could
+not queue.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ group adds the prompt's id and token ids, the sending actor, its sequence number
 redelivery), the generation time and the verifier's details.
 
 `parse_group` checks an untrusted body field by field (per-token arrays and their lengths, finiteness,
-log-probabilities <= 0, versions agreeing with min_version) and raises `ProtocolError` otherwise.
+log-probabilities <= 0 up to 1e-3 of rounding, non-negative ids, versions agreeing with min_version, at most
+`max_group_size` responses, details a small map of scalars) and raises `ProtocolError` otherwise.
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
 """The transport seam: how raw messages move between processes, and nothing about what they mean.
 
-Two kinds of endpoint, both bounded and never blocking on a send:
+Two kinds of endpoint, both bounded (`queue` messages per peer, `QUEUE` by default) and never blocking on a
+send:
 
 * a `Listener` is bound at an address and talks to many peers: every message it receives is tagged with the
   sending peer's identity, and a reply goes to one identity (`send` says whether it was queued, the peer's
   queue was full, or the peer is gone);
 * a `Connection` is connected to one listener under an identity of its own; its messages arrive in order.
+  It queues sends from the moment it is made, whether or not a listener is there yet (or ever: the server
+  gone, a CURVE handshake refused); such messages wait in its queue and a request on it times out waiting
+  for the reply (wire/rpc.py).
 
 A `Transport` makes them (`listen`, `connect`), waits on several listeners at once (`wait`) and is closed
 once by its owner. Waits take a timeout in seconds: every wait has a deadline. Messages are bytes (the
@@ -49,13 +53,13 @@ class Connection(Protocol):
     def readable(self, timeout_s: float) -> bool: ...
 
     def writable(self, timeout_s: float) -> bool:
-        """True when a send would be queued now (a connection with no live peer, e.g. the server gone or the
-        handshake refused, never becomes writable)."""
+        """True when a send would be queued now: the connection's queue has room. That says nothing about a
+        live peer (with no server, or a refused handshake, it is writable until its queue is full)."""
 
     def recv(self) -> bytes: ...
 
     def send(self, raw: bytes) -> bool:
-        """Queue one message; False (nothing sent) when the queue is full or there is no live peer."""
+        """Queue one message; False (nothing sent) when the queue is full. True means queued, not delivered."""
 
     def close(self) -> None: ...
 
@@ -64,7 +68,8 @@ class Transport(Protocol):
     def listen(self, address: str, keys: CurveKeys | None = None, max_bytes: int | None = None,
                queue: int = QUEUE) -> Listener:
         """Bind `address` (`tcp://HOST:PORT`). With `keys` only peers holding the run's client key get in;
-        `max_bytes`: larger messages are dropped before they are read."""
+        `max_bytes`: a peer that sends a larger message is disconnected before the message reaches our code
+        (what else it had in flight on that connection is lost too)."""
 
     def connect(self, address: str, identity: str | None, keys: CurveKeys | None = None,
                 queue: int = QUEUE) -> Connection:

@@ -3,9 +3,19 @@
 A listener is a ROUTER socket: `ROUTER_MANDATORY`, so a reply to a peer that is gone fails (`GONE`) instead
 of vanishing; with CURVE, `ROUTER_HANDOVER`, so a restarted actor's new connection takes over its dead
 predecessor's identity at once (every peer proved it holds the run's keys; without CURVE an identity is
-freed when its TCP connection closes, and no stranger can take over a live peer's). A connection is a
-DEALER socket with its identity. Every socket has high-water marks (`queue`) and linger 0, so a dying
-process never blocks on unsent data, and sends never block (`zmq.NOBLOCK`).
+freed once the listener has seen its TCP connection close, and no stranger can take over a live peer's).
+A connection is a DEALER socket with its identity. Every socket has high-water marks (`queue`) and linger
+0, so a dying process never blocks on unsent data, and sends never block (`zmq.NOBLOCK`). A DEALER queues
+sends as soon as it is made, before (or without) any listener taking the connection: a send says
+"queued", never "delivered".
+
+Concurrency. Producers and consumers are the role's own threads, each socket used by one thread at a
+time (a ZeroMQ socket is not thread-safe; the only thread this module starts is one ZAP handler per
+context that has a CURVE listener). Blocking: `recv` waits for a message, so callers call it after
+`readable` / `wait`; `readable`, `writable` and `wait` return at their timeout (False, nothing ready).
+Dropped: a send to a peer whose queue holds `queue` messages (`FULL` / False: the caller decides), a
+listener's reply to a peer that is gone (`GONE`), a message over `max_bytes` (ZeroMQ disconnects its
+sender), and whatever is still queued when a socket closes (linger 0).
 
 CURVE (`net.auth = "curve"`, wire/curve.py, docs/security.md): a listener encrypts with the server secret
 key and lets in only connections that prove they hold the client secret key (a ZAP handler per ZeroMQ

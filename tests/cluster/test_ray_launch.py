@@ -66,7 +66,7 @@ def test_a_role_dying_on_the_other_node_is_reported_with_its_node_and_everything
     while not (os.path.exists(metrics) and '"role": "learner"' in open(metrics).read()):
         assert time.monotonic() < deadline and proc.poll() is None, "the learner never trained a step"
         time.sleep(1)
-    actor = next(pid for pid in children_of(run_dir) if "actors.worker" in cmdline(pid))
+    actor = next(pid for pid in children_of(run_dir) if "-m asyncor.actors " in cmdline(pid))
     os.kill(actor, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, out[-2000:] + err[-2000:]

@@ -42,7 +42,7 @@ def test_a_killed_actor_is_restarted_and_rejoins_with_the_current_weights(tmp_pa
                 break
             assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its second step"
             time.sleep(0.3)
-        actor1 = [p for p in children_of(run_dir) if "actors.worker" in cmdline(p) and "--actor-id 1" in cmdline(p)]
+        actor1 = [p for p in children_of(run_dir) if "-m asyncor.actors " in cmdline(p) and "--actor-id 1" in cmdline(p)]
         assert len(actor1) == 1
         os.kill(actor1[0], signal.SIGKILL)
         killed_at = time.time()

@@ -210,7 +210,7 @@ def test_dead_actor_without_restarts_left_stops_everything_without_orphans(tmp_p
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_step(run_dir, proc)
-        actor = [p for p in children_of(run_dir) if "actors.worker" in cmdline(p)]
+        actor = [p for p in children_of(run_dir) if "-m asyncor.actors " in cmdline(p)]
         assert actor
         os.kill(actor[0], signal.SIGKILL)
         killed_at = time.monotonic()

@@ -105,3 +105,14 @@ def test_a_store_smaller_than_the_admission_window_is_refused_naming_the_key():
     message = error_of("buffer.max_groups=40", "buffer.max_staleness=2", "learner.prompts_per_step=16")
     assert "buffer.max_groups (40)" in message and "at least 48" in message
     load_config(None, ["buffer.max_groups=48", "buffer.max_staleness=2", "learner.prompts_per_step=16"])
+
+
+def test_inflight_sequences_below_a_group_are_refused():
+    """An engine kept at fewer sequences than one group never has room for a grant: the actor would wait for ever."""
+    with pytest.raises(ConfigError, match=r"actors.inflight_sequences \(4\) is below the largest group size \(8\)"):
+        load_config(None, ["actors.inflight_sequences=4", "actors.group_size=8"])
+    with pytest.raises(ConfigError, match=r"largest group size \(16\)"):  # a later stage's group counts
+        load_config(None, ["actors.inflight_sequences=8", "actors.group_size=8", "learner.steps=100",
+                           "algo.stages=[{start_step = 50, group_size = 16}]"])
+    assert load_config(None, ["actors.inflight_sequences=8", "actors.group_size=8"]).actors.inflight_sequences == 8
+    assert load_config(None, ["actors.inflight_sequences=4", "actors.group_size=8", 'actors.update_mode="chunk"'])
