@@ -50,7 +50,6 @@ from asyncor.runtime.run_dir import RunDir
 from asyncor.wire import messages as wire
 
 
-
 class Stopped(BaseException):
     """Raised by the SIGTERM handler (a BaseException, like KeyboardInterrupt, so no `except Exception` eats it)."""
 
@@ -86,6 +85,7 @@ class Evaluation:
 class Actor:
     def __init__(self, config: Config, actor_id: int):
         import torch
+
         from asyncor.actors.buffer_link import BufferLink
         from asyncor.actors.engine import Engine
         from asyncor.actors.outbox import Outbox
@@ -135,7 +135,8 @@ class Actor:
         self.start_version = start_version(config.checkpoint.resume_from)
         start = time.perf_counter()
         self.engine = Engine(config.policy_path, config.model.dtype, config.run.seed * 1000 + actor_id,
-                             max_model_len=self._max_model_len(), gpu_memory_utilization=config.actors.gpu_memory_utilization,
+                             max_model_len=self._max_model_len(),
+                             gpu_memory_utilization=config.actors.gpu_memory_utilization,
                              tensor_parallel_size=config.actors.tensor_parallel_size, version=self.start_version)
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
         # Groups go out on their own socket, from the outbox thread.
@@ -148,7 +149,8 @@ class Actor:
         self.finishing = False  # after `stop`: saying bye and writing the figures
         self.stats = {"load_s": [], "recv_s": [], "versions": [self.start_version], "eval_s": 0.0, "evaluated": []}
         self.heldout = task.heldout(config.eval.max_problems) if self.eval_every else None
-        self.eval_metrics = MetricsWriter(RunDir(config.run_dir).metrics, "eval", config.net.telemetry_address) if self.eval_every else None
+        self.eval_metrics = (MetricsWriter(RunDir(config.run_dir).metrics, "eval", config.net.telemetry_address)
+                             if self.eval_every else None)
         self.rollout = Rollout(self.engine, self.link, self.receiver, self.outbox, rollout_settings(config, self.codec),
                                self.log, self.metrics, on_loaded=self.on_loaded,
                                pause=Evaluation(self) if self.eval_every else None)

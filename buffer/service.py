@@ -55,7 +55,8 @@ from asyncor.telemetry.metrics import MetricsWriter
 from asyncor.wire.curve import role_keys
 from asyncor.wire.envelope import Message, ProtocolError, decode, require
 from asyncor.wire.messages import (Ack, ActorHello, BatchRequest, BufferState, Bye, CheckpointRequest, Done,
-                                   GrantRequest, GrantReturn, LearnerHello, Refused, TRAJECTORY_GROUP, VersionUpdate, parse)
+                                   GrantRequest, GrantReturn, LearnerHello, Refused, TRAJECTORY_GROUP, VersionUpdate,
+                                   parse)
 from asyncor.wire.rpc import Server
 from asyncor.wire.transport import Transport, endpoint
 
@@ -87,7 +88,8 @@ class BufferService:
         codec = TextCodec(config.model.path)
         task = task or make_task(config, codec)
         problems = task.training()
-        self.log.info("training_data", problems=len(problems), dropped_long_prompts=getattr(task, "dropped_long_prompts", 0),
+        self.log.info("training_data", problems=len(problems),
+                      dropped_long_prompts=getattr(task, "dropped_long_prompts", 0),
                       **{kind: sum(p.kind == kind for p in problems) for kind in sorted({p.kind for p in problems})})
         self.prompts = PromptStream(problems, config.run.seed)
         self.budget = StalenessBudget(config.buffer.max_staleness,

@@ -96,7 +96,8 @@ def _filler(pad_id: int) -> TrainingSequence:
     """The stand-in for an empty micro-batch: two tokens, weight 0. Its forward and backward run the same
     collectives as real data (a sharded rank with nothing to do must not leave the others waiting) and
     add exactly zero to the loss and gradients."""
-    return TrainingSequence(np.array([pad_id, pad_id], np.int64), 1, np.zeros(1, np.float32), 0.0, np.zeros(1, np.float32))
+    return TrainingSequence(np.array([pad_id, pad_id], np.int64), 1, np.zeros(1, np.float32), 0.0,
+                            np.zeros(1, np.float32))
 
 
 def micro_batch(rows_of: list[list[TrainingSequence]], packing: bool, pad_id: int) -> MicroBatch:

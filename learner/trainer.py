@@ -106,7 +106,8 @@ class Learner:
                       micro_batch_tokens=lc.micro_batch_tokens, master_dtype=lc.master_dtype,
                       compute_dtype=config.model.dtype)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
-        self.metrics = MetricsWriter(RunDir(config.run_dir).metrics, "learner", config.net.telemetry_address) if self.ranks.main else None
+        self.metrics = (MetricsWriter(RunDir(config.run_dir).metrics, "learner", config.net.telemetry_address)
+                        if self.ranks.main else None)
         net = config.net
         self.buffer = self.broadcaster = None
         if self.ranks.main:

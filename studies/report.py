@@ -24,7 +24,8 @@ import sys
 import numpy as np
 
 from asyncor.studies import plots
-from asyncor.studies.runs import RunGroup, ReportError, actor_idle_fraction, find_runs, group_runs, held_out, tail_mean, wait_fraction
+from asyncor.studies.runs import (ReportError, RunGroup, actor_idle_fraction, find_runs, group_runs, held_out,
+                                  tail_mean, wait_fraction)
 
 COLUMNS = [  # (header, value of a run, format)
     ("held-out after", lambda r: held_out(r)[1], "{:.3f}"),

@@ -52,8 +52,9 @@ class StagedWeights:
 
 
 class WeightReceiver(threading.Thread):
-    def __init__(self, transport: Transport, actor_id: int, host: str, sync_port: int, store_port: int, backend: str, timeout_s: float,
-                 device: torch.device, keys: CurveKeys | None = None, rejoin_timeout_s: float = 600.0):
+    def __init__(self, transport: Transport, actor_id: int, host: str, sync_port: int, store_port: int, backend: str,
+                 timeout_s: float, device: torch.device, keys: CurveKeys | None = None,
+                 rejoin_timeout_s: float = 600.0):
         super().__init__(name=f"{actor_name(actor_id)}/weights", daemon=True)
         self.transport = transport
         self.keys = keys  # the run's CURVE keys (net.auth = "curve"), else None
