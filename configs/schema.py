@@ -408,7 +408,8 @@ class RejectionConfig(_Section):
     solve_all / solve_none."""
     refill: bool = True
     """True: dropped groups are replaced from the buffer so every step trains on learner.prompts_per_step
-    groups. False: the step shrinks to the groups kept (the original code); a step with none kept is skipped."""
+    groups. False: the step shrinks to the groups kept (the original code); a batch with none kept is discarded
+    (its admission slots go back) and the learner waits for the next one."""
 
 
 class OffPolicyConfig(_Section):
