@@ -1,7 +1,8 @@
 """One actor's weight receiver as its own process, for tests/integration/test_weight_sync_membership.py.
 
 Runs sync/receiver.py's thread and appends `<version> <sum of the weights>` to --out for every version it
-stages, so the test sees what each incarnation got. Exits on SIGTERM; the test also SIGKILLs and SIGSTOPs it.
+stages, so the test sees what each incarnation got; `<out>.ready` appears once the process has started (its
+imports done), just before the receiver says hello. Exits on SIGTERM; the test also SIGKILLs and SIGSTOPs it.
 """
 
 import argparse
@@ -22,6 +23,7 @@ parser.add_argument("--timeout-s", type=float, default=5.0)
 args = parser.parse_args()
 sync_port, store_port = map(int, args.ports.split(","))
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+open(args.out + ".ready", "w").close()
 receiver = WeightReceiver(ZmqTransport(), args.actor_id, "127.0.0.1", sync_port, store_port, "gloo", args.timeout_s,
                           torch.device("cpu"), rejoin_timeout_s=120.0)
 receiver.start()

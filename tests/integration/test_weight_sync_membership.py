@@ -72,6 +72,9 @@ def test_dead_hung_and_restarted_actors_never_stop_the_weight_sync(tmp_path):
     ports = f"{sync_port},{store_port}"
     out = [tmp_path / "actor0.txt", tmp_path / "actor1.txt"]
     procs = [start_receiver(i, ports, out[i]) for i in range(2)]
+    # TIMEOUT_S bounds the weight sync, not process start-up: a Python process importing torch takes seconds on a
+    # busy 2-core host (the first hellos missed a 3 s deadline there), so the group is made once both have started.
+    wait_until(lambda: all(os.path.exists(f"{o}.ready") for o in out), 120, "both receiver processes to start")
     b = WeightBroadcaster(ZmqTransport(), "127.0.0.1", sync_port, store_port, 2, "gloo", TIMEOUT_S,
                           torch.device("cpu"), max_failures=3)
     figures = {}
