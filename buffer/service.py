@@ -89,7 +89,7 @@ class BufferService:
         task = task or make_task(config, codec)
         problems = task.training()
         self.log.info("training_data", problems=len(problems),
-                      dropped_long_prompts=getattr(task, "dropped_long_prompts", 0),
+                      dropped_long_prompts=task.dropped_long_prompts,
                       **{kind: sum(p.kind == kind for p in problems) for kind in sorted({p.kind for p in problems})})
         self.prompts = PromptStream(problems, config.run.seed)
         self.budget = StalenessBudget(config.buffer.max_staleness,

@@ -33,6 +33,7 @@ class Problem:
 
 class Task(Protocol):
     needs_verifier_pool: bool  # answers are scored in verifier processes (start them before vLLM)
+    dropped_long_prompts: int  # training prompts left out as longer than actors.max_prompt_tokens
 
     def training(self) -> list[Problem]: ...
 
@@ -44,6 +45,7 @@ class BuiltinTask:
     """The synthetic tasks: `123+45=` -> `168`, or `37*5=` -> `3737373737`, scored exact-answer."""
 
     needs_verifier_pool = False
+    dropped_long_prompts = 0  # the synthetic prompts are a few tokens
 
     def __init__(self, config: Config, codec):
         from asyncor.tasks.builtin import make_splits
