@@ -98,13 +98,11 @@ class Server:
     def recv(self) -> tuple[bytes, bytes]:
         return self.listener.recv()
 
-    def reply(self, peer: bytes, request: Message | None, type_: str, body_: dict) -> Delivery:
-        rid = request.body.get("rid") if request is not None else None
-        return self.listener.send(peer, encode(type_, {**body_, "rid": rid}))
-
     def answer(self, peer: bytes, request: Message | None, message: Body) -> Delivery:
-        """Reply with a typed message (wire/messages.py)."""
-        return self.reply(peer, request, message.TYPE, body(message))
+        """Reply with a typed message (wire/messages.py), echoing the request's id (None: the request did not
+        decode)."""
+        rid = request.body.get("rid") if request is not None else None
+        return self.listener.send(peer, encode(message.TYPE, {**body(message), "rid": rid}))
 
     def close(self) -> None:
         self.listener.close()
