@@ -10,9 +10,20 @@ No /proc, no host /etc, /tmp, /dev/shm, /run or home: other processes' command l
 datasets, and Unix sockets on the host are not there. Abstract Unix sockets and the network belong to the
 new network namespace, which is empty.
 
-Then: supplementary groups dropped, gid and uid set to the slot's private uid, no_new_privs (set-uid
-binaries stay unprivileged), rlimits, and a parent-death signal. Every file this code needs is the Python
-standard library; it runs with `python3 -I -S`. Settings arrive as JSON in ASYNCOR_SANDBOX.
+Then: supplementary groups dropped, gid and uid set to the sandbox's leased private uid, no_new_privs (set-uid
+binaries stay unprivileged), rlimits, and a parent-death signal. Last, just before the program is executed,
+the seccomp filter (compiled by libseccomp in the worker, tasks/code_sandbox.py `seccomp_filter`; here only
+loaded): every step above that needs a refused call (mount, chroot, ...) is done by then, and the program
+and all it starts inherit the filter, which cannot be removed.
+
+The kernel's key store: add_key, request_key and keyctl are refused outright, so no keyring is reachable from
+the jail, neither the session keyring this process inherited from the pool (under systemd or runc, a root
+session keyring) nor the user keyring of the sandbox uid, which outlives a run. That is why no fresh session
+keyring is joined here: with those three calls refused it could not be used either, and nothing else in the
+jail (no /proc, so no /proc/keys) reads keys.
+
+Every file this code needs is the Python standard library; it runs with `python3 -I -S`. Settings arrive as
+JSON in ASYNCOR_SANDBOX; the run's files and the filter arrive on a pipe (`setup_fd`), never from a host path.
 """
 
 import ctypes
@@ -23,7 +34,7 @@ import signal
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 38, 22, 2
 HOST_DIRS = ("usr", "lib", "lib64", "lib32", "libx32", "bin", "sbin")
 DEVICES = ("null", "zero", "random", "urandom")
 libc = ctypes.CDLL(None, use_errno=True)
@@ -88,12 +99,27 @@ def drop_privileges(settings):
         resource.setrlimit(getattr(resource, name), (value, value if name != "RLIMIT_CPU" else value + 1))
 
 
+class SockFprog(ctypes.Structure):
+    """struct sock_fprog: a BPF program for PR_SET_SECCOMP."""
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def install_seccomp(bpf):
+    """Load the filter (raw BPF, 8 bytes an instruction) on this process; inherited across exec and fork."""
+    if not bpf or len(bpf) % 8 or len(bpf) // 8 > 4096:
+        raise ValueError(f"seccomp filter: {len(bpf)} bytes is not a BPF program of 1 to 4096 instructions")
+    program = SockFprog(len(bpf) // 8, bpf)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
 def main():
     settings = json.loads(os.environ["ASYNCOR_SANDBOX"])
-    with os.fdopen(settings["files_fd"], "rb") as f:  # a descriptor, read and closed: no host path
-        files = json.loads(f.read().decode())
-    build_jail(settings, files)
+    with os.fdopen(settings["setup_fd"], "rb") as f:  # a pipe, read and closed: no host path
+        setup = json.loads(f.read().decode())
+    build_jail(settings, setup["files"])
     drop_privileges(settings)
+    install_seccomp(bytes.fromhex(setup["seccomp"]))
     argv = settings["argv"]
     os.execve(argv[0], argv, settings["env"])
 

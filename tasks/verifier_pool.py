@@ -16,11 +16,11 @@ a vLLM engine and its threads) and are child subreapers, so the orphans of a
 killed sandbox are reaped instead of left as zombies.
 
 Concurrency. Producer: the thread that calls `score` (an actor's outbox thread, or evaluation); `score`
-is not thread-safe: one caller at a time. Consumers: the worker processes, one job each at a time. Blocking: `score` blocks its
-caller until every job has a reward: at most about ceil(jobs / workers) deadlines, plus the time to
-start replacement workers; `close` waits up to 2 s per worker before killing it. Dropped: nothing is
-queued beyond the call's own jobs; a job past its deadline, or whose worker died (e.g. the OOM killer),
-scores 0 (the first counted in `timeouts`). A verifier's own error is a 0 too, never a dead worker.
+is not thread-safe: one caller at a time. Consumers: the worker processes, one job each at a time.
+Blocking: `score` blocks its caller until every job has a reward: at most about ceil(jobs / workers)
+deadlines, plus the time to start replacement workers; `close` waits up to 2 s per worker before killing it.
+Dropped: nothing is queued beyond the call's own jobs; a job past its deadline, or whose worker died (e.g. the
+OOM killer), scores 0 (the first counted in `timeouts`). A verifier's own error is a 0 too, never a dead worker.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-from asyncor.tasks.code_sandbox import SANDBOX_UID_BASE, Limits, jail_available, kill_uid
+from asyncor.tasks.code_sandbox import Limits, check_jail
 
 PR_SET_CHILD_SUBREAPER = 36
 KINDS = ("math", "code")
@@ -102,20 +102,17 @@ class _Worker:
         self.started = 0.0
 
     def kill(self) -> None:
+        """Kill the worker. Jailed, its sandbox run dies with it (its `unshare` child and the namespace's first
+        process have a parent-death signal; the worker's uid lease ends with its process). Without the jail,
+        only the run's first process has that signal (module docstring)."""
         self.proc.kill()
         self.proc.join(timeout=5)
-        if os.geteuid() == 0 and not jail_available():
-            # Root without the jail: a scan for the slot's uid. It finds none of this worker's sandbox processes,
-            # which then run under the worker's own uid (code_sandbox.Sandbox.uid is None without the jail).
-            # (Jailed, they die with the worker: its `unshare` child and the namespace's first process have a
-            # parent-death signal; and a uid scan would also hit another pool's sandbox using the same slot uid
-            # on this host.)
-            kill_uid(SANDBOX_UID_BASE + self.slot)
         self.conn.close()
 
 
 class VerifierPool:
     def __init__(self, settings: PoolSettings = PoolSettings()):
+        check_jail()  # here, in the caller: a worker that cannot build its sandbox would only score zeros
         self.settings = settings
         self._ctx = mp.get_context("spawn")
         self._workers = [_Worker(self._ctx, slot, settings) for slot in range(settings.workers)]

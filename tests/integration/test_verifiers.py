@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from asyncor.tasks.verifier_pool import VerifierJob, PoolSettings, VerifierPool
-from asyncor.tasks.code_sandbox import SANDBOX_UID_BASE, Limits
+from asyncor.tasks.code_sandbox import SANDBOX_UID_BASE, SANDBOX_UIDS, Limits
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -21,7 +21,7 @@ def fenced(code: str) -> str:
     return f"<think>Let me write it.</think>\n```python\n{code}\n```\n"
 
 
-def sandbox_processes() -> list[int]:
+def live_sandbox_processes() -> list[int]:
     """Live (non-zombie) processes owned by any sandbox uid."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -31,8 +31,17 @@ def sandbox_processes() -> list[int]:
         except OSError:
             continue
         uid = int(status["Uid"].split()[0])
-        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 64 and not status["State"].strip().startswith("Z"):
+        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UIDS and not status["State"].strip().startswith("Z"):
             pids.append(int(pid))
+    return pids
+
+
+def sandbox_processes(grace_s: float = 2.0) -> list[int]:
+    """Sandbox processes still alive `grace_s` after a run: killed processes may still be exiting (a fork loop's
+    namespace takes a moment to die on a loaded host); one that is still there then escaped."""
+    deadline = time.monotonic() + grace_s
+    while (pids := live_sandbox_processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return pids
 
 
@@ -91,7 +100,8 @@ def test_writing_outside_its_directory_is_refused(pool, tmp_path):
     assert pool.score([VerifierJob("code", fenced(program), STDIO)]) == [0.0]
     assert not target.exists()
     home_file = Path("/root/escaped-by-sandbox")
-    assert pool.score([VerifierJob("code", fenced(f"open({str(home_file)!r}, 'w').write('x')\nprint(3)"), STDIO)]) == [0.0]
+    program = f"open({str(home_file)!r}, 'w').write('x')\nprint(3)"
+    assert pool.score([VerifierJob("code", fenced(program), STDIO)]) == [0.0]
     assert not home_file.exists()
 
 
@@ -108,6 +118,7 @@ def test_a_job_past_its_deadline_is_killed_and_the_worker_replaced():
 
 
 def test_math_jobs_and_unknown_kinds(pool):
-    assert pool.score([VerifierJob("math", "\\boxed{\\dfrac{1}{2}}", "0.5"), VerifierJob("math", "\\boxed{3}", "4")]) == [1.0, 0.0]
+    assert pool.score([VerifierJob("math", "\\boxed{\\dfrac{1}{2}}", "0.5"),
+                       VerifierJob("math", "\\boxed{3}", "4")]) == [1.0, 0.0]
     with pytest.raises(ValueError, match="kind"):
         pool.score([VerifierJob("chemistry", "x", "y")])

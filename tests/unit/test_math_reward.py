@@ -23,6 +23,18 @@ PAIRS = [  # (response, gold, expected reward)
     # Malformed and pathological: 0, quickly, no exception.
     ("\\boxed{\\frac{1}{0}}", "1", 0), ("\\boxed{\\frac{", "1", 0), ("", "1", 0), ("\\boxed{10^{10^{10}}}", "5", 0),
     ("\\boxed{" + "(" * 500 + "}", "1", 0), ("\x00\x01\\boxed{\ud800}", "1", 0),
+    # Issue 26: an upright e (\mathrm{e}) was cut off with its closing brace, or read as a symbol, not Euler's e.
+    ("\\boxed{1 - \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{\\mathrm{e}}", 1),
+    ("\\boxed{1 - e^{-1}}", "1 - \\frac{1}{\\mathrm{e}}", 1), ("\\boxed{\\mathrm{e}^{2}}", "\\mathrm{e}^{2}", 1),
+    ("\\boxed{e^2}", "\\mathrm{e}^{2}", 1), ("\\boxed{{\\rm e}^{2}}", "e^{2}", 1),
+    ("\\boxed{x\\mathrm{e}^{x}}", "xe^x", 1),
+    ("\\boxed{\\sqrt{\\mathrm{e}}}", "\\mathrm{e}^{1/2}", 1), ("\\boxed{2\\cdot\\mathrm{e}}", "2e", 1),
+    ("\\boxed{1 + \\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{\\mathrm{e}}", 0),
+    ("\\boxed{\\frac{1}{\\mathrm{e}}}", "1 - \\frac{1}{\\mathrm{e}}", 0),
+    ("\\boxed{1}", "1 - \\frac{1}{\\mathrm{e}}", 0),
+    ("\\boxed{\\mathrm{e}^{3}}", "\\mathrm{e}^{2}", 0), ("\\boxed{2}", "\\mathrm{e}^{2}", 0),
+    ("\\boxed{e}", "\\mathrm{e}^{2}", 0),
+    ("\\boxed{x^{2}}", "\\mathrm{e}^{2}", 0), ("\\boxed{\\mathrm{exp}}", "\\mathrm{e}", 0),
 ]
 
 
