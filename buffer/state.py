@@ -6,8 +6,13 @@ stored, or given back at a resume; `unaccounted` is 0 unless a group was lost or
 
 `state_dict` is what a run resumed at the current version needs (saved in the learner's checkpoint as
 buffer_state.json, runtime/run_dir.py); groups not trained yet, stored or still being generated, are not
-kept: their prompts go back to the front of the stream, to be generated again by the resumed policy.
-`load_state` continues from it; `summary` is roles/buffer.json.
+kept: their prompts go back to the front of the stream, to be generated again by the resumed policy. Each
+prompt goes back once, however many of its groups were stored or in flight (a small pool can hold a prompt's
+group while the same prompt is granted again), so a resumed grant never names a prompt twice.
+`load_state` continues from it under the resumed run's config: the staleness budget's count of consumed
+groups is recomputed from the current `learner.prompts_per_step` and `algo.stages` (a resume may change
+them), and a state saved over another training set is refused (buffer/prompts.py). `summary` is
+roles/buffer.json.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from asyncor.buffer.rejection import GroupTally
+from asyncor.configs.stages import groups_through
 from asyncor.runtime.run_dir import BUFFER_STATE
 from asyncor.wire.envelope import REJECT_REASONS
 
@@ -54,7 +60,8 @@ def state_dict(b) -> dict:
     """`b`: the buffer service (buffer/service.py), whose parts hold the state."""
     c, ages = b.counts, b.counts.staleness_trained
     prompts = b.prompts.state_dict()
-    prompts["returned"] = b.store.prompt_ids() + list(b.admission.granted) + prompts["returned"]
+    untrained = b.store.prompt_ids() + list(b.admission.granted) + prompts["returned"]
+    prompts["returned"] = list(dict.fromkeys(untrained))  # each once, in order: stored, in flight, given back
     return {
         "version": b.budget.version,
         "budget_accepted": b.budget.accepted - len(b.store),  # groups consumed by the steps so far
@@ -70,7 +77,8 @@ def state_dict(b) -> dict:
 
 
 def load_state(b, checkpoint: str) -> None:
-    """Continue from `<checkpoint>/buffer_state.json` (written from `state_dict`)."""
+    """Continue from `<checkpoint>/buffer_state.json` (written from `state_dict`); RuntimeError names the file and
+    what does not fit."""
     path = os.path.join(checkpoint, BUFFER_STATE)
     c = b.counts
     try:
@@ -78,7 +86,10 @@ def load_state(b, checkpoint: str) -> None:
             state = json.load(f)
         b.prompts.load_state_dict(state["prompts"])
         b.budget.on_version(int(state["version"]))
-        b.budget.accepted = int(state["budget_accepted"])
+        # Groups the steps so far consumed, by this run's batch sizes: the saved count (by the batch sizes the
+        # checkpoint was written under) would shut admission for good after a smaller prompts_per_step.
+        saved_accepted = int(state["budget_accepted"])
+        b.budget.accepted = groups_through(b.config, b.budget.version)
         b.online_filter.load_state_dict(state["online_filter"])
         c.online_filtered = int(state["online_filtered"])
         c.accepted, c.dropped_stale = int(state["accepted"]), int(state["dropped_stale"])
@@ -87,9 +98,12 @@ def load_state(b, checkpoint: str) -> None:
         c.rejected.update({k: int(v) for k, v in state["rejected"].items() if k in c.rejected})
         c.staleness_trained = [age for age, n in enumerate(state["trained_staleness_hist"]) for _ in range(int(n))]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RuntimeError(f"cannot resume the buffer from {path}: {exc!r}") from None
+        raise RuntimeError(f"cannot resume the buffer from {path}: {type(exc).__name__}: {exc}") from None
+    if saved_accepted != b.budget.accepted:
+        b.log.info("admission_recomputed", saved_groups_consumed=saved_accepted, groups_consumed=b.budget.accepted,
+                   reason="learner.prompts_per_step or algo.stages changed at resume")
     b.log.info("resumed", version=b.budget.version, requeued=len(state["prompts"]["returned"]),
-               epoch=b.prompts.epoch, trained=len(c.staleness_trained))
+               epoch=b.prompts.epoch, trained=len(c.staleness_trained), capacity=b.budget.capacity())
 
 
 def summary(b) -> dict:

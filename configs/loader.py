@@ -44,6 +44,17 @@ def apply_override(tree: dict, assignment: str) -> None:
     node[parts[-1]] = parse_value(raw.strip())
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A config tree as dotted keys: {"a": {"b": 1}} -> {"a.b": 1} (lists are values)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _format_error(err: dict) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(config)"
     kind = err["type"]

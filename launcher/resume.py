@@ -3,23 +3,51 @@ layout and meta.json: runtime/run_dir.py).
 
 PATH is a run directory (its newest complete checkpoint is used) or one checkpoint directory
 (`<run_dir>/checkpoints/step_NNNNNN`). The run continues in the same run directory with the config it was
-launched with (`launch_config.json`, written by every run), plus any `--set` given now (e.g. a larger
-`learner.steps` to extend a finished run). The policy preparation and the evaluation before RL are not
+launched with (`launch_config.json`, written by every new run), plus the `--set` overrides of every earlier
+`--resume` of it (`checkpoint.resume_overrides` in its last config.json), plus any `--set` given now (e.g. a
+larger `learner.steps` to extend a finished run). The policy preparation and the evaluation before RL are not
 repeated; metrics written after the checkpoint are dropped from metrics.jsonl (that part of the run is done
 again), and the interrupted attempt's logs move to `logs.<N>/`.
+
+Keys the saved state depends on cannot change (`FROZEN`, ConfigError naming each key and why); keys it depends
+on that can change are applied consistently by the part that restores the state: `learner.prompts_per_step`
+and `algo.stages` (the buffer recomputes admission, buffer/state.py), `learner.lr` and
+`learner.weight_decay` (the optimizer's param groups follow the config, learner/checkpoint.py),
+`learner.ranks` (the optimizer state is resharded, the RNG states mapped, learner/checkpoint.py).
 """
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
 
-from asyncor.configs.loader import ConfigError, apply_override, validate
+from asyncor.configs.loader import ConfigError, apply_override, flatten, validate
 from asyncor.configs.schema import Config
 from asyncor.runtime.run_dir import META, CheckpointError, RunDir, read_meta
 
 KEPT_ROLE_FILES = ("prepare.json", "eval_before.json")  # results of phases a resumed run does not repeat
+
+# Keys (or sections) a resumed run cannot change, and why. Anything under a section counts, except the keys of
+# UNFROZEN.
+FROZEN = {
+    "run.seed": "it sets the order the buffer's saved data cursor walks (and the built-in task's problems)",
+    "run.name": "the run continues in its own directory (copy the directory to continue a copy under another name)",
+    "run.output_dir": "the run continues in its own directory (copy the directory to continue a copy elsewhere)",
+    "model.path": "the resumed policy is the checkpoint's, and model.path stays the run's starting policy (the "
+                  "KL reference and the tokenizer)",
+    "model.tiny": "the policy's shape is the checkpoint's",
+    "task": "it defines the training set that the buffer's saved data cursor, given-back prompts and online "
+            "filter refer to",
+    "checkpoint.resume_from": "--resume sets it",
+    "checkpoint.resume_overrides": "--resume sets it",
+}
+UNFROZEN = ("task.heldout_files", "task.heldout_size")  # evaluation only: the training set stays as it was
+FILE_TASK_FROZEN = {  # with task.kind = "files" only
+    "actors.max_prompt_tokens": "with task.kind = \"files\" it decides which training prompts are kept (longer "
+                                "ones are dropped), so it defines the training set",
+}
 
 
 def find_checkpoint(path: str) -> tuple[str, str]:
@@ -37,7 +65,8 @@ def find_checkpoint(path: str) -> tuple[str, str]:
 
 
 def resume_config(path: str, overrides: list[str] = ()) -> Config:
-    """The config of the run at PATH, continued from its checkpoint, with `overrides` (KEY=VALUE) applied."""
+    """The config of the run at PATH, continued from its checkpoint, with the overrides of its earlier resumes
+    and then `overrides` (KEY=VALUE) applied."""
     run_dir, ckpt = find_checkpoint(path)
     try:
         meta = read_meta(ckpt)
@@ -50,18 +79,53 @@ def resume_config(path: str, overrides: list[str] = ()) -> Config:
             resolved = json.load(f)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--resume {run_dir}: cannot read the run's config ({exc})") from None
-    for assignment in overrides:
-        apply_override(tree, assignment)
-    config = validate(tree)
+    earlier = earlier_overrides(resolved, run_dir)
+    saved = config_with(tree, earlier)  # what the checkpoint was written under
+    config = config_with(tree, [*earlier, *overrides])
+    check_frozen(saved, config)
     config.run.output_dir, config.run.name = os.path.split(run_dir)
     config.run.overwrite = True
     config.model.path = resolved["model"]["path"]  # the prepared starting policy: KL reference, tokenizer
     config.checkpoint.resume_from = ckpt
+    config.checkpoint.resume_overrides = [*earlier, *overrides]
     if meta["version"] >= config.learner.steps:
         raise ConfigError(f"--resume: the checkpoint is at step {meta['version']} and learner.steps = "
                           f"{config.learner.steps}: nothing left to train (to train further, add --set "
                           f"learner.steps=N with N > {meta['version']})")
     return config
+
+
+def earlier_overrides(resolved: dict, run_dir: str) -> list[str]:
+    """The overrides of the earlier resumes of the run, from its last resolved config (config.json)."""
+    found = resolved.get("checkpoint", {}).get("resume_overrides", [])
+    if not isinstance(found, list) or not all(isinstance(a, str) for a in found):
+        raise ConfigError(f"--resume {run_dir}: checkpoint.resume_overrides in config.json is not a list of "
+                          f"KEY=VALUE strings (got {found!r})")
+    return found
+
+
+def config_with(tree: dict, overrides: list[str]) -> Config:
+    """`tree` (launch_config.json's) with `overrides` applied, validated; `tree` is left as it was."""
+    tree = copy.deepcopy(tree)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return validate(tree)
+
+
+def check_frozen(saved: Config, resumed: Config) -> None:
+    """ConfigError naming every key the resumed run changes that the checkpoint's state depends on."""
+    before, after = flatten(saved.model_dump(mode="json")), flatten(resumed.model_dump(mode="json"))
+    frozen = {**FROZEN, **(FILE_TASK_FROZEN if saved.task.kind == "files" else {})}
+    refused = []
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key) == after.get(key) or key in UNFROZEN:
+            continue
+        reason = next((why for k, why in frozen.items() if key == k or key.startswith(k + ".")), None)
+        if reason:
+            refused.append(f"  {key}: {before.get(key)!r} -> {after.get(key)!r} ({reason})")
+    if refused:
+        raise ConfigError("--resume cannot change these keys, which the checkpoint's state depends on (start a "
+                          "new run to change them):\n" + "\n".join(refused))
 
 
 def save_launch_config(config: Config, run_dir: str) -> None:

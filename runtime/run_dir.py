@@ -21,7 +21,9 @@
 
 The learner writes checkpoints; the buffer and the actors read their parts of one when a run resumes, and
 the launcher picks the newest (`complete`). The learner, the actors (`start_version`) and the launcher read
-`meta.json` through `read_meta` here; the buffer reads only buffer_state.json.
+`meta.json` through `read_meta` here; the buffer reads only buffer_state.json. `read_meta` refuses a
+checkpoint whose model/ holds pickle-format weights (.bin, .pt, ...): no part of a checkpoint is loaded in a
+way that can run code from it (learner/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ STEP_DIR = re.compile(r"^step_(\d{6,})$")
 MODEL, OPTIMIZER, RNG = "model", "optimizer", "rng"
 TRAINER_STATE, BUFFER_STATE, META = "trainer_state.json", "buffer_state.json", "meta.json"
 CHECKPOINT_PARTS = (MODEL, OPTIMIZER, TRAINER_STATE, BUFFER_STATE)
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # loading these can run code: refused
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,11 @@ def read_meta(checkpoint: str) -> dict:
     for part in CHECKPOINT_PARTS:
         if not os.path.exists(os.path.join(checkpoint, part)):
             raise CheckpointError(f"{checkpoint} lacks {part}")
+    model = os.path.join(checkpoint, MODEL)
+    pickled = sorted(n for n in os.listdir(model) if n.endswith(PICKLED_WEIGHTS)) if os.path.isdir(model) else []
+    if pickled:
+        raise CheckpointError(f"{checkpoint}/{MODEL} holds pickle-format files {pickled}: a checkpoint's weights are "
+                              "safetensors (loading a pickle can run code); remove them or convert to safetensors")
     return meta
 
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from asyncor.configs.loader import flatten
 from asyncor.runtime.run_dir import RunDir
 from asyncor.telemetry.metrics import read_metrics
 
-IGNORED_PREFIXES = ("run.", "net.", "model.path", "checkpoint.resume_from")
+IGNORED_PREFIXES = ("run.", "net.", "model.path", "checkpoint.resume_from", "checkpoint.resume_overrides")
 
 
 class ReportError(ValueError):
@@ -53,16 +54,6 @@ class RunData:
 class RunGroup:
     label: str
     runs: list[RunData] = field(default_factory=list)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _load_json(path: str) -> dict:

@@ -73,6 +73,8 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path):
     resumed = losses(sharded)
     for step in (3, 4):
         assert abs(resumed[step] - whole[step]) <= TOLERANCE, (step, resumed[step], whole[step])
+    with open(os.path.join(sharded, "config.json")) as f:  # what a second --resume of it starts from
+        assert json.load(f)["checkpoint"]["resume_overrides"] == ["learner.ranks=2", "learner.micro_batch_tokens=72"]
 
     # A finished run has nothing left to train unless told to go further.
     proc = resume(run_dir)

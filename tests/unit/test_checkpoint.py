@@ -1,9 +1,12 @@
 """Learner checkpoints (learner/checkpoint.py) and `launch.py run --resume` (launcher/resume.py) on one CPU
-rank: exact optimizer and RNG restore, whole-or-nothing directories, pruning, and the errors a user sees.
-Resuming whole runs (and a sharded learner) is tests/integration/test_resume.py."""
+rank: exact optimizer and RNG restore, whole-or-nothing and durable directories, pruning, loading that runs no
+code from the checkpoint, the config a resume continues with (and the keys it refuses), and the errors a user
+sees. Resuming whole runs (and a sharded learner) is tests/integration/test_resume.py; the buffer's side of a
+resume is tests/unit/test_resume_safety.py."""
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -160,3 +163,166 @@ def test_metrics_after_the_checkpoint_are_dropped(tmp_path):
     path.write_text("".join(json.dumps({"ts": ts, "step": ts}) + "\n" for ts in (1, 2, 3, 4)) + '{"ts": 5, "st')
     assert keep_records_before(str(path), 2.5) == 3  # two later records and a torn last line
     assert [json.loads(line)["ts"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------- resume safety
+# (issue 26 items 5 and 12; the buffer's side of resuming is tests/unit/test_resume_safety.py)
+
+def test_a_resumed_optimizer_takes_lr_and_weight_decay_from_the_config(tmp_path, model_dir):
+    from structlog.testing import capture_logs
+
+    policy = load(model_dir)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.1)
+    train(policy, opt, 2, seed=1)
+    path = save(tmp_path, 2, policy, opt)
+    resumed = load(os.path.join(path, "model"))
+    opt2 = torch.optim.AdamW(resumed.parameters(), lr=3e-4, weight_decay=0.0)  # `--resume --set learner.lr=...`
+    with capture_logs() as logs:
+        checkpoint.load(path, resumed, opt2, ONE)
+    assert [(g["lr"], g["weight_decay"]) for g in opt2.param_groups] == [(3e-4, 0.0)]
+    # The moments and step count still come from the checkpoint.
+    saved, loaded = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert all(torch.equal(saved[i]["exp_avg"], loaded[i]["exp_avg"]) for i in saved)
+    assert all(int(saved[i]["step"]) == int(loaded[i]["step"]) == 2 for i in saved)
+    event, = [e for e in logs if e["event"] == "optimizer_restored"]
+    assert event["lr"] == 3e-4 and event["changed_from_checkpoint"] == {"lr": [1e-2, 3e-4], "weight_decay": [0.1, 0.0]}
+
+
+def test_rng_is_restored_when_the_number_of_ranks_changes(tmp_path, model_dir):
+    policy = load(model_dir)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    torch.manual_seed(123)
+    path = save(tmp_path, 1, policy, opt)  # one rank
+    after_save = torch.rand(5)
+    for rank in (0, 1):  # two ranks now: both continue rank 0's stream (every rank of a run starts from one seed)
+        torch.manual_seed(999)
+        resumed = load(os.path.join(path, "model"))
+        checkpoint.load(path, resumed, torch.optim.AdamW(resumed.parameters(), lr=1e-3),
+                        Ranks(rank, 2, torch.device("cpu"), sharded=False))
+        assert torch.equal(torch.rand(5), after_save)
+
+
+class _Marker:
+    """Unpickling it creates a directory: what a hostile checkpoint would do with os.system."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_checkpoint_cannot_run_code_through_the_optimizer_metadata(tmp_path, model_dir):
+    import pickle
+
+    policy = load(model_dir)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    train(policy, opt, 1, seed=0)
+    path = save(tmp_path, 1, policy, opt)
+    marker = tmp_path / "code_ran"
+    with open(os.path.join(path, "optimizer", ".metadata"), "wb") as f:
+        pickle.dump(_Marker(str(marker)), f)
+    with pytest.raises(CheckpointError, match=r"\.metadata refused: posix\.mkdir is not part of checkpoint metadata"):
+        checkpoint.load(path, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ONE)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_cannot_run_code_through_a_non_tensor_optimizer_entry(tmp_path, model_dir):
+    """The param groups' settings are stored as pickled bytes; torch's own planner loads them with
+    weights_only=False. Here one of them is pointed at a hostile pickle (the metadata itself stays valid)."""
+    import pickle
+
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    policy = load(model_dir)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    train(policy, opt, 1, seed=0)
+    path = save(tmp_path, 1, policy, opt)
+    optim_dir = os.path.join(path, "optimizer")
+    with open(os.path.join(optim_dir, ".metadata"), "rb") as f:
+        metadata = pickle.load(f)  # written just now by this test
+    marker = tmp_path / "code_ran"
+    hostile = pickle.dumps(_Marker(str(marker)), protocol=2)
+    with open(os.path.join(optim_dir, "hostile.distcp"), "wb") as f:
+        f.write(hostile)
+    fqn = next(k for k, v in metadata.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata))
+    index = next(i for i in metadata.storage_data if i.fqn == fqn)
+    info = metadata.storage_data[index]
+    info.relative_path, info.offset, info.length = "hostile.distcp", 0, len(hostile)
+    with open(os.path.join(optim_dir, ".metadata"), "wb") as f:
+        pickle.dump(metadata, f)
+    with pytest.raises(CheckpointError, match="the optimizer state cannot be loaded"):
+        checkpoint.load(path, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ONE)
+    assert not marker.exists()
+
+
+def test_pickle_format_weights_in_a_checkpoint_are_refused(tmp_path, model_dir):
+    run_dir = make_run(tmp_path, model_dir)
+    ckpt = run_dir / "checkpoints" / "step_000004"
+    (ckpt / "model" / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(CheckpointError, match=r"pickle-format files \['pytorch_model.bin'\]"):
+        read_meta(str(ckpt))
+    with pytest.raises(ConfigError, match="pytorch_model.bin"):
+        resume_config(str(ckpt))
+
+
+def test_a_checkpoint_is_fsynced_before_and_after_the_rename_that_completes_it(tmp_path, model_dir, monkeypatch):
+    """A node crash keeps a `step_*` directory only with its contents: every file and directory is flushed
+    before the rename, and the directory holding it after."""
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        return real_rename(src, dst)
+
+    policy = load(model_dir)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    train(policy, opt, 1, seed=0)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    path = save(tmp_path, 1, policy, opt)
+    monkeypatch.undo()
+    done = events.index(("rename", str(RunDir(str(tmp_path)).partial_step(1)), path))
+    tmp = str(RunDir(str(tmp_path)).partial_step(1))
+    synced_before = {e[1].replace(tmp, path) for e in events[:done] if e[0] == "fsync"}
+    everything = {path} | {os.path.join(d, n) for d, dirs, files in os.walk(path) for n in dirs + files}
+    assert everything - synced_before == set()
+    assert ("fsync", os.path.join(str(tmp_path), "checkpoints")) in events[done:]
+
+
+def test_a_second_resume_keeps_the_first_ones_overrides(tmp_path, model_dir):
+    from asyncor.configs.loader import dump_resolved
+
+    run_dir = make_run(tmp_path, model_dir)
+    first = resume_config(str(run_dir), ["learner.steps=8", "learner.lr=3e-4"])
+    dump_resolved(first, RunDir(str(run_dir)).config)  # what `launch.py run` writes once the resumed run starts
+    second = resume_config(str(run_dir))
+    assert (second.learner.steps, second.learner.lr) == (8, 3e-4)
+    assert second.checkpoint.resume_overrides == ["learner.steps=8", "learner.lr=3e-4"]
+    third = resume_config(str(run_dir), ["learner.lr=1e-4"])  # a later override wins
+    assert (third.learner.steps, third.learner.lr) == (8, 1e-4)
+    assert json.load(open(RunDir(str(run_dir)).launch_config))["learner"]["steps"] == 6  # the launch config stays
+
+
+@pytest.mark.parametrize("override, key", [("run.seed=5", "run.seed"), ("task.train_size=100", "task.train_size"),
+                                           ("task.digits=3", "task.digits"), ("run.name=other", "run.name"),
+                                           ("model.tiny.num_layers=3", "model.tiny.num_layers"),
+                                           ("checkpoint.resume_from=/elsewhere", "checkpoint.resume_from")])
+def test_resume_refuses_keys_the_saved_state_depends_on(tmp_path, model_dir, override, key):
+    run_dir = make_run(tmp_path, model_dir)
+    with pytest.raises(ConfigError, match=rf"cannot change these keys.*\n  {re.escape(key)}: "):
+        resume_config(str(run_dir), [override])
+
+
+def test_resume_applies_keys_the_saved_state_follows(tmp_path, model_dir):
+    """Applied consistently where the state is restored: the buffer recomputes admission
+    (tests/unit/test_resume_safety.py), the optimizer takes lr and weight decay from the config (above)."""
+    run_dir = make_run(tmp_path, model_dir)
+    config = resume_config(str(run_dir), ["learner.prompts_per_step=8", "learner.lr=1e-4", "learner.weight_decay=0.1",
+                                          "task.heldout_size=300", "learner.ranks=2", "buffer.max_staleness=4"])
+    assert (config.learner.prompts_per_step, config.task.heldout_size, config.learner.ranks) == (8, 300, 2)
