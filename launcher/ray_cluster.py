@@ -1,18 +1,18 @@
 """Ray: `launch.py run --cluster ray [--address ADDR]` places the roles on an existing Ray cluster.
 
-Plan nodes are the cluster's alive nodes. One placement group holds one bundle per node (STRICT_SPREAD,
-each bundle reserving the same number of GPUs on its node: the fewest any alive node has, or
-`--gpus-per-node`), so no other Ray job takes the GPUs the plan hands out, and plan node k is wherever
-bundle k landed. Every role is a `RoleProcess` Ray actor scheduled into its node's bundle: it starts the
-role's process there (`python -m <module>`, the same command as on one host, with the launcher's
-environment, RAY_* left out, plus the role's), keeps its output in a node-local temporary file, and
-answers `status` (exit status and the output from an offset, at most `READ_CHUNK` bytes: the launcher's
-`poll` gathers it into `runs/<name>/logs/<role>.out`, no shared filesystem needed) and `signal`. The role
-stays in its actor's process group, which Ray kills when the actor dies (a new session would let the
-role's own children, vLLM's engine process or the verifier pool, outlive it); `signal` reaches every
-member of that group but the actor. The role also dies
-with its actor if the actor is SIGKILLed (PR_SET_PDEATHSIG), and Ray kills the actors when the launcher's
-job ends, however it ends.
+Plan nodes are the cluster's alive nodes. One placement group holds one bundle per node (STRICT_SPREAD, each
+bundle reserving the same number of GPUs on its node: the fewest any alive node has, or `--gpus-per-node`), so
+no other Ray job takes the GPUs the plan hands out, and plan node k is wherever bundle k landed. Every role is
+a `RoleProcess` Ray actor scheduled into its node's bundle: it starts the role's process there (`python -m
+<module>`, the same command as on one host, with the launcher's environment, RAY_* left out, plus the role's),
+keeps its output in a node-local temporary file that is unlinked as soon as it is open (the role writes to it,
+the actor reads it through its descriptor, and the kernel frees it once both are gone: nothing is left on the
+node however the run ends), and answers `status` (exit status and the output from an offset, at most
+`READ_CHUNK` bytes: the launcher's `poll` gathers it into `runs/<name>/logs/<role>.out`, no shared filesystem
+needed) and `signal`. The role stays in its actor's process group, which Ray kills when the actor dies (a new
+session would let the role's own children, vLLM's engine process or the verifier pool, outlive it); `signal`
+reaches every member of that group but the actor. The role also dies with its actor if the actor is SIGKILLed
+(PR_SET_PDEATHSIG), and Ray kills the actors when the launcher's job ends, however it ends.
 
 The repository must be at the same path on every node (as the Python environment must), which is how Ray
 clusters built from one image, or sharing a filesystem, look.
@@ -58,18 +58,30 @@ class RoleProcess:
             except OSError:
                 pass
 
-        fd, self.log_path = tempfile.mkstemp(prefix=f"asyncor-{name}-", suffix=".out")
-        # Ray's worker environment (OMP_NUM_THREADS=1, RAY_*) is not passed on: `env` is the launcher's.
-        self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                     cwd=cwd if os.path.isdir(cwd) else None, preexec_fn=die_with_actor)
-        os.close(fd)
+        fd, path = tempfile.mkstemp(prefix=f"asyncor-{name}-", suffix=".out")
+        try:
+            # The output file has no name on the node: the role's descriptor and `self.output` keep it; when
+            # the role has exited and this actor is gone (killed at the run's end, or with its node) the
+            # kernel frees it. The launcher keeps the output, in runs/<name>/logs/<role>.out.
+            self.output = open(path, "rb", buffering=0)
+            os.unlink(path)
+            # Ray's worker environment (OMP_NUM_THREADS=1, RAY_*) is not passed on: `env` is the launcher's.
+            self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=cwd if os.path.isdir(cwd) else None,
+                                         preexec_fn=die_with_actor)
+        finally:
+            os.close(fd)
 
     def status(self, offset: int) -> tuple[int | None, bytes]:
         """(exit status or None, output from `offset`, at most READ_CHUNK bytes)."""
         code = self.proc.poll()
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            return code, f.read(READ_CHUNK)
+        self.output.seek(offset)
+        return code, self.output.read(READ_CHUNK)
+
+    def close(self) -> None:
+        """Let go of the output (the actor's death does the same); the role's own descriptor keeps it while
+        it runs."""
+        self.output.close()
 
     def signal(self, sig: int) -> None:
         """`sig` to the role and everything it started (the actor's process group, the actor excepted)."""

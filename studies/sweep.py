@@ -8,11 +8,15 @@
 runs the product of the grid (in the order given, seeds innermost) one after another, each as its own
 `launch.py run` (a child process, `python -m asyncor.launch run`: locally, or through `--cluster slurm|ray`),
 in `<output dir>/<name>/<run>/` (`--output-dir`, default `run.output_dir`; `--name`, default
-`<run.name>-sweep`) where `<run>` spells its overrides (`buffer.max_staleness-2__actors.count-1__seed-1`). The
-sweep is resumable: a run whose summary.json exists is skipped, a run that stopped part-way is started again
-from scratch; `sweep.json` lists every run with its overrides and status. Every combination is validated
-before the first run starts, so a typo in a key fails at once. A progress line per run says what it reached;
-`launch.py report runs/<name>` turns the sweep into tables and plots.
+`<run.name>-sweep`) where `<run>` spells its overrides (`buffer.max_staleness-2__actors.count-1__seed-1`).
+Names are unique and stable: where the spelling loses something (a character run.name does not allow, a `__`
+inside a key or value, more than 120 characters), a short hash of the exact values follows it
+(`task.operations-_____-64ff939a__seed-0` for `["+"]`, `task.operations-_____-ebba6ca0__seed-0` for `["*"]`).
+The sweep is resumable: a run whose summary.json exists and whose launch_config.json holds this grid point's
+values is skipped ("done before"); any other run in its place (one that stopped part-way, or a finished one of
+other values) is started again from scratch; `sweep.json` lists every run with its overrides and status. Every
+combination is validated before the first run starts, so a typo in a key fails at once. A progress line per
+run says what it reached; `launch.py report runs/<name>` turns the sweep into tables and plots.
 
 Who produces, who consumes: each run's child writes its run directory and its launcher output
 (`<name>/<run>.launch.log`); the sweep reads the exit code and summary.json, and rewrites sweep.json
@@ -25,6 +29,7 @@ command again continues from it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -34,9 +39,12 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
+
 from asyncor.runtime.run_dir import RunDir
 
 MANIFEST = "sweep.json"
+MAX_SLUG = 120  # characters of a run name's spelled overrides (a file name holds 255 bytes)
 
 
 class SweepError(ValueError):
@@ -84,9 +92,19 @@ def parse_grid(items: list[str]) -> list[tuple[tuple[str, ...], list[tuple[str, 
 
 
 def run_name(grid: dict[str, str], seed: int) -> str:
-    """`buffer.max_staleness-2__actors.count-1__seed-0` (characters run.name does not allow become `_`)."""
-    spelled = "__".join([f"{k}-{v}" for k, v in grid.items()] + [f"seed-{seed}"])
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", spelled)
+    """`buffer.max_staleness-2__actors.count-1__seed-0`: the grid values spelled out, then the seed.
+
+    Where the spelling is lossy (characters run.name does not allow become `_`; a `__` inside a key or value
+    makes the parts ambiguous; past MAX_SLUG characters it is cut), 8 hex digits of a hash of the exact
+    keys and values follow it, so distinct grid points never share a name and a point keeps its name from
+    one invocation to the next."""
+    spelled = "__".join(f"{k}-{v}" for k, v in grid.items())
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", spelled)
+    lossy = slug != spelled or any("__" in k or "__" in v for k, v in grid.items()) or len(slug) > MAX_SLUG
+    if lossy:
+        digest = hashlib.sha256(json.dumps(list(grid.items())).encode()).hexdigest()[:8]
+        slug = f"{slug[:MAX_SLUG]}-{digest}"
+    return f"{slug}__seed-{seed}" if slug else f"seed-{seed}"
 
 
 def expand(grid_items: list[str], seeds: int, base_seed: int) -> list[SweepRun]:
@@ -100,11 +118,51 @@ def expand(grid_items: list[str], seeds: int, base_seed: int) -> list[SweepRun]:
         for seed in range(base_seed, base_seed + seeds):
             overrides = [f"{k}={v}" for k, v in grid.items()] + [f"run.seed={seed}"]
             runs.append(SweepRun(run_name(grid, seed), overrides, grid, seed))
+    names: dict[str, SweepRun] = {}
+    for r in runs:  # cannot happen short of a hash collision; a shared name would skip a point as done before
+        if r.name in names:
+            raise SweepError(f"grid points {names[r.name].overrides} and {r.overrides} would share the run name "
+                             f"{r.name!r}; change a value")
+        names[r.name] = r
     return runs
 
 
 def finished(run_dir: str) -> bool:
     return os.path.exists(RunDir(run_dir).summary)
+
+
+def value_at(tree: dict, key: str) -> Any:
+    """The value of dotted `key` in a config tree (`KeyError` if it is not there)."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def grid_point(resolved: dict, keys: list[str]) -> dict[str, Any]:
+    """`keys`' values in a validated config (`Config.model_dump(mode="json")`), as its config.json will hold them."""
+    try:
+        return {k: value_at(resolved, k) for k in keys}
+    except KeyError as exc:
+        raise SweepError(f"--grid {exc.args[0]}: not a setting of the resolved config (`launch.py config` lists "
+                         "every key)") from None
+
+
+def done_before(run_dir: str, point: dict[str, Any]) -> bool:
+    """True when `run_dir` holds a finished run of this grid point: summary.json exists and the config it was
+    launched with (launch_config.json; config.json for a run older than that file) has `point`'s values
+    (dotted key -> the value as the validated config holds it, seed included)."""
+    if not finished(run_dir):
+        return False
+    files = RunDir(run_dir)
+    try:
+        with open(files.launch_config if os.path.exists(files.launch_config) else files.config) as f:
+            config = json.load(f)
+        return all(value_at(config, k) == v for k, v in point.items())
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def outcome(run_dir: str) -> str:
@@ -127,8 +185,10 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
         runs = expand(grid_items, seeds, base.run.seed)
         sweep_name = name or f"{base.run.name}-sweep"
         root = os.path.join(output_dir or base.run.output_dir, sweep_name)
+        points = []  # each run's grid values and seed as its validated config holds them
         for r in runs:  # every combination must be a valid config before anything runs
-            load_config(config_path, [*sets, *r.overrides, f"run.name={r.name}"])
+            resolved = load_config(config_path, [*sets, *r.overrides, f"run.name={r.name}"]).model_dump(mode="json")
+            points.append(grid_point(resolved, [*r.grid, "run.seed"]))
     except (ConfigError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -139,13 +199,16 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
     _write_manifest(root, manifest)
     print(f"sweep {sweep_name}: {len(runs)} runs in {root}", flush=True)
     failed = 0
-    for i, (r, entry) in enumerate(zip(runs, manifest["runs"]), start=1):
+    for i, (r, point, entry) in enumerate(zip(runs, points, manifest["runs"]), start=1):
         run_dir = os.path.join(root, r.name)
         tag = f"[{i}/{len(runs)}] {r.name}"
-        if finished(run_dir):
+        if done_before(run_dir, point):
             entry["status"] = "done"
             print(f"{tag}: done before ({outcome(run_dir)})", flush=True)
             continue
+        if finished(run_dir):
+            print(f"{tag}: {run_dir} holds a finished run of other values; running this grid point again",
+                  flush=True)
         args = [sys.executable, "-m", "asyncor.launch", "run", "--cluster", cluster, *extra]
         if config_path:
             args += ["--config", config_path]

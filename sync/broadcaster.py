@@ -15,10 +15,17 @@ past it the constructor raises TimeoutError). Afterwards a group is rebuilt (`re
 broadcast whenever an actor said hello again (a restarted actor: it gets the current weights on joining)
 or the last sync failed: an announcement that cannot be delivered (the actor's connection is gone, or its
 queue stayed full past the deadline), a group that did not form, or a collective that raised or passed
-`sync.timeout_s` (an actor died mid-transfer). A regroup probes every known actor and builds the group
-from those that answer within `PROBE_S` (or `sync.timeout_s`, if shorter); the silent ones are dropped
-from the group (and can come back with a hello). Training never waits for a dead actor: at worst one
-deadline, then the live ones get the weights again.
+`sync.timeout_s` (an actor died mid-transfer). A regroup probes every actor and builds the group from the
+members and newcomers that answer within `probe_s` (`PROBE_S`, or `sync.timeout_s` if shorter); the silent
+ones are dropped from the group. Training never waits for a dead actor: at worst one deadline, then the
+live ones get the weights again.
+
+Coming back. A dropped actor is probed again at every later sync (once, without waiting: a dead one costs
+nothing), and any answer from an actor outside the group (to that probe, or a late answer to the probe that
+dropped it) counts as a hello: it is in the next group. So an actor that was frozen or slow while it was
+not inside a broadcast (it holds a group that no longer exists and cannot notice) is back at the first
+sync after it answers. The receiver has its own bound too (sync/receiver.py): a probe not followed by a
+`join` within its `join_wait_s`, or an announcement of a newer group, makes it leave its group and say hello.
 
 Failures are counted, logged with the actors they concern, and only fatal when `sync.max_failures`
 consecutive syncs fail (something other than one actor is wrong). Messages on this port that are not an
@@ -31,8 +38,8 @@ thread of its own. Blocking:
 the constructor until every actor said hello (at most `sync.timeout_s`) and the first group formed;
 `regroup` up to the probe deadline plus the group's formation (at most `sync.timeout_s`); `begin` up to
 `sync.timeout_s` delivering the announcement; `send` up to `sync.timeout_s` per bucket. Dropped: actors
-that do not answer a probe, announcements to gone actors, late answers to older probes, and refused
-messages. Timeout: the sync fails as above.
+that do not answer a probe (until they answer a later one), announcements and probes to gone actors, answers
+from actors already in the group or already joining, and refused messages. Timeout: the sync fails as above.
 """
 
 from __future__ import annotations
@@ -60,9 +67,10 @@ class WeightBroadcaster:
 
     def __init__(self, transport: Transport, host: str, sync_port: int, store_port: int, num_actors: int,
                  backend: str, timeout_s: float, device: torch.device, bind: str | None = None,
-                 keys: CurveKeys | None = None, max_failures: int = 3):
+                 keys: CurveKeys | None = None, max_failures: int = 3, probe_s: float = PROBE_S):
         """`host`: the address actors reach this learner at (the store's address too); `bind`: the IP or
-        interface the announcement socket binds (default `host`); `keys`: the run's CURVE keys, if any."""
+        interface the announcement socket binds (default `host`); `keys`: the run's CURVE keys, if any;
+        `probe_s`: how long a regroup waits for answers (at most `timeout_s`)."""
         self.log = tlog.get("learner")
         # With CURVE a restarted actor's connection replaces its old one at once (wire/zeromq.py).
         self.listener = transport.listen(endpoint(bind or host, sync_port), keys)
@@ -71,6 +79,7 @@ class WeightBroadcaster:
         self.timeout_s = timeout_s
         self.device = device
         self.max_failures = max_failures
+        self.probe_s = min(probe_s, timeout_s)
         self.store = open_store(host, store_port, True, timeout_s)
         self.members: dict[int, bytes] = {}  # the current group's actors (rank = 1 + index in id order)
         self.joining: dict[int, bytes] = {}  # said hello since the current group was made
@@ -102,7 +111,8 @@ class WeightBroadcaster:
     # ------------------------------------------------------------------ inbound
 
     def _handle(self, ident: bytes, raw: bytes, answers: dict[int, bytes] | None = None) -> None:
-        """One inbound message: a hello joins, a `here` for the current probe answers it; the rest is refused."""
+        """One inbound message: a hello joins; a `here` answers the current probe (`answers`: a regroup is
+        waiting for them), or, from an actor outside the group, joins as a hello does; the rest is refused."""
         try:
             msg = decode(raw, MAX_INBOUND_BYTES)
             kind = {wire.ReceiverHello.TYPE: wire.ReceiverHello, wire.Here.TYPE: wire.Here}.get(msg.type)
@@ -113,14 +123,21 @@ class WeightBroadcaster:
             if not actor_id < self.num_actors or ident != hello_identity(actor_id):
                 raise ProtocolError("bad_value", f"not from actor {actor_id}'s weight receiver")
             if isinstance(m, wire.ReceiverHello):
-                if actor_id in self.members or self.epoch > 0:
-                    self.stats["rejoined"] += 1
-                    self.log.info("sync_actor_rejoined", actor=actor_id)
-                self.joining[actor_id] = ident
+                self._admit(actor_id, ident, "hello")
             elif answers is not None and m.epoch == self.epoch:
-                answers[actor_id] = ident  # an answer to an older probe is just late: ignored
+                answers[actor_id] = ident
+            elif actor_id not in self.members:
+                # Alive but out of the group: it missed the probe that dropped it, or answers a re-probe.
+                self._admit(actor_id, ident, f"answer to the probe of epoch {m.epoch}")
         except ProtocolError:
             self.refused += 1
+
+    def _admit(self, actor_id: int, ident: bytes, how: str) -> None:
+        """Actor `actor_id` is alive and wants the weights: it is in the next group (made before the next sync)."""
+        if actor_id not in self.joining and self.epoch > 0:
+            self.stats["rejoined"] += 1
+            self.log.info("sync_actor_rejoined", actor=actor_id, how=how)
+        self.joining[actor_id] = ident
 
     def drain(self) -> None:
         """Take every waiting message (hellos of restarted actors) without blocking."""
@@ -151,8 +168,15 @@ class WeightBroadcaster:
             self.stats["actors_dropped"] += len(actor_ids)
             self.log.warning("sync_actors_dropped", actors=sorted(actor_ids), why=why)
 
+    def _reprobe(self, probe: bytes, skip) -> None:
+        """Probe every actor outside `skip` once, without waiting: a dropped actor that is alive answers, and its
+        answer brings it back (`_handle`); one that is gone or not reading costs nothing."""
+        for actor_id in range(self.num_actors):
+            if actor_id not in skip:
+                self.listener.send(hello_identity(actor_id), probe)
+
     def regroup(self) -> None:
-        """Make a new group from every actor that answers a probe (members and newcomers)."""
+        """Make a new group from the members and newcomers that answer a probe (and dropped actors that do)."""
         if self.pg is not None:
             abandon(self.pg)
         self.pg = None
@@ -161,10 +185,12 @@ class WeightBroadcaster:
         candidates = {**self.members, **self.joining}
         self.joining = {}
         probe = encode_message(wire.Probe(epoch=self.epoch))
-        deadline = time.monotonic() + min(PROBE_S, self.timeout_s)
+        deadline = time.monotonic() + self.probe_s
         unreachable = [a for a, ident in candidates.items() if not self._send(ident, probe, deadline)]
+        self._reprobe(probe, candidates)  # not waited for: answered in time, they are in the group too
+        awaited = set(candidates) - set(unreachable)
         answers: dict[int, bytes] = {}
-        while set(answers) < set(candidates) - set(unreachable) and time.monotonic() < deadline:
+        while awaited - answers.keys() and time.monotonic() < deadline:
             if self.listener.readable(max(0.001, deadline - time.monotonic())):
                 self._handle(*self.listener.recv(), answers=answers)
         # An actor that restarted during the probe said hello instead: it is waiting too.
@@ -210,6 +236,8 @@ class WeightBroadcaster:
         self.drain()
         if self.dirty or self.joining:
             self.regroup()
+        else:  # are the dropped actors back? (their answers are taken before the next sync)
+            self._reprobe(encode_message(wire.Probe(epoch=self.epoch)), self.members)
         if self.pg is None:
             return False
         announcement = encode_message(wire.Announcement(epoch=self.epoch, version=version,

@@ -7,13 +7,23 @@ or waits for a version a grant requires (`wait_for`). Only the newest staged ver
 staged set not yet taken is replaced, never queued, and a version received before (the learner sends the
 current weights again after a regroup) is received but not staged again.
 
-The thread says `receiver_hello`, answers probes (`here`), builds each epoch's group when told to `join`,
-and receives. A failed collective or group set-up (an actor died, the learner gave up on the group) is
-not fatal here: the thread says hello again, and the learner makes a new group and sends the current
-weights again. A message that does not parse, or an announcement for a group this actor is not in, is
-counted (`ignored`) and skipped. The thread only fails (`error`, re-raised by the generation loop through
-`take` / `wait_for`) after `sync.rejoin_timeout_s` without a working group, or on anything else going
-wrong (the learner's queue full when it says hello again).
+The thread says `receiver_hello`, answers probes (`here`; a probe of the epoch it answered last is not
+answered again), builds each epoch's group when told to `join`, and receives. A failed collective or group
+set-up (an actor died, the learner gave up on the group) is not fatal here: the thread says hello again,
+and the learner makes a new group and sends the current weights again.
+
+Left out. An actor that missed a probe while it was not inside a broadcast (frozen, or too slow to answer)
+holds a group the learner has given up, and nothing in it fails. It finds out, leaves that group and says
+hello again (`left_out`) when an announcement names a newer group than its own, or when `join_wait_s`
+(default 2 x `sync.timeout_s`; the learner sends its joins within `sync.timeout_s` of its probe) passes
+after it answered a probe of a newer epoch without being told to join it. The learner usually takes it
+back sooner: an answer from an actor outside the group counts as a hello (sync/broadcaster.py). Without a
+group the `sync.rejoin_timeout_s` clock runs, so an actor that is never taken back fails and is restarted.
+
+A message that does not parse, or an announcement of an older group, is counted (`ignored`) and skipped.
+The thread only fails (`error`, re-raised by the generation loop through `take` / `wait_for`) after
+`sync.rejoin_timeout_s` without a working group, or on anything else going wrong (the learner's queue full
+when it says hello again).
 
 Blocking: the thread blocks in a group's set-up after a `join` and in each bucket's broadcast after an
 announcement, each at most `sync.timeout_s` (past it, that fails as any collective does: hello again);
@@ -54,7 +64,10 @@ class StagedWeights:
 class WeightReceiver(threading.Thread):
     def __init__(self, transport: Transport, actor_id: int, host: str, sync_port: int, store_port: int, backend: str,
                  timeout_s: float, device: torch.device, keys: CurveKeys | None = None,
-                 rejoin_timeout_s: float = 600.0):
+                 rejoin_timeout_s: float = 600.0, join_wait_s: float | None = None):
+        """`timeout_s`: sync.timeout_s (group set-up, each bucket); `rejoin_timeout_s`: sync.rejoin_timeout_s;
+        `join_wait_s`: how long after answering a probe of a newer epoch the actor waits for its `join` before
+        it concludes it was left out (None: 2 x `timeout_s`)."""
         super().__init__(name=f"{actor_name(actor_id)}/weights", daemon=True)
         self.transport = transport
         self.keys = keys  # the run's CURVE keys (net.auth = "curve"), else None
@@ -63,6 +76,7 @@ class WeightReceiver(threading.Thread):
         self.device = device
         self.timeout_s = timeout_s
         self.rejoin_timeout_s = rejoin_timeout_s
+        self.join_wait_s = 2 * timeout_s if join_wait_s is None else join_wait_s
         self.log = tlog.get(actor_name(actor_id))
         self._staged: StagedWeights | None = None
         self._cond = threading.Condition()
@@ -70,9 +84,11 @@ class WeightReceiver(threading.Thread):
         self.ready = threading.Event()  # set once the first group is made
         self.error: BaseException | None = None
         self.received_versions: list[int] = []
-        self.stats = {"groups": 0, "failed": 0, "ignored": 0}
+        self.stats = {"groups": 0, "failed": 0, "ignored": 0, "left_out": 0}
         self._pg = None
         self._epoch = -1
+        self._answered = -1  # the epoch of the last probe answered
+        self._join_due: float | None = None  # answered a probe of a newer epoch: its join is due by then
 
     def run(self) -> None:
         host, sync_port, store_port, backend, timeout_s = self.args
@@ -88,6 +104,9 @@ class WeightReceiver(threading.Thread):
                                        f"{self.rejoin_timeout_s:g} s")
                 if conn.readable(0.2):
                     self._handle(conn, store, backend)
+                if self._join_due is not None and time.monotonic() > self._join_due:
+                    self._left_out(conn, f"no join within {self.join_wait_s:g} s of the probe of epoch "
+                                         f"{self._answered}")
                 if self._pg is not None:
                     orphan_since = None
                 elif orphan_since is None:
@@ -114,13 +133,15 @@ class WeightReceiver(threading.Thread):
                 raise ProtocolError("unknown_type", f"{msg.type!r} is not a weight-sync message")
             m = wire.parse(msg, kind)
             if isinstance(m, wire.Probe):
-                self._say(conn, wire.Here(actor_id=self.actor_id, epoch=m.epoch))
+                self._answer(conn, m.epoch)
             elif isinstance(m, wire.Join):
                 self._join(store, m.epoch, m.rank, m.world_size, backend)
             elif m.epoch == self._epoch and self._pg is not None:
                 self._receive(m.version, m.buckets)
+            elif m.epoch > self._epoch:
+                self._left_out(conn, f"an announcement of epoch {m.epoch}, whose group it was not told to join")
             else:
-                self.stats["ignored"] += 1  # an announcement for a group this actor is not in
+                self.stats["ignored"] += 1  # an announcement of an older group
         except ProtocolError as exc:
             self.stats["ignored"] += 1
             self.log.warning("sync_message_refused", reason=str(exc))
@@ -130,9 +151,29 @@ class WeightReceiver(threading.Thread):
             self._leave()
             self._say(conn, wire.ReceiverHello(actor_id=self.actor_id))  # asks for a regroup
 
+    def _answer(self, conn: Connection, epoch: int) -> None:
+        """`here` to a probe; a probe of a newer epoch than this actor's group is followed by a `join` if the
+        learner takes it into that group, so from now on the join is due (`join_wait_s`)."""
+        if epoch == self._answered:
+            return  # a re-probe of the epoch it answered already (a backlog after a freeze): one answer is enough
+        self._say(conn, wire.Here(actor_id=self.actor_id, epoch=epoch))
+        self._answered = epoch
+        if epoch > self._epoch:
+            self._join_due = time.monotonic() + self.join_wait_s
+
+    def _left_out(self, conn: Connection, why: str) -> None:
+        """The learner made a group without this actor: leave the old one and ask to be taken back."""
+        self.stats["left_out"] += 1
+        self.log.warning("sync_left_out", epoch=self._epoch, why=why)
+        self._join_due = None
+        self._leave()
+        self._say(conn, wire.ReceiverHello(actor_id=self.actor_id))
+
     def _join(self, store, epoch: int, rank: int, world_size: int, backend: str) -> None:
         if rank >= world_size or epoch <= self._epoch:
             raise ProtocolError("bad_value", f"join epoch {epoch} rank {rank} of {world_size}")
+        if epoch >= self._answered:
+            self._join_due = None
         self._leave()
         self._pg = make_group(store, epoch, rank, world_size, backend, self.timeout_s)
         self._epoch = epoch

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from asyncor.studies.sweep import SweepError, expand, parse_grid
+from asyncor.configs.loader import load_config
+from asyncor.studies.sweep import SweepError, done_before, expand, parse_grid, sweep
 from asyncor.studies.report import table, write_report
 from asyncor.studies.runs import ReportError, find_runs, group_runs
 
@@ -44,6 +45,62 @@ def test_linked_keys_move_together():
 def test_bad_grids_are_refused_naming_the_item(items, message):
     with pytest.raises(SweepError, match=message):
         parse_grid(items)
+
+
+def test_grid_points_whose_spelling_is_lossy_get_distinct_stable_names():
+    """Issue 26 item 9: ["+"] and ["*"] both spell as `_____`; a hash of the exact values tells them apart, and
+    a point keeps its name from one invocation to the next. Names that lose nothing stay as they were."""
+    grid = ['task.operations=["+"],["*"]', "buffer.max_staleness=0,2"]
+    runs = expand(grid, seeds=2, base_seed=0)
+    names = [r.name for r in runs]
+    assert len(set(names)) == len(runs) == 8
+    assert all(n.startswith("task.operations-_____") for n in names)
+    assert names == [r.name for r in expand(grid, seeds=2, base_seed=0)]
+    plus, star = runs[0], runs[4]
+    assert plus.grid["task.operations"] == '["+"]' and star.grid["task.operations"] == '["*"]'
+    assert plus.name.split("__seed-")[0] != star.name.split("__seed-")[0]
+    assert runs[1].name == runs[0].name.replace("__seed-0", "__seed-1")  # one point's seeds share the hash
+    # A `__` inside a value makes the parts ambiguous: hashed too. Long values are cut, and hashed.
+    a, b = expand(["a.b=x__c-y,x", "c.d=z,y__c-z"], seeds=1, base_seed=0)[1:3]
+    assert a.name != b.name
+    assert len(expand(["a.b=" + "x" * 300], seeds=1, base_seed=0)[0].name) < 150
+
+
+def finished_run(run_dir, overrides, files=("launch_config.json", "config.json")):
+    """A finished run in `run_dir` whose configs are the validated config of `overrides` (as the launcher writes
+    them; a run from before launch_config.json existed has config.json alone)."""
+    run_dir.mkdir(parents=True)
+    for name in files:
+        (run_dir / name).write_text(json.dumps(load_config(None, overrides).model_dump(mode="json")))
+    (run_dir / "summary.json").write_text(json.dumps({"learner": {"steps": 3}, "wall_s": 10.0,
+                                                      "staleness": {"mean": 0.5}}))
+
+
+def test_a_run_is_done_before_only_when_it_holds_its_own_grid_point(tmp_path, capsys):
+    """Issue 26 item 9: with ["+"] done, ["*"] used to get the same name and be skipped as "done before". Now
+    each point has its own run directory, and a finished run only counts for the point whose values it holds."""
+    grid = ['task.operations=["+"],["*"]']
+    plus, star = expand(grid, seeds=1, base_seed=0)
+    root = tmp_path / "ops"
+    finished_run(root / plus.name, plus.overrides)
+    finished_run(root / star.name, star.overrides)
+    assert sweep(None, [], grid, 1, "ops", str(tmp_path), "local", []) == 0  # both done: no run starts
+    out = capsys.readouterr().out
+    assert f"{plus.name}: done before" in out and f"{star.name}: done before" in out
+    manifest = json.loads((root / "sweep.json").read_text())
+    assert [r["name"] for r in manifest["runs"]] == [plus.name, star.name]
+
+    # A finished run of other values in a point's place (a name from an older sweep) is not that point.
+    other = tmp_path / "legacy" / star.name
+    finished_run(other, plus.overrides)
+    point = {"task.operations": ["*"], "run.seed": 0}
+    assert not done_before(str(other), point)
+    assert done_before(str(root / star.name), point)
+    assert not done_before(str(tmp_path / "nowhere"), point)
+    older = tmp_path / "older"
+    finished_run(older / "plus", plus.overrides, files=("config.json",))
+    finished_run(older / "star", star.overrides, files=("config.json",))
+    assert done_before(str(older / "star"), point) and not done_before(str(older / "plus"), point)
 
 
 def fake_run(root, name, eta, seed, after, wall, reward, entropy=1.0):
