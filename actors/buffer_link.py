@@ -2,8 +2,10 @@
 
 One request/reply each (`actor_hello` -> `welcome`, `grant_request` -> `grant`, `wait` or `stop`,
 `grant_return` -> `ack`), with the `net.request_timeout_s` deadline (a held grant request: plus its
-`hold_s`; the hello: the deadline its caller gives). A missing reply raises TimeoutError; a hello or grant
-request answered with another kind raises RuntimeError (the answer to `grant_return` is not read). A grant
+`hold_s`; the hello: the deadline its caller gives). A missing reply raises TimeoutError (a reply that does
+not decode is skipped and counted by the client, wire/rpc.py, as if it had not come); a hello or grant request
+answered with another kind, or with a body that does not parse (parsing raises only ProtocolError, whatever
+the body holds), raises RuntimeError naming it (the answer to `grant_return` is not read). A grant
 becomes `Prompt`s plus the sampling of the current stage (group size,
 length limit) and the oldest policy version allowed to generate them.
 Groups travel on their own socket, from the outbox thread (actors/outbox.py).

@@ -72,8 +72,11 @@ def make_config(run_dir: str, senders: int, group_size: int, response_tokens: in
     return path
 
 
-def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: int, out: mp.Queue) -> None:
-    """One synthetic actor: grant -> groups of the granted shape -> acks, until the buffer says stop."""
+def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: int, out: mp.Queue,
+           keys_env: dict) -> None:
+    """One synthetic actor: grant -> groups of the granted shape -> acks, until the buffer says stop. `keys_env`:
+    its own CURVE keys, as the launcher gives them (empty without CURVE)."""
+    os.environ.update(keys_env)
     from asyncor.wire.curve import role_keys
     from asyncor.wire.arrays import unpack_array
     from asyncor.wire.envelope import encode
@@ -137,7 +140,8 @@ def sender(cfg_path: str, actor_id: int, vocab: int, stop_at: float, in_flight: 
     out.put(stats)
 
 
-def learner(cfg_path: str, step_s: float, stop_at: float, out: mp.Queue) -> None:
+def learner(cfg_path: str, step_s: float, stop_at: float, out: mp.Queue, keys_env: dict) -> None:
+    os.environ.update(keys_env)
     from asyncor.wire.curve import role_keys
     from asyncor.wire.rpc import connect
     from asyncor.wire.transport import endpoint
@@ -177,7 +181,6 @@ def rss_sampler(pid: int, samples: list, stop: threading.Event) -> None:
 def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens: int = 256,
          prompts_per_step: int = 32, eta: int = 2, in_flight: int = 16, learner_step_s: float = 0.0,
          auth: str = "off", run_dir: str | None = None) -> dict:
-    from asyncor.wire import curve
     from asyncor.wire.zeromq import generate_keys
     from asyncor.prepare.tiny_model import build_tokenizer
 
@@ -185,17 +188,24 @@ def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens:
     cfg_path = make_config(os.path.join(run_dir, "soak"), senders, group_size, response_tokens, prompts_per_step,
                            eta, auth)
     env = {**os.environ, "PYTHONPATH": ROOT}
-    if auth == "curve":
-        env.update(generate_keys().to_env())
-    os.environ.update({k: v for k, v in env.items() if k == curve.ENV})  # the senders (forked) use them too
+    # Each process gets its own role's keys, as launch.py gives them.
+    roles = ["buffer", "learner", *(f"actor{i}" for i in range(senders))]
+    keys = generate_keys(roles, {"buffer", "learner"}) if auth == "curve" else None
+
+    def role_env(role: str) -> dict:
+        return keys.issue(role).to_env() if keys else {}
+
+    env.update(role_env("buffer"))
     buffer = subprocess.Popen([sys.executable, "-m", "asyncor.buffer", "--config", cfg_path], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     vocab = build_tokenizer().get_vocab_size()
     out: mp.Queue = mp.get_context("fork").Queue()
     start = time.monotonic()
     stop_at = start + seconds
-    procs = [mp.get_context("fork").Process(target=learner, args=(cfg_path, learner_step_s, stop_at, out))]
-    procs += [mp.get_context("fork").Process(target=sender, args=(cfg_path, i, vocab, stop_at, in_flight, out))
+    procs = [mp.get_context("fork").Process(target=learner, args=(cfg_path, learner_step_s, stop_at, out,
+                                                                  role_env("learner")))]
+    procs += [mp.get_context("fork").Process(target=sender, args=(cfg_path, i, vocab, stop_at, in_flight, out,
+                                                                  role_env(f"actor{i}")))
               for i in range(senders)]
     for p in procs:
         p.start()
@@ -215,7 +225,6 @@ def soak(seconds: float, senders: int = 4, group_size: int = 8, response_tokens:
         stop_sampling.set()
         buffer.kill()
     wall = time.monotonic() - start
-    os.environ.pop(curve.ENV, None)
     if buffer.returncode != 0:
         raise RuntimeError(f"the buffer exited {buffer.returncode}: {err.decode()[-2000:]}")
     learner_result = next(r for r in results if "trained" in r)

@@ -61,6 +61,7 @@ class Admission:
         self.actors_done: set[int] = set()
         self.actor_stats: dict[int, dict] = {}  # what each actor said in its goodbye
         self.actor_restarts: dict[int, int] = {}  # actor id -> hellos after its first (restarts)
+        self.returns_ignored = 0  # prompt ids in grant returns that freed nothing (repeated, or not this actor's)
 
     # ------------------------------------------------------------------ requests
 
@@ -123,12 +124,17 @@ class Admission:
         return answers
 
     def give_back(self, actor_id: int, prompt_ids: list[int]) -> Ack:
-        """An actor returns grants it will not answer (its weights never arrived)."""
-        if len(prompt_ids) > len(self.granted):
-            raise ProtocolError("bad_value", "prompt_ids names more prompts than are granted")
-        if any(i in self.granted and self.granted[i].actor_id != actor_id for i in prompt_ids):
-            raise ProtocolError("bad_value", "grant_return names prompts granted to another actor")
-        self.release(prompt_ids)  # ids no longer granted (answered, returned already) are ignored
+        """An actor returns grants it will not answer (its weights never arrived). Each of its own grants named
+        is freed once, however often it is named; the other ids (named twice, no longer granted: answered or
+        returned already, as after a restart or a resume, or granted to another actor) are ignored, counted
+        (`returns_ignored`) and logged. Always acknowledged: an honest actor can send any of these."""
+        own = {i for i in prompt_ids if i in self.granted and self.granted[i].actor_id == actor_id}
+        ignored = len(prompt_ids) - len(own)
+        if ignored:
+            self.returns_ignored += ignored
+            self.log.warning("grant_return_ignored", actor=actor_id, ignored=ignored, released=len(own),
+                             total_ignored=self.returns_ignored)
+        self.release(sorted(own))
         return Ack()
 
     def bye(self, actor_id: int, stats: dict) -> Ack:
@@ -157,8 +163,9 @@ class Admission:
         del self.granted[prompt_id]
 
     def release(self, prompt_ids: list[int]) -> None:
-        """Unused grants: free their admission slots and serve their prompts again first."""
-        ids = [i for i in prompt_ids if i in self.granted]
+        """Unused grants: free their admission slots and serve their prompts again first (each once: an id
+        named twice, or not granted, frees nothing more)."""
+        ids = [i for i in dict.fromkeys(prompt_ids) if i in self.granted]
         self.budget.on_returned(len(ids))
         self.prompts.give_back([self.granted.pop(i).problem for i in ids])
 

@@ -22,7 +22,7 @@ from asyncor.buffer.replay import ReplayStore
 from asyncor.buffer.staleness import StalenessBudget
 from asyncor.buffer.state import Counts
 from asyncor.wire.envelope import Message
-from asyncor.wire.messages import BatchReply, WaitReply
+from asyncor.wire.messages import BatchReply, GroupsReport, WaitReply
 
 LONG_POLL_S = 1.0
 
@@ -93,4 +93,4 @@ class Batches:
             "buffer/staleness_hist": np.bincount(ages, minlength=self.budget.max_staleness + 1).tolist(),
         }, step=self.budget.version)
         return BatchReply(version=self.budget.version, staleness=ages, groups=[g.to_wire() for g in groups],
-                          groups_report=self.tally.report())
+                          groups_report=GroupsReport(**self.tally.report()))

@@ -4,7 +4,9 @@ Two listeners, one loop, no threads. Actors (`actor<i>` and `actor<i>/groups` so
 `grant_request`, `group`, `grant_return` and `bye`; the learner (socket `learner`) sends `learner_hello`,
 `version` (at start, then after every step, once that step's broadcast if any went out), `batch_request`,
 `checkpoint` and `done`. Every message is decoded and checked before use; one that is refused is counted by
-reason (`buffer/rejected_<reason>`), logged and answered `refused`, never fatal.
+reason (`buffer/rejected_<reason>`), logged and answered `refused`, never fatal. Decoding and parsing raise
+nothing but `ProtocolError` whatever a field holds (wire/envelope.py), so the loop catches that one type: any
+other exception is a bug of the buffer's own, not a message to count.
 
 The loop only moves bytes: the logic lives in four parts, each a module, around `BufferService`:
   buffer/admission.py  grants, held requests, returns, restarts, stages   (actors' requests)
@@ -56,7 +58,7 @@ from asyncor.wire.curve import role_keys
 from asyncor.wire.envelope import Message, ProtocolError, decode, require
 from asyncor.wire.messages import (Ack, ActorHello, BatchRequest, BufferState, Bye, CheckpointRequest, Done,
                                    GrantRequest, GrantReturn, LearnerHello, Refused, TRAJECTORY_GROUP, VersionUpdate,
-                                   parse)
+                                   parse, plain)
 from asyncor.wire.rpc import Server
 from asyncor.wire.transport import Transport, endpoint
 
@@ -66,7 +68,9 @@ LEARNER_SOCKET = learner_name(0).encode()
 
 
 def sender_of(peer: bytes, actor_id: int) -> int:
-    """The actor a message claims to come from must be the socket that sent it (a peer acts only for itself)."""
+    """The actor a message claims to come from must be the socket that sent it (a peer acts only for itself). With
+    CURVE that socket's identity was checked against the key it came from: only actor i's key speaks as
+    `actor<i>` (wire/transport.py); without CURVE an identity is whatever the peer claims."""
     if actor_of_socket(peer) != actor_id:
         raise ProtocolError("bad_value", f"actor_id {actor_id} does not match the sending socket")
     return actor_id
@@ -104,6 +108,7 @@ class BufferService:
         self.batches = Batches(config, self.store, self.budget, self.tally, self.counts, self.log, self.metrics)
         self.done_at: float | None = None  # when the learner said `done`
         self.stop_requested = False
+        self.impostors_seen = 0  # messages the listeners dropped for their identity (count_impostors)
         if config.checkpoint.resume_from:
             state.load_state(self, config.checkpoint.resume_from)
 
@@ -121,7 +126,7 @@ class BufferService:
             return self.admission.request(peer, msg, actor_id, m.max_prompts, m.hold_s, self.done_at is not None)
         if isinstance(m, GrantReturn):
             return self.admission.give_back(actor_id, m.prompt_ids)
-        return self.admission.bye(actor_id, m.stats)
+        return self.admission.bye(actor_id, plain(m.stats))  # kept for the summary: JSON-able values only
 
     def on_learner(self, peer: bytes, msg: Message):
         """The answer to the learner's message (None: a batch request, answered by `owed`)."""
@@ -157,11 +162,33 @@ class BufferService:
         batch = self.batches.serve()
         return self.admission.serve_held(self.done_at is not None), [batch] if batch else []
 
+    def receive(self, handle, peer: bytes, raw: bytes) -> tuple[Message | None, object]:
+        """The loop's work on one message from `peer` for `handle` (`on_actor` / `on_learner`): (the request,
+        once its envelope decoded, else None; its answer: None when held, `refused` when refused, counted)."""
+        msg = None
+        try:
+            msg = decode(raw, self.config.buffer.max_message_bytes)
+            return msg, handle(peer, msg)
+        except ProtocolError as exc:  # answered with the request's id once the envelope decoded
+            return msg, self.refuse(exc)
+
     def refuse(self, exc: ProtocolError) -> Refused:
         self.counts.rejected[exc.reason] += 1
         self.log.warning("message_rejected", reason=exc.reason, detail=exc.detail)
         self.metrics.log({f"buffer/rejected_{exc.reason}": self.counts.rejected[exc.reason]})
         return Refused(reason=exc.reason, detail=exc.detail)
+
+    def count_impostors(self, dropped: int) -> None:
+        """The listeners have dropped `dropped` messages so far because their identity was not issued to their key
+        (CURVE, wire/transport.py): the new ones are refused like the rest, counted as `impostor` (they never
+        reach `on_actor`, and get no answer)."""
+        new, self.impostors_seen = dropped - self.impostors_seen, dropped
+        if new <= 0:
+            return
+        self.counts.rejected["impostor"] = self.counts.rejected.get("impostor", 0) + new
+        self.log.warning("message_rejected", reason="impostor", detail=f"{new} message(s) under an identity "
+                         "that is not their key's")
+        self.metrics.log({"buffer/rejected_impostor": self.counts.rejected["impostor"]})
 
     def finished(self) -> bool:
         """After `done`: every actor said bye, or they had `net.request_timeout_s` to."""
@@ -186,15 +213,12 @@ class BufferService:
         self.log.info("listening", actor_port=cfg.net.buffer_actor_port, learner_port=cfg.net.buffer_learner_port)
         try:
             while not self.stop_requested:
-                for ready in transport.wait([actors.listener, learner.listener], 0.05):
+                ready_listeners = transport.wait([actors.listener, learner.listener], 0.05)
+                self.count_impostors(actors.listener.impostors + learner.listener.impostors)
+                for ready in ready_listeners:
                     server, handle = (actors, self.on_actor) if ready is actors.listener else (learner, self.on_learner)
                     peer, raw = server.recv()
-                    msg = None
-                    try:
-                        msg = decode(raw, cfg.buffer.max_message_bytes)
-                        answer = handle(peer, msg)
-                    except ProtocolError as exc:  # answered with the request's id once the envelope decoded
-                        answer = self.refuse(exc)
+                    msg, answer = self.receive(handle, peer, raw)
                     if answer is not None:
                         server.answer(peer, msg, answer)
                 to_actors, to_learner = self.owed()

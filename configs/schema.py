@@ -318,13 +318,15 @@ class NetConfig(_Section):
     request_timeout_s: float = Field(30.0, gt=0)
     """Deadline for one request/reply on a socket; past it the role fails with an error."""
     auth: Literal["auto", "curve", "off"] = "auto"
-    """ZeroMQ CURVE on every ZeroMQ socket of the run (docs/security.md): a peer without the run's keys can
-    neither connect nor send. "auto": on when any server binds a non-loopback address (every cluster run),
-    off for loopback-only runs. "off" on a non-loopback address is an explicit opt-out (warned)."""
+    """ZeroMQ CURVE on every ZeroMQ socket of the run (docs/security.md): every role gets a key pair of its own;
+    a peer without one of the run's role keys can neither connect nor send, and a role speaks only under its own
+    name. "auto": on when any server binds a non-loopback address (every cluster run), off for loopback-only
+    runs, whose listeners (the torch.distributed stores too) all bind loopback. "off" on a non-loopback address
+    is an explicit opt-out (warned)."""
     curve_keys: str = ""
-    """Directory with `server.key_secret` and `client.key_secret` (ZeroMQ certificates, e.g. from
-    zmq.auth.create_certificates) to use instead of keys generated for the run; they are copied to
-    `<run_dir>/keys/`."""
+    """Directory with `server.key_secret` (a ZeroMQ certificate, e.g. from zmq.auth.create_certificates, or the
+    `keys/` of an earlier run) to use as the run's server key pair instead of a generated one; it is copied to
+    `<run_dir>/keys/`. Each role's own pair is always generated for the run."""
 
     @property
     def telemetry_address(self) -> str | None:
@@ -491,6 +493,10 @@ class CheckpointConfig(_Section):
     resume_from: str = ""
     """A checkpoint directory this run continues from. Set by `launch.py run --resume`, not by hand: every
     role reads its part of that directory at start."""
+    resume_overrides: list[str] = []
+    """The `--set KEY=VALUE` overrides of every `launch.py run --resume` of this run so far, oldest first. Set
+    by `--resume`, not by hand: the next `--resume` applies them again, then its own, on top of the config the
+    run was launched with (docs/checkpoints.md)."""
 
 
 class TelemetryConfig(_Section):

@@ -4,12 +4,15 @@
 A thread in the launcher process with one ROUTER socket. Messages are
 untrusted like any other on the wire: the envelope is checked, a metrics
 record must be a map of plain values (numbers, strings, booleans, null, lists
-and maps of them, at most `MAX_DEPTH` deep) from a known role, and a summary
-must name a known role. Anything else is refused and counted by reason
-(`refused`), never written. Summaries are written atomically (temp + rename)
-and acknowledged; so is a `flush` (a role asking that every record it sent
-before be written). Records are fire-and-forget: sent without a request id,
-so not answered.
+and maps of them, at most 6 deep: wire/messages.py `plain`) from a role of
+this run, and a summary must name one (`run_roles`: buffer, learner, eval and
+actor<i> for the `actors` the launcher starts; summaries also from prepare,
+eval_before and eval_after). Anything else is refused and counted by reason
+(`refused`), never written: what a peer claims never makes a file, a
+TensorBoard writer or its thread, which the run's roles bound. Summaries are
+written atomically (temp + rename) and acknowledged; so is a `flush` (a role
+asking that every record it sent before be written). Records are
+fire-and-forget: sent without a request id, so not answered.
 
 Who produces, who consumes: every role's link (telemetry/link.py) sends;
 this thread is the only consumer, and writes metrics.jsonl (flushed per
@@ -33,13 +36,12 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
-import re
 import threading
 
-from asyncor.wire.envelope import ProtocolError, decode
-from asyncor.wire.messages import Ack, Flush, MetricsRecord, RoleSummary, parse
+from asyncor.runtime.names import actor_name
+from asyncor.wire.envelope import ProtocolError, decode, preview, request_id
+from asyncor.wire.messages import Ack, Flush, MetricsRecord, RoleSummary, parse, plain
 from asyncor.wire.rpc import Server
 from asyncor.wire.transport import endpoint
 from asyncor.wire.zeromq import ZmqTransport
@@ -47,46 +49,28 @@ from asyncor.runtime.run_dir import RunDir
 
 MESSAGES = {m.TYPE: m for m in (MetricsRecord, Flush, RoleSummary)}
 MAX_BYTES = 16 << 20
-MAX_DEPTH = 6
-MAX_STR = 4096
-# The roles that log metrics (runtime/names.py), and `eval`, the held-out evaluations' records.
-RECORD_ROLE = re.compile(r"^(learner|buffer|eval|actor\d{1,6})$")
-SUMMARY_ROLE = re.compile(r"^(learner|buffer|actor\d{1,6}|prepare|eval_before|eval_after)$")
+# The roles that log metrics besides the actors (runtime/names.py), `eval` being the held-out evaluations'
+# records; summaries come from these (eval aside) and from the roles that run before and after training.
+RECORD_ROLES = frozenset({"learner", "buffer", "eval"})
+SUMMARY_ROLES = frozenset({"learner", "buffer", "prepare", "eval_before", "eval_after"})
 
 
-def plain(obj, depth: int = 0):
-    """A JSON-able copy of a decoded msgpack value, or ProtocolError. Non-finite floats become null (JSON has
-    none)."""
-    if obj is None or isinstance(obj, bool):
-        return obj
-    if isinstance(obj, int):
-        if abs(obj) >= 1 << 63:
-            raise ProtocolError("bad_value", "integer out of range")
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, str):
-        if len(obj) > MAX_STR:
-            raise ProtocolError("bad_value", f"string longer than {MAX_STR}")
-        return obj
-    if depth >= MAX_DEPTH:
-        raise ProtocolError("bad_field", f"nested deeper than {MAX_DEPTH}")
-    if isinstance(obj, list):
-        return [plain(x, depth + 1) for x in obj]
-    if isinstance(obj, dict):
-        if not all(isinstance(k, str) and len(k) <= 256 for k in obj):
-            raise ProtocolError("bad_field", "map keys must be strings")
-        return {k: plain(v, depth + 1) for k, v in obj.items()}
-    raise ProtocolError("bad_field", f"value of type {type(obj).__name__}")
+def run_roles(actors: int) -> tuple[frozenset[str], frozenset[str]]:
+    """The roles whose (metrics records, summaries) a run with `actors` actors takes: actor0 .. actor<n-1>
+    besides the fixed ones."""
+    names = frozenset(actor_name(i) for i in range(actors))
+    return RECORD_ROLES | names, SUMMARY_ROLES | names
 
 
-def check_record(record: dict) -> dict:
+def check_record(record: dict, roles: frozenset[str]) -> dict:
+    """A JSON-able copy of a metrics record from one of `roles`; ProtocolError otherwise."""
     record = plain(record)
-    if not isinstance(record.get("role"), str) or not RECORD_ROLE.match(record["role"]):
-        raise ProtocolError("bad_value", f"record role {record.get('role')!r}")
+    role = record.get("role")
+    if not isinstance(role, str) or role not in roles:  # (a list is no set member: it is not even hashable)
+        raise ProtocolError("bad_value", f"record role {preview(role)} is not one of this run's")
     step = record.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-        raise ProtocolError("bad_value", f"record step {step!r}")
+        raise ProtocolError("bad_value", f"record step {preview(step)}")
     if not isinstance(record.get("ts"), (int, float)) or isinstance(record.get("ts"), bool):
         raise ProtocolError("bad_field", "record ts")
     bad = [k for k in record if k not in ("ts", "role", "step") and "/" not in k]
@@ -95,17 +79,20 @@ def check_record(record: dict) -> dict:
     return record
 
 
-def check_summary(role: str, summary: dict) -> tuple[str, dict]:
-    if not SUMMARY_ROLE.match(role):
-        raise ProtocolError("bad_value", f"summary role {role!r}")
+def check_summary(role: str, summary: dict, roles: frozenset[str]) -> tuple[str, dict]:
+    """The role and a JSON-able copy of its summary, if `role` is one of `roles`; ProtocolError otherwise."""
+    if role not in roles:
+        raise ProtocolError("bad_value", f"summary role {preview(role)} is not one of this run's")
     return role, plain(summary)
 
 
 class Collector:
-    def __init__(self, run_dir: str, bind: str, port: int, keys=None, tensorboard: bool = False):
+    def __init__(self, run_dir: str, bind: str, port: int, keys=None, tensorboard: bool = False, actors: int = 1):
         """`keys`: the run's CURVE keys (wire/curve.py) when net.auth is curve; `tensorboard`: every record
-        also goes to TensorBoard event files (launcher/tensorboard.py)."""
+        also goes to TensorBoard event files (launcher/tensorboard.py); `actors`: how many actors the launcher
+        starts (actors.count): records and summaries of actor<i> are taken for i below it only."""
         self.run_dir = run_dir
+        self.record_roles, self.summary_roles = run_roles(actors)
         self.server = Server(ZmqTransport().listen(endpoint(bind, port), keys, max_bytes=MAX_BYTES))
         self.files = RunDir(run_dir)
         os.makedirs(self.files.roles, exist_ok=True)
@@ -115,7 +102,7 @@ class Collector:
         if tensorboard:
             from asyncor.launcher.tensorboard import TensorBoardSink
 
-            self._tensorboard = TensorBoardSink(run_dir)
+            self._tensorboard = TensorBoardSink(run_dir, roles=self.record_roles)
         self.summaries: dict[str, dict] = {}
         self.refused: collections.Counter = collections.Counter()
         self.records = 0
@@ -158,6 +145,8 @@ class Collector:
             self.handle(ident, raw)
 
     def handle(self, ident: bytes, raw: bytes) -> None:
+        """One message: written and acknowledged (when it carries a request id), or refused and counted.
+        Decoding and parsing raise nothing but ProtocolError (wire/envelope.py)."""
         try:
             msg = decode(raw, MAX_BYTES)
             kind = MESSAGES.get(msg.type)
@@ -165,7 +154,7 @@ class Collector:
                 raise ProtocolError("unknown_type", f"{msg.type!r} is not for the launcher")
             m = parse(msg, kind)
             if isinstance(m, MetricsRecord):
-                record = check_record(m.record)
+                record = check_record(m.record, self.record_roles)
                 self._metrics.write(json.dumps(record) + "\n")
                 self._metrics.flush()
                 self.records += 1
@@ -175,12 +164,11 @@ class Collector:
                     except Exception:  # noqa: BLE001 - events are a copy: metrics.jsonl has the record
                         self.tensorboard_errors += 1
             elif isinstance(m, RoleSummary):
-                self._write_summary(*check_summary(m.role, m.summary))
+                self._write_summary(*check_summary(m.role, m.summary, self.summary_roles))
         except ProtocolError as exc:
             self.refused[exc.reason] += 1
             return
-        rid = msg.body.get("rid")
-        if isinstance(rid, int) and not isinstance(rid, bool):
+        if request_id(msg.body) is not None:
             self._metrics.flush()
             self.server.answer(ident, msg, Ack())
 

@@ -44,7 +44,7 @@ from asyncor.launcher.placement import check_placement, slot_env
 from asyncor.launcher.plan import Plan, PlanError, local_plan, make_plan
 from asyncor.launcher.ports import assign_ports
 from asyncor.wire.curve import ENV as CURVE_ENV
-from asyncor.wire.curve import CurveKeys
+from asyncor.wire.curve import RunKeys
 from asyncor.launcher.auth import resolve_auth
 from asyncor.launcher.preflight import PreflightError, check_environment
 from asyncor.launcher.restarts import ActorRestarts
@@ -240,7 +240,7 @@ def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float
     logs, cfg_path = RunDir(run_dir).logs, RunDir(run_dir).config
     assign_ports(config)
     try:
-        keys = resolve_auth(config, run_dir)  # net.auth: CURVE keys for every ZeroMQ socket, or None
+        keys = resolve_auth(config, run_dir)  # net.auth: CURVE keys, a pair per role, or None
     except ValueError as exc:
         raise RunFailed(str(exc)) from None
     dump_resolved(config, cfg_path)
@@ -249,8 +249,9 @@ def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float
         print(plan.table(), flush=True)
     print(f"run dir: {run_dir}   (logs in {logs})", flush=True)
     net = config.net
-    collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port, keys,
-                          tensorboard=config.telemetry.tensorboard).start()
+    collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port,
+                          keys.issue("launcher") if keys else None,
+                          tensorboard=config.telemetry.tensorboard, actors=config.actors.count).start()
     try:
         return _run_roles(config, stop, backend, plan, collector, cfg_path, wall_start, launched_at, keys)
     finally:
@@ -265,15 +266,16 @@ def _result(collector: Collector, role: str) -> dict:
 
 
 def _spec(plan: Plan, backend: Backend, config: Config, role: str, index: int, name: str, module: str,
-          args: list[str], keys: CurveKeys | None) -> RoleSpec:
+          args: list[str], keys: RunKeys | None) -> RoleSpec:
+    """Role `name` in the plan's slot (`role`, `index`); with CURVE it gets its own keys only (wire/curve.py)."""
     slot = next(s for s in plan.slots if s.role == role and s.index == index)
     env = slot_env(plan, slot, list(backend.nodes[slot.node].device_ids), config.net.learner_address,
                    config.net.learner_port)
-    return RoleSpec(name, module, args, slot.node, {**env, **(keys.to_env() if keys else {})})
+    return RoleSpec(name, module, args, slot.node, {**env, **(keys.issue(name).to_env() if keys else {})})
 
 
 def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, collector: Collector,
-               cfg_path: str, wall_start: float, launched_at: float, keys: CurveKeys | None) -> dict:
+               cfg_path: str, wall_start: float, launched_at: float, keys: RunKeys | None) -> dict:
     run_dir = RunDir(config.run_dir)
     logs = run_dir.logs
     resumed = config.checkpoint.resume_from

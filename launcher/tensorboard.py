@@ -8,26 +8,36 @@ per-role count; `*_hist` metrics (counts per bin, e.g. `learner/staleness_hist`)
 Written by the launcher's telemetry collector as records arrive (`telemetry.tensorboard`); `export`
 rebuilds the events of a run from its metrics.jsonl (runs started by hand, older runs, and `--resume`,
 launcher/resume.py, which drops the steps after the checkpoint).
+
+Every writer is a directory and a thread of torch's SummaryWriter: a sink given the run's `roles` (the
+collector's) makes writers for those only and refuses a record of any other role (ValueError), so their
+number is bounded by the run, never by the records.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Collection
 
 import numpy as np
 from asyncor.runtime.run_dir import RunDir
 
+
 class TensorBoardSink:
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, roles: Collection[str] | None = None):
+        """`roles`: the only roles that get a writer (None: any, as `export` of a run's own metrics.jsonl)."""
         from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
 
         self._writer_type = SummaryWriter
         self.root = RunDir(run_dir).tensorboard
+        self.roles = None if roles is None else frozenset(roles)
         self._writers: dict[str, object] = {}
         self._counts: dict[str, int] = {}
 
     def _writer(self, role: str):
+        if self.roles is not None and role not in self.roles:
+            raise ValueError(f"role {role!r} is not one of the run's {sorted(self.roles)}")
         if role not in self._writers:
             self._writers[role] = self._writer_type(log_dir=os.path.join(self.root, role), flush_secs=10)
         return self._writers[role]

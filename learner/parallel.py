@@ -24,6 +24,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from asyncor.sync.group import open_store
+
 
 @dataclass
 class Ranks:
@@ -83,8 +85,10 @@ def init_ranks(model_dtype: str, timeout_s: float) -> Ranks:
     if "MASTER_PORT" not in os.environ:
         raise RuntimeError("the sharded learner needs MASTER_PORT (launch.py sets it from net.learner_port)")
     timeout = timedelta(seconds=timeout_s)
+    # Our store, not env://'s: on a loopback MASTER_ADDR it listens there only (sync/group.py).
+    store = open_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank == 0, timeout_s)
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world, timeout=timeout,
-                            device_id=device if cuda else None)
+                            device_id=device if cuda else None, store=store)
     cpu_group = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
     return Ranks(rank, world, device, sharded, cpu_group)
 

@@ -43,7 +43,7 @@ import torch
 from asyncor.wire.curve import role_keys
 from asyncor.wire import messages as wire
 from asyncor.wire.envelope import decode, encode
-from asyncor.wire.trajectory import parse_group
+from asyncor.wire.trajectory import parse_batch
 from asyncor.wire.rpc import connect
 from asyncor.wire.transport import endpoint
 from asyncor.wire.zeromq import ZmqTransport
@@ -84,6 +84,7 @@ class Learner:
     def __init__(self, config: Config):
         self.config = config
         self.log = tlog.get("learner")
+        self.batches_refused = 0  # batch replies that did not parse (next_batch asks again)
         torch.manual_seed(config.run.seed)
         lc = config.learner
         self.ranks: Ranks = init_ranks(config.model.dtype, lc.batch_wait_s + 2 * config.sync.timeout_s + 60)
@@ -174,12 +175,15 @@ class Learner:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"no batch from the buffer within learner.batch_wait_s="
                                            f"{cfg.learner.batch_wait_s}s (buffer holds {waiting.size} groups)")
-            msg = decode(self.ranks.broadcast_bytes(raw), cfg.buffer.max_message_bytes)
-            if msg.type == wire.Resync.TYPE:
-                self.publish()
+            try:  # every rank checks the same bytes: a batch that does not parse is refused by all, who ask again
+                msg = decode(self.ranks.broadcast_bytes(raw), cfg.buffer.max_message_bytes)
+                if msg.type != wire.Resync.TYPE:
+                    return parse_batch(msg, cfg.buffer.max_staleness)
+            except wire.ProtocolError as exc:
+                self.batches_refused += 1
+                self.log.warning("batch_refused", reason=exc.reason, detail=exc.detail, refused=self.batches_refused)
                 continue
-            batch = wire.parse(msg, wire.BatchReply)
-            return [parse_group(g) for g in batch.groups], batch.staleness, batch.groups_report
+            self.publish()
 
     def step(self, groups) -> dict:
         return train_step(self.policy, self.optimizer, groups, self.settings, self.controller, self.ranks,

@@ -10,6 +10,8 @@ message (sync/broadcaster.py).
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from datetime import timedelta
 
 import torch
@@ -28,10 +30,47 @@ def pick_backend(setting: str, device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def is_loopback(host: str) -> bool:
+    """True when `host` resolves to a loopback address (127.0.0.0/8, ::1): reachable from this machine only."""
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback
+                   for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
+    except (OSError, ValueError):
+        return False
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on `host`'s address only (torch's own store server would listen on every one)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's server does: a restart rebinds
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def open_store(host: str, port: int, is_master: bool, timeout_s: float) -> torch.distributed.TCPStore:
-    """The learner's store (master) or a client of it; clients may connect at any time (a restarted actor)."""
-    return torch.distributed.TCPStore(host, port, None, is_master=is_master, timeout=timedelta(seconds=timeout_s),
-                                      wait_for_workers=False, use_libuv=True)
+    """A store at `host:port`: the master (is_master) or a client of it; clients may connect at any time (a
+    restarted actor). The store has no authentication, so a master whose `host` is a loopback address (a
+    one-host run, where net.auth "auto" leaves CURVE off) listens there only: no other machine can reach it.
+    Otherwise it listens on every interface, as torch does (docs/security.md: firewall it)."""
+    timeout = timedelta(seconds=timeout_s)
+    if not (is_master and is_loopback(host)):
+        return torch.distributed.TCPStore(host, port, None, is_master=is_master, timeout=timeout,
+                                          wait_for_workers=False, use_libuv=True)
+    sock = _listening_socket(host, port)
+    try:
+        store = torch.distributed.TCPStore(host, port, None, is_master=True, timeout=timeout, wait_for_workers=False,
+                                           master_listen_fd=sock.fileno(), use_libuv=True)
+    except BaseException:
+        sock.close()
+        raise
+    sock.detach()  # the store's server owns the descriptor now
+    return store
 
 
 def make_group(store, epoch: int, rank: int, world_size: int, backend: str, timeout_s: float):

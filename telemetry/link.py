@@ -17,12 +17,14 @@ falls behind by `HWM` records (or is not there), newer ones are dropped and
 counted (`dropped`), never blocking training. What blocks: `flush` and
 `summary` wait for the launcher's `ack` at most `timeout_s` (False past it:
 the caller falls back or gives up), holding the link's lock, so a `record`
-from another thread waits for them meanwhile. Unsent records are dropped at
+from another thread waits for them meanwhile; a reply that does not decode is
+skipped and counted (`refused`, by reason). Unsent records are dropped at
 exit.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import threading
@@ -30,7 +32,7 @@ import time
 
 from asyncor.wire.curve import ENV, from_env
 from asyncor.wire import messages as wire
-from asyncor.wire.envelope import ProtocolError, decode, encode
+from asyncor.wire.envelope import ProtocolError, decode, encode, request_id
 from asyncor.wire.zeromq import ZmqTransport
 
 HWM = 10_000
@@ -54,6 +56,7 @@ class LauncherLink:
         self.conn = ZmqTransport().connect(address, None, from_env() if ENV in os.environ else None, queue=HWM)
         self.address = address
         self.dropped = 0
+        self.refused: collections.Counter = collections.Counter()  # replies that did not decode, by reason
         self._rids = itertools.count(1)
         self._lock = threading.Lock()  # roles log from more than one thread; a ZeroMQ socket is not thread-safe
 
@@ -79,8 +82,9 @@ class LauncherLink:
             while (left := deadline - time.monotonic()) > 0 and self.conn.readable(left + 0.001):
                 try:
                     reply = decode(self.conn.recv(), 1 << 16)
-                except ProtocolError:
+                except ProtocolError as exc:
+                    self.refused[exc.reason] += 1
                     continue
-                if reply.type == wire.Ack.TYPE and reply.body.get("rid") == rid:
+                if reply.type == wire.Ack.TYPE and request_id(reply.body) == rid:
                     return True
             return False

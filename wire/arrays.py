@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from asyncor.wire.envelope import ProtocolError
+from asyncor.wire.envelope import ProtocolError, preview
 
 
 def pack_array(a: np.ndarray) -> dict:
@@ -25,11 +25,11 @@ def unpack_array(obj: Any, name: str, dtype: str, ndim: int = 1) -> np.ndarray:
         raise ProtocolError("bad_array", f"{name}: expected {{dtype, shape, data}}")
     want = np.dtype(dtype)
     if obj["dtype"] != want.str:
-        raise ProtocolError("bad_array", f"{name}: dtype {obj['dtype']!r}, expected {want.str!r}")
+        raise ProtocolError("bad_array", f"{name}: dtype {preview(obj['dtype'])}, expected {want.str!r}")
     shape = obj["shape"]
-    if not isinstance(shape, list) or len(shape) != ndim or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ProtocolError("bad_array", f"{name}: shape {shape!r}, expected {ndim} non-negative ints")
+    if not isinstance(shape, list) or len(shape) != ndim or not all(type(s) is int and s >= 0 for s in shape):
+        raise ProtocolError("bad_array", f"{name}: shape {preview(shape)}, expected {ndim} non-negative ints")
     data = obj["data"]
     if not isinstance(data, bytes) or len(data) != math.prod(shape) * want.itemsize:
-        raise ProtocolError("bad_array", f"{name}: byte count does not match shape {shape} of {want}")
+        raise ProtocolError("bad_array", f"{name}: byte count does not match shape {preview(shape)} of {want}")
     return np.frombuffer(data, dtype=want).reshape(shape)

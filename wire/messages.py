@@ -22,11 +22,12 @@ Senders build the same Structs and send them with `encode_message`, so both side
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from asyncor.wire.envelope import Message, ProtocolError, encode  # noqa: F401  (ProtocolError: for users of parse)
+from asyncor.wire.envelope import Message, ProtocolError, encode, preview  # noqa: F401  (ProtocolError: parse's)
 
 TRAJECTORY_GROUP = "group"  # the tag of a trajectory group (wire/trajectory.py), the one body that is not a Struct
 
@@ -36,12 +37,43 @@ MAX_GRANT_HOLD_S = 2.0
 HoldS = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_GRANT_HOLD_S)]
 RetryS = Annotated[float, msgspec.Meta(ge=0.0, le=60.0)]
 DTYPES = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
+KINDS = Literal["arithmetic", "math", "code"]  # how a prompt's answers are scored (tasks/scoring.py)
+PLAIN_DEPTH = 6  # maps and lists of plain values nest at most this deep (`plain`)
+PLAIN_STR = 4096  # the longest string of a plain value
 
 T = TypeVar("T", bound="Body")
 
 
 class Body(msgspec.Struct, kw_only=True):
     TYPE: ClassVar[str]
+
+
+def plain(obj: Any, depth: int = 0) -> Any:
+    """A JSON-able copy of a decoded msgpack value (what a free-form field such as a metrics record or an
+    actor's goodbye figures may hold): null, bools, ints in int64, floats (non-finite ones become null: JSON
+    has none), strings of at most PLAIN_STR characters, lists, and maps with string keys, at most PLAIN_DEPTH
+    deep. ProtocolError otherwise (bytes, ext and timestamp values, other keys, deeper nesting)."""
+    if obj is None or isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int):
+        if not -(1 << 63) <= obj < 1 << 63:
+            raise ProtocolError("bad_value", "integer out of range")
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        if len(obj) > PLAIN_STR:
+            raise ProtocolError("bad_value", f"string longer than {PLAIN_STR}")
+        return obj
+    if depth >= PLAIN_DEPTH:
+        raise ProtocolError("bad_field", f"nested deeper than {PLAIN_DEPTH}")
+    if isinstance(obj, list):
+        return [plain(x, depth + 1) for x in obj]
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) and len(k) <= 256 for k in obj):
+            raise ProtocolError("bad_field", "map keys must be strings of at most 256 characters")
+        return {k: plain(v, depth + 1) for k, v in obj.items()}
+    raise ProtocolError("bad_field", f"value of type {type(obj).__name__}")
 
 
 # ----------------------------------------------------------------------------- actor <-> buffer
@@ -69,7 +101,7 @@ class GrantReturn(Body):
 class Bye(Body):
     TYPE = "bye"
     actor_id: NonNeg
-    stats: dict[str, Any] = {}
+    stats: dict[str, Any] = {}  # the actor's final figures; the buffer keeps them only if `plain`
 
 
 class Welcome(Body):
@@ -87,8 +119,8 @@ PackedArray = dict[str, Any]  # {dtype, shape, data}: raw little-endian bytes, c
 class GrantedPrompt(msgspec.Struct, kw_only=True):
     prompt_id: NonNeg
     token_ids: PackedArray
-    kind: str  # how the answers are scored: arithmetic | math | code (tasks/scoring.py)
-    reference: Any  # what the verifier compares with: the answer, or a code problem's tests
+    kind: KINDS  # how the answers are scored (tasks/scoring.py)
+    reference: Any  # what the verifier compares with: the answer, or a code problem's tests (the buffer's own)
 
 
 class Sampling(msgspec.Struct, kw_only=True):
@@ -156,12 +188,23 @@ class Done(Body):
     TYPE = "done"
 
 
+class GroupsReport(msgspec.Struct, kw_only=True):
+    """What arrived at the buffer since the last batch (buffer/rejection.py GroupTally.report), for the
+    learner's rejection-sampling metrics."""
+    arrived: NonNeg = 0
+    solve_all: NonNeg = 0
+    solve_none: NonNeg = 0
+    accuracy_hist: Annotated[list[NonNeg], msgspec.Meta(max_length=64)] = []
+
+
 class BatchReply(Body):
+    """A batch: its groups (each checked by wire/trajectory.py parse_group; `parse_batch` checks the whole)
+    and the staleness of each."""
     TYPE = "batch"
     version: NonNeg
     staleness: list[NonNeg]
     groups: list[dict[str, Any]]  # each a trajectory group: wire/trajectory.py parse_group
-    groups_report: dict[str, Any] = {}
+    groups_report: GroupsReport | None = None
 
 
 class BufferState(Body):
@@ -247,9 +290,10 @@ class RoleSummary(Body):
 
 
 def parse(msg: Message, kind: type[T]) -> T:
-    """`msg`'s body as a `kind`, checked; ProtocolError (bad_field / bad_value / unknown_type) otherwise."""
+    """`msg`'s body as a `kind`, checked; ProtocolError (bad_field / bad_value / unknown_type) otherwise, and
+    nothing else whatever the body holds (msgspec reports every mismatch as a ValidationError)."""
     if msg.type != kind.TYPE:
-        raise ProtocolError("unknown_type", f"{msg.type!r} where {kind.TYPE!r} was expected")
+        raise ProtocolError("unknown_type", f"{preview(msg.type)} where {kind.TYPE!r} was expected")
     try:
         return msgspec.convert(msg.body, kind, strict=True)
     except msgspec.ValidationError as exc:

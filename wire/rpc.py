@@ -5,27 +5,30 @@ carries the same request id (`rid`); a late reply to an earlier, timed-out reque
 mistaken for the current one. A send that cannot be queued before the deadline (the connection's queue
 full) and a reply that does not come in time both raise `TimeoutError` naming the peer; with no live
 server, or the CURVE handshake refused, the send is still queued (wire/transport.py) and it is the reply
-that times out. A reply that does not decode raises `ProtocolError`. `request_many` sends several
-requests at once and collects their replies (one round trip for all).
+that times out. A reply that does not decode, or whose request id is not an int, is discarded and counted
+(`refused`, by reason), as a late one is: the request goes on waiting for its own reply until the deadline.
+`request_many` sends several requests at once and collects their replies (one round trip for all).
 
 `Server` wraps a listener: `recv` gives (peer identity, raw bytes); `answer` sends a typed reply
-(wire/messages.py) to that peer with the request's id echoed, and returns the `Delivery`: a reply to a
-peer that is gone or not reading is not sent (the peer times out and retries or fails).
+(wire/messages.py) to that peer with the request's id echoed (only an int: anything else a peer put in
+`rid` is answered with none), and returns the `Delivery`: a reply to a peer that is gone or not reading is
+not sent (the peer times out and retries or fails).
 
 Concurrency. Producer of requests: the thread that uses the `Client` (one thread at a time: its
 connection is a ZeroMQ socket, not thread-safe). Consumer: the role that owns the `Server`, on its own
 loop. Blocking: `request` / `request_many` / `call` block their caller for at most `timeout_s`;
 `Server.recv` blocks until a message, so the owner calls it after the listener is readable; `answer`
-never blocks. Dropped: replies whose request id is not awaited (late ones), and answers the server could
-not queue.
+never blocks. Dropped: replies whose request id is not awaited (late ones) or that do not decode (counted),
+and answers the server could not queue.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import time
 
-from asyncor.wire.envelope import Message, decode, encode
+from asyncor.wire.envelope import Message, ProtocolError, decode, encode, request_id
 from asyncor.wire.messages import Body, body
 from asyncor.wire.transport import Connection, Delivery, Listener, Transport
 
@@ -36,6 +39,7 @@ class Client:
         self.conn = conn
         self.max_bytes = max_bytes
         self.peer = peer
+        self.refused: collections.Counter = collections.Counter()  # replies that did not decode, by reason
         self._rids = itertools.count(1)
 
     def _send(self, data: bytes, type_: str, deadline: float, timeout_s: float) -> None:
@@ -51,8 +55,8 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0 or not self.conn.readable(left):
                 raise TimeoutError(f"no reply from {self.peer} to {type_!r} within {timeout_s:.0f}s")
-            reply = decode(self.conn.recv(), self.max_bytes)
-            if reply.body.get("rid") == rid:
+            reply = self._reply()
+            if reply is not None and request_id(reply.body) == rid:
                 return reply
 
     def request_many(self, type_: str, bodies: list[dict], timeout_s: float) -> list[Message | None]:
@@ -72,11 +76,19 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0 or not self.conn.readable(left):
                 break
-            reply = decode(self.conn.recv(), self.max_bytes)
-            i = at.pop(reply.body.get("rid"), None)
+            reply = self._reply()
+            i = at.pop(request_id(reply.body), None) if reply is not None else None
             if i is not None:
                 replies[i] = reply
         return replies
+
+    def _reply(self) -> Message | None:
+        """The next reply, decoded; None (counted by reason) when it does not decode."""
+        try:
+            return decode(self.conn.recv(), self.max_bytes)
+        except ProtocolError as exc:
+            self.refused[exc.reason] += 1
+            return None
 
     def call(self, message: Body, timeout_s: float) -> Message:
         """`request` with a typed message (wire/messages.py); the reply still needs `messages.parse`."""
@@ -101,7 +113,7 @@ class Server:
     def answer(self, peer: bytes, request: Message | None, message: Body) -> Delivery:
         """Reply with a typed message (wire/messages.py), echoing the request's id (None: the request did not
         decode)."""
-        rid = request.body.get("rid") if request is not None else None
+        rid = request_id(request.body) if request is not None else None
         return self.listener.send(peer, encode(message.TYPE, {**body(message), "rid": rid}))
 
     def close(self) -> None:

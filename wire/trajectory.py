@@ -7,8 +7,10 @@ group adds the prompt's id and token ids, the sending actor, its sequence number
 redelivery), the generation time and the verifier's details.
 
 `parse_group` checks an untrusted body field by field (per-token arrays and their lengths, finiteness,
-log-probabilities <= 0 up to 1e-3 of rounding, non-negative ids, versions agreeing with min_version, at most
-`max_group_size` responses, details a small map of scalars) and raises `ProtocolError` otherwise.
+log-probabilities <= 0 up to 1e-3 of rounding, ids in [0, MAX_ID), versions agreeing with min_version, at most
+`max_group_size` responses, details a small map of scalars) and raises `ProtocolError` otherwise, and nothing
+else, whatever msgpack value sits in any field (wire/envelope.py). `parse_batch` checks a whole batch the
+buffer sent the learner: its groups, one staleness each, none staler than the run allows.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from asyncor.wire.arrays import pack_array, unpack_array
-from asyncor.wire.envelope import ProtocolError, require
+from asyncor.wire.envelope import Message, ProtocolError, preview, require
+from asyncor.wire.messages import BatchReply, parse
 
 FINISH_REASONS = frozenset({"stop", "length", "abort"})
+MAX_ID = 1 << 62  # prompt ids, actor ids and sequence numbers stay below it (numbers derived from them still fit
+#                   msgpack's 64 bits: a restarted actor's Welcome.seq_start is the highest seq + 65537)
 
 
 @dataclass
@@ -101,10 +107,12 @@ def _parse_response(obj: Any, i: int) -> Response:
         raise ProtocolError("bad_value", f"responses[{i}].token_ids has negative ids")
     min_version = require(obj, "min_version", int)
     if min_version < 0 or (versions is not None and len(versions) and int(versions.min()) != min_version):
-        raise ProtocolError("bad_value", f"responses[{i}].min_version {min_version} is negative or disagrees with versions")
+        raise ProtocolError("bad_value",
+                            f"responses[{i}].min_version {min_version} is negative or disagrees with versions")
     finish = require(obj, "finish_reason", str)
     if finish not in FINISH_REASONS:
-        raise ProtocolError("bad_value", f"responses[{i}].finish_reason {finish!r} not in {sorted(FINISH_REASONS)}")
+        raise ProtocolError("bad_value",
+                            f"responses[{i}].finish_reason {preview(finish)} not in {sorted(FINISH_REASONS)}")
     reward = float(require(obj, "reward", (int, float)))
     if not math.isfinite(reward):
         raise ProtocolError("non_finite", f"responses[{i}].reward")
@@ -133,6 +141,24 @@ def parse_group(body: dict, max_group_size: int = 1 << 16) -> TrajectoryGroup:
         gen_time_s=gen_time,
         details=details,
     )
-    if group.prompt_id < 0 or group.actor_id < 0 or group.seq < 0:
-        raise ProtocolError("bad_value", "prompt_id, actor_id and seq must be non-negative")
+    if not all(0 <= x < MAX_ID for x in (group.prompt_id, group.actor_id, group.seq)):
+        raise ProtocolError("bad_value", "prompt_id, actor_id and seq must be in [0, 2**62)")
     return group
+
+
+def parse_batch(msg: Message, max_staleness: int, max_group_size: int = 1 << 16
+                ) -> tuple[list[TrajectoryGroup], list[int], dict]:
+    """A batch from the buffer (wire/messages.py BatchReply), checked whole: at least one group, each a valid
+    trajectory group (`parse_group`), one staleness per group, none above `max_staleness` (buffer.max_staleness:
+    the buffer drops staler groups before a batch). Returns (groups, staleness, the groups report as a map, {}
+    when the buffer sent none); ProtocolError otherwise."""
+    batch = parse(msg, BatchReply)
+    if not batch.groups:
+        raise ProtocolError("bad_value", "a batch without groups")
+    if len(batch.staleness) != len(batch.groups):
+        raise ProtocolError("length_mismatch", f"{len(batch.groups)} groups, {len(batch.staleness)} staleness values")
+    if max(batch.staleness) > max_staleness:
+        raise ProtocolError("bad_value", f"staleness {max(batch.staleness)} > buffer.max_staleness {max_staleness}")
+    groups = [parse_group(g, max_group_size) for g in batch.groups]
+    report = msgspec.structs.asdict(batch.groups_report) if batch.groups_report is not None else {}
+    return groups, batch.staleness, report

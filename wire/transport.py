@@ -5,7 +5,10 @@ send:
 
 * a `Listener` is bound at an address and talks to many peers: every message it receives is tagged with the
   sending peer's identity, and a reply goes to one identity (`send` says whether it was queued, the peer's
-  queue was full, or the peer is gone);
+  queue was full, or the peer is gone). With CURVE `keys` an identity is authenticated: a message under the
+  identity `ROLE` or `ROLE/<channel>` reaches the caller only when it came from the key issued to ROLE
+  (wire/curve.py); the others are dropped and counted (`impostors`). Without keys an identity is whatever
+  the peer claims;
 * a `Connection` is connected to one listener under an identity of its own; its messages arrive in order.
   It queues sends from the moment it is made, whether or not a listener is there yet (or ever: the server
   gone, a CURVE handshake refused); such messages wait in its queue and a request on it times out waiting
@@ -38,6 +41,9 @@ class Delivery(enum.Enum):
 
 
 class Listener(Protocol):
+    impostors: int
+    """Messages dropped before reaching the caller because their identity was not issued to their key (CURVE)."""
+
     def readable(self, timeout_s: float) -> bool:
         """True when a message is waiting (within `timeout_s`)."""
 
@@ -67,14 +73,16 @@ class Connection(Protocol):
 class Transport(Protocol):
     def listen(self, address: str, keys: CurveKeys | None = None, max_bytes: int | None = None,
                queue: int = QUEUE) -> Listener:
-        """Bind `address` (`tcp://HOST:PORT`). With `keys` only peers holding the run's client key get in;
+        """Bind `address` (`tcp://HOST:PORT`). With `keys` (a listening role's: the server secret key and every
+        role's public key) only peers holding a role's key get in, each speaking only as that role;
         `max_bytes`: a peer that sends a larger message is disconnected before the message reaches our code
         (what else it had in flight on that connection is lost too)."""
 
     def connect(self, address: str, identity: str | None, keys: CurveKeys | None = None,
                 queue: int = QUEUE) -> Connection:
         """Connect to a listener at `address` as `identity` (the listener sees it on every message; None: one
-        the transport makes up, unique among the listener's peers)."""
+        the transport makes up, unique among the listener's peers). With `keys` (a role's), `identity` must be
+        the role's name or `<name>/<channel>` (ValueError otherwise)."""
 
     def wait(self, listeners: list[Listener], timeout_s: float) -> list[Listener]:
         """The listeners with a message waiting, after at most `timeout_s`."""

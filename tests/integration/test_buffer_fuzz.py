@@ -1,7 +1,9 @@
 """Property-based fuzzing (hypothesis) of a live buffer over real ZeroMQ sockets (issue 14, item 2).
 
 Hostile messages on both ports (random bytes, truncated or mutated honest messages, wrong types, NaN,
-out-of-range values, mismatched lengths, foreign senders, random msgpack structures) are sent one at a time,
+out-of-range values, mismatched lengths, foreign senders, random msgpack structures with every msgpack type
+in the envelope's and the body's fields: ext, timestamp, bytes-keyed maps, 2**64 - 1, nesting 1000 deep;
+issue 26) are sent one at a time,
 interleaved with honest traffic: every hostile one is answered `rejected` and counted, the buffer keeps
 serving, every honest group is kept and trained, and the buffer's own state stays bounded.
 `ASYNCOR_LONG_FUZZ=1` runs many more examples than the suite's bounded run.
@@ -18,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncor.wire.envelope import SCHEMA_VERSION, encode
+from benchmarks.wire_fuzz import SAMPLES
 from tests.integration.test_buffer_service import TIMEOUT, group_for, start_service
 
 pytestmark = pytest.mark.slow
@@ -25,14 +28,42 @@ EXAMPLES = 2000
 OVERSIZE = 1 << 16  # the fuzzed buffer's max_message_bytes
 LONG_EXAMPLES = 20000
 
+# Every msgpack type (issue 26): ext and timestamp values, maps keyed by bytes (msgpack lets them through) or
+# ints (refused as not msgpack), and lists and maps nested 1000 deep (msgpack's limit is about 1024).
+ext = st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4))
+timestamp = st.builds(msgpack.Timestamp, st.integers(0, 2**32 - 1), st.integers(0, 999_999_999))
+deep = st.sampled_from(SAMPLES["deep"])
 plain = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=8)
-                     | st.binary(max_size=16),
-                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                     max_leaves=12)
+                     | st.binary(max_size=16) | ext | timestamp,
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8) | st.binary(max_size=4) | st.integers(-2, 2), inner,
+                                       max_size=4),
+                     max_leaves=12) | deep
 weird = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.just(float("nan")),
                   st.just(float("inf")), st.floats(), st.text(max_size=4), st.binary(max_size=8),
                   st.lists(st.integers(-2**63, 2**63 - 1), max_size=3),
-                  st.dictionaries(st.text(max_size=3), st.integers(-2**63, 2**63 - 1), max_size=2))
+                  st.dictionaries(st.text(max_size=3), st.integers(-2**63, 2**63 - 1), max_size=2),
+                  st.dictionaries(st.binary(max_size=3), st.integers(-2**63, 2**64 - 1), max_size=2),
+                  ext, timestamp, deep)
+# The rarest of them, drawn often: one in each field of an envelope (`odd_envelopes`).
+exotic = st.one_of(deep, ext, timestamp,
+                   st.dictionaries(st.binary(max_size=3), st.integers(0, 3), min_size=1, max_size=2),
+                   st.sampled_from([2**64 - 1, -2**63, float("nan"), float("-inf")]))
+
+
+def envelope_grid(type_: str) -> list[bytes]:
+    """A `type_` message (with no body fields) with each sample of each msgpack type (benchmarks/wire_fuzz.py
+    SAMPLES) in its type, schema or body, in turn: every one of them is refused."""
+    return [msgpack.packb({"type": type_, "schema": SCHEMA_VERSION, "body": {}, field: value}, use_bin_type=True)
+            for field in ("type", "schema", "body") for samples in SAMPLES.values() for value in samples]
+
+
+def odd_envelopes(type_: str):
+    """A `type_` message (with no body fields) whose type, schema or body is an exotic msgpack value."""
+    def build(field_value):
+        field, value = field_value
+        return msgpack.packb({"type": type_, "schema": SCHEMA_VERSION, "body": {}, field: value}, use_bin_type=True)
+    return st.tuples(st.sampled_from(["type", "schema", "body"]), exotic).map(build)
 
 
 def array_of(values, dtype):
@@ -74,7 +105,7 @@ def mutations(honest: dict):
 
 def hostile_messages(honest_group: dict):
     envelope = st.fixed_dictionaries({"type": st.sampled_from(["actor_hello", "grant_request", "group", "grant_return",
-                                                               "bye", "nonsense", "batch"]),
+                                                               "bye", "nonsense", "batch"]) | weird,
                                       "schema": st.one_of(st.just(SCHEMA_VERSION), weird), "body": plain})
     return st.one_of(
         st.binary(max_size=64),  # random bytes
@@ -84,7 +115,10 @@ def hostile_messages(honest_group: dict):
         plain.map(lambda obj: msgpack.packb(obj, use_bin_type=True)),  # valid msgpack, not an envelope
         envelope.filter(lambda e: not (e["type"] in ("actor_hello", "bye") and e["schema"] == SCHEMA_VERSION)
                         ).map(lambda e: msgpack.packb(e, use_bin_type=True)),
+        odd_envelopes("grant_request"),
         mutations(honest_group).map(lambda body: encode("group", {**body, "rid": 1})),
+        mutations(honest_group).flatmap(lambda body: st.sampled_from(sorted(body)).flatmap(
+            lambda k: exotic.map(lambda v: encode("group", {**body, k: v, "rid": 1})))),  # and an exotic field
         st.tuples(st.sampled_from(["grant_request", "grant_return", "bye", "actor_hello"]), weird)
         .filter(lambda t: not (type(t[1]) is int and t[1] == 0))  # actor_id 0 with max_prompts 0: a heartbeat
         .map(lambda t: encode(t[0], {"actor_id": t[1], "max_prompts": t[1], "prompt_ids": t[1], "rid": 1})),
@@ -142,6 +176,9 @@ def fuzz(tmp_path, examples):
             sent[port] += 1
             assert thread.is_alive()
 
+        for raw in envelope_grid("grant_request"):  # every msgpack type in every envelope field, for sure
+            exchange(evil_actor, raw)
+            sent["actor"] += 1
         one()
         # The buffer still serves: the honest groups are kept and trained, nothing hostile got in. A refused
         # answer to one of actor 0's grants gave that grant back (the fuzz speaks as actor 0): ask again.

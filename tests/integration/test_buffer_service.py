@@ -7,28 +7,23 @@ import time
 
 import numpy as np
 import pytest
-
-from asyncor.wire.arrays import unpack_array
-
-from asyncor.wire.trajectory import Response, TrajectoryGroup
 from asyncor.buffer import state as buffer_state
 from asyncor.buffer.service import BufferService
-from asyncor.wire.rpc import connect
-from asyncor.wire.transport import endpoint
-from asyncor.wire.zeromq import ZmqTransport
 from asyncor.configs.schema import Config
 from asyncor.launcher.ports import assign_ports
-from asyncor.prepare.tiny_model import build_tokenizer
+from asyncor.wire.arrays import unpack_array
+from asyncor.wire.rpc import connect
+from asyncor.wire.trajectory import Response, TrajectoryGroup
+from asyncor.wire.transport import endpoint
+from asyncor.wire.zeromq import ZmqTransport
+
+from tests.conftest import write_tokenizer_dir
 
 TIMEOUT = 10.0
 
 
 def start_service(tmp_path, **overrides):
-    model_dir = tmp_path / "tok"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    build_tokenizer().save(str(model_dir / "tokenizer.json"))
-    (model_dir / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
-    (model_dir / "config.json").write_text(json.dumps({"eos_token_id": 2}))
+    model_dir = write_tokenizer_dir(tmp_path / "tok")
     settings = {
         "run": {"output_dir": str(tmp_path), "name": "buf"},
         "model": {"path": str(model_dir)},

@@ -23,7 +23,7 @@ from asyncor.sync.broadcaster import WeightBroadcaster
 from asyncor.sync.buckets import plan_buckets
 from asyncor.launcher.collector import Collector
 from asyncor.telemetry.link import LauncherLink
-from tests.integration.test_buffer_fuzz import plain, weird
+from tests.integration.test_buffer_fuzz import envelope_grid, odd_envelopes, plain, weird
 from tests.integration.test_weight_sync_hostile import start_broadcaster
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,9 @@ RECORD = {"ts": 1.0, "role": "learner", "step": 1, "learner/loss": 0.5}
 
 
 def envelope(types):
-    return st.fixed_dictionaries({"type": st.sampled_from(types), "schema": st.just(SCHEMA_VERSION), "body": plain})
+    """Envelopes of these types (or of any other value as a type, or with any schema) with any body."""
+    return st.fixed_dictionaries({"type": st.sampled_from(types) | weird,
+                                  "schema": st.just(SCHEMA_VERSION) | weird, "body": plain})
 
 
 def flood(sock, strategy) -> int:
@@ -78,6 +80,7 @@ def collector_hostile():
         st.binary(max_size=64).filter(lambda b: not b or not (0x80 <= b[0] <= 0x8f or b[0] in (0xde, 0xdf))),
         plain.map(lambda obj: msgpack.packb(obj, use_bin_type=True)).filter(lambda b: b[:1] != b"\x83"),
         envelope(["hello", "group", "grant", "nonsense", "weights"]).map(lambda e: msgpack.packb(e, use_bin_type=True)),
+        odd_envelopes("metrics"),
         bad_records.map(lambda r: encode("metrics", {"record": r})),
         bad_summaries.map(lambda b: encode("summary", {**b, "rid": 1})),
         st.integers(SCHEMA_VERSION + 1, 2**31).map(lambda s: msgpack.packb({"type": "metrics", "schema": s, "body": {"record": RECORD}})),
@@ -94,7 +97,9 @@ def test_fuzzed_telemetry_is_refused_and_never_written(tmp_path):
     evil.connect(f"tcp://127.0.0.1:{port}")
     sent = [0]
     try:
-        sent[0] = flood(evil, collector_hostile())
+        for raw in envelope_grid("summary"):
+            evil.send(raw)
+        sent[0] = len(envelope_grid("summary")) + flood(evil, collector_hostile())
         deadline = time.monotonic() + 60
         while sum(collector.refused.values()) < sent[0] and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -117,6 +122,7 @@ def announcement_hostile():
         st.binary(max_size=64),
         plain.map(lambda obj: msgpack.packb(obj, use_bin_type=True)),
         envelope(["receiver_hello", "here", "weights", "group", "nonsense"]).map(lambda e: msgpack.packb(e, use_bin_type=True)),
+        odd_envelopes("receiver_hello"),
         weird.map(lambda a: msgpack.packb({**hello, "body": {"actor_id": a}}, use_bin_type=True)),
         st.just(msgpack.packb(hello)),  # actor 0's hello, from a socket that is not actor 0's receiver
         st.integers(1, 2**31).map(lambda a: encode("receiver_hello", {"actor_id": a})),  # actors that do not exist
@@ -129,14 +135,20 @@ def test_every_fuzzed_hello_is_refused():
     b = WeightBroadcaster.__new__(WeightBroadcaster)
     b.num_actors, b.members, b.joining, b.refused, b.epoch = 1, {}, {}, 0, 0
 
-    @settings(max_examples=EXAMPLES * 5, **SETTINGS)
-    @given(announcement_hostile(), st.sampled_from([b"actor0/weightz", b"actor0/weights2", b"x", b""]))
-    def one(raw, ident):
+    def refused(raw, ident):
         before = b.refused
         answers = {}
         b._handle(ident, raw, answers=answers)
         assert b.refused == before + 1
         assert b.members == {} and b.joining == {} and answers == {}
+
+    for raw in envelope_grid("receiver_hello"):  # from the real receiver's identity: the fields refuse them
+        refused(raw, b"actor0/weights")
+
+    @settings(max_examples=EXAMPLES * 5, **SETTINGS)
+    @given(announcement_hostile(), st.sampled_from([b"actor0/weightz", b"actor0/weights2", b"x", b""]))
+    def one(raw, ident):
+        refused(raw, ident)
 
     one()
 

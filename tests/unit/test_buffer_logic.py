@@ -4,28 +4,28 @@ test_buffer_service.py."""
 
 import json
 
+import msgpack
 import numpy as np
 import pytest
-
 from asyncor.buffer.service import BufferService
 from asyncor.configs.schema import Config
-from asyncor.prepare.tiny_model import build_tokenizer
 from asyncor.wire import messages as wire
 from asyncor.wire.arrays import unpack_array
 from asyncor.wire.envelope import Message, ProtocolError, decode, encode
 from asyncor.wire.messages import encode_message
 from asyncor.wire.trajectory import Response, TrajectoryGroup
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmarks.wire_fuzz import envelope, paths, replaced
+from tests.conftest import write_tokenizer_dir
 
 ACTOR, GROUPS, LEARNER = b"actor0", b"actor0/groups", b"learner"
 
 
 @pytest.fixture
 def service(tmp_path):
-    model = tmp_path / "tok"
-    model.mkdir()
-    build_tokenizer().save(str(model / "tokenizer.json"))
-    (model / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
-    (model / "config.json").write_text(json.dumps({"eos_token_id": 2}))
+    model = write_tokenizer_dir(tmp_path / "tok")
     config = Config.model_validate({"run": {"output_dir": str(tmp_path), "name": "logic"}, "model": {"path": str(model)},
                                     "actors": {"group_size": 2}, "buffer": {"max_staleness": 0},
                                     "learner": {"prompts_per_step": 2}})
@@ -87,3 +87,90 @@ def test_a_held_request_is_answered_when_room_appears(service):
     service.on_learner(LEARNER, msg(wire.VersionUpdate(version=1)))  # the next step's room
     (peer, _, answer), = service.owed()[0]
     assert peer == ACTOR and isinstance(answer, wire.GrantReply) and answer.min_version == 1
+
+
+def test_a_grant_return_naming_a_prompt_twice_frees_its_slot_once(service):
+    """Issue 26 item 2: a return that names one prompt twice (an honest actor can send one after a resume), or
+    prompts that are not its own, frees each of its own grants once, is acknowledged, and counts the rest."""
+    service.on_actor(ACTOR, msg(wire.ActorHello(actor_id=0)))
+    service.on_actor(b"actor1", msg(wire.ActorHello(actor_id=1)))
+    mine = service.on_actor(ACTOR, msg(wire.GrantRequest(actor_id=0, max_prompts=1))).prompts[0].prompt_id
+    theirs = service.on_actor(b"actor1", msg(wire.GrantRequest(actor_id=1, max_prompts=1))).prompts[0].prompt_id
+    assert service.budget.in_flight == 2
+    answer = service.on_actor(ACTOR, msg(wire.GrantReturn(actor_id=0, prompt_ids=[mine, mine])))
+    assert isinstance(answer, wire.Ack)
+    assert set(service.admission.granted) == {theirs} and service.budget.in_flight == 1  # one slot freed, once
+    assert service.admission.returns_ignored == 1
+    # Returned already, another actor's, never granted: acknowledged, nothing freed, counted.
+    again = service.on_actor(ACTOR, msg(wire.GrantReturn(actor_id=0, prompt_ids=[mine, theirs, 10**9])))
+    assert isinstance(again, wire.Ack) and service.budget.in_flight == 1 and service.admission.returns_ignored == 4
+    assert set(service.admission.granted) == {theirs}
+    regrant = service.on_actor(ACTOR, msg(wire.GrantRequest(actor_id=0, max_prompts=1)))
+    assert [p.prompt_id for p in regrant.prompts] == [mine]  # served again first, to one actor only
+
+
+FUZZED = settings(max_examples=400, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                         HealthCheck.data_too_large])
+
+
+def test_the_buffer_loop_answers_any_message_and_keeps_its_books(service):
+    """The buffer's loop (`receive`: decode, then on_actor / on_learner) on honest messages of every type with one
+    field, at any depth, replaced by any msgpack value (tests/unit/test_wire_fuzz.py `values`), from the actor's
+    and the learner's sockets: every one is answered or refused (counted), nothing raises, and the admission
+    books stay balanced (a slot in flight per prompt granted)."""
+    from tests.unit.test_wire_fuzz import values
+
+    service.on_actor(ACTOR, msg(wire.ActorHello(actor_id=0)))
+    service.on_learner(LEARNER, msg(wire.VersionUpdate(version=0)))
+    grant = service.on_actor(ACTOR, msg(wire.GrantRequest(actor_id=0, max_prompts=2)))
+    honest = {
+        wire.TRAJECTORY_GROUP: group(grant.prompts[0], seq=0).body,
+        **{kind.TYPE: wire.body(example) for kind, example in {
+            wire.ActorHello: wire.ActorHello(actor_id=0),
+            wire.GrantRequest: wire.GrantRequest(actor_id=0, max_prompts=1),
+            wire.GrantReturn: wire.GrantReturn(actor_id=0, prompt_ids=[grant.prompts[1].prompt_id]),
+            wire.Bye: wire.Bye(actor_id=0, stats={"tokens": 3}), wire.VersionUpdate: wire.VersionUpdate(version=0),
+            wire.BatchRequest: wire.BatchRequest(version=0, n_groups=2)}.items()}}
+    refused_before = sum(service.counts.rejected.values())
+    outcomes = {"answered": 0, "refused": 0}
+
+    @FUZZED
+    @given(st.sampled_from(sorted(honest)), st.sampled_from([ACTOR, GROUPS, LEARNER]), st.data())
+    def one(type_, peer, data):
+        body = honest[type_]
+        path = data.draw(st.sampled_from(paths(body)))
+        raw = envelope(type_, replaced(body, path, data.draw(values)))
+        handle = service.on_learner if peer == LEARNER else service.on_actor
+        _, answer = service.receive(handle, peer, raw)
+        outcomes["refused" if isinstance(answer, wire.Refused) else "answered"] += 1
+        assert service.budget.in_flight == len(service.admission.granted) >= 0
+
+    one()
+    assert sum(service.counts.rejected.values()) - refused_before == outcomes["refused"] > 0
+    # Still serving: a new actor is welcomed and granted what the budget has room for.
+    service.on_actor(b"actor1", msg(wire.ActorHello(actor_id=1)))
+    service.on_actor(b"actor1", msg(wire.GrantRequest(actor_id=1, max_prompts=1)))
+    assert service.budget.in_flight == len(service.admission.granted)
+
+
+def test_what_the_buffer_keeps_from_a_message_stays_encodable(service):
+    """Values a peer sends that the buffer keeps and later sends or writes: an actor's goodbye figures (in
+    roles/buffer.json: JSON values only) and a group's sequence number (a restarted actor's Welcome numbers
+    past it: it must still fit msgpack's 64 bits)."""
+    from asyncor.buffer import state
+
+    service.on_actor(ACTOR, msg(wire.ActorHello(actor_id=0)))
+    service.on_learner(LEARNER, msg(wire.VersionUpdate(version=0)))
+    for stats in ({"blob": b"\x00"}, {"when": msgpack.Timestamp(1, 0)}, {"deep": [[[[[[[1]]]]]]]}):
+        with pytest.raises(ProtocolError) as err:
+            service.on_actor(ACTOR, decode(encode("bye", {"actor_id": 0, "stats": stats, "rid": 1}), 1 << 20))
+        assert err.value.reason in ("bad_field", "bad_value")
+    assert isinstance(service.on_actor(ACTOR, msg(wire.Bye(actor_id=0, stats={"tokens": 3, "mean": 0.5}))), wire.Ack)
+    json.dumps(state.summary(service))
+    grant = service.on_actor(ACTOR, msg(wire.GrantRequest(actor_id=0, max_prompts=1)))
+    with pytest.raises(ProtocolError) as err:
+        service.on_actor(GROUPS, group(grant.prompts[0], seq=2**64 - 1))
+    assert err.value.reason == "bad_value"
+    welcome = service.on_actor(ACTOR, msg(wire.ActorHello(actor_id=0)))  # a restart
+    assert welcome.restarted and decode(encode_message(welcome), 1 << 20).type == "welcome"

@@ -116,3 +116,18 @@ def test_inflight_sequences_below_a_group_are_refused():
                            "algo.stages=[{start_step = 50, group_size = 16}]"])
     assert load_config(None, ["actors.inflight_sequences=8", "actors.group_size=8"]).actors.inflight_sequences == 8
     assert load_config(None, ["actors.inflight_sequences=4", "actors.group_size=8", 'actors.update_mode="chunk"'])
+
+
+def test_every_shipped_config_loads_with_room_for_its_largest_group():
+    """configs/*.toml pass the cross-field checks (their data paths aside: check_files=False), the inflight
+    engine size among them: 0 (the default size) or at least the largest group of any stage."""
+    from pathlib import Path
+
+    from asyncor.configs.stages import stages
+
+    shipped = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+    assert len(shipped) >= 4
+    for path in shipped:
+        cfg = load_config(str(path), check_files=False)
+        largest = max(stage.group_size for stage in stages(cfg))
+        assert cfg.actors.inflight_sequences == 0 or cfg.actors.inflight_sequences >= largest, path.name

@@ -96,6 +96,26 @@ def test_type_not_a_string():
         assert reason_of(lambda: decode(raw, MAX)) == "bad_envelope"
 
 
+def test_every_msgpack_type_in_every_envelope_field_is_refused_or_taken():
+    """Issue 26: any value in type, schema or body: decode refuses it with the reason for that field, or takes
+    it (a string type, a map body); nothing else is raised, not even for a list nested 1000 deep."""
+    from benchmarks.wire_fuzz import SAMPLES
+
+    reasons = {"type": "bad_envelope", "schema": "schema_mismatch", "body": "bad_envelope"}
+    for field, reason in reasons.items():
+        for kind, samples in SAMPLES.items():
+            for value in samples:
+                raw = msgpack.packb({"type": "ack", "schema": SCHEMA_VERSION, "body": {}, field: value},
+                                    use_bin_type=True)
+                try:
+                    msg = decode(raw, MAX)
+                except ProtocolError as exc:
+                    assert exc.reason in (reason, "not_msgpack"), (field, kind, exc)
+                    continue
+                assert (field, type(value)) in (("type", str), ("body", dict)), (field, kind)
+                assert type(getattr(msg, field)) is type(value)
+
+
 def test_schema_mismatch():
     raw = msgpack.packb({"type": "group", "schema": SCHEMA_VERSION + 1, "body": {}})
     assert reason_of(lambda: decode(raw, MAX)) == "schema_mismatch"
@@ -138,6 +158,7 @@ def test_bad_value():
     assert mutate(lambda b: b["responses"][0].update(min_version=-1)) == "bad_value"
     assert mutate(lambda b: b.update(responses=[])) == "bad_value"
     assert mutate(lambda b: b.update(prompt_id=-4)) == "bad_value"
+    assert mutate(lambda b: b.update(seq=2**63)) == "bad_value"  # ids stay below 2**62 (a Welcome adds to seq)
 
     def positive_logprob(b):
         r = b["responses"][0]

@@ -3,6 +3,7 @@ hostile messages are refused and counted, and the collector keeps serving."""
 
 import json
 import os
+import threading
 import time
 
 import msgpack
@@ -23,7 +24,7 @@ def lines(run_dir):
 
 def test_records_and_summaries_arrive_in_order_and_are_acknowledged(tmp_path):
     port = free_port()
-    collector = Collector(str(tmp_path), "127.0.0.1", port).start()
+    collector = Collector(str(tmp_path), "127.0.0.1", port, actors=4).start()
     try:
         writer = MetricsWriter(RunDir(str(tmp_path)).metrics, "actor3", f"tcp://127.0.0.1:{port}")
         for step in range(50):
@@ -102,3 +103,28 @@ def test_without_a_launcher_roles_write_their_own_files(tmp_path):
     writer.log({"buffer/size": 3})
     writer.close()
     assert lines(config.run_dir)[0]["buffer/size"] == 3
+
+
+def test_roles_outside_the_run_are_refused_and_start_no_writer_thread(tmp_path):
+    """Issue 26 item 10: 300 records claiming 300 actor names, in a run of 2 actors, make the writers (a
+    directory and a thread each) of the 2 actors only; the other 298 records are refused and counted, and so
+    is a summary from an actor the run does not have."""
+    port = free_port()
+    threads_before = threading.active_count()
+    collector = Collector(str(tmp_path), "127.0.0.1", port, tensorboard=True, actors=2).start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        for i in range(300):
+            sock.send(encode("metrics", {"record": {"ts": 1.0, "role": f"actor{i}", "step": 1, "actor/x": 1.0}}))
+        sock.send(encode("summary", {"role": "actor7", "summary": {}, "rid": 1}))
+        deadline = time.monotonic() + 30
+        while collector.records + sum(collector.refused.values()) < 301 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert collector.records == 2 and dict(collector.refused) == {"bad_value": 299}
+        assert sorted(os.listdir(tmp_path / "tensorboard")) == ["actor0", "actor1"]
+        assert threading.active_count() - threads_before < 10  # the collector's, and the 2 writers'
+        assert not os.listdir(tmp_path / "roles")
+    finally:
+        sock.close(linger=0)
+        collector.stop()

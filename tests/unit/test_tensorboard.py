@@ -21,7 +21,7 @@ def scalars(run_dir, role, tag):
 
 def test_every_record_reaches_tensorboard_per_role_and_step(tmp_path):
     port = free_port()
-    collector = Collector(str(tmp_path), "127.0.0.1", port, tensorboard=True).start()
+    collector = Collector(str(tmp_path), "127.0.0.1", port, tensorboard=True, actors=2).start()
     try:
         learner = MetricsWriter(RunDir(str(tmp_path)).metrics, "learner", f"tcp://127.0.0.1:{port}")
         actors = [MetricsWriter(RunDir(str(tmp_path)).metrics, f"actor{i}", f"tcp://127.0.0.1:{port}") for i in range(2)]
