@@ -3,7 +3,8 @@
 Producer: buffer/ingest.py, as actors' groups are accepted. Consumer: the
 learner's batch requests (buffer/batches.py). Memory is bounded by `max_groups` and, for duplicate
 detection, a window of recent sequence numbers per actor (`SeenSequences`). `drop_stale` removes and
-returns every group already too stale (the caller counts them; batches.py calls it before every `take`);
+returns every group already too stale (the caller counts them; batches.py calls it before every `take` under
+`buffer.stale_policy` "drop", never under "train");
 `take` hands out the oldest `n` groups, or nothing if fewer than `n` are stored (batches are never
 partial). A full store refuses new groups (`is_full`: the actor is answered `full` and retries); nothing
 is evicted silently.

@@ -11,7 +11,7 @@ other exception is a bug of the buffer's own, not a message to count.
 The loop only moves bytes: the logic lives in four parts, each a module, around `BufferService`:
   buffer/admission.py  grants, held requests, returns, restarts, stages   (actors' requests)
   buffer/ingest.py     a group checked against its grant, then stored or dropped   (actors' groups)
-  buffer/batches.py    long-polled batch requests, stale groups dropped    (the learner's requests)
+  buffer/batches.py    long-polled batch requests, stale groups dropped or kept   (the learner's requests)
   buffer/state.py      counts, the ledger, checkpoint state, the final summary
 `on_actor` / `on_learner` take a decoded message and return the answer (or None: answered later), and
 `owed` returns the answers due now (held grants, a pending batch), so the logic runs without any transport
@@ -22,9 +22,10 @@ Consumers: the actors (grants) and the learner (batches, the buffer's state). Bl
 most 0.05 s on its two listeners and nothing else; its sends never block (a reply to a peer that is gone or
 not reading is dropped, and that peer's own request deadline covers it). Data dropped, always counted: refused
 messages (by reason), resent groups already answered (`duplicate`), groups too stale to train
-(`buffer/dropped_stale`, when a batch is taken) and all-equal groups (rejection sampling); a full store
-answers `full` and evicts nothing. Timeouts: a held grant request is answered `wait` when its `hold_s`
-ends, a batch request `wait` after `LONG_POLL_S` (buffer/batches.py), and both peers ask again.
+(`buffer/dropped_stale`, when a batch is taken, under `buffer.stale_policy` "drop") and all-equal groups
+(rejection sampling); a full store answers `full` and evicts nothing. Timeouts: a held grant request is
+answered `wait` when its `hold_s` ends, a batch request `wait` after `LONG_POLL_S` (buffer/batches.py), and
+both peers ask again.
 
 After `done`, actors asking for work are told to `stop`; the buffer exits once every actor said `bye` (or
 `net.request_timeout_s` has passed), or on SIGTERM, and sends its final figures to the launcher

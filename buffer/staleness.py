@@ -9,7 +9,8 @@ stale at consumption give their admission slot back (`accepted` counts groups
 trained or still to be trained), so dropping never deadlocks generation.
 
 Consumption: a group whose oldest token came from version `min_version` is
-trainable at learner version `v` only if `v - min_version <= η`.
+fresh at learner version `v` only if `v - min_version <= η`; a stale one is dropped
+(`buffer.stale_policy` "drop") or trained anyway ("train"), buffer/batches.py.
 Pure bookkeeping, no I/O: unit-tested directly.
 """
 

@@ -13,6 +13,15 @@ group while the same prompt is granted again), so a resumed grant never names a 
 groups is recomputed from the current `learner.prompts_per_step` and `algo.stages` (a resume may change
 them), and a state saved over another training set is refused (buffer/prompts.py). `summary` is
 roles/buffer.json.
+
+The length bias of dropping stale groups (issue 27): long responses take longer to generate, so they are
+older when they arrive and more of them are dropped as stale, which trains the policy on a shorter-than-sampled
+distribution. `Counts.len_hist` counts every response of every group handed to the learner ("trained") and of
+every group dropped as stale ("dropped"; rejection sampling's all-equal groups are neither) by its length in
+tokens: one list per kind indexed by length, so memory is bounded by the longest response, not the run's length.
+Both are kept in the checkpoint (a state saved before they existed loads with them empty); `summary` reports them
+under "length_bias" with the drop rate of long responses (at or above the p90 length of all counted responses)
+against that of shorter ones.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ from asyncor.runtime.run_dir import BUFFER_STATE
 from asyncor.wire.envelope import REJECT_REASONS
 
 
+LENGTH_KINDS = ("trained", "dropped")  # response lengths counted: groups handed to the learner, dropped as stale
+
+
 @dataclass
 class Counts:
     accepted: int = 0  # groups accepted; each ends trained, dropped stale, dropped uniform, still stored or requeued
@@ -40,11 +52,58 @@ class Counts:
     rejected: dict[str, int] = field(default_factory=lambda: {r: 0 for r in REJECT_REASONS})  # refused messages
     rejected_uniform: dict[str, int] = field(default_factory=lambda: {"solve_all": 0, "solve_none": 0})
     staleness_trained: list[int] = field(default_factory=list)  # one entry per group handed to the learner
+    # Responses counted by length in tokens (index = length), of groups trained and of groups dropped as stale.
+    len_hist: dict[str, list[int]] = field(default_factory=lambda: {kind: [] for kind in LENGTH_KINDS})
 
     def uniform(self, kind: str, tally: GroupTally) -> None:
         """An all-equal group dropped by rejection sampling."""
         tally.on_rejected(kind)
         self.rejected_uniform[kind] += 1
+
+    def lengths(self, kind: str, groups) -> None:
+        """Count the length of every response of `groups` under `kind` ("trained" or "dropped": stale)."""
+        hist = self.len_hist[kind]
+        for g in groups:
+            for r in g.responses:
+                n = len(r.token_ids)
+                if n >= len(hist):
+                    hist.extend([0] * (n + 1 - len(hist)))
+                hist[n] += 1
+
+
+def length_stats(hist: list[int]) -> dict:
+    """Responses, mean, p50, p90, max length of a count-per-length list. A percentile is the smallest length with
+    at least that share of the responses at or below it; all 0 when nothing was counted."""
+    counts = np.asarray(hist, dtype=np.int64)
+    n = int(counts.sum())
+    if n == 0:
+        return {"responses": 0, "mean": 0.0, "p50": 0, "p90": 0, "max": 0, "hist": []}
+    cum = np.cumsum(counts)
+
+    def pct(p: int) -> int:  # the first length whose cumulative count reaches p% of n (integers: no rounding)
+        return int(np.searchsorted(cum, -(-p * n // 100)))
+
+    return {"responses": n, "mean": float(np.dot(np.arange(len(counts)), counts) / n), "p50": pct(50),
+            "p90": pct(90), "max": int(np.flatnonzero(counts)[-1]), "hist": [int(x) for x in counts]}
+
+
+def length_bias(counts: Counts) -> dict:
+    """Trained against stale-dropped response lengths, and the drop rate of long responses (length >= `long_from`,
+    the p90 of all counted responses) against that of shorter ones: dropped / (dropped + trained) in each class
+    (None when the class is empty). A long rate above the short one: dropping stale groups favours short ones."""
+    trained, dropped = counts.len_hist["trained"], counts.len_hist["dropped"]
+    size = max(len(trained), len(dropped))
+    t = np.zeros(size, np.int64)
+    d = np.zeros(size, np.int64)
+    t[:len(trained)], d[:len(dropped)] = trained, dropped
+    long_from = length_stats((t + d).tolist())["p90"]
+
+    def rate(kept: np.ndarray, gone: np.ndarray) -> float | None:
+        total = int(kept.sum() + gone.sum())
+        return int(gone.sum()) / total if total else None
+
+    return {"trained": length_stats(trained), "dropped": length_stats(dropped), "long_from": long_from,
+            "long_drop_rate": rate(t[long_from:], d[long_from:]), "short_drop_rate": rate(t[:long_from], d[:long_from])}
 
 
 def ledger(counts: Counts, stored: int) -> dict:
@@ -73,6 +132,7 @@ def state_dict(b) -> dict:
         "rejected_uniform": dict(c.rejected_uniform),
         "rejected": dict(c.rejected),
         "trained_staleness_hist": np.bincount(ages).tolist() if ages else [],
+        **{f"{kind}_len_hist": list(c.len_hist[kind]) for kind in LENGTH_KINDS},
     }
 
 
@@ -97,6 +157,7 @@ def load_state(b, checkpoint: str) -> None:
         c.rejected_uniform.update({k: int(state["rejected_uniform"][k]) for k in c.rejected_uniform})
         c.rejected.update({k: int(v) for k, v in state["rejected"].items() if k in c.rejected})
         c.staleness_trained = [age for age, n in enumerate(state["trained_staleness_hist"]) for _ in range(int(n))]
+        c.len_hist = {kind: load_hist(state.get(f"{kind}_len_hist", []), f"{kind}_len_hist") for kind in LENGTH_KINDS}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RuntimeError(f"cannot resume the buffer from {path}: {type(exc).__name__}: {exc}") from None
     if saved_accepted != b.budget.accepted:
@@ -104,6 +165,14 @@ def load_state(b, checkpoint: str) -> None:
                    reason="learner.prompts_per_step or algo.stages changed at resume")
     b.log.info("resumed", version=b.budget.version, requeued=len(state["prompts"]["returned"]),
                epoch=b.prompts.epoch, trained=len(c.staleness_trained), capacity=b.budget.capacity())
+
+
+def load_hist(saved, key: str) -> list[int]:
+    """A saved count-per-length list (missing in states saved before it existed: empty)."""
+    hist = [int(n) for n in saved]
+    if any(n < 0 for n in hist):
+        raise ValueError(f"{key} holds a negative count")
+    return hist
 
 
 def summary(b) -> dict:
@@ -124,6 +193,7 @@ def summary(b) -> dict:
         "groups_trained": len(ages),
         "max_stored": c.max_stored,
         "ledger": ledger(c, len(b.store)),
+        "length_bias": length_bias(c),
         "actors": a.actor_stats,
         "actor_restarts": {str(i): n for i, n in sorted(a.actor_restarts.items())},
     }

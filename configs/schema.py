@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from asyncor.configs.algorithms import ADVANTAGES, CORRECTIONS, LOSS_AGGS, OBJECTIVES, requirement_errors
+
 
 class _Section(BaseModel):
     # extra="forbid": a typo in a key is an error, not a silently ignored setting.
@@ -199,6 +201,11 @@ class ActorsConfig(_Section):
 class BufferConfig(_Section):
     max_staleness: int = Field(2, ge=0)
     """η: the most policy versions a trained sample may lag the learner. 0 = synchronous on-policy."""
+    stale_policy: Literal["drop", "train"] = "drop"
+    """What happens to a stored group older than η when a batch is taken. "drop": it is dropped and counted
+    (buffer/dropped_stale); "train": it is trained on anyway, and algo.correction handles it. Admission still
+    bounds how much is generated ahead (η); the length bias of dropping is measured either way
+    (buffer/dropped_len_mean against buffer/trained_len_mean)."""
     max_message_bytes: int = Field(64 * 2**20, ge=1024)
     """Messages larger than this are rejected (counted as `oversized`)."""
     max_groups: int = Field(4096, ge=1)
@@ -422,20 +429,20 @@ class OffPolicyConfig(_Section):
     """N_reuse: passes over each rollout batch. SGD steps per training step N_SGD = (D_R / D_T) · N_reuse."""
     old_logprobs: Literal["behaviour", "recompute"] = "behaviour"
     """Denominator of the PPO ratio. "behaviour": the actors' vLLM log-probs μ; "recompute": the learner's
-    log-probs before the step's first update (what the original code does)."""
-    correction: Literal["none", "tis", "decoupled"] = "none"
-    """Correction for actor/learner mismatch and staleness. "tis": weight each token by min(π_prox/μ, is_cap);
-    "decoupled": AReaL's decoupled PPO, weight π_prox/μ with tokens above is_cap dropped. π_prox is recomputed
-    by the learner, so both need old_logprobs = "recompute"."""
+    log-probs before the step's first update, π_prox (what the original code does; the corrections need it)."""
     is_cap: float = Field(2.0, gt=0)
-    """C: truncation (tis) or drop threshold (decoupled) of the behaviour importance weight."""
+    """C, the upper bound on the behaviour importance weight π_prox/μ of algo.correction: where "tis" and
+    "sequence" truncate, above which "mis" and "icepop" mask the token."""
+    is_floor: float = Field(0.5, ge=0)
+    """The lower bound of "icepop"'s two-sided mask: tokens with π_prox/μ below it are masked (IcePop: 0.5)."""
 
-    @model_validator(mode="after")
-    def _check_correction(self) -> "OffPolicyConfig":
-        if self.correction != "none" and self.old_logprobs != "recompute":
-            raise ValueError(f"correction = {self.correction!r} weighs by π_prox/μ with π_prox recomputed on the "
-                             "learner: set old_logprobs = 'recompute'")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict) and "correction" in data:
+            raise ValueError("algo.off_policy.correction moved to algo.correction (its old 'decoupled' is now "
+                             "correction 'mis', or objective 'decoupled' with correction 'mis')")
+        return data
 
 
 class StageConfig(_Section):
@@ -449,10 +456,63 @@ class StageConfig(_Section):
     """Samples per prompt from this stage on (None: keep)."""
 
 
+class GspoConfig(_Section):
+    clip_low: float = Field(3e-4, gt=0, lt=1)
+    """GSPO's sequence ratio floor is 1 - clip_low (Zheng et al. 2025 §5: 3e-4)."""
+    clip_high: float = Field(4e-4, gt=0)
+    """GSPO's sequence ratio ceiling is 1 + clip_high (the paper: 4e-4)."""
+
+
+class CispoConfig(_Section):
+    eps_high: float = Field(0.28, gt=0)
+    """CISPO truncates the stop-gradient IS weight at 1 + eps_high. MiniMax-M1 tunes only this bound and gives
+    no value; the default equals the clip-higher bound of DAPO."""
+    eps_low: float = Field(1.0, gt=0, le=1)
+    """... and floors it at 1 - eps_low; 1 = no floor (MiniMax-M1 sets no lower bound)."""
+
+
+class M2poConfig(_Section):
+    threshold: float = Field(0.04, gt=0)
+    """τ_M2: M2PO masks the tokens with the largest (log π/μ)² until their mean over the rest of the
+    mini-batch is at most this (Zheng et al. 2025: 0.04)."""
+
+
+class SapoConfig(_Section):
+    tau_pos: float = Field(1.0, gt=0)
+    """Temperature of SAPO's soft gate on tokens with positive advantage (Gao et al. 2025: 1.0)."""
+    tau_neg: float = Field(1.05, gt=0)
+    """... and with negative advantage (the paper: 1.05, slightly sharper)."""
+
+
 class AlgoConfig(_Section):
-    aggregation: Literal["token", "sequence"] = "token"
-    """Loss averaging. "token": over all response tokens of the mini-batch (the paper; no per-response 1/|y|);
-    "sequence": mean over responses of each response's token mean (GRPO)."""
+    objective: Literal[tuple(OBJECTIVES)] = "magic"
+    """The policy objective (learner/objectives/, docs/objectives.md): "magic" the Skywork-OR1 token
+    PPO-clip (clip-higher through learner.clip_eps_high); "gspo" / "gspo_token" sequence-ratio clip;
+    "cispo" clipped stop-gradient IS weight on every token; "decoupled" AReaL's PPO against π_prox with the
+    behaviour weight of algo.correction; "m2po" second-moment trust mask; "sapo" soft sigmoid gate."""
+    advantage: Literal[tuple(ADVANTAGES)] = "grpo"
+    """The advantage estimator (learner/advantages/): "grpo" group mean/std; "drgrpo" group mean only;
+    "rloo" leave-one-out mean; "reinforce_pp" rewards normalised over the step's batch;
+    "reinforce_pp_baseline" group mean subtracted, then normalised over the batch."""
+    correction: Literal[tuple(CORRECTIONS)] = "none"
+    """The rollout correction (learner/corrections/): a per-token weight from π_prox/μ, the learner's
+    recomputed log-prob against the actors' (staleness and trainer-inference mismatch). "tis" truncated at
+    off_policy.is_cap; "mis" masked above it; "icepop" masked outside [is_floor, is_cap]; "sequence" the
+    sequence's product of ratios, truncated. All but "none" need off_policy.old_logprobs = "recompute"."""
+    loss_agg: Literal[tuple(LOSS_AGGS)] = "token_mean"
+    """Loss aggregation (learner/loss_aggs/): "token_mean" over all response tokens of the mini-batch (the
+    paper; no per-response 1/|y|); "seq_mean_token_mean" the mean over responses of each one's token mean
+    (GRPO); "seq_mean_token_sum_norm" each response's token sum over a constant, loss_agg_tokens (Dr.GRPO)."""
+    loss_agg_tokens: int = Field(0, ge=0)
+    """The constant of "seq_mean_token_sum_norm"; 0 = the largest max_response_tokens of any stage."""
+    gspo: GspoConfig = Field(default_factory=GspoConfig)
+    """GSPO's clip range (objective "gspo" and "gspo_token")."""
+    cispo: CispoConfig = Field(default_factory=CispoConfig)
+    """CISPO's IS-weight bounds."""
+    m2po: M2poConfig = Field(default_factory=M2poConfig)
+    """M2PO's second-moment threshold."""
+    sapo: SapoConfig = Field(default_factory=SapoConfig)
+    """SAPO's gate temperatures."""
     kl_coef: float = Field(0.0, ge=0)
     """β of a KL(π_θ || π_ref) penalty (k3 estimator) to the initial policy; 0 = off, as in the paper. A frozen
     reference copy is kept on the learner only when > 0."""
@@ -471,6 +531,43 @@ class AlgoConfig(_Section):
     online_filter: bool = True
     """At each stage boundary, drop from the prompt pool every prompt whose samples were all correct during
     the stage that ended (report §3.1)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data):
+        """Configs written before the registry (a resumed run's saved config, an old TOML) still load: their
+        `algo.aggregation` and `algo.off_policy.correction` map onto the new keys, and a clash is an error."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        renamed = []
+        if "aggregation" in data:
+            renamed.append(("algo.aggregation", "algo.loss_agg", "loss_agg",
+                            {"token": "token_mean", "sequence": "seq_mean_token_mean"}, data.pop("aggregation")))
+        off_policy = data.get("off_policy")
+        if isinstance(off_policy, dict) and "correction" in off_policy:
+            off_policy = data["off_policy"] = dict(off_policy)
+            renamed.append(("algo.off_policy.correction", "algo.correction", "correction",
+                            {"none": "none", "tis": "tis", "decoupled": "mis"}, off_policy.pop("correction")))
+        for old, new, key, values, value in renamed:
+            if value not in values:
+                raise ValueError(f"{old} (now {new}) must be one of {list(values)}, got {value!r}")
+            if key in data and data[key] != values[value]:
+                raise ValueError(f"{old} = {value!r} (the old name of {new}) clashes with {new} = {data[key]!r}: "
+                                 f"set {new} only")
+            data[key] = values[value]
+        return data
+
+    @model_validator(mode="after")
+    def _check_requirements(self) -> "AlgoConfig":
+        errors = requirement_errors(self.objective, self.correction, self.off_policy.old_logprobs)
+        off = self.off_policy
+        if self.correction == "icepop" and off.is_floor >= off.is_cap:
+            errors.append(f"algo.correction = 'icepop' keeps tokens with is_floor <= π_prox/μ <= is_cap: "
+                          f"algo.off_policy.is_floor ({off.is_floor}) must be below is_cap ({off.is_cap})")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
 
     @model_validator(mode="after")
     def _check_stages(self) -> "AlgoConfig":

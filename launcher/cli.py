@@ -80,7 +80,9 @@ def plan_command(args) -> int:
 
 
 def config_command(args) -> int:
-    """`launch.py config`: every key, its default and its docstring."""
+    """`launch.py config`: every key, its default, its choices (for a fixed set) and its docstring."""
+    import typing
+
     from asyncor.configs.schema import Config
 
     def walk(model, prefix=""):
@@ -90,7 +92,9 @@ def config_command(args) -> int:
                 walk(ann, f"{prefix}{name}.")
             else:
                 default = field.get_default(call_default_factory=True)
-                print(f"{prefix}{name} = {default!r}\n    {field.description or ''}")
+                choices = typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else ()
+                one_of = f"   (one of: {', '.join(map(str, choices))})" if choices else ""
+                print(f"{prefix}{name} = {default!r}{one_of}\n    {field.description or ''}")
 
     walk(Config)
     return 0

@@ -13,6 +13,12 @@ def _load(path: str) -> dict:
         return json.load(f)
 
 
+def _without_hists(bias: dict) -> dict:
+    """The length-bias figures without their histograms (those stay in roles/buffer.json)."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "hist"} if isinstance(v, dict) else v)
+            for k, v in bias.items()}
+
+
 def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
     files = RunDir(run_dir)
     learner = _load(files.role("learner"))
@@ -42,6 +48,8 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         "filtering": {**buffer.get("rejection_sampling", {}), "online_filtered": buffer.get("online_filtered", 0)},
         # Every group the buffer accepted: trained once, dropped stale, dropped as all-equal, or still stored.
         "ledger": buffer.get("ledger", {}),
+        # Response lengths of the trained and the stale-dropped groups: the length bias of dropping.
+        "length_bias": _without_hists(buffer.get("length_bias", {})),
         "wall_s": wall_s,
         # Seconds per activity of each role (telemetry/time_budget.py): who waited for whom.
         "time": {"learner": learner.get("time", {}), "actors": [a.get("time", {}) for a in actors]},

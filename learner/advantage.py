@@ -1,12 +1,12 @@
-"""Group-normalised advantages (GRPO / Skywork-OR1 Eq. 2.5) with the paper's truncation masks.
+"""Advantages of a training step's groups: the estimator (learner/advantages/, algo.advantage) with the
+paper's truncation masks around it.
 
-A = (r - mean) / (std + 1e-6) over the group, unbiased std, one value per
-response (every token of it). A group of one has no baseline: A = 0.
-Truncated responses already carry reward 0 (the actor scores them so);
-`mask` decides what else happens to them (report §3.2.3):
+One value per response (every token of it). Truncated responses already carry reward 0 (the actor scores
+them so); `mask` decides what else happens to them (report §3.2.3):
   "none"   - nothing: they are ordinary zero-reward samples (the final recipe);
-  "before" - left out of the group mean/std, advantage 0 (Adv-Mask-Before);
-  "after"  - counted in the mean/std, then advantage 0 (Adv-Mask-After).
+  "before" - left out of the estimator's statistics, advantage 0 (Adv-Mask-Before);
+  "after"  - counted in the statistics, then advantage 0 (Adv-Mask-After).
+The estimator sees the whole step's groups at once, so batch-level ones (REINFORCE++) normalise over it.
 """
 
 from __future__ import annotations
@@ -16,25 +16,27 @@ import numpy as np
 TRUNCATION_MASKS = ("none", "before", "after")
 
 
-def _normalise(r: np.ndarray) -> np.ndarray:
-    if r.size < 2:
-        return np.zeros_like(r)
-    return (r - r.mean()) / (r.std(ddof=1) + 1e-6)
-
-
-def group_advantages(rewards_G, truncated_G=None, mask: str = "none") -> np.ndarray:
-    """float32 advantage per response of one group."""
+def step_advantages(rewards, truncated, estimator, mask: str = "none") -> list[np.ndarray]:
+    """float32 advantage per response of each group. `rewards`, `truncated`: one sequence per group;
+    `estimator`: a learner/advantages/ module."""
     if mask not in TRUNCATION_MASKS:
         raise ValueError(f"truncation mask must be one of {TRUNCATION_MASKS}, got {mask!r}")
-    r = np.asarray(rewards_G, dtype=np.float64)
-    truncated = np.zeros(r.shape, dtype=bool) if truncated_G is None else np.asarray(truncated_G, dtype=bool)
-    if mask == "none" or not truncated.any():
-        return _normalise(r).astype(np.float32)
-    adv = np.zeros_like(r)
-    if mask == "before":
-        kept = ~truncated
-        adv[kept] = _normalise(r[kept])
-    else:
-        adv = _normalise(r)
-        adv[truncated] = 0.0
-    return adv.astype(np.float32)
+    rewards = [np.asarray(r, dtype=np.float64) for r in rewards]
+    cut = [np.asarray(t, dtype=bool) if t is not None else np.zeros(r.shape, bool) for r, t in zip(rewards, truncated)]
+    kept = [~c if mask == "before" else np.ones(c.shape, bool) for c in cut]
+    estimates = estimator.advantages([r[k] for r, k in zip(rewards, kept)])
+    out = []
+    for r, c, k, est in zip(rewards, cut, kept, estimates):
+        adv = np.zeros_like(r)
+        adv[k] = est
+        if mask == "after":
+            adv[c] = 0.0
+        out.append(adv.astype(np.float32))
+    return out
+
+
+def group_advantages(rewards_G, truncated_G=None, mask: str = "none", estimator=None) -> np.ndarray:
+    """One group's advantages (GRPO by default): `step_advantages` of a batch of one."""
+    if estimator is None:
+        from asyncor.learner.advantages import grpo as estimator
+    return step_advantages([rewards_G], [truncated_G], estimator, mask)[0]

@@ -5,7 +5,7 @@ at position p is predicted by the hidden state at p - 1, so for the response
 tokens we keep the positions p - 1 and gather exactly those hidden states: the
 loss touches response tokens only, never prompt or padding.
 
-Token weights (learner/loss.py `token_weights`) are computed here, once, over
+Token weights (the loss aggregation, learner/loss_aggs/) are computed here, once, over
 the whole mini-batch, before it is cut into micro-batches or split across
 learner ranks: a micro-batch's loss is the weighted sum over its own tokens,
 so the sum over micro-batches and ranks is the mini-batch loss exactly.
@@ -27,8 +27,6 @@ import numpy as np
 import torch
 
 from asyncor.wire.trajectory import TrajectoryGroup
-from asyncor.learner.advantage import group_advantages
-from asyncor.learner.loss import token_weights
 
 
 @dataclass
@@ -38,6 +36,8 @@ class TrainingSequence:
     behaviour: np.ndarray  # (R,) float32, the actor's log-probs
     advantage: float
     weight: np.ndarray  # (R,) float32: this sequence's share of the mini-batch loss, per token
+    offset: int = 0  # position of its first response token in the mini-batch's flat token order
+    staleness: int = 0  # learner versions between the policy that generated it and the one training on it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,6 +50,24 @@ class MiniBatch:
     rewards: np.ndarray  # (B,) per response
     lengths: np.ndarray  # (B,) response tokens
     truncated: np.ndarray  # (B,) bool: cut at the length limit
+    staleness: np.ndarray  # (B,) int64: its group's staleness
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def behaviour_M(self) -> torch.Tensor:
+        """(M,) float32: the actors' log-prob μ of every response token, in the flat order."""
+        return torch.from_numpy(np.concatenate([s.behaviour for s in self.sequences]).astype(np.float32)) \
+            if self.sequences else torch.zeros(0)
+
+    def seq_M(self) -> torch.Tensor:
+        """(M,) int64: each token's response (0..B-1)."""
+        return torch.from_numpy(np.repeat(np.arange(len(self.lengths)), self.lengths))
+
+    def staleness_M(self) -> np.ndarray:
+        """(M,) int64: each token's staleness."""
+        return np.repeat(self.staleness, self.lengths)
 
 
 @dataclass
@@ -63,9 +81,15 @@ class MicroBatch:
     target_N: torch.Tensor  # (N,) the response token
     behaviour_logprob_N: torch.Tensor  # (N,) float32
     advantage_N: torch.Tensor  # (N,) float32
-    weight_N: torch.Tensor  # (N,) float32, summing to 1 over the whole mini-batch
+    weight_N: torch.Tensor  # (N,) float32, the token's share of the whole mini-batch's loss
     real_N: torch.Tensor  # (N,) float32: 1 for data, 0 for the filler token of an empty micro-batch
+    seq_N: torch.Tensor  # (N,) int64: the token's response within this micro-batch (0..num_seqs-1)
+    index_N: torch.Tensor  # (N,) int64: the token's position in the mini-batch's flat order (0 for the filler)
     real_tokens: int  # prompt + response tokens of the sequences (no padding, no filler)
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.seq_N.max()) + 1 if self.seq_N.numel() else 0
 
     @property
     def slots(self) -> int:
@@ -73,23 +97,30 @@ class MicroBatch:
         return int(self.input_ids_BT.numel())
 
 
-def minibatch(groups: list[TrajectoryGroup], aggregation: str, truncation_mask: str = "none") -> MiniBatch:
-    sequences, rewards, lengths, truncated = [], [], [], []
-    for g in groups:
-        cut = [r.finish_reason == "length" for r in g.responses]
-        for resp, adv, was_cut in zip(g.responses, group_advantages(g.rewards, cut, truncation_mask), cut):
+def minibatch(groups: list[TrajectoryGroup], advantages: list[np.ndarray], loss_agg, loss_agg_tokens: int = 0,
+              staleness: list[int] | None = None) -> MiniBatch:
+    """The groups' responses as sequences, with their advantages (one array per group), staleness (one per
+    group; default 0) and token weights (`loss_agg`: a learner/loss_aggs/ module; `loss_agg_tokens` its
+    constant)."""
+    staleness = staleness if staleness is not None else [0] * len(groups)
+    sequences, rewards, lengths, truncated, ages = [], [], [], [], []
+    offset = 0
+    for g, advs, age in zip(groups, advantages, staleness):
+        for resp, adv in zip(g.responses, advs):
             ids = np.concatenate([np.asarray(g.prompt_ids, np.int64), np.asarray(resp.token_ids, np.int64)])
-            sequences.append(TrainingSequence(ids, len(g.prompt_ids), np.asarray(resp.logprobs, np.float32), float(adv),
-                                      np.zeros(0, np.float32)))
+            sequences.append(TrainingSequence(ids, len(g.prompt_ids), np.asarray(resp.logprobs, np.float32),
+                                              float(adv), np.zeros(0, np.float32), offset, int(age)))
+            offset += len(resp.token_ids)
             rewards.append(resp.reward)
             lengths.append(len(resp.token_ids))
-            truncated.append(was_cut)
-    seq_N = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
-    weight_N = token_weights(seq_N, len(lengths), aggregation).float().numpy()
-    for s, w in zip(sequences, np.split(weight_N, np.cumsum(lengths)[:-1])):
+            truncated.append(resp.finish_reason == "length")
+            ages.append(int(age))
+    lengths = np.array(lengths, np.int64)
+    weight_M = np.asarray(loss_agg.token_weights(lengths, loss_agg_tokens), np.float64).astype(np.float32)
+    for s, w in zip(sequences, np.split(weight_M, np.cumsum(lengths)[:-1])):
         s.weight = w
-    return MiniBatch(sequences, np.array(rewards, np.float32), np.array(lengths, np.int64),
-                     np.array(truncated, bool))
+    return MiniBatch(sequences, np.array(rewards, np.float32), lengths, np.array(truncated, bool),
+                     np.array(ages, np.int64))
 
 
 def _filler(pad_id: int) -> TrainingSequence:
@@ -143,5 +174,7 @@ def micro_batch(rows_of: list[list[TrainingSequence]], packing: bool, pad_id: in
         advantage_N=cat([np.full(len(s) - s.prompt_len, s.advantage) for s in sequences], np.float32),
         weight_N=cat([s.weight for s in sequences], np.float32),
         real_N=torch.full((n_tokens,), float(real)),
+        seq_N=cat([np.full(len(s) - s.prompt_len, i) for i, s in enumerate(sequences)], np.int64),
+        index_N=cat([s.offset + np.arange(len(s) - s.prompt_len) for s in sequences], np.int64),
         real_tokens=sum(len(s) for s in sequences) if real else 0,
     )

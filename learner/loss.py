@@ -1,13 +1,14 @@
-"""The policy objective: its inputs, its pieces (token weights, PPO-clip surrogate, KL estimators) and their sum.
+"""The policy loss: its inputs, the pieces every objective shares, and their sum.
 
-`LossInputs` holds the per-token tensors of one micro-batch that the objective
-reads; `LossSettings` the step's scalars (clip bounds, entropy bonus α, KL
-coefficient β); `policy_loss(inputs, settings)` combines the pieces. The
-pieces are pure functions on flat per-token tensors. learner/update.py builds
-one `LossInputs` per micro-batch. Every term is a weighted sum with per-token
-weights that sum to one over the mini-batch, so the aggregation (token-level
-as in the paper, or per-sequence as in GRPO) is chosen in one place
-(`token_weights`).
+`LossInputs` holds the per-token tensors of one micro-batch; `LossSettings` the step's scalars (clip bounds,
+entropy bonus α, KL coefficient β, algo config); `policy_loss(inputs, settings, objective)` combines
+
+    L = Σ_t w_t · c_t · ℓ_t  -  α Σ_t w_t H_t  (+ β Σ_t w_t KL_t(π_θ || π_ref))
+
+where ℓ_t is the objective's per-token loss (learner/objectives/, picked by algo.objective), c_t the rollout
+correction's weight (learner/corrections/, algo.correction; 1 for "none") and w_t the token's share of the
+mini-batch loss (learner/loss_aggs/, algo.loss_agg). The weights are fixed over the whole mini-batch before
+it is cut, so the loss and statistics of the micro-batches (and ranks) add up to the mini-batch's exactly.
 """
 
 from __future__ import annotations
@@ -16,69 +17,31 @@ from dataclasses import dataclass
 
 import torch
 
-AGGREGATIONS = ("token", "sequence")
 
-
-def token_weights(seq_N: torch.Tensor, num_seqs: int, aggregation: str) -> torch.Tensor:
-    """Per-token weights summing to 1. seq_N: the response index (0..num_seqs-1) of every token.
-
-    "token":    1 / T (every response token of the mini-batch counts the same; no 1/|y|).
-    "sequence": 1 / (|y_i| · B) (each response counts the same, GRPO).
-    """
-    n = seq_N.numel()
-    if n == 0:
-        return torch.zeros(0, device=seq_N.device)
-    if aggregation == "token":
-        return torch.full((n,), 1.0 / n, device=seq_N.device)
-    if aggregation == "sequence":
-        counts = torch.bincount(seq_N, minlength=num_seqs)
-        present = int((counts > 0).sum())  # responses with at least one token
-        return 1.0 / (counts[seq_N].float() * present)
-    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+@dataclass
+class ObjectiveInputs:
+    """What an objective reads of one micro-batch: all (N,), on one device."""
+    logprob_N: torch.Tensor  # log π_θ of each response token (carries the gradient)
+    old_logprob_N: torch.Tensor  # the ratio's denominator: behaviour log μ, or recomputed log π_prox
+    advantage_N: torch.Tensor
+    seq_N: torch.Tensor  # int64: the token's response, 0..num_seqs-1 within this micro-batch
+    num_seqs: int
+    mask_N: torch.Tensor | None = None  # the objective's own per-token mask (`token_mask`, e.g. M2PO); else None
 
 
 @dataclass
-class SurrogateStats:
-    """Detached 0-dim tensors (no device sync until read); sums add up across micro-batches and ranks."""
-    clip_low: torch.Tensor  # Σ w over tokens where the lower clip bound was the active branch
-    clip_high: torch.Tensor  # Σ w over tokens where the upper one was
-    ratio_sum: torch.Tensor  # Σ ρ over the counted tokens
-    ratio_min: torch.Tensor  # +inf when no token counts
-    ratio_max: torch.Tensor  # -inf when no token counts
-    count: torch.Tensor  # tokens counted (Σ real)
-
-    @property
-    def ratio_mean(self) -> float:
-        return float(self.ratio_sum / self.count.clamp(min=1))
+class ObjectiveTerms:
+    """An objective's answer for one micro-batch."""
+    loss_N: torch.Tensor  # ℓ_t, carries the gradient
+    clip_low_N: torch.Tensor  # bool: the token's lower bound was the active branch (its gradient was cut/clipped)
+    clip_high_N: torch.Tensor  # bool: the upper one was
 
 
-def ppo_clip_surrogate(logprob_N, old_logprob_N, advantage_N, weight_N, eps_low: float, eps_high: float,
-                       is_weight_N=None, real_N=None) -> tuple[torch.Tensor, SurrogateStats]:
-    """-Σ w · c · min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), ρ = π_θ / π_old; c = importance weight (default 1).
-
-    ε_high > ε_low is clip-higher (DAPO); the paper uses ε_low = ε_high = 0.2. `real_N` (default all 1) marks
-    the tokens the ratio statistics count (0: an empty micro-batch's filler).
-    """
-    ratio_N = torch.exp(logprob_N - old_logprob_N)
-    clipped_N = ratio_N.clamp(1 - eps_low, 1 + eps_high)
-    surrogate_N = torch.minimum(ratio_N * advantage_N, clipped_N * advantage_N)
-    if is_weight_N is not None:
-        surrogate_N = surrogate_N * is_weight_N
-    loss = -(weight_N * surrogate_N).sum()
-    with torch.no_grad():
-        r = ratio_N.detach()
-        real = torch.ones_like(r, dtype=torch.bool) if real_N is None else real_N > 0
-        inf = torch.tensor(float("inf"), device=r.device)
-        # The clipped branch is the one the min picked: below 1-ε_low with A < 0, above 1+ε_high with A > 0.
-        stats = SurrogateStats(
-            clip_low=(weight_N * ((r < 1 - eps_low) & (advantage_N < 0)).float()).sum(),
-            clip_high=(weight_N * ((r > 1 + eps_high) & (advantage_N > 0)).float()).sum(),
-            ratio_sum=(r * real).sum(),
-            ratio_min=torch.where(real, r, inf).min() if r.numel() else inf,
-            ratio_max=torch.where(real, r, -inf).max() if r.numel() else -inf,
-            count=real.sum().float(),
-        )
-    return loss, stats
+def sequence_mean(values_N: torch.Tensor, seq_N: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """Each token's value replaced by the mean over its response's tokens (differentiable)."""
+    sums_S = torch.zeros(num_seqs, dtype=values_N.dtype, device=values_N.device).index_add(0, seq_N, values_N)
+    counts_S = torch.bincount(seq_N, minlength=num_seqs).clamp(min=1).to(values_N.dtype)
+    return (sums_S / counts_S)[seq_N]
 
 
 def kl_k3(logprob_N: torch.Tensor, ref_logprob_N: torch.Tensor) -> torch.Tensor:
@@ -95,14 +58,17 @@ def behaviour_kl_k3(logprob_N: torch.Tensor, behaviour_logprob_N: torch.Tensor) 
 
 @dataclass
 class LossInputs:
-    """The per-token tensors of one micro-batch that the objective reads: all (N,), on one device."""
+    """The per-token tensors of one micro-batch that the loss reads: all (N,), on one device."""
     logprob_N: torch.Tensor  # log π_θ of each response token (carries the gradient)
     entropy_N: torch.Tensor  # full-vocabulary entropy of π_θ at each token (carries the gradient)
-    old_logprob_N: torch.Tensor  # the PPO ratio's denominator: behaviour log μ, or recomputed log π_prox
+    old_logprob_N: torch.Tensor  # the ratio's denominator: behaviour log μ, or recomputed log π_prox
     advantage_N: torch.Tensor
-    weight_N: torch.Tensor  # the token's share of the mini-batch loss (sums to 1 over the mini-batch)
-    real_N: torch.Tensor  # 1 for data, 0 for an empty micro-batch's filler (not counted in the ratio statistics)
-    is_weight_N: torch.Tensor | None = None  # behaviour importance weight (learner/off_policy.py); None: 1
+    weight_N: torch.Tensor  # the token's share of the mini-batch loss (learner/loss_aggs/)
+    real_N: torch.Tensor  # 1 for data, 0 for an empty micro-batch's filler (not counted in the statistics)
+    seq_N: torch.Tensor | None = None  # int64 response index within the micro-batch; None: one response per token
+    num_seqs: int = 0  # responses in the micro-batch (with seq_N)
+    is_weight_N: torch.Tensor | None = None  # the rollout correction's weight c_t (no gradient); None: 1
+    mask_N: torch.Tensor | None = None  # the objective's own mask (M2PO); None when it has none
     ref_logprob_N: torch.Tensor | None = None  # log π_ref for the KL penalty; None: no penalty
 
 
@@ -113,26 +79,38 @@ class LossSettings:
     eps_high: float  # ... and above at 1 + eps_high (> eps_low: clip-higher)
     alpha: float = 0.0  # entropy bonus (the entropy controller's output for this step)
     kl_coef: float = 0.0  # β of the KL(π_θ || π_ref) penalty; applied only where ref_logprob_N is given
+    algo: object = None  # configs.schema.AlgoConfig: the variants' own parameters (algo.gspo, algo.sapo, ...)
 
 
-def policy_loss(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The Skywork-OR1 objective on one micro-batch: PPO-clip surrogate - α Σ w·H (+ β Σ w·KL(π_θ || π_ref)).
+def policy_loss(inputs: LossInputs, settings: LossSettings, objective) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one micro-batch under `objective` (a learner/objectives/ module) and its statistics.
 
-    With weights that sum to 1 over the mini-batch, the loss and the weighted statistics of the micro-batches
-    add up to those of the mini-batch. Statistics are detached tensors: weighted sums (clip fractions, kl_ref,
-    loss), token sums and counts over real tokens (ratio, importance weights), and extremes."""
-    loss, s = ppo_clip_surrogate(inputs.logprob_N, inputs.old_logprob_N, inputs.advantage_N, inputs.weight_N,
-                                 settings.eps_low, settings.eps_high, inputs.is_weight_N, inputs.real_N)
-    stats = {"clip_low": s.clip_low, "clip_high": s.clip_high, "ratio_sum": s.ratio_sum, "ratio_count": s.count,
-             "ratio_min": s.ratio_min, "ratio_max": s.ratio_max}
+    Statistics are detached tensors that add up over micro-batches and ranks: token counts over real tokens
+    (clipped below / above, ratio sums and count, correction weights), extremes, and weighted sums (kl_ref,
+    loss)."""
+    n = inputs.logprob_N.numel()
+    if inputs.seq_N is None:  # every token a response of its own
+        seq_N, num_seqs = torch.arange(n, device=inputs.logprob_N.device), n
+    else:
+        seq_N, num_seqs = inputs.seq_N, inputs.num_seqs
+    terms = objective.per_token_loss(ObjectiveInputs(inputs.logprob_N, inputs.old_logprob_N, inputs.advantage_N,
+                                                     seq_N, num_seqs, inputs.mask_N), settings)
+    loss_N = terms.loss_N if inputs.is_weight_N is None else terms.loss_N * inputs.is_weight_N
+    loss = (inputs.weight_N * loss_N).sum()
+    real = inputs.real_N
+    with torch.no_grad():
+        r = torch.exp(inputs.logprob_N.detach() - inputs.old_logprob_N)
+        live = real > 0
+        inf = torch.tensor(float("inf"), device=r.device)
+        stats = {"clip_low": (terms.clip_low_N.float() * real).sum(), "clip_high": (terms.clip_high_N.float() * real).sum(),
+                 "ratio_sum": (r * real).sum(), "ratio_count": real.sum(),
+                 "ratio_min": torch.where(live, r, inf).min() if n else inf,
+                 "ratio_max": torch.where(live, r, -inf).max() if n else -inf}
     if settings.alpha:
         loss = loss - settings.alpha * (inputs.weight_N * inputs.entropy_N).sum()
     if inputs.ref_logprob_N is not None:
         kl = (inputs.weight_N * kl_k3(inputs.logprob_N, inputs.ref_logprob_N)).sum()
         loss = loss + settings.kl_coef * kl
         stats["kl_ref"] = kl.detach()
-    if inputs.is_weight_N is not None:
-        stats["is_weight_sum"] = (inputs.is_weight_N * inputs.real_N).sum()
-        stats["is_dropped"] = ((inputs.is_weight_N == 0).float() * inputs.real_N).sum()
     stats["loss"] = loss.detach()
     return loss, stats

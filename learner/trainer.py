@@ -48,7 +48,7 @@ from asyncor.wire.rpc import connect
 from asyncor.wire.transport import endpoint
 from asyncor.wire.zeromq import ZmqTransport
 from asyncor.configs.schema import Config
-from asyncor.configs.stages import stage_at
+from asyncor.configs.stages import stage_at, stages
 from asyncor.kernels.logprob_entropy import resolve_impl
 from asyncor.runtime.cores import learner_cores, pin
 from asyncor.learner import checkpoint
@@ -137,7 +137,8 @@ class Learner:
         self.settings = UpdateSettings(
             algo=config.algo, eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, grad_clip=lc.grad_clip,
             pad_id=lm_config.pad_token_id if lm_config.pad_token_id is not None else 0,
-            micro_batch_tokens=lc.micro_batch_tokens, layout=layout)
+            micro_batch_tokens=lc.micro_batch_tokens, layout=layout,
+            loss_agg_tokens=config.algo.loss_agg_tokens or max(stage.max_response_tokens for stage in stages(config)))
 
     def load_policy(self, path: str) -> Policy:
         cfg = self.config
@@ -178,16 +179,21 @@ class Learner:
             try:  # every rank checks the same bytes: a batch that does not parse is refused by all, who ask again
                 msg = decode(self.ranks.broadcast_bytes(raw), cfg.buffer.max_message_bytes)
                 if msg.type != wire.Resync.TYPE:
-                    return parse_batch(msg, cfg.buffer.max_staleness)
+                    return parse_batch(msg, self.staleness_bound())
             except wire.ProtocolError as exc:
                 self.batches_refused += 1
                 self.log.warning("batch_refused", reason=exc.reason, detail=exc.detail, refused=self.batches_refused)
                 continue
             self.publish()
 
-    def step(self, groups) -> dict:
+    def staleness_bound(self) -> int:
+        """The most staleness a batch may claim: η, or with buffer.stale_policy = "train" (stale groups kept) any
+        age up to the current version."""
+        return self.version if self.config.buffer.stale_policy == "train" else self.config.buffer.max_staleness
+
+    def step(self, groups, staleness=None) -> dict:
         return train_step(self.policy, self.optimizer, groups, self.settings, self.controller, self.ranks,
-                          self.reference)
+                          self.reference, staleness)
 
     def publish(self) -> float:
         """Every rank gathers, rank 0 broadcasts the weights as the current version."""
@@ -213,7 +219,7 @@ class Learner:
                 groups, staleness, report = self.next_batch()
             t1, wall_t1 = time.perf_counter(), time.time()
             with budget.measure("training"):
-                values = self.step(groups)
+                values = self.step(groups, staleness)
             t2 = time.perf_counter()
             timeline.add(wall_t1, time.time(), values["learner/tokens"])
             self.version += 1

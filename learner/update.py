@@ -4,18 +4,22 @@
               (algo.off_policy.minibatch_prompts), each mini-batch's micro-batches on this rank
               (learner/packing.py), N_SGD = (D_R / D_T) · N_reuse, and whether a pre-pass is needed
     pre-pass  `pre_pass`: a no-grad forward of every micro-batch under the weights before the first update:
-              the batch's entropy, KL(μ || π_θ), share over the importance cap, |log π_θ - log μ|, and the
-              proximal log-probs π_prox when old_logprobs = "recompute"
+              the batch's entropy and, per mini-batch, log π_prox of every token gathered over micro-batches
+              and ranks (`MiniBatchBefore`): the ratio's denominator when old_logprobs = "recompute", the
+              rollout correction's weights and the objective's own mask from log π_prox/μ, and the
+              trainer-inference mismatch by staleness (learner/mismatch.py)
     update    `update`: N_reuse passes over the mini-batches; per mini-batch, gradients accumulated over its
               micro-batches, then one optimiser step on
-              L = PPO-clip(ρ = π_θ/π_old, A) · [importance weight] - α · H (+ β · KL(π_θ || π_ref)),
+              L = Σ w · c · ℓ_objective - α · Σ w · H (+ β · KL(π_θ || π_ref)),
               each micro-batch's terms read from one `LossInputs` (learner/loss.py)
     metrics   `step_report`: the step's metrics dict (role/metric)
 Each training step makes one new policy version (the caller broadcasts every `sync.every` steps).
 
-π_old is the actors' behaviour log-prob μ, or the learner's own log-probs
-recomputed in the pre-pass ("recompute", which the importance corrections
-need as π_prox). α comes from the entropy controller, fed the batch's
+The variants (objective ℓ, advantage estimator, rollout correction c, loss
+aggregation w) are the modules algo picks (learner/variants.py); nothing here
+names one. π_old is the actors' behaviour log-prob μ, or the learner's own
+log-probs recomputed in the pre-pass ("recompute", which the corrections need
+as π_prox). α comes from the entropy controller, fed the batch's
 token-weighted full-vocabulary entropy before any update, summed over every
 micro-batch and rank. The pre-pass runs when the step recomputes π_old or has
 several optimiser steps or micro-batches; otherwise the step is a single
@@ -32,18 +36,20 @@ step as the unsplit one (tests/integration/test_sharded_learner.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from asyncor.learner.advantage import step_advantages
 from asyncor.learner.batch import MicroBatch, MiniBatch, micro_batch, minibatch
-from asyncor.learner.loss import LossInputs, LossSettings, behaviour_kl_k3, policy_loss
+from asyncor.learner.loss import LossInputs, LossSettings, policy_loss
+from asyncor.learner.mismatch import Mismatch
 from asyncor.learner.model import policy_logprobs
-from asyncor.learner.off_policy import behaviour_weights
 from asyncor.learner.packing import pack
 from asyncor.learner.parallel import Ranks, full_tensor, release
 from asyncor.learner.step_metrics import StepMetrics
+from asyncor.learner.variants import Algorithm, algorithm
 
 
 @dataclass
@@ -56,15 +62,22 @@ class UpdateSettings:
     pad_id: int
     micro_batch_tokens: int = 1 << 30
     layout: str = "varlen"  # learner/packing.py: varlen | rows | padded
+    loss_agg_tokens: int = 0  # the constant of loss_agg "seq_mean_token_sum_norm" (resolved by the learner)
+    variants: Algorithm = field(init=False)
+
+    def __post_init__(self):
+        self.variants = algorithm(self.algo)
+        self.loss_agg_tokens = self.loss_agg_tokens or self.algo.loss_agg_tokens
 
 
 def train_step(policy, optimizer, groups, settings: UpdateSettings, controller, ranks: Ranks,
-               reference=None) -> dict:
-    """Train on `groups` (every rank passes the same groups); returns this step's metrics (role/metric)."""
-    plan = plan_step(groups, settings, ranks)
-    before = pre_pass(policy, plan, ranks, settings.algo.off_policy.is_cap) if plan.prepass else unobserved(plan)
+               reference=None, staleness: list[int] | None = None) -> dict:
+    """Train on `groups` (every rank passes the same groups; `staleness`: each group's, default 0); returns this
+    step's metrics (role/metric)."""
+    plan = plan_step(groups, settings, ranks, staleness)
+    before = pre_pass(policy, plan, ranks, settings) if plan.prepass else unobserved(plan)
     result = update(policy, optimizer, plan, before, settings, controller, ranks, reference)
-    return step_report(plan, before.stats, result, controller, len(groups))
+    return step_report(plan, before, result, controller, len(groups), settings)
 
 
 # --- plan ---
@@ -84,12 +97,17 @@ class StepPlan:
         return len(self.minibatches) * self.reuse
 
 
-def plan_step(groups, settings: UpdateSettings, ranks: Ranks) -> StepPlan:
-    """Cut `groups` into mini-batches of algo.off_policy.minibatch_prompts groups (0: one) and those into this
-    rank's micro-batches."""
+def plan_step(groups, settings: UpdateSettings, ranks: Ranks, staleness: list[int] | None = None) -> StepPlan:
+    """The step's advantages (over all its groups, algo.advantage), then `groups` cut into mini-batches of
+    algo.off_policy.minibatch_prompts groups (0: one) and those into this rank's micro-batches."""
     algo = settings.algo
+    staleness = list(staleness) if staleness is not None else [0] * len(groups)
+    advantages = step_advantages([g.rewards for g in groups],
+                                 [[r.finish_reason == "length" for r in g.responses] for g in groups],
+                                 settings.variants.advantage, algo.truncation_mask)
     size = algo.off_policy.minibatch_prompts or len(groups)
-    minibatches = [minibatch(groups[i:i + size], algo.aggregation, algo.truncation_mask)
+    minibatches = [minibatch(groups[i:i + size], advantages[i:i + size], settings.variants.loss_agg,
+                             settings.loss_agg_tokens, staleness[i:i + size])
                    for i in range(0, len(groups), size)]
     micro = [my_micro_batches(mb, settings, ranks) for mb in minibatches]
     recompute = algo.off_policy.old_logprobs == "recompute"
@@ -109,42 +127,70 @@ def my_micro_batches(mb: MiniBatch, settings: UpdateSettings, ranks: Ranks) -> l
 # --- pre-pass ---
 
 @dataclass
+class MiniBatchBefore:
+    """One mini-batch under the weights before the step's first update, over all its tokens (every rank holds
+    the same): what the corrections, the objective's mask and the mismatch metrics read."""
+    prox_M: torch.Tensor  # (M,) float32 log π_prox (the learner's log-prob before the update)
+    log_ratio_M: torch.Tensor  # (M,) log π_prox - log μ
+    is_weight_M: torch.Tensor  # (M,) the correction's weight c (1 for "none"); no gradient
+    flagged_M: torch.Tensor  # (M,) bool: the correction masked or truncated the token
+    mask_M: torch.Tensor | None  # (M,) the objective's own mask (M2PO), else None
+
+
+@dataclass
 class BatchBefore:
     """The batch under the weights before the step's first update."""
-    stats: StepMetrics  # `observe`'s sums over every micro-batch, reduced over ranks once complete
-    # [mini-batch][micro-batch]: log π_prox (N,) when old_logprobs = "recompute", else None
-    prox_logprobs: list[list[torch.Tensor | None]]
+    stats: StepMetrics  # `observe`'s rank-local sums over every micro-batch, reduced over ranks once complete
+    minibatches: list[MiniBatchBefore | None]  # [mini-batch], once its micro-batches have run
 
 
 def unobserved(plan: StepPlan) -> BatchBefore:
     """No pre-pass: empty statistics, which the update's first forward fills (see `update`)."""
-    return BatchBefore(StepMetrics(), [[None] * len(m) for m in plan.micro_batches])
+    return BatchBefore(StepMetrics(), [None] * len(plan.minibatches))
 
 
-def pre_pass(policy, plan: StepPlan, ranks: Ranks, cap: float) -> BatchBefore:
+def pre_pass(policy, plan: StepPlan, ranks: Ranks, settings: UpdateSettings) -> BatchBefore:
     """No-grad forward of every micro-batch of this rank under the current weights (before any update)."""
     before = unobserved(plan)
     with torch.no_grad():
         for i, mbs in enumerate(plan.micro_batches):
-            for j, mb in enumerate(mbs):
+            pieces = []
+            for mb in mbs:
                 logprob_N, entropy_N = policy_logprobs(policy, mb, ranks.device)
-                before.prox_logprobs[i][j] = logprob_N if plan.recompute else None
-                observe(before.stats, logprob_N, entropy_N, mb, ranks.device, cap)
+                observe(before.stats, entropy_N, mb, ranks.device)
+                pieces.append((mb, logprob_N))
+            before.minibatches[i] = minibatch_before(plan.minibatches[i], pieces, ranks, settings)
     release(policy)
     before.stats.reduce(ranks)
     return before
 
 
-def observe(stats: StepMetrics, logprob_N, entropy_N, mb: MicroBatch, device, cap: float) -> None:
-    """Add `mb`'s statistics under the weights before this step's first update to `stats`."""
+def observe(stats: StepMetrics, entropy_N, mb: MicroBatch, device) -> None:
+    """Add `mb`'s rank-local statistics under the weights before this step's first update to `stats`."""
     with torch.no_grad():
-        behaviour_N, real_N = mb.behaviour_logprob_N.to(device), mb.real_N.to(device)
-        over_cap_N = (logprob_N - behaviour_N > float(np.log(cap))).to(real_N.dtype)
-        stats.add(entropy=(entropy_N * real_N).sum(),
-                  kl_behaviour=(behaviour_kl_k3(logprob_N, behaviour_N) * real_N).sum(),
-                  over_cap=(over_cap_N * real_N).sum(),
-                  abs_diff=((logprob_N - behaviour_N).abs() * real_N).sum(), tokens=real_N.sum(),
-                  slots=mb.slots, real_tokens=mb.real_tokens, micro_batches=int(mb.real_tokens > 0))
+        real_N = mb.real_N.to(device)
+        stats.add(entropy=(entropy_N.detach() * real_N).sum(), tokens=real_N.sum(), slots=mb.slots,
+                  real_tokens=mb.real_tokens, micro_batches=int(mb.real_tokens > 0))
+
+
+def gather_tokens(size: int, pieces, ranks: Ranks) -> torch.Tensor:
+    """The mini-batch's (M,) float32 vector from each micro-batch's (N,) values, over all ranks: every token
+    comes from exactly one micro-batch of one rank, so a sum of zero-filled vectors places it exactly."""
+    whole = torch.zeros(size, dtype=torch.float64)
+    for mb, values_N in pieces:
+        real = mb.real_N > 0
+        whole[mb.index_N[real]] = values_N.detach().double().cpu()[real]
+    return ranks.all_reduce(whole, "sum").float()
+
+
+def minibatch_before(mb: MiniBatch, pieces, ranks: Ranks, settings: UpdateSettings) -> MiniBatchBefore:
+    """The mini-batch before the update, from its micro-batches' log-probs (`pieces`: (MicroBatch, logprob_N))."""
+    prox_M = gather_tokens(mb.tokens, pieces, ranks)
+    log_ratio_M = prox_M - mb.behaviour_M()
+    variants = settings.variants
+    weight_M, flagged_M = variants.correction.weights(log_ratio_M, mb.seq_M(), settings.algo.off_policy)
+    mask_M = variants.objective_mask(log_ratio_M, settings) if variants.objective_mask else None
+    return MiniBatchBefore(prox_M, log_ratio_M, weight_M.float(), flagged_M, mask_M)
 
 
 # --- update ---
@@ -161,9 +207,10 @@ def update(policy, optimizer, plan: StepPlan, before: BatchBefore, settings: Upd
            ranks: Ranks, reference=None) -> UpdateResult:
     """N_reuse passes of one optimiser step per mini-batch, its micro-batches' gradients accumulated.
 
-    Without a pre-pass (`plan.prepass` false) the first forward fills `before.stats`: it is then the step's only
-    forward and sees the whole batch under the initial weights. α is set on the first micro-batch, once the
-    batch's entropy before the step is known (`step_objective`)."""
+    Without a pre-pass (`plan.prepass` false: one mini-batch, one micro-batch per rank, one pass) the first
+    forward fills `before`: it is then the step's only forward and sees the whole batch under the initial
+    weights. α is set on the first micro-batch, once the batch's entropy before the step is known
+    (`step_objective`)."""
     algo, device = settings.algo, ranks.device
     objective = None  # LossSettings, once α is known
     kl_to_reference = reference is not None and algo.kl_coef > 0
@@ -171,18 +218,18 @@ def update(policy, optimizer, plan: StepPlan, before: BatchBefore, settings: Upd
     for _ in range(plan.reuse):
         for i, mbs in enumerate(plan.micro_batches):
             optimizer.zero_grad(set_to_none=True)
-            for j, mb in enumerate(mbs):
+            for mb in mbs:
                 logprob_N, entropy_N = policy_logprobs(policy, mb, device)
+                if before.minibatches[i] is None:  # no pre-pass: this is the only forward
+                    observe(before.stats, entropy_N, mb, device)
+                    before.minibatches[i] = minibatch_before(plan.minibatches[i], [(mb, logprob_N)], ranks, settings)
+                    before.stats.reduce(ranks)
                 if objective is None:
-                    if not plan.prepass:
-                        observe(before.stats, logprob_N.detach(), entropy_N.detach(), mb, device,
-                                algo.off_policy.is_cap)
-                        before.stats.reduce(ranks)
                     objective = step_objective(before.stats, settings, controller)
                 ref_N = reference_logprobs(reference, mb, device) if kl_to_reference else None
-                inputs = loss_inputs(logprob_N, entropy_N, mb, before.prox_logprobs[i][j], ref_N, algo.off_policy,
+                inputs = loss_inputs(logprob_N, entropy_N, mb, before.minibatches[i], ref_N, settings, plan.recompute,
                                      device)
-                loss, stats = policy_loss(inputs, objective)
+                loss, stats = policy_loss(inputs, objective, settings.variants.objective)
                 # FSDP averages gradients over ranks; each rank's loss is already its share of the sum.
                 (loss * ranks.world).backward()
                 metrics.low(ratio_min=stats.pop("ratio_min"))
@@ -198,7 +245,7 @@ def step_objective(before: StepMetrics, settings: UpdateSettings, controller) ->
     """The objective's scalars for this step; advances the entropy controller (once per step) with the batch's
     token-weighted entropy before the step."""
     alpha = controller.coefficient(before.sum("entropy") / max(before.sum("tokens"), 1))
-    return LossSettings(settings.eps_low, settings.eps_high, alpha, settings.algo.kl_coef)
+    return LossSettings(settings.eps_low, settings.eps_high, alpha, settings.algo.kl_coef, settings.algo)
 
 
 def reference_logprobs(reference, mb: MicroBatch, device) -> torch.Tensor:
@@ -209,24 +256,33 @@ def reference_logprobs(reference, mb: MicroBatch, device) -> torch.Tensor:
     return ref_N
 
 
-def loss_inputs(logprob_N, entropy_N, mb: MicroBatch, prox_N, ref_N, off_policy, device) -> LossInputs:
-    """The objective's view of micro-batch `mb`: this forward's log-prob and entropy, its data, the importance
-    weight. `prox_N`: log π_prox from the pre-pass (None unless recomputed); `off_policy`: algo.off_policy."""
-    behaviour_N = mb.behaviour_logprob_N.to(device)
+def loss_inputs(logprob_N, entropy_N, mb: MicroBatch, before: MiniBatchBefore, ref_N, settings: UpdateSettings,
+                recompute: bool, device) -> LossInputs:
+    """The loss's view of micro-batch `mb`: this forward's log-prob and entropy, its data, and its tokens' share
+    of the mini-batch's values before the update (π_prox, the correction's weight, the objective's mask)."""
+    def mine(values_M):  # this micro-batch's tokens of a mini-batch vector (a filler's: zeros, weighing nothing)
+        if values_M.numel() == 0:
+            return torch.zeros(mb.index_N.shape, dtype=values_M.dtype, device=device)
+        return values_M[mb.index_N].to(device)
+
+    correct = settings.algo.correction != "none"
     return LossInputs(
         logprob_N=logprob_N, entropy_N=entropy_N,
-        old_logprob_N=prox_N if off_policy.old_logprobs == "recompute" else behaviour_N,
+        old_logprob_N=mine(before.prox_M) if recompute else mb.behaviour_logprob_N.to(device),
         advantage_N=mb.advantage_N.to(device), weight_N=mb.weight_N.to(device), real_N=mb.real_N.to(device),
-        is_weight_N=behaviour_weights(prox_N, behaviour_N, off_policy.correction, off_policy.is_cap),
+        seq_N=mb.seq_N.to(device), num_seqs=mb.num_seqs,
+        is_weight_N=mine(before.is_weight_M) if correct else None,
+        mask_N=mine(before.mask_M) if before.mask_M is not None else None,
         ref_logprob_N=ref_N)
 
 
 # --- metrics ---
 
-def step_report(plan: StepPlan, before: StepMetrics, result: UpdateResult, controller, n_groups: int) -> dict:
+def step_report(plan: StepPlan, before: BatchBefore, result: UpdateResult, controller, n_groups: int,
+                settings: UpdateSettings) -> dict:
     """The step's metrics (role/metric) from the statistics before the step and those of its updates."""
-    metrics, n_sgd, minibatches = result.metrics, plan.sgd_steps, plan.minibatches
-    tokens = max(before.sum("tokens"), 1)
+    metrics, n_sgd, minibatches, stats = result.metrics, plan.sgd_steps, plan.minibatches, before.stats
+    tokens = max(stats.sum("tokens"), 1)
     lengths = np.concatenate([mb.lengths for mb in minibatches])
     truncated = np.concatenate([mb.truncated for mb in minibatches])
     count = max(metrics.sum("ratio_count"), 1)
@@ -234,24 +290,19 @@ def step_report(plan: StepPlan, before: StepMetrics, result: UpdateResult, contr
         "learner/loss": metrics.sum("loss") / n_sgd,
         "learner/grad_norm": float(torch.stack(result.grad_norms).float().mean()),
         "learner/sgd_steps": n_sgd,
-        "learner/micro_batches": int(before.sum("micro_batches")),
+        "learner/micro_batches": int(stats.sum("micro_batches")),
         # Share of the computed token positions that were padding (0 when packed, but for empty-rank fillers).
-        "learner/padding_frac": 1.0 - before.sum("real_tokens") / max(before.sum("slots"), 1),
+        "learner/padding_frac": 1.0 - stats.sum("real_tokens") / max(stats.sum("slots"), 1),
         # Token-weighted full-vocabulary entropy of the batch before the step: what the controller saw.
-        "learner/entropy": before.sum("entropy") / tokens,
+        "learner/entropy": stats.sum("entropy") / tokens,
         "learner/entropy_coef": controller.coef,
         "learner/entropy_bonus": result.alpha,
-        "learner/clip_frac_low": metrics.sum("clip_low") / n_sgd,
-        "learner/clip_frac_high": metrics.sum("clip_high") / n_sgd,
+        # Share of the trained tokens (over every SGD step) whose clip bound was the active branch.
+        "learner/clip_frac_low": metrics.sum("clip_low") / count,
+        "learner/clip_frac_high": metrics.sum("clip_high") / count,
         "learner/is_ratio_mean": metrics.sum("ratio_sum") / count,
         "learner/is_ratio_min": metrics.min("ratio_min"),
         "learner/is_ratio_max": metrics.max("ratio_max"),
-        # KL(μ || π_θ) (k3) and |log π_θ - log μ| before the step: ~0 on-policy, grow with staleness.
-        "learner/kl_behaviour": before.sum("kl_behaviour") / tokens,
-        "learner/behaviour_logprob_abs_diff": before.sum("abs_diff") / tokens,
-        # Share of tokens with π_θ / μ > algo.off_policy.is_cap before the step: what "decoupled" drops and
-        # "tis" truncates (measured whatever the correction).
-        "learner/behaviour_over_cap_frac": before.sum("over_cap") / tokens,
         "learner/tokens": int(lengths.sum()),
         "learner/groups": n_groups,
         "learner/samples_per_group_mean": len(lengths) / max(n_groups, 1),
@@ -260,9 +311,11 @@ def step_report(plan: StepPlan, before: StepMetrics, result: UpdateResult, contr
         "learner/truncation_rate": float(truncated.mean()),
         "reward/mean": float(np.concatenate([mb.rewards for mb in minibatches]).mean()),
     }
+    # The trainer-inference mismatch before the step, in all and by staleness (learner/mismatch.py).
+    mismatch = Mismatch(settings.algo.off_policy.is_cap)
+    for mb, b in zip(minibatches, before.minibatches):
+        mismatch.add(b.log_ratio_M, b.is_weight_M, b.flagged_M, b.mask_M, mb.staleness_M())
+    values.update(mismatch.metrics(correction=settings.algo.correction != "none"))
     if "kl_ref" in metrics:
         values["learner/kl_ref"] = metrics.sum("kl_ref") / n_sgd
-    if "is_weight_sum" in metrics:
-        values["learner/is_weight_mean"] = metrics.sum("is_weight_sum") / count
-        values["learner/is_weight_dropped_frac"] = metrics.sum("is_dropped") / count
     return values

@@ -2,6 +2,7 @@
 
 `draw_all(groups, out)` returns [(title, file name)] of the figures it wrote; a figure whose data no run has
 (no evaluation, no staleness histogram, no metric of that name) is left out rather than drawn empty.
+`CAPTIONS` holds what a figure's numbers are, for the figures that need saying (the report prints it below).
 """
 
 from __future__ import annotations
@@ -10,7 +11,25 @@ import os
 
 import numpy as np
 
-from asyncor.studies.runs import actor_idle_fraction, wait_fraction
+from asyncor.studies.runs import actor_idle_fraction, by_staleness, wait_fraction
+
+MISMATCH_PANELS = [  # (metric whose `_s<k>` forms are plotted, panel title, y label)
+    ("learner/mismatch_abs_mean", "|log π − log μ|, mean", "nats / token"),
+    ("learner/mismatch_abs_p99", "|log π − log μ|, p99", "nats"),
+    ("learner/mismatch_kl", "KL(μ‖π) (k3 estimate)", "nats / token"),
+    ("learner/correction_frac", "share masked or truncated by the correction", "share of tokens"),
+    ("learner/objective_masked_frac", "share masked by the objective (M2PO)", "share of tokens"),
+]
+CAPTIONS = {
+    "mismatch_by_staleness.png":
+        "Trainer-inference mismatch against the staleness of the trained tokens (learner version − generating "
+        "version; learner/mismatch.py): at staleness 0 it is numerics alone (vLLM against the learner), at k "
+        "it adds k versions of policy drift. Each point is, per run, the mean over its steps of the step's "
+        "figure for the tokens of that staleness weighted by their number (learner/tokens_s<k>), then the "
+        "plain mean over the group's seeds that have tokens of that staleness (n in the legend: the most "
+        "such seeds at any k). The p99 panel therefore shows the token-weighted mean of the per-step 99th "
+        "percentiles, not a percentile over the whole run. Panels without data in any run are left out.",
+}
 
 
 def _pyplot():
@@ -115,6 +134,46 @@ def _staleness(groups, out: str):
     return "Staleness of trained samples", "staleness.png"
 
 
+def _by_staleness(groups, out: str, name: str = "mismatch_by_staleness.png"):
+    """One panel per MISMATCH_PANELS metric some run has: per group, the mean over seeds of each run's
+    token-weighted mean (runs.by_staleness) at every staleness k."""
+    panels = []
+    for metric, title, ylabel in MISMATCH_PANELS:
+        lines = []
+        for i, g in enumerate(groups):
+            per_run = [v for v in (by_staleness(r, metric) for r in g.runs) if v]
+            ks = sorted({k for v in per_run for k in v})
+            if ks:
+                means = [float(np.mean([v[k] for v in per_run if k in v])) for k in ks]
+                counts = [sum(k in v for v in per_run) for k in ks]
+                lines.append((i, g, ks, means, counts))
+        if lines:
+            panels.append((title, ylabel, lines))
+    if not panels:
+        return None
+    plt = _pyplot()
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, (title, ylabel, lines) in zip(axes.flat, panels):
+        for i, g, ks, means, counts in lines:
+            ax.plot(ks, means, marker="o", color=f"C{i % 10}", linewidth=1.8,
+                    label=f"{g.label} (n={max(counts)})")
+        ax.set(title=title, xlabel="staleness k (versions)", ylabel=ylabel)
+        ax.title.set_fontsize(9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    title = "Trainer-inference mismatch by staleness"
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, name), dpi=110)
+    plt.close(fig)
+    return title, name
+
+
 def draw_all(groups, out: str) -> list[tuple[str, str]]:
 
     def evals(by: int):
@@ -130,11 +189,13 @@ def draw_all(groups, out: str) -> list[tuple[str, str]]:
         _curves(groups, out, "reward.png", "Training reward", "mean reward", lambda r: r.series("reward/mean")),
         _curves(groups, out, "entropy.png", "Policy entropy (before each step)", "nats / token",
                 lambda r: r.series("learner/entropy")),
+        # learner/mismatch_kl and _abs_mean; runs made before the rename are read under the old names.
         _curves(groups, out, "kl_behaviour.png", "KL(μ‖π) between behaviour and current policy", "nats / token",
-                lambda r: r.series("learner/kl_behaviour")),
+                lambda r: r.series("learner/mismatch_kl")),
         _curves(groups, out, "logprob_gap.png", "|log π − log μ| per token", "nats",
-                lambda r: r.series("learner/behaviour_logprob_abs_diff")),
+                lambda r: r.series("learner/mismatch_abs_mean")),
         _staleness(groups, out),
+        _by_staleness(groups, out),
         _bars(groups, out, "time_split.png", "Who waited", "share of wall time",
               {"learner waiting for batches": wait_fraction, "actors idle": actor_idle_fraction}),
         _bars(groups, out, "throughput.png", "Throughput", "tokens / s",

@@ -1,43 +1,82 @@
-"""`launch.py report DIR...`: runs (or sweeps of runs) -> report.md with a table and PNG plots.
+"""`launch.py report DIR...`: runs (or sweeps of runs) -> report.md with tables and PNG plots.
 
 Runs are grouped by what their configs differ in (`run.*` including the seed, `net.*`, `model.path` and
 `checkpoint.resume_from` aside: studies/runs.py `IGNORED_PREFIXES`), so the seeds of one grid point of a
 sweep form one group and the table gives each group's mean +- std over its seeds. Everything comes from each
-run's `summary.json`, `config.json` and `metrics.jsonl`; runs are read by studies/runs.py, plots drawn by
-studies/plots.py:
+run's `summary.json`, `config.json`, `metrics.jsonl` and, where summary.json lacks it, `roles/buffer.json`;
+runs are read by studies/runs.py, plots drawn by studies/plots.py:
 
   accuracy_vs_steps.png, accuracy_vs_wall.png   held-out accuracy (eval records: before, during, after RL)
-  reward.png, entropy.png, kl_behaviour.png, logprob_gap.png   learner curves by policy version
+  reward.png, entropy.png                       learner curves by policy version
+  kl_behaviour.png, logprob_gap.png             learner/mismatch_kl and learner/mismatch_abs_mean by version
+                                                (older runs: learner/kl_behaviour, _behaviour_logprob_abs_diff)
   staleness.png                                 trained samples per staleness, per group
+  mismatch_by_staleness.png                     |log π − log μ| mean and p99, KL, correction (and M2PO mask)
+                                                share against the staleness of the tokens, per group
   time_split.png                                learner waiting-for-batch and actor idle fractions
   throughput.png                                learner and actor tokens/s
 
+Tables: the main one (COLUMNS; the mismatch and correction/mask columns only when some run has them), and
+"Stale-length bias" (LENGTH_COLUMNS: response lengths of trained against stale-dropped groups, the buffer's
+"length_bias") when some run has it. A plot or table no run has data for is left out.
+
 The page opens with what a reader would look for first (the best held-out accuracy and the fastest group),
-then the table, then the plots.
+then the tables, then the plots.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
 
 from asyncor.studies import plots
 from asyncor.studies.runs import (ReportError, RunGroup, actor_idle_fraction, find_runs, group_runs, held_out,
-                                  tail_mean, wait_fraction)
+                                  length_bias, tail_mean, wait_fraction)
 
+MISMATCH = r"mismatch \|Δlog p\| mean (last 20 %)"  # pipes escaped: they would split a markdown table's cell
 COLUMNS = [  # (header, value of a run, format)
     ("held-out after", lambda r: held_out(r)[1], "{:.3f}"),
     ("gain", lambda r: None if None in held_out(r) else held_out(r)[1] - held_out(r)[0], "{:+.3f}"),
     ("reward (last 20 %)", lambda r: tail_mean(r.series("reward/mean")[1]), "{:.3f}"),
     ("entropy (last 20 %)", lambda r: tail_mean(r.series("learner/entropy")[1]), "{:.3f}"),
     ("staleness mean", lambda r: r.summary.get("staleness", {}).get("mean"), "{:.2f}"),
+    (MISMATCH, lambda r: tail_mean(r.series("learner/mismatch_abs_mean")[1]), "{:.4f}"),
+    ("correction share (last 20 %)", lambda r: tail_mean(r.series("learner/correction_frac")[1]), "{:.1%}"),
+    ("M2PO mask share (last 20 %)", lambda r: tail_mean(r.series("learner/objective_masked_frac")[1]), "{:.1%}"),
     ("learner waits", wait_fraction, "{:.0%}"),
     ("actors idle", actor_idle_fraction, "{:.0%}"),
     ("learner tok/s", lambda r: r.summary.get("learner", {}).get("tokens_per_s"), "{:.0f}"),
     ("actor tok/s", lambda r: r.summary.get("actors", {}).get("tokens_per_s"), "{:.0f}"),
     ("RL wall s", lambda r: r.summary.get("wall_s"), "{:.0f}"),
+]
+# Columns of figures older runs (or runs without a correction or M2PO) do not log: left out when no run has them.
+OPTIONAL = {MISMATCH, "correction share (last 20 %)", "M2PO mask share (last 20 %)"}
+
+
+def _bias(key: str, part: str | None = None):
+    """length_bias[part][key] (length_bias[key] without a part) of a run; None for a run without it."""
+    def get(r):
+        bias = length_bias(r)
+        if bias is None:
+            return None
+        figures = bias if part is None else (bias.get(part) or {})
+        if key == "responses":  # a run with the length bias but nothing dropped yet dropped 0 responses
+            return figures.get(key, 0)
+        return figures.get(key)
+    return get
+
+
+LENGTH_COLUMNS = [  # the buffer's "length_bias" (buffer/state.py), response lengths in tokens
+    ("trained mean len", _bias("mean", "trained"), "{:.1f}"),
+    ("trained p90 len", _bias("p90", "trained"), "{:.0f}"),
+    ("dropped mean len", _bias("mean", "dropped"), "{:.1f}"),
+    ("dropped p90 len", _bias("p90", "dropped"), "{:.0f}"),
+    ("responses dropped", _bias("responses", "dropped"), "{:.0f}"),
+    ("long drop rate", _bias("long_drop_rate"), "{:.1%}"),
+    ("short drop rate", _bias("short_drop_rate"), "{:.1%}"),
 ]
 
 
@@ -54,16 +93,28 @@ def cell(values: list, fmt: str) -> str:
         return "–"
     mean, std, n = s
     if "%" in fmt:
-        return fmt.format(mean) + (f" ± {std * 100:.0f} pp" if n > 1 else "")
+        digits = re.search(r"\.(\d+)%", fmt)  # the spread in percentage points, to the mean's precision
+        return fmt.format(mean) + (f" ± {std * 100:.{digits.group(1) if digits else 0}f} pp" if n > 1 else "")
     return fmt.format(mean) + (f" ± {fmt.format(std).lstrip('+')}" if n > 1 else "")
 
 
-def table(groups: list[RunGroup]) -> str:
-    head = "| group | seeds | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
-    rule = "|" + "---|" * (len(COLUMNS) + 2)
-    rows = [f"| {g.label} | {len(g.runs)} | " + " | ".join(cell([f(r) for r in g.runs], fmt) for _, f, fmt in COLUMNS)
+def table(groups: list[RunGroup], columns: list | None = None) -> str:
+    """Markdown table, a row per group: each column's mean ± std over the group's seeds. Of `columns` (default
+    COLUMNS) those in OPTIONAL that no run has a value for are left out."""
+    columns = [(h, f, fmt) for h, f, fmt in (COLUMNS if columns is None else columns)
+               if h not in OPTIONAL or any(f(r) is not None for g in groups for r in g.runs)]
+    head = "| group | seeds | " + " | ".join(h for h, _, _ in columns) + " |"
+    rule = "|" + "---|" * (len(columns) + 2)
+    rows = [f"| {g.label} | {len(g.runs)} | " + " | ".join(cell([f(r) for r in g.runs], fmt) for _, f, fmt in columns)
             + " |" for g in groups]
     return "\n".join([head, rule, *rows])
+
+
+def length_table(groups: list[RunGroup]) -> str | None:
+    """The stale-length bias per group (the groups with some run that has it); None when no run has it."""
+    having = [RunGroup(g.label, [r for r in g.runs if length_bias(r) is not None]) for g in groups]
+    having = [g for g in having if g.runs]  # "seeds" counts the runs that have it
+    return table(having, LENGTH_COLUMNS) if having else None
 
 
 def _judge(spread: float, noise: float, n: int) -> str:
@@ -127,10 +178,27 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
              "## Table (mean ± standard deviation over seeds)", "", table(groups), "",
              "Held-out accuracy is avg@k on the held-out split after RL (`eval.before_and_after`); reward and entropy "
              "are the means over the last 20 % of steps; \"learner waits\" is its share of wall time spent waiting "
-             "for a batch, \"actors idle\" the actors' share spent waiting for grants, weights or their outbox.", "",
-             "## Plots", ""]
+             "for a batch, \"actors idle\" the actors' share spent waiting for grants, weights or their outbox. "
+             "\"mismatch |Δlog p| mean\" is |log π − log μ| per token between the learner's policy before each "
+             "step and the behaviour policy that generated the tokens (learner/mismatch_abs_mean), the correction "
+             "share the share of tokens the rollout correction masked or truncated (learner/correction_frac), the "
+             "M2PO mask share the share the objective's own mask dropped (learner/objective_masked_frac); each is "
+             "the mean over the last 20 % of steps, and left out when no run logs it.", ""]
+    lengths = length_table(groups)
+    if lengths:
+        lines += ["## Stale-length bias (mean ± standard deviation over seeds)", "", lengths, "",
+                  "Response lengths in tokens of the groups the buffer handed to the learner (\"trained\") and of "
+                  "those it dropped as staler than `buffer.max_staleness` (\"dropped\"; rejection-sampled groups "
+                  "are not counted; with `buffer.stale_policy=train` nothing is dropped). Long responses take "
+                  "longer to generate, so they are more often stale: the long drop rate is the share of responses "
+                  "at or above the 90th percentile length of all (trained and dropped) responses that were "
+                  "dropped, the short drop rate the same share of the shorter ones. \"seeds\" counts the runs "
+                  "that recorded it.", ""]
+    lines += ["## Plots", ""]
     for title, name in images:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
+        if name in plots.CAPTIONS:
+            lines += [plots.CAPTIONS[name], ""]
     lines += ["## Runs", "", "| run | group | seed | summary |", "|---|---|---|---|"]
     lines += [f"| {r.name} | {r.group} | {r.seed} | {os.path.relpath(os.path.join(r.path, 'summary.json'), out)} |"
               for r in runs]

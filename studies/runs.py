@@ -2,13 +2,18 @@
 metrics.jsonl, grouped by what their configs differ in, and the per-run figures the report and its plots use.
 
 `find_runs(dirs)` takes run directories or sweep directories (a directory of runs); a directory that is
-neither, or a run whose files do not parse, is a `ReportError` naming the file.
+neither, or a run whose files do not parse, is a `ReportError` naming the file. A role's final figures
+(roles/<role>.json) are read on demand by `RunData.role` and are optional: a run without them still reports.
+
+Metrics renamed since older runs were made are read under their new name with a fall back to the old one
+(`RENAMED`), so one report can hold runs from before and after the rename.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +23,10 @@ from asyncor.runtime.run_dir import RunDir
 from asyncor.telemetry.metrics import read_metrics
 
 IGNORED_PREFIXES = ("run.", "net.", "model.path", "checkpoint.resume_from", "checkpoint.resume_overrides")
+RENAMED = {  # new name -> the name runs made before the rename carry (learner/mismatch.py)
+    "learner/mismatch_abs_mean": "learner/behaviour_logprob_abs_diff",
+    "learner/mismatch_kl": "learner/kl_behaviour",
+}
 
 
 class ReportError(ValueError):
@@ -32,16 +41,34 @@ class RunData:
     config: dict  # flattened: "buffer.max_staleness" -> 2
     records: list[dict]
     group: str = ""
+    _roles: dict = field(default_factory=dict, repr=False)
 
     @property
     def seed(self) -> int:
         return int(self.config.get("run.seed", 0))
 
     def series(self, key: str, role: str = "learner") -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of one metric, in step order (records without the metric or a step skipped)."""
-        pts = sorted((r["step"], r[key]) for r in self.records
-                     if r.get("role") == role and isinstance(r.get(key), (int, float)) and r.get("step") is not None)
+        """(steps, values) of one metric, in step order (records without the metric or a step skipped). A metric
+        that was renamed (`RENAMED`) is read under its old name when the run has none under the new one."""
+        pts = self._points(key, role)
+        if not pts and key in RENAMED:
+            pts = self._points(RENAMED[key], role)
         return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+    def _points(self, key: str, role: str) -> list[tuple]:
+        return sorted((r["step"], r[key]) for r in self.records
+                      if r.get("role") == role and isinstance(r.get(key), (int, float)) and r.get("step") is not None)
+
+    def role(self, name: str) -> dict:
+        """roles/<name>.json, the role's final figures; {} when the run has none (or it does not parse)."""
+        if name not in self._roles:
+            try:
+                with open(RunDir(self.path).role(name)) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                data = {}
+            self._roles[name] = data if isinstance(data, dict) else {}
+        return self._roles[name]
 
     def eval_points(self) -> list[tuple[int, float, float]]:
         """(version, seconds since the run's first record, accuracy) of every held-out evaluation."""
@@ -128,3 +155,35 @@ def actor_idle_fraction(r: RunData) -> float | None:
         if t.get("wall"):
             fracs.append(sum(v for k, v in t.items() if k.startswith("waiting")) / t["wall"])
     return float(np.mean(fracs)) if fracs else None
+
+
+STALE_SUFFIX = re.compile(r"^learner/tokens_s(\d+)$")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def by_staleness(r: RunData, name: str) -> dict[int, float]:
+    """{k: the mean over the run's learner steps of `<name>_s<k>`, each step weighted by its tokens of staleness
+    k (`learner/tokens_s<k>`)}: the token-weighted mean of a per-token mean over the whole run, for every
+    staleness k some step has (learner/mismatch.py). {} for a run without the per-staleness metrics."""
+    sums: dict[int, list[float]] = {}
+    for rec in r.records:
+        if rec.get("role") != "learner":
+            continue
+        for key, tokens in rec.items():
+            m = STALE_SUFFIX.match(key)
+            value = rec.get(f"{name}_s{m.group(1)}") if m else None
+            if m and _number(value) and _number(tokens) and tokens > 0:
+                acc = sums.setdefault(int(m.group(1)), [0.0, 0.0])
+                acc[0] += float(value) * tokens
+                acc[1] += float(tokens)
+    return {k: acc[0] / acc[1] for k, acc in sorted(sums.items())}
+
+
+def length_bias(r: RunData) -> dict | None:
+    """The buffer's "length_bias" (response lengths of trained against stale-dropped groups): from summary.json
+    when the summary carries it, else from roles/buffer.json; None for a run without it."""
+    bias = r.summary.get("length_bias") or r.role("buffer").get("length_bias")
+    return bias if isinstance(bias, dict) and bias else None

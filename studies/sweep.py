@@ -63,8 +63,8 @@ def parse_grid(items: list[str]) -> list[tuple[tuple[str, ...], list[tuple[str, 
     """`KEY=V1,V2,...` each -> [((key,), [(v1,), (v2,), ...])]; errors name the item.
 
     `KEY1+KEY2=A1+B1,A2+B2` is one linked axis: the keys move together (A1 with B1, A2 with B2), for settings
-    that are only valid in pairs (e.g. `algo.off_policy.correction+algo.off_policy.old_logprobs=
-    none+behaviour,decoupled+recompute`)."""
+    that are only valid in pairs (e.g. `algo.correction+algo.off_policy.old_logprobs=
+    none+behaviour,mis+recompute`)."""
     axes: list[tuple[tuple[str, ...], list[tuple[str, ...]]]] = []
     seen: set[str] = set()
     for item in items:

@@ -149,8 +149,9 @@ def parse_group(body: dict, max_group_size: int = 1 << 16) -> TrajectoryGroup:
 def parse_batch(msg: Message, max_staleness: int, max_group_size: int = 1 << 16
                 ) -> tuple[list[TrajectoryGroup], list[int], dict]:
     """A batch from the buffer (wire/messages.py BatchReply), checked whole: at least one group, each a valid
-    trajectory group (`parse_group`), one staleness per group, none above `max_staleness` (buffer.max_staleness:
-    the buffer drops staler groups before a batch). Returns (groups, staleness, the groups report as a map, {}
+    trajectory group (`parse_group`), one staleness per group, none above `max_staleness` (buffer.max_staleness,
+    since the buffer drops staler groups before a batch; with buffer.stale_policy = "train" the learner passes its
+    own version instead). Returns (groups, staleness, the groups report as a map, {}
     when the buffer sent none); ProtocolError otherwise."""
     batch = parse(msg, BatchReply)
     if not batch.groups:

@@ -1,7 +1,9 @@
 """One learner rank for tests/integration/test_sharded_learner.py (run as a real process, 1 or 2 of them).
 
-`step`: one training step of a small Qwen2 model on fixed groups, for each case and each micro-batch setting;
-rank 0 writes the gradient (SGD with lr 1: the weight change) and the step's metrics to --out.
+`step`: one training step of a small Qwen2 model on fixed groups, for each case and each micro-batch setting,
+then for each algorithm of `SWEEP` (every objective, advantage estimator, rollout correction and loss aggregation
+of configs/algorithms.py at least once) and each --sweep setting, all in this one process; rank 0 writes the
+weight change (SGD with lr 1: the gradient, summed over the step's SGD steps) and the step's metrics to --out.
 `publish`: every rank publishes the weights (learner/weight_sync.py) to one receiver the test runs; rank 0 writes
 the full fp32 weights to --out.
 """
@@ -48,28 +50,61 @@ def groups(case):
     return out
 
 
-def algo(aggregation):
-    return AlgoConfig(aggregation=aggregation, kl_coef=0.1, entropy={"mode": "fixed", "fixed_coef": 0.05},
-                      off_policy={"old_logprobs": "recompute", "correction": "tis", "is_cap": 1.1})
+def algo(loss_agg):
+    return AlgoConfig(loss_agg=loss_agg, kl_coef=0.1, entropy={"mode": "fixed", "fixed_coef": 0.05}, correction="tis",
+                      off_policy={"old_logprobs": "recompute", "is_cap": 1.1})
 
 
-def step(ranks, out, variants):
+# Every objective once, with every advantage estimator, correction and loss_agg in turn (configs/algorithms.py).
+# Two mini-batches (2 + 1 groups): the second is trained one SGD step past π_prox, so clips and masks act, and the
+# corrections' weights and M2PO's mask are gathered over both ranks for each mini-batch.
+SWEEP = {
+    "magic": dict(advantage="grpo", correction="icepop", loss_agg="seq_mean_token_sum_norm"),
+    "gspo": dict(advantage="drgrpo", correction="tis", loss_agg="seq_mean_token_mean"),
+    "gspo_token": dict(advantage="rloo", correction="sequence", loss_agg="token_mean"),
+    "cispo": dict(advantage="reinforce_pp", correction="mis", loss_agg="seq_mean_token_sum_norm"),
+    "decoupled": dict(advantage="reinforce_pp_baseline", correction="mis", loss_agg="token_mean"),
+    "m2po": dict(advantage="grpo", correction="icepop", loss_agg="seq_mean_token_mean"),
+    "sapo": dict(advantage="drgrpo", correction="none", loss_agg="token_mean", old_logprobs="behaviour"),
+}
+SWEEP_STALENESS = [2, 0, 3]  # one per group of the "uneven" case
+
+
+def sweep_algo(objective):
+    kw = dict(SWEEP[objective])
+    old_logprobs = kw.pop("old_logprobs", "recompute")
+    return AlgoConfig(objective=objective, **kw, loss_agg_tokens=23, entropy={"mode": "fixed", "fixed_coef": 0.05},
+                      gspo={"clip_low": 0.02, "clip_high": 0.03}, m2po={"threshold": 0.01},
+                      off_policy={"old_logprobs": old_logprobs, "is_cap": 1.1, "is_floor": 0.9,
+                                  "minibatch_prompts": 2})
+
+
+def one_step(ranks, out, key, a, case, tokens, layout, checkpointing, with_reference, staleness=None):
+    policy = parallelize(small_policy(), ranks, torch.float32, activation_checkpointing=checkpointing)
+    start = {n: full_tensor(p.detach()).clone() for n, p in policy.lm.named_parameters()}
+    # A different policy from the trained one: KL and its gradient > 0.
+    reference = parallelize(small_policy(seed=1), ranks, torch.float32).eval().requires_grad_(False) \
+        if with_reference else None
+    settings = UpdateSettings(a, 0.2, 0.2, grad_clip=1e9, pad_id=0, micro_batch_tokens=tokens, layout=layout)
+    opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+    m = train_step(policy, opt, groups(case), settings, make_entropy_control(a.entropy), ranks, reference, staleness)
+    grads = {n: (start[n] - full_tensor(p.detach())).numpy() for n, p in policy.lm.named_parameters()}
+    if ranks.main:
+        np.savez(os.path.join(out, f"grad-{key}-r{ranks.world}.npz"), **grads)
+    return m
+
+
+def step(ranks, out, variants, sweep):
     results = {}
-    for case, aggregation in (("uneven", "token"), ("uneven", "sequence"), ("lonely", "token")):
+    for case, loss_agg in (("uneven", "token_mean"), ("uneven", "seq_mean_token_mean"), ("lonely", "token_mean")):
         for tokens, layout, checkpointing in variants:
-            policy = parallelize(small_policy(), ranks, torch.float32, activation_checkpointing=checkpointing)
-            start = {n: full_tensor(p.detach()).clone() for n, p in policy.lm.named_parameters()}
-            # A different policy from the trained one: KL and its gradient > 0.
-            reference = parallelize(small_policy(seed=1), ranks, torch.float32).eval().requires_grad_(False)
-            a = algo(aggregation)
-            settings = UpdateSettings(a, 0.2, 0.2, grad_clip=1e9, pad_id=0, micro_batch_tokens=tokens, layout=layout)
-            opt = torch.optim.SGD(policy.parameters(), lr=1.0)
-            m = train_step(policy, opt, groups(case), settings, make_entropy_control(a.entropy), ranks, reference)
-            grads = {n: (start[n] - full_tensor(p.detach())).numpy() for n, p in policy.lm.named_parameters()}
-            key = f"{case}-{aggregation}-{tokens}-{layout}" + ("-ckpt" if checkpointing else "")
-            results[key] = m
-            if ranks.main:
-                np.savez(os.path.join(out, f"grad-{key}-r{ranks.world}.npz"), **grads)
+            key = f"{case}-{loss_agg}-{tokens}-{layout}" + ("-ckpt" if checkpointing else "")
+            results[key] = one_step(ranks, out, key, algo(loss_agg), case, tokens, layout, checkpointing, True)
+    for objective in SWEEP:
+        for tokens, layout, checkpointing in sweep:
+            key = f"sweep-{objective}-{tokens}-{layout}" + ("-ckpt" if checkpointing else "")
+            results[key] = one_step(ranks, out, key, sweep_algo(objective), "uneven", tokens, layout, checkpointing,
+                                    False, SWEEP_STALENESS)
     if ranks.main:
         with open(os.path.join(out, f"metrics-r{ranks.world}.json"), "w") as f:
             json.dump(results, f)
@@ -110,13 +145,16 @@ def main():
     parser.add_argument("--variants", default="100000:varlen",
                         help="micro_batch_tokens:layout[:ckpt],... (layouts: learner/packing.py; ckpt: activation "
                              "checkpointing)")
+    parser.add_argument("--sweep", default="",
+                        help="the micro-batch settings (as --variants) of the algorithm sweep (`SWEEP`); empty: none")
     parser.add_argument("--ports", default="0,0")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ranks = init_ranks("float32", 120.0)
     if args.mode == "step":
-        variants = [(int(v.split(":")[0]), v.split(":")[1], v.endswith(":ckpt")) for v in args.variants.split(",")]
-        step(ranks, args.out, variants)
+        settings = lambda arg: [(int(v.split(":")[0]), v.split(":")[1], v.endswith(":ckpt"))
+                                for v in arg.split(",") if v]
+        step(ranks, args.out, settings(args.variants), settings(args.sweep))
     else:
         sync_port, store_port = (int(p) for p in args.ports.split(","))
         publish_weights(ranks, args.out, sync_port, store_port)

@@ -6,7 +6,9 @@ import torch
 from asyncor.buffer.prompts import PromptStream
 from asyncor.wire.trajectory import Response, TrajectoryGroup
 from asyncor.configs.schema import TaskConfig
+from asyncor.learner.advantage import group_advantages
 from asyncor.learner.batch import micro_batch, minibatch
+from asyncor.learner.loss_aggs import seq_mean_token_mean, token_mean
 from asyncor.tasks.arithmetic import make_splits, score
 
 
@@ -16,8 +18,13 @@ def _group():
     return TrajectoryGroup(0, np.array([1, 2, 3], np.int32), [r1, r2], actor_id=0, seq=0, gen_time_s=0.0)
 
 
+def _minibatch(groups, loss_agg):
+    """The groups' sequences with GRPO advantages and `loss_agg`'s token weights."""
+    return minibatch(groups, [group_advantages(g.rewards) for g in groups], loss_agg)
+
+
 def test_padded_micro_batch_selects_response_tokens_and_their_predecessor_positions():
-    mb = minibatch([_group()], "token")
+    mb = _minibatch([_group()], token_mean)
     b = micro_batch([[s] for s in mb.sequences], packing=False, pad_id=0)
     assert b.input_ids_BT.tolist() == [[1, 2, 3, 7, 8], [1, 2, 3, 9, 0]]
     assert b.attention_mask_BT.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
@@ -31,7 +38,7 @@ def test_padded_micro_batch_selects_response_tokens_and_their_predecessor_positi
 
 
 def test_packed_micro_batch_is_one_row_with_positions_restarting_per_sequence():
-    mb = minibatch([_group()], "sequence")
+    mb = _minibatch([_group()], seq_mean_token_mean)
     b = micro_batch([mb.sequences], packing=True, pad_id=0)
     assert b.input_ids_BT.tolist() == [[1, 2, 3, 7, 8, 1, 2, 3, 9]] and b.attention_mask_BT is None
     assert b.position_ids_BT.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3]]
@@ -45,12 +52,25 @@ def test_packed_micro_batch_is_one_row_with_positions_restarting_per_sequence():
 def test_packed_rows_are_right_padded_with_the_tail_as_its_own_block():
     r = lambda n: Response(np.arange(1, n + 1).astype(np.int32), np.zeros(n, np.float32), 0, "stop", float(n % 2))
     g = TrajectoryGroup(0, np.array([20, 21], np.int32), [r(4), r(1), r(1), r(2)], actor_id=0, seq=0, gen_time_s=0.0)
-    s = minibatch([g], "token").sequences  # lengths 6, 3, 3, 4
+    s = _minibatch([g], token_mean).sequences  # lengths 6, 3, 3, 4
     b = micro_batch([[s[0]], [s[3]], [s[1], s[2]]], packing=True, pad_id=0)
     assert b.input_ids_BT.tolist() == [[20, 21, 1, 2, 3, 4], [20, 21, 1, 2, 0, 0], [20, 21, 1, 20, 21, 1]]
     assert b.position_ids_BT.tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
     assert [b.input_ids_BT[r, c + 1].item() for r, c in zip(b.row_N, b.col_N)] == b.target_N.tolist()
     assert b.slots == 18 and b.real_tokens == 16
+    # each token's response within the micro-batch, and its place in the mini-batch's flat order (offsets 0, 4, 5, 6)
+    assert b.seq_N.tolist() == [0, 0, 0, 0, 1, 1, 2, 3] and b.num_seqs == 4
+    assert b.index_N.tolist() == [0, 1, 2, 3, 6, 7, 4, 5]
+
+
+def test_minibatch_carries_staleness_per_group_and_token():
+    g = _group()
+    mb = minibatch([g, g], [group_advantages(g.rewards)] * 2, token_mean, staleness=[3, 1])
+    assert mb.staleness.tolist() == [3, 3, 1, 1] and mb.staleness_M().tolist() == [3, 3, 3, 1, 1, 1]
+    assert mb.seq_M().tolist() == [0, 0, 1, 2, 2, 3] and mb.tokens == 6
+    torch.testing.assert_close(mb.behaviour_M(), torch.tensor([-0.1, -0.2, -0.3] * 2))
+    assert [s.offset for s in mb.sequences] == [0, 2, 3, 5]
+    assert minibatch([g], [group_advantages(g.rewards)], token_mean).staleness.tolist() == [0, 0]  # default
 
 
 def test_empty_micro_batch_is_a_weight_zero_filler():

@@ -131,3 +131,34 @@ def test_every_shipped_config_loads_with_room_for_its_largest_group():
         cfg = load_config(str(path), check_files=False)
         largest = max(stage.group_size for stage in stages(cfg))
         assert cfg.actors.inflight_sequences == 0 or cfg.actors.inflight_sequences >= largest, path.name
+
+
+@pytest.mark.parametrize("kind", ["objective", "advantage", "correction", "loss_agg"])
+def test_every_algorithm_key_lists_its_choices_and_refuses_others(kind, capsys):
+    """`launch.py config` lists each registry key with every registered choice; a bad choice is refused
+    naming the key and the choices (configs/algorithms.py is the one list)."""
+    from asyncor.configs.algorithms import REGISTRY
+    from asyncor.launcher.cli import config_command
+
+    config_command(None)
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"algo.{kind} = "))
+    assert line.endswith(f"(one of: {', '.join(REGISTRY[kind])})")
+    msg = error_of(f'algo.{kind}="nope"')
+    assert f"algo.{kind}" in msg and all(f"'{name}'" in msg for name in REGISTRY[kind])
+
+
+def test_variant_requirements_are_refused_naming_the_keys():
+    assert "algo.off_policy.old_logprobs = 'recompute'" in error_of('algo.correction="tis"')
+    msg = error_of('algo.objective="decoupled"', 'algo.off_policy.old_logprobs="recompute"')
+    assert "algo.objective = 'decoupled'" in msg and "algo.correction" in msg
+    cfg = load_config(None, ['algo.objective="decoupled"', 'algo.correction="mis"',
+                             'algo.off_policy.old_logprobs="recompute"'])
+    assert cfg.algo.objective == "decoupled"
+
+
+def test_keys_from_before_the_registry_still_load():
+    """A saved config of an older run (resume) spells algo.aggregation and algo.off_policy.correction."""
+    cfg = load_config(None, ['algo.aggregation="sequence"', 'algo.off_policy.correction="decoupled"',
+                             'algo.off_policy.old_logprobs="recompute"'])
+    assert (cfg.algo.loss_agg, cfg.algo.correction) == ("seq_mean_token_mean", "mis")
+    assert "set algo.loss_agg only" in error_of('algo.aggregation="token"', 'algo.loss_agg="seq_mean_token_mean"')

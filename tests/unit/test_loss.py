@@ -1,5 +1,5 @@
 """Advantages, aggregation, PPO-clip (incl. clip-higher), KL, importance weights and the whole objective on
-hand-computed values."""
+hand-computed values (every variant against its paper formula: tests/unit/test_algorithms.py)."""
 
 import math
 
@@ -7,10 +7,21 @@ import numpy as np
 import pytest
 import torch
 
+from asyncor.configs.schema import OffPolicyConfig
 from asyncor.learner.advantage import group_advantages
-from asyncor.learner.loss import (LossInputs, LossSettings, behaviour_kl_k3, kl_k3, policy_loss, ppo_clip_surrogate,
-                                  token_weights)
-from asyncor.learner.off_policy import behaviour_weights
+from asyncor.learner.corrections import mis, tis
+from asyncor.learner.loss import LossInputs, LossSettings, behaviour_kl_k3, kl_k3, policy_loss
+from asyncor.learner.loss_aggs import seq_mean_token_mean, token_mean
+from asyncor.learner.objectives import magic
+from asyncor.learner.objectives.magic import clipped_surrogate
+
+
+def surrogate(lp, old, adv, weight, eps_low, eps_high, is_weight_N=None):
+    """The MAGIC objective alone through policy_loss: (loss, stats)."""
+    n = len(lp)
+    inputs = LossInputs(lp, torch.zeros(n, dtype=lp.dtype), old, adv, weight, torch.ones(n, dtype=lp.dtype),
+                        is_weight_N=is_weight_N)
+    return policy_loss(inputs, LossSettings(eps_low, eps_high), magic)
 
 
 def test_group_advantage_hand_computed():
@@ -43,14 +54,14 @@ def test_truncation_masks_hand_computed():
 
 
 def test_token_and_sequence_aggregation_weights():
-    seq = torch.tensor([0, 1, 1, 1])  # two responses of lengths 1 and 3
-    torch.testing.assert_close(token_weights(seq, 2, "token"), torch.full((4,), 0.25))
-    torch.testing.assert_close(token_weights(seq, 2, "sequence"), torch.tensor([0.5, 1 / 6, 1 / 6, 1 / 6]))
+    lengths = np.array([1, 3])  # two responses of lengths 1 and 3
+    np.testing.assert_allclose(token_mean.token_weights(lengths, 0), np.full(4, 0.25))
+    np.testing.assert_allclose(seq_mean_token_mean.token_weights(lengths, 0), [0.5, 1 / 6, 1 / 6, 1 / 6])
     # On-policy with A = +1 / -1 per response: token-level gives (1 - 3)/4, sequence-level (1 - 1)/2.
     adv = torch.tensor([1.0, -1.0, -1.0, -1.0])
     lp = torch.zeros(4)
-    loss_tok, _ = ppo_clip_surrogate(lp, lp, adv, token_weights(seq, 2, "token"), 0.2, 0.2)
-    loss_seq, _ = ppo_clip_surrogate(lp, lp, adv, token_weights(seq, 2, "sequence"), 0.2, 0.2)
+    loss_tok, _ = surrogate(lp, lp, adv, torch.tensor(token_mean.token_weights(lengths, 0)).float(), 0.2, 0.2)
+    loss_seq, _ = surrogate(lp, lp, adv, torch.tensor(seq_mean_token_mean.token_weights(lengths, 0)).float(), 0.2, 0.2)
     assert loss_tok.item() == pytest.approx(-(1 - 3) / 4)
     assert loss_seq.item() == pytest.approx(0.0, abs=1e-7)
 
@@ -58,9 +69,10 @@ def test_token_and_sequence_aggregation_weights():
 def test_ppo_on_policy_is_minus_weighted_advantage():
     lp = torch.tensor([-1.0, -2.0, -0.5])
     adv = torch.tensor([1.0, -2.0, 4.0])
-    loss, stats = ppo_clip_surrogate(lp, lp.clone(), adv, torch.full((3,), 1 / 3), 0.2, 0.2)
+    loss, stats = surrogate(lp, lp.clone(), adv, torch.full((3,), 1 / 3), 0.2, 0.2)
     assert loss.item() == pytest.approx(-(1 - 2 + 4) / 3)
-    assert stats.ratio_mean == pytest.approx(1.0) and float(stats.clip_low) == float(stats.clip_high) == 0.0
+    assert float(stats["ratio_sum"] / stats["ratio_count"]) == pytest.approx(1.0)
+    assert float(stats["clip_low"]) == float(stats["clip_high"]) == 0.0
 
 
 def test_ppo_clips_hand_computed():
@@ -68,32 +80,38 @@ def test_ppo_clips_hand_computed():
     ratios = torch.tensor([1.5, 0.5, 1.5, 0.5])
     adv = torch.tensor([1.0, -1.0, -1.0, 2.0])
     lp = torch.log(ratios).requires_grad_()
-    loss, stats = ppo_clip_surrogate(lp, torch.zeros(4), adv, torch.full((4,), 0.25), 0.2, 0.2)
+    loss, stats = surrogate(lp, torch.zeros(4), adv, torch.full((4,), 0.25), 0.2, 0.2)
     assert loss.item() == pytest.approx(-(1.2 * 1 + 0.8 * -1 + 1.5 * -1 + 0.5 * 2) / 4, rel=1e-6)
-    assert float(stats.clip_high) == pytest.approx(0.25) and float(stats.clip_low) == pytest.approx(0.25)
-    assert float(stats.ratio_min) == pytest.approx(0.5) and float(stats.ratio_max) == pytest.approx(1.5)
+    # clip counts are tokens: one of the four on each side (learner/clip_frac_* = count / ratio_count)
+    assert float(stats["clip_high"]) == 1 and float(stats["clip_low"]) == 1 and float(stats["ratio_count"]) == 4
+    assert float(stats["ratio_min"]) == pytest.approx(0.5) and float(stats["ratio_max"]) == pytest.approx(1.5)
     loss.backward()
     # clipped tokens carry no gradient; unclipped ones: d(-ρA/4)/dlogp = -ρA/4
     np.testing.assert_allclose(lp.grad.numpy(), [0, 0, 1.5 / 4, -0.5 * 2 / 4], rtol=1e-6)
+    # the per-token terms and the flags of the branch taken
+    terms = clipped_surrogate(ratios, adv, 0.2, 0.2)
+    torch.testing.assert_close(terms.loss_N, torch.tensor([-1.2, 0.8, 1.5, -1.0]))
+    assert terms.clip_high_N.tolist() == [True, False, False, False]
+    assert terms.clip_low_N.tolist() == [False, True, False, False]
 
 
 def test_clip_higher_uses_separate_upper_bound():
     lp = torch.log(torch.tensor([1.25, 1.3, 0.7]))
     adv = torch.tensor([1.0, 1.0, -1.0])
     w = torch.full((3,), 1 / 3)
-    loss, stats = ppo_clip_surrogate(lp, torch.zeros(3), adv, w, 0.2, 0.28)
+    loss, stats = surrogate(lp, torch.zeros(3), adv, w, 0.2, 0.28)
     # 1.25 < 1.28: unclipped (it would be clipped at 1.2 without clip-higher); 1.3 > 1.28: clipped to 1.28;
     # 0.7 < 1 - 0.2 with A < 0: clipped to 0.8.
     assert loss.item() == pytest.approx(-(1.25 + 1.28 - 0.8) / 3, rel=1e-6)
-    assert float(stats.clip_high) == pytest.approx(1 / 3) and float(stats.clip_low) == pytest.approx(1 / 3)
-    loss, _ = ppo_clip_surrogate(lp[:1], torch.zeros(1), adv[:1], torch.ones(1), 0.2, 0.25)
+    assert float(stats["clip_high"]) == 1 and float(stats["clip_low"]) == 1
+    loss, _ = surrogate(lp[:1], torch.zeros(1), adv[:1], torch.ones(1), 0.2, 0.25)
     assert loss.item() == pytest.approx(-1.25)
 
 
 def test_importance_weight_multiplies_the_surrogate():
     lp = torch.zeros(2)
-    loss, _ = ppo_clip_surrogate(lp, lp, torch.tensor([1.0, 1.0]), torch.full((2,), 0.5), 0.2, 0.2,
-                                 is_weight_N=torch.tensor([2.0, 0.0]))
+    loss, _ = surrogate(lp, lp, torch.tensor([1.0, 1.0]), torch.full((2,), 0.5), 0.2, 0.2,
+                        is_weight_N=torch.tensor([2.0, 0.0]))
     assert loss.item() == pytest.approx(-1.0)
 
 
@@ -104,14 +122,16 @@ def test_kl_estimators_hand_computed():
     torch.testing.assert_close(behaviour_kl_k3(lp, behaviour), torch.tensor([0.0, math.exp(0.5) - 1 - 0.5]))
 
 
-def test_tis_truncates_and_decoupled_drops_above_cap():
-    prox = torch.log(torch.tensor([0.5, 1.0, 3.0]))
-    behaviour = torch.zeros(3)
-    assert behaviour_weights(prox, behaviour, "none", 2.0) is None
-    torch.testing.assert_close(behaviour_weights(prox, behaviour, "tis", 2.0), torch.tensor([0.5, 1.0, 2.0]))
-    torch.testing.assert_close(behaviour_weights(prox, behaviour, "decoupled", 2.0), torch.tensor([0.5, 1.0, 0.0]))
-    with pytest.raises(ValueError, match="recomputed"):
-        behaviour_weights(None, behaviour, "tis", 2.0)
+def test_tis_truncates_and_mis_drops_above_cap():
+    log_ratio = torch.log(torch.tensor([0.5, 1.0, 3.0]))  # log π_prox / μ
+    seq = torch.tensor([0, 0, 1])
+    off_policy = OffPolicyConfig(is_cap=2.0)
+    weight, flagged = tis.weights(log_ratio, seq, off_policy)
+    torch.testing.assert_close(weight, torch.tensor([0.5, 1.0, 2.0]))
+    assert flagged.tolist() == [False, False, True]
+    weight, flagged = mis.weights(log_ratio, seq, off_policy)
+    torch.testing.assert_close(weight, torch.tensor([0.5, 1.0, 0.0]))
+    assert flagged.tolist() == [False, False, True]
 
 
 def test_policy_loss_matches_the_formula_in_float64_on_random_odd_inputs():
@@ -139,7 +159,7 @@ def test_policy_loss_matches_the_formula_in_float64_on_random_odd_inputs():
     lp_N, ent_N = t(lp).requires_grad_(), t(ent).requires_grad_()
     inputs = LossInputs(logprob_N=lp_N, entropy_N=ent_N, old_logprob_N=t(old), advantage_N=t(adv),
                         weight_N=t(weight), real_N=t(real), is_weight_N=t(is_weight), ref_logprob_N=t(ref))
-    loss, stats = policy_loss(inputs, LossSettings(eps_low, eps_high, alpha, beta))
+    loss, stats = policy_loss(inputs, LossSettings(eps_low, eps_high, alpha, beta), magic)
     assert loss.dtype == torch.float64
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     loss.backward()
@@ -150,14 +170,12 @@ def test_policy_loss_matches_the_formula_in_float64_on_random_odd_inputs():
     assert 0 < (ratio < 1 - eps_low).sum() and 0 < (ratio > 1 + eps_high).sum()  # both bounds are exercised
     assert float(stats["loss"]) == pytest.approx(expected, rel=1e-12)
     assert float(stats["kl_ref"]) == pytest.approx(kl, rel=1e-12)
-    assert float(stats["clip_low"]) == pytest.approx(np.sum(weight * ((ratio < 1 - eps_low) & (adv < 0))), rel=1e-12)
-    assert float(stats["clip_high"]) == pytest.approx(np.sum(weight * ((ratio > 1 + eps_high) & (adv > 0))), rel=1e-12)
+    assert float(stats["clip_low"]) == np.sum(real * ((ratio < 1 - eps_low) & (adv < 0)))  # real tokens clipped
+    assert float(stats["clip_high"]) == np.sum(real * ((ratio > 1 + eps_high) & (adv > 0)))
     assert float(stats["ratio_sum"]) == pytest.approx(np.sum(ratio * counted), rel=1e-12)
     assert float(stats["ratio_count"]) == counted.sum()
     assert float(stats["ratio_min"]) == pytest.approx(ratio[counted].min(), rel=1e-12)
     assert float(stats["ratio_max"]) == pytest.approx(ratio[counted].max(), rel=1e-12)
-    assert float(stats["is_weight_sum"]) == pytest.approx(np.sum(is_weight * real), rel=1e-12)
-    assert float(stats["is_dropped"]) == np.sum((is_weight == 0) * real) > 0
 
 
 def test_policy_loss_without_optional_terms_is_the_surrogate():
@@ -167,7 +185,7 @@ def test_policy_loss_without_optional_terms_is_the_surrogate():
     lp, old = torch.tensor(rng.normal(-1, 0.3, n)), torch.tensor(rng.normal(-1, 0.3, n))
     adv, weight = torch.tensor(rng.normal(0, 1, n)), torch.full((n,), 1.0 / n, dtype=torch.float64)
     inputs = LossInputs(lp, torch.tensor(rng.uniform(1, 2, n)), old, adv, weight, torch.ones(n, dtype=torch.float64))
-    loss, stats = policy_loss(inputs, LossSettings(0.2, 0.2))
-    surrogate, _ = ppo_clip_surrogate(lp, old, adv, weight, 0.2, 0.2)
-    assert loss.item() == surrogate.item()
-    assert not {"kl_ref", "is_weight_sum", "is_dropped"} & set(stats)
+    loss, stats = policy_loss(inputs, LossSettings(0.2, 0.2), magic)
+    terms = clipped_surrogate(torch.exp(lp - old), adv, 0.2, 0.2)
+    assert loss.item() == (weight * terms.loss_N).sum().item()
+    assert "kl_ref" not in stats

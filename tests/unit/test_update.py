@@ -48,11 +48,12 @@ def settings(algo, micro_batch_tokens=1 << 30, layout="varlen"):
                           micro_batch_tokens=micro_batch_tokens, layout=layout)
 
 
-def run(algo, groups, steps=1, lr=1e-3, reference=None, model=None, **kw):
+def run(algo, groups, steps=1, lr=1e-3, reference=None, model=None, staleness=None, **kw):
     model = model or small_model()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     ctl = make_entropy_control(algo.entropy)
-    out = [train_step(model, opt, groups, settings(algo, **kw), ctl, ONE_RANK, reference) for _ in range(steps)]
+    out = [train_step(model, opt, groups, settings(algo, **kw), ctl, ONE_RANK, reference, staleness)
+           for _ in range(steps)]
     return model, opt, ctl, out
 
 
@@ -74,7 +75,7 @@ def test_recomputed_old_logprobs_make_the_first_ratio_exactly_one():
     # Against the behaviour log-probs, which differ from the learner's, the ratio is not 1.
     _, _, _, (m,) = run(AlgoConfig(), make_groups(3, alternating))
     assert abs(m["learner/is_ratio_mean"] - 1.0) > 1e-3
-    assert m["learner/kl_behaviour"] > 0 and m["learner/behaviour_logprob_abs_diff"] > 0
+    assert m["learner/mismatch_kl"] > 0 and m["learner/mismatch_abs_mean"] > 0
 
 
 def test_entropy_bonus_raises_entropy_and_controller_follows_the_rule():
@@ -111,20 +112,22 @@ def test_kl_to_reference_starts_at_zero_and_grows():
     assert ms[-1]["learner/kl_ref"] > 0
 
 
-@pytest.mark.parametrize("correction", ["tis", "decoupled"])
+@pytest.mark.parametrize("correction", ["tis", "mis", "icepop", "sequence"])
 def test_importance_corrections_report_their_weights(correction):
-    algo = AlgoConfig(off_policy={"old_logprobs": "recompute", "correction": correction, "is_cap": 1.02})
-    _, _, _, (m,) = run(algo, make_groups(3, alternating))
+    algo = AlgoConfig(correction=correction, off_policy={"old_logprobs": "recompute", "is_cap": 1.02})
+    _, _, _, (m,) = run(algo, make_groups(3, alternating), staleness=[0, 2, 1])
     # π_prox / μ = e^(log π_prox + log V - 0.05): around 1 for a fresh model, some above the cap.
     assert 0 < m["learner/is_weight_mean"] <= 1.1
-    if correction == "decoupled":
-        assert 0 <= m["learner/is_weight_dropped_frac"] < 1
+    assert 0 <= m["learner/correction_frac"] < 1
+    assert m["learner/tokens_s0"] + m["learner/tokens_s1"] + m["learner/tokens_s2"] == m["learner/tokens"]
+    if correction != "tis":  # truncation keeps every token; the others mask (or truncate whole responses)
+        assert m["learner/correction_frac"] > 0
 
 
 def test_sequence_aggregation_and_truncation_metrics():
     groups = make_groups(2, alternating)
     groups[0].responses[0].finish_reason = "length"
-    algo = AlgoConfig(aggregation="sequence", truncation_mask="before")
+    algo = AlgoConfig(loss_agg="seq_mean_token_mean", truncation_mask="before")
     _, _, _, (m,) = run(algo, groups)
     assert m["learner/truncation_rate"] == pytest.approx(1 / 8)
     lengths = [len(r.token_ids) for g in groups for r in g.responses]
@@ -133,17 +136,19 @@ def test_sequence_aggregation_and_truncation_metrics():
 
 def test_config_refuses_corrections_without_recomputed_logprobs():
     with pytest.raises(ValueError, match="recompute"):
+        AlgoConfig(correction="tis")
+    with pytest.raises(ValueError, match="recompute"):  # the old key, mapped to algo.correction
         AlgoConfig(off_policy={"correction": "tis"})
 
 
 def test_the_share_of_tokens_over_the_behaviour_cap_is_measured_whatever_the_correction():
-    """learner/behaviour_over_cap_frac: tokens with π_θ / μ > is_cap before the step (what "decoupled" drops)."""
+    """learner/behaviour_over_cap_frac: tokens with π_θ / μ > is_cap before the step (what "mis" drops)."""
     groups = make_groups(3, alternating)
     shares = []
     for cap in (1e-6, 1.0, 1e6):
         _, _, _, (m,) = run(AlgoConfig(off_policy={"is_cap": cap}), groups)
         shares.append(m["learner/behaviour_over_cap_frac"])
     assert shares[0] == 1.0 and shares[2] == 0.0 and 0.0 < shares[1] < 1.0
-    _, _, _, (m,) = run(AlgoConfig(off_policy={"is_cap": 1.0, "old_logprobs": "recompute",
-                                               "correction": "decoupled"}), groups)
+    _, _, _, (m,) = run(AlgoConfig(correction="mis", off_policy={"is_cap": 1.0, "old_logprobs": "recompute"}), groups)
     assert m["learner/behaviour_over_cap_frac"] == pytest.approx(shares[1])
+    assert m["learner/correction_frac"] == pytest.approx(shares[1])  # "mis" masks exactly those tokens
