@@ -23,7 +23,6 @@ from asyncor.learner.loss import LossInputs, LossSettings, policy_loss
 from asyncor.learner.mismatch import Mismatch
 from asyncor.learner.update import UpdateSettings, train_step
 from asyncor.learner.variants import INTERFACE, load
-from tests.unit.test_update import ONE_RANK, make_groups, small_model
 
 F64 = torch.float64
 EPS_LOW, EPS_HIGH = 0.2, 0.28  # learner.clip_eps_low / clip_eps_high (magic, decoupled)
@@ -479,6 +478,8 @@ MICRO_CASES = [case for i, o in enumerate(OBJECTIVES) for case in
 
 
 def noisy_groups():
+    from tests.unit.test_update import make_groups  # (imports transformers: see `one_step`)
+
     groups = make_groups(4, lambda i, j: float((i + j) % 3 == 0), seed=4)
     rng = np.random.default_rng(8)
     for g in groups:  # behaviour log-probs off by more: the clips, corrections and M2PO's mask all act
@@ -488,6 +489,10 @@ def noisy_groups():
 
 
 def one_step(algo, micro_batch_tokens, groups, staleness):
+    # Imported here, not at the top: transformers imports triton, and triton imported before
+    # tests/unit/test_logprob_entropy.py sets TRITON_INTERPRET=1 breaks its interpreter runs.
+    from tests.unit.test_update import ONE_RANK, small_model
+
     model = small_model()
     start = [p.detach().clone() for p in model.parameters()]
     settings = UpdateSettings(algo=algo, eps_low=EPS_LOW, eps_high=EPS_HIGH, grad_clip=1e9, pad_id=0,
