@@ -47,8 +47,11 @@ def test_a_sweep_runs_its_grid_resumes_and_reports(tmp_path):
     text = (root / "report.md").read_text()
     for png in ("accuracy_vs_steps.png", "reward.png", "staleness.png", "time_split.png", "throughput.png"):
         assert (root / png).stat().st_size > 1000 and f"]({png})" in text
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
-            if line.startswith("| buffer.max_staleness=")}
+    rows = {}  # the main table's row of each group (the stale-length table further down has rows for them too)
+    for line in text.splitlines():
+        if line.startswith("| buffer.max_staleness="):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line.split(" | "))
+    assert "## Stale-length bias" in text  # the buffer counts trained and stale-dropped response lengths
     for eta, s in zip((0, 1), summaries):
         row = rows[f"buffer.max_staleness={eta}"]
         assert row[2] == f"{s['eval']['after']:.3f}"  # one seed: the run's own figures, no spread
