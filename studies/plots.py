@@ -165,10 +165,12 @@ def _by_staleness(groups, out: str, name: str = "mismatch_by_staleness.png"):
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
+    # Group labels are long (every key the groups differ in): one legend below the panels, not over one.
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=1, frameon=False)
     title = "Trainer-inference mismatch by staleness"
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03 + 0.022 * len(labels), 1, 1))
     fig.savefig(os.path.join(out, name), dpi=110)
     plt.close(fig)
     return title, name
