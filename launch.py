@@ -10,6 +10,7 @@
     python launch.py advise --from runs/tiny --nodes 4 --gpus-per-node 8   # actor:learner split, simulated
     python launch.py config                                # print every key, its default and docstring
     python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
+    python launch.py eval --model runs/calculator/final --config configs/calculator.toml   # a multi-turn task
     python launch.py filter --model DIR --data IN.parquet --out OUT.parquet --samples 16  # difficulty filter
     python launch.py plan --config configs/skywork_or1_7b.toml --nodes 2 --gpus-per-node 8   # who runs where
     python launch.py run --cluster slurm --config configs/skywork_or1_7b.toml     # inside salloc / sbatch
@@ -115,6 +116,7 @@ def plan_options(p: argparse.ArgumentParser) -> None:
 def _sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Hugging Face model directory (e.g. runs/<name>/final)")
     p.add_argument("--data", required=True, nargs="+", help="data files: verl or plain layout, .jsonl or .parquet")
+    _episode_options(p)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     p.add_argument("--max-tokens", type=int, default=1024, help="response length limit (default 1024)")
     p.add_argument("--max-prompt-tokens", type=int, default=1024, help="longer prompts are dropped (counted)")
@@ -123,10 +125,21 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "verl", "plain"], help="data layout")
 
 
+def _episode_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="a run's TOML file: its [task.env] runs multi-turn episodes (a "
+                                                  "tool, an environment server); without --data (eval), its task's "
+                                                  "held-out split is evaluated")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of --config, e.g. --set task.env.tool_enabled=false")
+
+
 def eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
     p.add_argument("--out", default=None, help="output directory (default: <model>/eval)")
     _sampling_options(p)
+    for action in p._actions:  # eval: --data may be left out when --config names a task with a held-out split
+        if action.dest == "data":
+            action.required, action.nargs, action.default = False, "*", []
 
 
 def filter_options(p: argparse.ArgumentParser) -> None:

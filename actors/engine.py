@@ -56,6 +56,7 @@ class Delta:
     logprobs: np.ndarray  # (k,) float32 their behaviour log-probs
     finish_reason: str | None  # None while running, then stop | length
     versions: np.ndarray | None = None  # (k,) int32 policy version of each token (non-streamed sequences)
+    cached_tokens: int = 0  # when finished: prompt tokens the prefix cache held
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Completion:
 
 class Engine:
     def __init__(self, model_dir: str, dtype: str, seed: int, max_model_len: int, gpu_memory_utilization: float,
-                 tensor_parallel_size: int = 1, version: int = 0):
+                 tensor_parallel_size: int = 1, version: int = 0, block_size: int | None = None):
         import torch
         from vllm import LLM
 
@@ -83,6 +84,9 @@ class Engine:
             gpu_memory_utilization=gpu_memory_utilization if self.on_cuda else 0.3,
             # k > 1: k worker processes, each holding a shard; `load_weights` reaches every one (collective_rpc).
             tensor_parallel_size=tensor_parallel_size,
+            # Prefix-cache hits come in whole KV blocks: an episode's next turn reuses its earlier turns' KV only
+            # block by block (actors.kv_block_size; None: vLLM's default, 128 tokens on CPU).
+            **({"block_size": block_size} if block_size else {}),
         )
 
         self.engine = self.llm.llm_engine
@@ -92,12 +96,15 @@ class Engine:
     # ------------------------------------------------------------------ streaming
 
     def add(self, request_id: str, prompt: np.ndarray, max_tokens: int, temperature: float, top_p: float,
-            stop_token_id: int, salt: str, stream: bool = False, n: int = 1, seed: int | None = None) -> None:
+            stop_token_id: int, salt: str, stream: bool = False, n: int = 1, seed: int | None = None,
+            extra_stop_ids: tuple[int, ...] = ()) -> None:
         """Start `n` sequences of one prompt. `salt` separates prefix-cache entries: KV computed by one version's
         weights is never reused under another's (vLLM's `cache_salt`). `stream`: report tokens every step (one
         sequence per request). With n > 1 the sequences are reported together when the last one finishes, as
         `request_id/0` .. `request_id/{n-1}` (one request: vLLM prepares it once, not n times). `seed`: this
-        request's own sampling seed (vLLM gives sequence i of n the seed `seed + i`); None: the engine's stream."""
+        request's own sampling seed (vLLM gives sequence i of n the seed `seed + i`); None: the engine's stream.
+        `extra_stop_ids`: more tokens that end the request (an episode's turn-end tokens); like eos, the stop token
+        is the last of its output."""
         if stream and n != 1:
             raise ValueError("a streamed request holds one sequence")
         from vllm import SamplingParams
@@ -105,7 +112,7 @@ class Engine:
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
-                                stop_token_ids=[stop_token_id], seed=seed,
+                                stop_token_ids=[stop_token_id, *extra_stop_ids], seed=seed,
                                 output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
         self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt.tolist(), cache_salt=salt), params)
         self.sizes[request_id] = n
@@ -126,7 +133,8 @@ class Engine:
                         for span in c.weight_versions:
                             versions[span.start:span.end] = int(span.version)
                 request_id = f"{out.request_id}/{c.index}" if n > 1 else out.request_id
-                deltas.append(Delta(request_id, ids, lps, reason, versions))
+                deltas.append(Delta(request_id, ids, lps, reason, versions,
+                                    (out.num_cached_tokens or 0) if out.finished else 0))
         return deltas
 
     def abort(self, request_ids: list[str]) -> None:

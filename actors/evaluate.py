@@ -65,12 +65,30 @@ def score_completions(scorer, codec, problems: list, outputs: list) -> np.ndarra
     return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1)
 
 
-def evaluate_engine(config: Config, engine, codec, scorer, problems: list) -> dict:
-    """The held-out protocol on the weights in `engine`."""
+def episode_rewards(config: Config, engine, codec, scorer, problems: list, env, temperature: float, k: int
+                    ) -> tuple[np.ndarray, dict]:
+    """(problems, k) rewards of `k` episodes of each problem (a multi-turn task), and their tallies (turns used,
+    end reasons): the rollout's own turns (actors/episodes.py), scored as the outbox scores them."""
+    from asyncor.actors.episodes import run_episodes
+    from asyncor.actors.outbox import score_groups
+
+    groups, stats = run_episodes(engine, env, problems, k, temperature, 1.0, response_tokens(config), codec.eos_id,
+                                 codec.vocab_size, config.task.env.workers)
+    rewards = np.asarray(score_groups(scorer, codec, groups), dtype=np.float64).reshape(len(problems), k)
+    return rewards, stats.summary()
+
+
+def evaluate_engine(config: Config, engine, codec, scorer, problems: list, env=None) -> dict:
+    """The held-out protocol on the weights in `engine`; `env`: a multi-turn task's environment
+    (tasks/environment.py), whose episodes are run instead of single completions."""
     cfg = config.eval
     max_tokens = response_tokens(config)
+    episodes: dict = {}
 
     def rewards(temperature: float, k: int) -> np.ndarray:
+        if env is not None:
+            r, episodes[temperature] = episode_rewards(config, engine, codec, scorer, problems, env, temperature, k)
+            return r
         outputs = engine.generate([p.prompt_ids for p in problems], k, temperature, 1.0, max_tokens, codec.eos_id,
                                   seed=cfg.seed)
         return score_completions(scorer, codec, problems, outputs)
@@ -80,7 +98,11 @@ def evaluate_engine(config: Config, engine, codec, scorer, problems: list) -> di
     k = cfg.samples_per_problem if cfg.temperature > 0 else 1
     main = rewards(cfg.temperature, k) if cfg.temperature > 0 else greedy  # never decode greedily twice
     stats = summarise([{"data_source": p.data_source, "rewards": r} for p, r in zip(problems, main)], k)
-    return {"accuracy": stats["overall"][f"avg@{k}"], "n": len(problems), "samples_per_problem": k,
+    extra = {}
+    if env is not None:  # turns used, at the main temperature
+        e = episodes[cfg.temperature if cfg.temperature > 0 else 0.0]
+        extra = {"turns_mean": e["turns_mean"], "turns": e["turns"], "end_reasons": e["end_reasons"]}
+    return {**extra, "accuracy": stats["overall"][f"avg@{k}"], "n": len(problems), "samples_per_problem": k,
             "temperature": cfg.temperature, "greedy_accuracy": float(greedy.mean()),
             "pass_at_k": stats["overall"][f"pass@{k}"],
             "by_source": {s: row[f"avg@{k}"] for s, row in stats["by_source"].items()},
@@ -91,6 +113,8 @@ def metrics_of(result: dict) -> dict:
     """The `eval/*` metrics of one result."""
     values = {"eval/accuracy": result["accuracy"], "eval/greedy_accuracy": result["greedy_accuracy"],
               "eval/pass_at_k": result["pass_at_k"], "eval/seconds": result["seconds"]}
+    if "turns_mean" in result:
+        values["eval/turns_mean"] = result["turns_mean"]
     values.update({f"eval/accuracy/{source}": acc for source, acc in result["by_source"].items()})
     return values
 
@@ -99,6 +123,7 @@ def evaluate(config: Config, model_dir: str) -> dict:
     """Evaluate a saved policy directory with a fresh engine."""
     from asyncor.actors.engine import Engine
     from asyncor.tasks.codec import TextCodec
+    from asyncor.tasks.environments import make_environment
     from asyncor.tasks.scoring import Scorer
     from asyncor.tasks.task import make_task
 
@@ -107,13 +132,17 @@ def evaluate(config: Config, model_dir: str) -> dict:
     problems = task.heldout(config.eval.max_problems)
     scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
                     needs_pool=task.needs_verifier_pool)
+    env = None
     try:
+        env = make_environment(config, codec)  # before vLLM: a tool's sandbox processes are spawned
         engine = Engine(model_dir, config.model.dtype, config.run.seed,
                         config.actors.max_prompt_tokens + response_tokens(config), config.actors.gpu_memory_utilization,
-                        config.actors.tensor_parallel_size)
-        result = evaluate_engine(config, engine, codec, scorer, problems)
+                        config.actors.tensor_parallel_size, block_size=config.actors.kv_block_size)
+        result = evaluate_engine(config, engine, codec, scorer, problems, env)
     finally:
         scorer.close()
+        if env is not None:
+            env.close()
     return {**result, "model": model_dir}
 
 

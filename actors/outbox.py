@@ -43,19 +43,50 @@ SEND_ATTEMPTS = 3  # sends without any answer before the buffer counts as gone
 FULL_PAUSE_MAX_S = 2.0
 
 
-def to_trajectory(group: Group, rewards: list[float], actor_id: int, seq: int):
-    """A completed group as the wire's TrajectoryGroup. Per-token versions travel only when a response
-    spans more than one version (an in-flight update); otherwise `min_version` says it all."""
+def to_trajectory(group: Group, rewards: list[float], actor_id: int, seq: int, version: int = 0):
+    """A completed group as the wire's TrajectoryGroup. Per-token versions travel only when a response's policy
+    tokens span more than one version (an in-flight update); otherwise `min_version` says it all. An episode's
+    response carries its loss mask (environment tokens: version -1); `version` stands for a response without
+    policy tokens (an episode whose environment failed before the first turn)."""
     from asyncor.wire.trajectory import Response, TrajectoryGroup
 
     responses = []
     for s, reward in zip(group.sequences, rewards):
         versions = np.asarray(s.versions, dtype=np.int32)
-        mixed = len(versions) > 0 and versions.min() != versions.max()
+        mask = np.asarray(s.mask, dtype=np.uint8) if s.multi_turn else None
+        policy = versions if mask is None else versions[mask == 1]
+        mixed = len(policy) > 0 and policy.min() != policy.max()
         responses.append(Response(np.asarray(s.tokens, dtype=np.int32), np.asarray(s.logprobs, dtype=np.float32),
-                                  int(versions.min()) if len(versions) else 0, s.finish_reason, reward,
-                                  versions if mixed else None))
-    return TrajectoryGroup(group.prompt.prompt_id, group.prompt.token_ids, responses, actor_id, seq, group.gen_s)
+                                  int(policy.min()) if len(policy) else version, s.finish_reason, reward,
+                                  versions if mixed else None, mask))
+    details = {}
+    if group.sequences and group.sequences[0].multi_turn:
+        turns = [s.turns for s in group.sequences]
+        details = {"turns_mean": float(np.mean(turns)), "turns_max": int(max(turns)),
+                   "env_s": float(sum(s.env_s for s in group.sequences)),
+                   "env_tokens": int(sum(len(s.mask) - sum(s.mask) for s in group.sequences)),
+                   "env_failures": int(sum(s.end_reason not in ("answered", "length", "turn_limit")
+                                           for s in group.sequences))}
+    return TrajectoryGroup(group.prompt.prompt_id, group.prompt.token_ids, responses, actor_id, seq, group.gen_s,
+                           details)
+
+
+def score_groups(scorer, codec, groups: list[Group]) -> list[float]:
+    """Every sequence's reward, in order: an episode's environment reward if it gave one, else the task's
+    verifier on the response (an episode: on its last policy turn); a response cut at the limit scores 0."""
+    from asyncor.tasks.scoring import Sample
+
+    sequences = [s for g in groups for s in g.sequences]
+    rewards = [s.reward if s.multi_turn and s.reward is not None else None for s in sequences]
+    todo = [i for i, r in enumerate(rewards) if r is None]
+    samples = []
+    for i in todo:
+        s = sequences[i]
+        samples.append(Sample(s.prompt.kind, codec.decode(s.last_turn if s.multi_turn else s.tokens),
+                              s.prompt.reference, s.finish_reason == "length"))
+    for i, reward in zip(todo, scorer.score(samples) if samples else []):
+        rewards[i] = reward
+    return [float(r) for r in rewards]
 
 
 class Outbox(threading.Thread):
@@ -127,17 +158,14 @@ class Outbox(threading.Thread):
             self.log.error("outbox_failed", error=repr(exc))
 
     def _score_and_send(self, groups: list[Group]) -> None:
-        from asyncor.tasks.scoring import Sample
-
         start = time.perf_counter()
         with self.budget.measure("scoring"):
-            rewards = self.scorer.score([Sample(g.prompt.kind, self.codec.decode(s.tokens), g.prompt.reference,
-                                                s.finish_reason == "length")
-                                         for g in groups for s in g.sequences])
+            rewards = score_groups(self.scorer, self.codec, groups)
         verify_s = time.perf_counter() - start
         at, trajectories = 0, []
         for g in groups:
-            trajectories.append(to_trajectory(g, rewards[at:at + len(g.sequences)], self.actor_id, self.seq))
+            trajectories.append(to_trajectory(g, rewards[at:at + len(g.sequences)], self.actor_id, self.seq,
+                                              max(max(s.versions, default=0) for s in g.sequences)))
             at += len(g.sequences)
             self.seq += 1
         with self.budget.measure("sending"):

@@ -25,12 +25,19 @@ actors/refill.py `RefillRule` (`settings.refill`), which the pipeline simulator 
      and the version that sampled it; a group whose last sequence finished
      goes to the outbox (scored and sent on another thread).
 
+Multi-turn tasks (`episodes`, actors/episodes.py): each sample is an episode, one engine request per turn; a
+turn that ends leaves the engine while its environment step runs on another thread (its slot free for other
+sequences), and each tick starts the next turns of the episodes whose environment answered. Chunk mode loads
+weights only while no turn decodes (between turns); inflight mode also within turns.
+
 Producers: the buffer (grants, through `link`), the weight receiver thread (staged weights, through
-`weights`) and the engine (tokens). Consumer of the finished groups: the outbox thread (actors/outbox.py).
+`weights`), the engine (tokens) and the environment threads (observations). Consumer of the
+finished groups: the outbox thread (actors/outbox.py).
 Blocking: every request to the buffer (`ask`, `give_back`) waits for its reply, at most
 `net.request_timeout_s` (an idle engine's `ask` may also be held up to `grant_hold_s` in the buffer); `put`
 waits while the outbox is full, at most `outbox_timeout_s`; an idle engine waits up to 0.5 s for the
-weights a grant needs, or up to 0.05 s until the buffer may have room. Dropped: staged weights not yet
+weights a grant needs, up to 0.05 s for an episode's environment step, or up to 0.05 s until the buffer
+may have room. Dropped: staged weights not yet
 loaded when newer ones arrive; at `stop`, the sequences still generating (aborted) and grants not yet
 started (the learner is done). Timeouts: a grant whose weights do not come within `grant_wait_s` goes back
 to the buffer (`grant_return`); a buffer request with no reply, a full outbox past `outbox_timeout_s` or a
@@ -95,8 +102,9 @@ class _Pending:
 
 class Rollout:
     def __init__(self, engine, link, weights, outbox, settings: RolloutSettings, log, metrics=None,
-                 on_loaded=None, pause=None):
+                 on_loaded=None, pause=None, episodes=None):
         self.engine, self.link, self.weights, self.outbox = engine, link, weights, outbox
+        self.episodes = episodes  # actors/episodes.py Episodes (multi-turn tasks), else None
         self.s = settings
         self.rule = settings.refill
         self.log, self.metrics = log, metrics
@@ -104,6 +112,8 @@ class Rollout:
         self.pause = pause  # optional: .due(version) -> bool and .run(version) (held-out evaluation, engine idle)
         self.version = 0
         self.inflight = InFlight()
+        if episodes is not None:
+            episodes.bind(self.inflight, self.add_turn, self.complete)
         self.pending: list[_Pending] = []
         self.staged = None  # weights received and not yet loaded
         self.stopped = False
@@ -126,6 +136,8 @@ class Rollout:
         while not self.stopped:
             self.tick()
         self.engine.abort(self.inflight.drop_all())
+        if self.episodes is not None:
+            self.episodes.close()
         while self._probes and self.engine.running():  # a few greedy tokens: every loaded version gets its probe
             self.decode()
 
@@ -139,8 +151,12 @@ class Rollout:
         if not draining and (self.wants_prompts() or time.perf_counter() - self.last_ask > self.s.heartbeat_s):
             self.ask()
         self.start_ready()
+        if self.episodes is not None:  # episodes just opened, or whose environment answered: into this step
+            self.episodes.next_turns()
         if self.engine.running():
             self.decode()
+            if self.episodes is not None:  # turns that just ended and whose environment answered at once (inline)
+                self.episodes.next_turns()  # join the very next engine step
         elif not self.stopped:
             self.idle()
 
@@ -178,7 +194,7 @@ class Rollout:
         for seq in running:
             self.engine.add(seq.request_id, seq.resume_prompt(), seq.tokens_left, self.s.temperature, self.s.top_p,
                             self.s.stop_token_id, salt=f"v{self.version}", stream=True,
-                            seed=self.seed_of(seq.prompt.prompt_id, seq.index, len(seq.tokens)))
+                            seed=self.seed_of(seq.prompt.prompt_id, seq.index, len(seq.tokens)), **self._stops(seq))
         self.stats["restarted"] += len(running)
 
     # ------------------------------------------------------------------ prompts
@@ -188,8 +204,9 @@ class Rollout:
         if self.stopped or time.perf_counter() < self.retry_at:
             return 0
         queued = sum(len(p.grant.prompts) for p in self.pending) * self.n
+        episodes_wait = self.episodes is not None and self.inflight.waiting() > 0  # chunk mode: not drained yet
         return self.rule.room(self.engine.running(), queued, self.n,
-                              waiting=bool(self.pending) or self.staged is not None)
+                              waiting=bool(self.pending) or self.staged is not None or episodes_wait)
 
     def wants_prompts(self) -> bool:
         return self.rule.should_ask(self.free_prompts(), self.engine.running(), self.n)
@@ -224,7 +241,11 @@ class Rollout:
 
     def start_group(self, prompt, n: int, max_tokens: int) -> None:
         """Streamed sequences (recompute) are one request each; otherwise the group is one request of n, which
-        vLLM prepares once and reports whole when its last sequence ends."""
+        vLLM prepares once and reports whole when its last sequence ends. Episodes start when their environment
+        has opened them (`next_turns`)."""
+        if self.episodes is not None:
+            self.episodes.open(self.inflight.start_episodes(prompt, n, max_tokens))
+            return
         sequences = self.inflight.start(prompt, n, max_tokens, together=not self.stream)
         first: dict[str, object] = {}  # each engine request's first sequence
         for seq in sequences:
@@ -255,6 +276,9 @@ class Rollout:
                 self.record_probe(d)
                 continue
             tokens += len(d.token_ids)
+            if self.episodes is not None:
+                self.episodes.record(d, self.version)
+                continue
             group = self.inflight.record(d.request_id, d.token_ids, d.logprobs, self.version, d.finish_reason,
                                          d.versions)
             if group is not None:
@@ -274,6 +298,22 @@ class Rollout:
         if self.metrics is not None and time.perf_counter() - w["start"] >= self.s.metrics_every_s:
             self.flush_metrics()
 
+    # ------------------------------------------------------------------ episodes
+
+    def _stops(self, seq) -> dict:
+        """An episode's turn also stops at the environment's turn-end tokens."""
+        return {"extra_stop_ids": self.episodes.env.turn_end_ids} if seq.multi_turn else {}
+
+    def add_turn(self, seq, request_id: str, prompt) -> None:
+        """Start an episode's next turn in the engine (actors/episodes.py calls it)."""
+        self.engine.add(request_id, prompt, seq.tokens_left, self.s.temperature, self.s.top_p, self.s.stop_token_id,
+                        salt=f"v{self.version}", stream=self.stream,
+                        seed=self.seed_of(seq.prompt.prompt_id, seq.index, len(seq.tokens)), **self._stops(seq))
+
+    def complete(self, group) -> None:
+        with self.budget.measure("waiting_for_outbox"):
+            self.outbox.put(group, self.s.outbox_timeout_s)
+
     def idle(self) -> None:
         """Nothing in the engine: wait for the weights a grant needs, or until the buffer may have room."""
         if self.pending:
@@ -284,6 +324,10 @@ class Rollout:
                 self.staged = staged
             return
         if self.staged is not None:
+            return
+        if self.episodes is not None and self.episodes.waiting():
+            with self.budget.measure("waiting_for_environment"):
+                self.episodes.wait(0.05)  # until an environment step finishes (or the next heartbeat)
             return
         with self.budget.measure("waiting_for_grant"):
             time.sleep(min(max(self.retry_at - time.perf_counter(), 0.0), 0.05))
@@ -307,7 +351,15 @@ class Rollout:
 
     def flush_metrics(self) -> None:
         w = self._window
+        episodes = {}
+        if self.episodes is not None and self.episodes.stats.episodes:
+            e = self.episodes.stats.summary()
+            episodes = {"actor/turns_per_episode": e["turns_mean"], "actor/tokens_per_turn": e["tokens_per_turn"],
+                        "actor/env_s_per_step": e["env_s_per_step"], "actor/episodes_waiting": self.inflight.waiting(),
+                        "actor/prefix_cached_frac": e["prefix_cached_frac"],
+                        **{f"actor/episode_end/{k}": v for k, v in e["end_reasons"].items() if v}}
         self.metrics.log({
+            **episodes,
             "actor/tokens_per_s": w["tokens"] / w["gen_s"] if w["gen_s"] else 0.0,
             "actor/occupancy": w["occupancy"] / w["steps"] if w["steps"] else 0.0,
             "actor/busy_frac": self.budget.busy_frac("generating"),

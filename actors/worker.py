@@ -98,6 +98,7 @@ class Actor:
         from asyncor.sync.group import pick_backend
         from asyncor.sync.receiver import WeightReceiver
         from asyncor.tasks.codec import TextCodec
+        from asyncor.tasks.environments import make_environment
         from asyncor.tasks.scoring import Scorer
         from asyncor.tasks.task import make_task
         from asyncor.telemetry.metrics import MetricsWriter
@@ -131,13 +132,16 @@ class Actor:
         # Verifier processes start before vLLM (spawned, never forked from the engine's process state).
         self.scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
                              needs_pool=task.needs_verifier_pool)
+        # A multi-turn task's environment (its tool's sandbox processes too) also starts before vLLM.
+        self.env = make_environment(config, self.codec)
         # A resumed run's engine starts with the checkpoint's weights, that version.
         self.start_version = start_version(config.checkpoint.resume_from)
         start = time.perf_counter()
         self.engine = Engine(config.policy_path, config.model.dtype, config.run.seed * 1000 + actor_id,
                              max_model_len=self._max_model_len(),
                              gpu_memory_utilization=config.actors.gpu_memory_utilization,
-                             tensor_parallel_size=config.actors.tensor_parallel_size, version=self.start_version)
+                             tensor_parallel_size=config.actors.tensor_parallel_size, version=self.start_version,
+                             block_size=config.actors.kv_block_size)
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
         # Groups go out on their own socket, from the outbox thread.
         self.outbox = Outbox(actor_id, self.scorer, self.codec,
@@ -151,9 +155,14 @@ class Actor:
         self.heldout = task.heldout(config.eval.max_problems) if self.eval_every else None
         self.eval_metrics = (MetricsWriter(RunDir(config.run_dir).metrics, "eval", config.net.telemetry_address)
                              if self.eval_every else None)
+        episodes = None
+        if self.env is not None:
+            from asyncor.actors.episodes import Episodes
+
+            episodes = Episodes(self.env, self.codec.vocab_size, self.codec.eos_id, config.task.env.workers)
         self.rollout = Rollout(self.engine, self.link, self.receiver, self.outbox, rollout_settings(config, self.codec),
                                self.log, self.metrics, on_loaded=self.on_loaded,
-                               pause=Evaluation(self) if self.eval_every else None)
+                               pause=Evaluation(self) if self.eval_every else None, episodes=episodes)
         self.rollout.version = self.start_version
 
     def _max_model_len(self) -> int:
@@ -189,7 +198,7 @@ class Actor:
 
     def evaluate(self) -> None:
         """The held-out protocol of eval_before/eval_after on the weights in the engine (version `self.version`)."""
-        result = evaluate_engine(self.config, self.engine, self.codec, self.scorer, self.heldout)
+        result = evaluate_engine(self.config, self.engine, self.codec, self.scorer, self.heldout, self.env)
         self.stats["eval_s"] += result["seconds"]
         self.stats["evaluated"].append(self.version)
         self.eval_metrics.log({**metrics_of(result), "eval/version": self.version}, step=self.version)
@@ -235,6 +244,8 @@ class Actor:
             "response_lengths": {str(k): v for k, v in sorted(self.outbox.response_lengths.items())},
             "timeline": {"generating": r.timeline.as_list(), "dropped": r.timeline.dropped},
         }
+        if r.episodes is not None:
+            summary["episodes"] = r.episodes.stats.summary()
         try:
             bye = {k: v for k, v in summary.items() if k != "timeline"}  # the buffer's copy needs no timeline
             self.client.call(wire.Bye(actor_id=self.actor_id, stats=bye), 5.0)
@@ -248,6 +259,8 @@ class Actor:
         self.receiver.stop()
         self.outbox.stop()
         self.scorer.close()
+        if self.env is not None:
+            self.env.close()
 
     def on_sigterm(self, *_) -> None:
         if not self.finishing:

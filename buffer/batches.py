@@ -77,6 +77,7 @@ class Batches:
         if stale:
             self.counts.dropped_stale += len(stale)
             self.counts.lengths("dropped", stale)
+            self.counts.turns(stale, None)
             self.budget.on_dropped(len(stale))
             self.log.info("dropped_stale", n=len(stale), version=self.budget.version)
 
@@ -99,6 +100,7 @@ class Batches:
         ages = [self.budget.staleness(g.min_version) for g in groups]
         self.counts.staleness_trained.extend(ages)
         self.counts.lengths("trained", groups)
+        self.counts.turns(groups, ages)
         trained, dropped = (length_stats(self.counts.len_hist[kind]) for kind in ("trained", "dropped"))
         self.metrics.log({
             "buffer/size": len(self.store),

@@ -21,7 +21,9 @@ every group dropped as stale ("dropped"; rejection sampling's all-equal groups a
 tokens: one list per kind indexed by length, so memory is bounded by the longest response, not the run's length.
 Both are kept in the checkpoint (a state saved before they existed loads with them empty); `summary` reports them
 under "length_bias" with the drop rate of long responses (at or above the p90 length of all counted responses)
-against that of shorter ones.
+against that of shorter ones. Multi-turn tasks: `turns` counts trained groups' staleness and stale drops by turn
+kind (a group with an episode of more than one turn, against groups of one-turn episodes), kept in the checkpoint
+too and reported under "turn_staleness".
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ from asyncor.wire.envelope import REJECT_REASONS
 
 
 LENGTH_KINDS = ("trained", "dropped")  # response lengths counted: groups handed to the learner, dropped as stale
+TURN_KINDS = ("single", "multi")  # groups whose episodes all took one turn, and groups with a longer one
+
+
+def turn_kind(group) -> str:
+    """"multi" for a group with an episode of more than one turn (its details, actors/outbox.py), else "single"."""
+    turns = group.details.get("turns_max", 1)
+    return "multi" if isinstance(turns, int) and turns > 1 else "single"
 
 
 @dataclass
@@ -54,6 +63,23 @@ class Counts:
     staleness_trained: list[int] = field(default_factory=list)  # one entry per group handed to the learner
     # Responses counted by length in tokens (index = length), of groups trained and of groups dropped as stale.
     len_hist: dict[str, list[int]] = field(default_factory=lambda: {kind: [] for kind in LENGTH_KINDS})
+    # Multi-turn tasks: staleness of trained groups (count per staleness) and stale-dropped groups, by turn kind.
+    turn_staleness: dict[str, list[int]] = field(default_factory=lambda: {kind: [] for kind in TURN_KINDS})
+    turn_dropped: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in TURN_KINDS})
+
+    def turns(self, groups, ages: list[int] | None) -> None:
+        """Count `groups` by turn kind: trained at `ages`, or (None) dropped as stale. Single-turn tasks' groups
+        carry no turn details and are left out."""
+        for g, age in zip(groups, ages if ages is not None else [None] * len(groups)):
+            if "turns_max" not in g.details:
+                continue
+            kind = turn_kind(g)
+            if age is None:
+                self.turn_dropped[kind] += 1
+                continue
+            hist = self.turn_staleness[kind]
+            hist.extend([0] * (age + 1 - len(hist)))
+            hist[age] += 1
 
     def uniform(self, kind: str, tally: GroupTally) -> None:
         """An all-equal group dropped by rejection sampling."""
@@ -106,6 +132,19 @@ def length_bias(counts: Counts) -> dict:
             "long_drop_rate": rate(t[long_from:], d[long_from:]), "short_drop_rate": rate(t[:long_from], d[:long_from])}
 
 
+def turn_staleness(counts: Counts) -> dict:
+    """Staleness of trained single-turn against multi-turn groups (a multi-turn task's groups only): an episode with
+    tool calls takes longer, so more versions pass while it runs. {} when no group had turn details."""
+    out = {}
+    for kind in TURN_KINDS:
+        hist = np.asarray(counts.turn_staleness[kind], dtype=np.int64)
+        n = int(hist.sum())
+        out[kind] = {"groups": n, "dropped_stale": counts.turn_dropped[kind],
+                     "mean": float(np.dot(np.arange(len(hist)), hist) / n) if n else 0.0,
+                     "max": int(np.flatnonzero(hist)[-1]) if n else 0, "hist": [int(x) for x in hist]}
+    return out if any(v["groups"] or v["dropped_stale"] for v in out.values()) else {}
+
+
 def ledger(counts: Counts, stored: int) -> dict:
     """Where every accepted group went. Retried duplicates were never accepted (`duplicates_discarded`)."""
     ends = {"trained": len(counts.staleness_trained), "dropped_stale": counts.dropped_stale,
@@ -133,6 +172,8 @@ def state_dict(b) -> dict:
         "rejected": dict(c.rejected),
         "trained_staleness_hist": np.bincount(ages).tolist() if ages else [],
         **{f"{kind}_len_hist": list(c.len_hist[kind]) for kind in LENGTH_KINDS},
+        "turn_staleness": {kind: list(c.turn_staleness[kind]) for kind in TURN_KINDS},
+        "turn_dropped": dict(c.turn_dropped),
     }
 
 
@@ -158,6 +199,9 @@ def load_state(b, checkpoint: str) -> None:
         c.rejected.update({k: int(v) for k, v in state["rejected"].items() if k in c.rejected})
         c.staleness_trained = [age for age, n in enumerate(state["trained_staleness_hist"]) for _ in range(int(n))]
         c.len_hist = {kind: load_hist(state.get(f"{kind}_len_hist", []), f"{kind}_len_hist") for kind in LENGTH_KINDS}
+        turns = state.get("turn_staleness", {})
+        c.turn_staleness = {kind: load_hist(turns.get(kind, []), f"turn_staleness.{kind}") for kind in TURN_KINDS}
+        c.turn_dropped = {kind: int(state.get("turn_dropped", {}).get(kind, 0)) for kind in TURN_KINDS}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RuntimeError(f"cannot resume the buffer from {path}: {type(exc).__name__}: {exc}") from None
     if saved_accepted != b.budget.accepted:
@@ -194,6 +238,7 @@ def summary(b) -> dict:
         "max_stored": c.max_stored,
         "ledger": ledger(c, len(b.store)),
         "length_bias": length_bias(c),
+        "turn_staleness": turn_staleness(c),
         "actors": a.actor_stats,
         "actor_restarts": {str(i): n for i, n in sorted(a.actor_restarts.items())},
     }

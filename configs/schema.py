@@ -82,12 +82,78 @@ class ModelConfig(_Section):
     """Shape of the built-in tiny model."""
 
 
+class EnvConfig(_Section):
+    """[task.env]: how an episode runs (docs/environments.md). "single" is one completion per sample, scored by the
+    task's verifier; "tool" and "http" are multi-turn episodes: the policy's turn ends at `call_end` (or eos), the
+    environment answers with an observation appended as context (never trained), until done, `max_turns` or the
+    response token limit."""
+
+    kind: Literal["single", "tool", "http", "custom"] = "single"
+    """"single": one completion per sample. "tool": a turn ending in `call_end` runs `tool` on the text between
+    `call_start` and `call_end`, and its output comes back between `observation_start` and `observation_end`; a
+    turn ending in eos is the answer, scored by the task's verifier. "http": a gym-style server at `http_url`
+    (`POST /reset`, `POST /step`, JSON) answers every turn (tasks/http_env.py). "custom": your own environment
+    class, built by `factory` (docs/environments.md)."""
+    factory: str = ""
+    """kind = "custom": `module:function`, importable by every actor, called as `function(settings, codec)` (this
+    [task.env] section and the policy's tokenizer, tasks/codec.py) and returning an Environment
+    (tasks/environment.py)."""
+    tool: Literal["calculator", "python"] = "calculator"
+    """kind = "tool": "calculator" evaluates `a*b`, `a+b`, `a-b` of integers; "python" runs the code in the
+    verifiers' sandbox (same limits and jail, docs/verifiers.md) and answers with what it printed."""
+    tool_enabled: bool = True
+    """false: every tool call is answered "unavailable" (`observation_start` + `?` + `observation_end`): the same
+    episodes without the tool, e.g. to evaluate a policy with and without it."""
+    call_start: str = "<tool_call>"
+    """Text that opens a tool call in the policy's turn."""
+    call_end: str = "</tool_call>"
+    """Text that closes a tool call and ends the policy's turn; must be one token of the model's tokenizer (vLLM
+    stops on token ids; the actor never decodes text while generating)."""
+    observation_start: str = "<tool_response>"
+    """Text before the tool's output in the observation."""
+    observation_end: str = "</tool_response>"
+    """Text after the tool's output in the observation."""
+    max_turns: int = Field(4, ge=1, le=256)
+    """Most policy turns per episode; an episode still calling tools at the last one ends with reason
+    "turn_limit" and reward 0."""
+    max_observation_tokens: int = Field(256, ge=1)
+    """Longest observation appended in tokens; a longer one is cut to this (counted: "observation_cut")."""
+    step_timeout_s: float = Field(10.0, gt=0)
+    """Deadline of one environment step (a tool run, or an HTTP step with its retries); past it the episode ends
+    with reason "env_timeout" and reward 0."""
+    workers: int = Field(4, ge=1, le=256)
+    """Environment steps run at once per actor (threads); an episode waiting for one frees its engine slot."""
+    http_url: str = ""
+    """kind = "http": the environment server's base URL, e.g. `http://127.0.0.1:8000`."""
+    http_timeout_s: float = Field(5.0, gt=0)
+    """kind = "http": deadline of one HTTP request."""
+    http_retries: int = Field(2, ge=0, le=10)
+    """kind = "http": requests retried after a connection error or timeout (within `step_timeout_s`)."""
+
+    @property
+    def multi_turn(self) -> bool:
+        return self.kind != "single"
+
+    @model_validator(mode="after")
+    def _check(self) -> "EnvConfig":
+        if self.kind == "http" and not self.http_url.startswith(("http://", "https://")):
+            raise ValueError(f'kind = "http" needs http_url = "http://host:port" (got {self.http_url!r})')
+        if self.kind == "tool" and not (self.call_start and self.call_end):
+            raise ValueError('kind = "tool" needs call_start and call_end (the tool-call tags)')
+        if self.kind == "custom" and (self.factory.count(":") != 1 or not all(self.factory.split(":"))):
+            raise ValueError(f'kind = "custom" needs factory = "module:function" (got {self.factory!r})')
+        return self
+
+
 class TaskConfig(_Section):
-    kind: Literal["arithmetic", "repeat", "files"] = "arithmetic"
+    kind: Literal["arithmetic", "repeat", "calculator", "files"] = "arithmetic"
     """"arithmetic": the built-in synthetic task (exact-answer reward). "repeat": `37*5=` -> `3737373737`, response
     lengths long-tailed up to `max_repeat` x `digits` tokens (tasks/repeat.py; for studying generation scheduling).
-    "files": math / code problems from `train_files` / `heldout_files`, rewarded by the math and code verifiers
-    (docs/verifiers.md)."""
+    "calculator": products too large for the tiny model to work out, `347*86=` -> `29842`, with a calculator tool
+    (tasks/calculator.py; configs/calculator.toml). "files": math / code problems from `train_files` /
+    `heldout_files`, rewarded by the math and code verifiers (docs/verifiers.md)."""
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    """How an episode runs: one completion, or turns with a tool or an environment server (docs/environments.md)."""
     train_files: list[str] = []
     """kind = "files": training data, local .jsonl / .parquet (verl or plain layout)."""
     heldout_files: list[str] = []
@@ -135,6 +201,9 @@ class WarmStartConfig(_Section):
     """Sequences per supervised step."""
     lr: float = Field(1e-3, gt=0)
     """AdamW learning rate of the warm start."""
+    tool_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    """task.kind = "calculator": share of warm-start examples that call the tool (the rest answer at once), so RL
+    starts from a policy that sometimes calls it (tasks/calculator.py)."""
 
 
 class ActorsConfig(_Section):
@@ -149,6 +218,10 @@ class ActorsConfig(_Section):
     """Sampling temperature; the learner divides logits by the same value."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling (1.0 = off; anything else makes behaviour log-probs differ from the learner's)."""
+    kv_block_size: int | None = Field(None, ge=1, le=1024)
+    """KV-cache block size in tokens (vLLM's `block_size`; unset: vLLM's default, 128 on CPU). Prefix-cache hits
+    come in whole blocks, so a multi-turn episode's next turn reuses its earlier turns' KV only block by block:
+    short episodes want small blocks (CPU: a multiple of 32)."""
     max_prompt_tokens: int = Field(64, ge=1)
     """Longest prompt the engine accepts (vLLM's max_model_len is this plus the largest max_response_tokens of
     any stage, or of evaluation on the evaluating actor). Longer prompts of data files are left out."""
@@ -174,7 +247,9 @@ class ActorsConfig(_Section):
     """Give every generation request its own sampling seed, from run.seed, the request (prompt and sample) and
     the policy version: the same weights and prompt give the same samples whatever else runs in the engine, so a
     run resumed from a checkpoint (with buffer.max_staleness = 0) repeats the uninterrupted one. Costs one noise
-    draw per request per decoding step (on GPUs vLLM then samples through PyTorch instead of FlashInfer)."""
+    draw per request per decoding step (on GPUs vLLM then samples through PyTorch instead of FlashInfer). On CPUs,
+    vLLM fails on a seeded request whose prefill is split over steps, which a multi-turn task's long later turns
+    make likely: leave it off there."""
     probe: bool = False
     """After every weight load, generate 4 greedy tokens of a fixed prompt and log their summed log-prob as
     `actor/probe_logprob` (changes exactly when the engine's weights change: a check for weight sync)."""

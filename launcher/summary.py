@@ -54,6 +54,9 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         # Seconds per activity of each role (telemetry/time_budget.py): who waited for whom.
         "time": {"learner": learner.get("time", {}), "actors": [a.get("time", {}) for a in actors]},
     }
+    episodes = episodes_of([a["episodes"] for a in actors if a.get("episodes")])
+    if episodes:  # a multi-turn task: turns, environment time, tokens per turn, staleness by turn kind
+        summary["episodes"] = {**episodes, "staleness": _without_hists(buffer.get("turn_staleness", {}))}
     summary["eval_curve"] = eval_curve(run_dir)
     before, after = files.role("eval_before"), files.role("eval_after")
     if os.path.exists(before) and os.path.exists(after):
@@ -62,6 +65,45 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
                            "samples_per_problem": a["samples_per_problem"], "temperature": a["temperature"],
                            "greedy_before": b["greedy_accuracy"], "greedy_after": a["greedy_accuracy"]}
     return summary
+
+
+def episodes_of(per_actor: list[dict]) -> dict:
+    """The actors' episode tallies (actors/episodes.py EpisodeStats.summary) together; {} for a single-turn task."""
+    n = sum(e["episodes"] for e in per_actor)
+    if not n:
+        return {}
+    turns: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for e in per_actor:
+        for k, v in e["turns"].items():
+            turns[k] = turns.get(k, 0) + v
+        for k, v in e["end_reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    total_turns = sum(int(k) * v for k, v in turns.items())
+    steps = sum(e["env_steps"] for e in per_actor)
+    policy_tokens = sum(e["tokens_per_turn"] * sum(int(k) * v for k, v in e["turns"].items()) for e in per_actor)
+    resumed = [(e["prefix_cached_frac"], e["episodes"]) for e in per_actor]
+    return {"episodes": n, "turns_mean": total_turns / n,
+            "turns": dict(sorted(turns.items(), key=lambda kv: int(kv[0]))),
+            "tokens_per_turn": policy_tokens / total_turns if total_turns else 0.0,
+            "env_s": sum(e["env_s"] for e in per_actor), "env_steps": steps,
+            "env_s_per_step": sum(e["env_s"] for e in per_actor) / steps if steps else 0.0,
+            "prefix_cached_frac": sum(f * k for f, k in resumed) / n,
+            "end_reasons": {k: v for k, v in reasons.items() if v}}
+
+
+def episode_lines(e: dict | None) -> list[str]:
+    if not e:
+        return []
+    s = e.get("staleness", {})
+    lines = [f"episodes            {e['episodes']}, {e['turns_mean']:.2f} turns each ({e['turns']}), "
+             f"{e['tokens_per_turn']:.1f} policy tokens per turn, environment {e['env_s_per_step'] * 1000:.1f} ms "
+             f"per call; ended: " + ", ".join(f"{k} {v}" for k, v in e["end_reasons"].items())]
+    if s:
+        lines.append("  staleness         " + "; ".join(
+            f"{kind}-turn groups mean {v['mean']:.2f}, max {v['max']} ({v['groups']} trained, {v['dropped_stale']} "
+            "dropped stale)" for kind, v in s.items()))
+    return lines
 
 
 def ledger_line(ledger: dict | None) -> str:
@@ -113,6 +155,7 @@ def human(summary: dict) -> str:
             summary.get("filtering", {}).get("solve_all", 0), summary.get("filtering", {}).get("solve_none", 0),
             summary.get("filtering", {}).get("online_filtered", 0)),
         ledger_line(summary.get("ledger")),
+        *episode_lines(summary.get("episodes")),
         f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)"
         + (f"; group rebuilt {y['regroups'] - 1} times, {y['failed_syncs']} failed syncs"
            if y.get("regroups", 1) > 1 else ""),

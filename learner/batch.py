@@ -1,9 +1,14 @@
 """Trajectory groups -> a mini-batch of sequences -> micro-batches the model runs.
 
 A *sequence* is one response with its prompt: `prompt ++ response`. The token
-at position p is predicted by the hidden state at p - 1, so for the response
+at position p is predicted by the hidden state at p - 1, so for the trained
 tokens we keep the positions p - 1 and gather exactly those hidden states: the
-loss touches response tokens only, never prompt or padding.
+loss touches trained tokens only, never prompt or padding. The trained tokens
+are the response's policy tokens: all of it, or (a multi-turn episode, DESIGN
+§11) those its loss mask marks, the environment's observations between them
+being context only. Every per-token quantity (behaviour log-prob, weight,
+entropy, corrections, metrics) exists for trained tokens only, so nothing
+downstream sees an environment token.
 
 Token weights (the loss aggregation, learner/loss_aggs/) are computed here, once, over
 the whole mini-batch, before it is cut into micro-batches or split across
@@ -31,13 +36,22 @@ from asyncor.wire.trajectory import TrajectoryGroup
 
 @dataclass
 class TrainingSequence:
-    ids: np.ndarray  # (P + R,) int64: prompt ++ response
+    ids: np.ndarray  # (P + R,) int64: prompt ++ response (policy and environment tokens)
     prompt_len: int
-    behaviour: np.ndarray  # (R,) float32, the actor's log-probs
+    behaviour: np.ndarray  # (N,) float32, the actor's log-probs of the trained tokens
     advantage: float
-    weight: np.ndarray  # (R,) float32: this sequence's share of the mini-batch loss, per token
-    offset: int = 0  # position of its first response token in the mini-batch's flat token order
+    weight: np.ndarray  # (N,) float32: this sequence's share of the mini-batch loss, per trained token
+    offset: int = 0  # position of its first trained token in the mini-batch's flat token order
     staleness: int = 0  # learner versions between the policy that generated it and the one training on it
+    positions: np.ndarray | None = None  # (N,) int64 positions in `ids` of the trained tokens (None: the response)
+
+    def __post_init__(self):
+        if self.positions is None:
+            self.positions = np.arange(self.prompt_len, len(self.ids), dtype=np.int64)
+
+    @property
+    def trained(self) -> int:
+        return len(self.positions)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,7 +62,7 @@ class MiniBatch:
     """The data of one optimiser step (every rank holds all of it; it is small next to the model)."""
     sequences: list[TrainingSequence]
     rewards: np.ndarray  # (B,) per response
-    lengths: np.ndarray  # (B,) response tokens
+    lengths: np.ndarray  # (B,) trained (policy) tokens per response
     truncated: np.ndarray  # (B,) bool: cut at the length limit
     staleness: np.ndarray  # (B,) int64: its group's staleness
 
@@ -108,11 +122,13 @@ def minibatch(groups: list[TrajectoryGroup], advantages: list[np.ndarray], loss_
     for g, advs, age in zip(groups, advantages, staleness):
         for resp, adv in zip(g.responses, advs):
             ids = np.concatenate([np.asarray(g.prompt_ids, np.int64), np.asarray(resp.token_ids, np.int64)])
-            sequences.append(TrainingSequence(ids, len(g.prompt_ids), np.asarray(resp.logprobs, np.float32),
-                                              float(adv), np.zeros(0, np.float32), offset, int(age)))
-            offset += len(resp.token_ids)
+            policy = np.arange(len(resp.token_ids)) if resp.loss_mask is None else np.flatnonzero(resp.loss_mask)
+            sequences.append(TrainingSequence(ids, len(g.prompt_ids), np.asarray(resp.logprobs, np.float32)[policy],
+                                              float(adv), np.zeros(0, np.float32), offset, int(age),
+                                              len(g.prompt_ids) + policy.astype(np.int64)))
+            offset += len(policy)
             rewards.append(resp.reward)
-            lengths.append(len(resp.token_ids))
+            lengths.append(len(policy))
             truncated.append(resp.finish_reason == "length")
             ages.append(int(age))
     lengths = np.array(lengths, np.int64)
@@ -158,23 +174,22 @@ def micro_batch(rows_of: list[list[TrainingSequence]], packing: bool, pad_id: in
         mask[i, :len(r)] = 1
     row_N, col_N = [], []
     for s, (row, offset) in zip(sequences, placement):
-        n = len(s) - s.prompt_len
-        row_N.append(np.full(n, row))
-        col_N.append(offset + np.arange(s.prompt_len - 1, len(s) - 1))
+        row_N.append(np.full(s.trained, row))
+        col_N.append(offset + s.positions - 1)
     cat = lambda xs, dt: torch.from_numpy(np.concatenate(xs).astype(dt))
-    n_tokens = sum(len(s) - s.prompt_len for s in sequences)
+    n_tokens = sum(s.trained for s in sequences)
     return MicroBatch(
         input_ids_BT=torch.from_numpy(input_ids),
         position_ids_BT=torch.from_numpy(position_ids),
         attention_mask_BT=None if packing else torch.from_numpy(mask),
         row_N=cat(row_N, np.int64),
         col_N=cat(col_N, np.int64),
-        target_N=cat([s.ids[s.prompt_len:] for s in sequences], np.int64),
+        target_N=cat([s.ids[s.positions] for s in sequences], np.int64),
         behaviour_logprob_N=cat([s.behaviour for s in sequences], np.float32),
-        advantage_N=cat([np.full(len(s) - s.prompt_len, s.advantage) for s in sequences], np.float32),
+        advantage_N=cat([np.full(s.trained, s.advantage) for s in sequences], np.float32),
         weight_N=cat([s.weight for s in sequences], np.float32),
         real_N=torch.full((n_tokens,), float(real)),
-        seq_N=cat([np.full(len(s) - s.prompt_len, i) for i, s in enumerate(sequences)], np.int64),
-        index_N=cat([s.offset + np.arange(len(s) - s.prompt_len) for s in sequences], np.int64),
+        seq_N=cat([np.full(s.trained, i) for i, s in enumerate(sequences)], np.int64),
+        index_N=cat([s.offset + np.arange(s.trained) for s in sequences], np.int64),
         real_tokens=sum(len(s) for s in sequences) if real else 0,
     )

@@ -15,11 +15,20 @@ from asyncor.configs.schema import Config
 from asyncor.tasks.arithmetic import CHARACTERS, SPECIAL_TOKENS
 
 
-def build_tokenizer():
+def task_characters(kind: str = "arithmetic") -> list[str]:
+    """The characters of a built-in task's text: the tool task adds its tags (tasks/calculator.py)."""
+    if kind == "calculator":
+        from asyncor.tasks.calculator import characters
+
+        return characters()
+    return CHARACTERS
+
+
+def build_tokenizer(characters: list[str] = CHARACTERS):
     """One token per character of the task, plus <pad>, <bos>, <eos>."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + characters)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -29,7 +38,7 @@ def build_tokenizer():
 
 def tiny_model_key(config: Config) -> str:
     blob = json.dumps({"tiny": config.model.tiny.model_dump(), "dtype": config.model.dtype, "seed": config.run.seed,
-                       "vocab": SPECIAL_TOKENS + CHARACTERS}, sort_keys=True)
+                       "vocab": SPECIAL_TOKENS + task_characters(config.task.kind)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -38,7 +47,7 @@ def build_tiny_model(config: Config, out_dir: str) -> str:
     import torch
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(task_characters(config.task.kind))
     t = config.model.tiny
     vocab_size = tok.get_vocab_size()
     model_config = Qwen2Config(

@@ -26,9 +26,34 @@ from asyncor.telemetry import log as tlog
 def warm_start_key(config: Config) -> str:
     # Only what the warm start trains on: the built-in task's split (never the RL data files).
     task = config.task.model_dump(include={"kind", "digits", "operations", "max_repeat", "train_size", "heldout_size"})
+    warm = config.warm_start.model_dump(exclude={"tool_fraction"})
+    if config.task.kind == "calculator":  # the demonstrations' tool calls and tags
+        warm["tool_fraction"] = config.warm_start.tool_fraction
+        task["env"] = config.task.env.model_dump(include={"call_start", "call_end", "observation_start",
+                                                          "observation_end"})
     blob = json.dumps({"model": tiny_model_key(config), "task": task,
-                       "warm_start": config.warm_start.model_dump(), "seed": config.run.seed}, sort_keys=True)
+                       "warm_start": warm, "seed": config.run.seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def example(codec, problem, config: Config, rng: random.Random):
+    """(token ids, which are trained) of one warm-start example: the prompt (not trained) and the answer ending
+    with eos; for the calculator task, `warm_start.tool_fraction` of them call the tool first, its observation
+    being context (not trained), as in an RL episode."""
+    import numpy as np
+
+    prompt = codec.encode_prompt(problem.prompt)
+    if config.task.kind != "calculator":
+        segments = [(codec.encode_response(problem.answer), True)]
+    else:
+        from asyncor.tasks.calculator import demonstration
+
+        parts = demonstration(problem, config.task.env, rng.random() < config.warm_start.tool_fraction)
+        segments = [(codec.encode_text(text), trained) for text, trained in parts[:-1]]
+        segments.append((codec.encode_response(parts[-1][0]), True))
+    ids = np.concatenate([prompt] + [s for s, _ in segments])
+    trained = np.concatenate([np.zeros(len(prompt), bool)] + [np.full(len(s), t) for s, t in segments])
+    return ids, trained
 
 
 def supervised_train(model_dir: str, config: Config, out_dir: str) -> dict:
@@ -53,17 +78,14 @@ def supervised_train(model_dir: str, config: Config, out_dir: str) -> dict:
     start = time.perf_counter()
     losses = []
     for step in range(ws.steps):
-        rows = []
-        for p in rng.sample(train, min(ws.batch_size, len(train))):
-            prompt, answer = codec.encode_prompt(p.prompt), codec.encode_response(p.answer)
-            rows.append((np.concatenate([prompt, answer]), len(prompt)))
+        rows = [example(codec, p, config, rng) for p in rng.sample(train, min(ws.batch_size, len(train)))]
         T = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), T), pad, dtype=torch.long)
         labels = torch.full((len(rows), T), -100, dtype=torch.long)
         mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for b, (ids, P) in enumerate(rows):
+        for b, (ids, trained) in enumerate(rows):
             input_ids[b, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
-            labels[b, P:len(ids)] = input_ids[b, P:len(ids)]
+            labels[b, :len(ids)] = torch.where(torch.from_numpy(trained), input_ids[b, :len(ids)], -100)
             mask[b, :len(ids)] = 1
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)

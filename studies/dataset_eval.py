@@ -11,6 +11,12 @@ id, source, kind, per-sample rewards, finish reasons, the first response's
 first 2000 characters).
 A response cut at the length limit scores 0 without being verified.
 
+Multi-turn (`--config` naming a run file whose [task.env] is a tool or an environment server): each sample is an
+episode, run by the actor's own turns (actors/episodes.py) and scored as the actor scores it; the summary adds
+turns per episode and end reasons, each problem's record its samples' turns. Without `--data`, the config's own
+task is evaluated on its held-out split (e.g. `--config configs/calculator.toml`, with or without the tool:
+`--set task.env.tool_enabled=false`).
+
 filter (report §6.2, offline difficulty filter): N samples per problem; keep
 the problems solved by 1..N-1 of them (drop the always- and never-solved),
 write the kept original rows (same layout) and every problem's pass count
@@ -42,14 +48,16 @@ class EvalSettings:
     gpu_memory_utilization: float = 0.5
     workers: int = 2
     data_format: str = "auto"
+    config: object = None  # configs.schema.Config of --config: its task (no --data) and its [task.env]
 
 
 def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettings, log=print):
     """(the data rows, per-problem records with k rewards each, timing info)."""
     from asyncor.actors.engine import Engine
     from asyncor.tasks.codec import TextCodec
+    from asyncor.tasks.environments import make_environment
     from asyncor.tasks.scoring import Scorer
-    from asyncor.tasks.task import file_problems
+    from asyncor.tasks.task import file_problems, make_task
 
     start = time.perf_counter()
     codec = TextCodec(model_dir)
@@ -62,28 +70,68 @@ def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettin
             raise ValueError(f"max_tokens {settings.max_tokens} leaves no room for a prompt in the model's "
                              f"{context}-token context")
         log(f"prompts limited to {max_prompt_tokens} tokens: the model's context is {context}")
-    problems, rows, dropped = file_problems(data_paths, codec, model_dir, max_prompt_tokens, settings.data_format)
+    config = settings.config
+    if data_paths:
+        problems, rows, dropped = file_problems(data_paths, codec, model_dir, max_prompt_tokens, settings.data_format)
+    else:  # the config's own task, its held-out split
+        task = make_task(config, codec)
+        problems, rows, dropped = task.heldout(config.eval.max_problems), None, 0
     log(f"{len(problems)} problems ({dropped} dropped: prompt longer than {max_prompt_tokens} tokens)")
-    engine = Engine(model_dir, settings.dtype, settings.seed, max_prompt_tokens + settings.max_tokens,
-                    settings.gpu_memory_utilization)
-    outputs = engine.generate([p.prompt_ids for p in problems], settings.k, settings.temperature, settings.top_p,
-                              settings.max_tokens, codec.eos_id, seed=settings.seed)
-    gen_s = time.perf_counter() - start
-    scorer = Scorer(settings.workers, needs_pool=True)
+    scorer = Scorer(settings.workers, needs_pool=any(p.kind != "arithmetic" for p in problems))
+    env = make_environment(config, codec) if config is not None else None  # before vLLM (tool processes)
     try:
+        engine = Engine(model_dir, settings.dtype, settings.seed, max_prompt_tokens + settings.max_tokens,
+                        settings.gpu_memory_utilization, block_size=config.actors.kv_block_size if config else None)
+        if env is None:
+            outputs = engine.generate([p.prompt_ids for p in problems], settings.k, settings.temperature,
+                                      settings.top_p, settings.max_tokens, codec.eos_id, seed=settings.seed)
+            episodes = None
+        else:
+            from asyncor.actors.episodes import run_episodes
+
+            groups, stats = run_episodes(engine, env, problems, settings.k, settings.temperature, settings.top_p,
+                                         settings.max_tokens, codec.eos_id, codec.vocab_size, config.task.env.workers)
+            outputs, episodes = [g.sequences for g in groups], stats.summary()
+        gen_s = time.perf_counter() - start
         verify_start = time.perf_counter()
-        rewards = score_completions(scorer, codec, problems, outputs)
+        rewards = _rewards(scorer, codec, problems, outputs, env is not None)
         verify_s = time.perf_counter() - verify_start
     finally:
         scorer.close()
+        if env is not None:
+            env.close()
     records = [{"id": p.id, "data_source": p.data_source, "kind": p.kind, "rewards": rewards[i].tolist(),
                 "finish_reasons": [s.finish_reason for s in outputs[i]],
-                "first_response": codec.decode(outputs[i][0].token_ids)[:2000]}
+                "first_response": codec.decode(_ids(outputs[i][0]))[:2000]}
                for i, p in enumerate(problems)]
+    if episodes is not None:
+        for record, samples in zip(records, outputs):
+            record["turns"] = [s.turns for s in samples]
+            record["end_reasons"] = [s.end_reason for s in samples]
+            record["first_response"] = codec.decode_all(samples[0].tokens)[:2000]
     info = {"model": model_dir, "data": data_paths, "dropped_long_prompts": dropped,
             "temperature": settings.temperature, "max_tokens": settings.max_tokens,
             "generate_s": gen_s, "verify_s": verify_s, "wall_s": time.perf_counter() - start}
+    if episodes is not None:
+        info["episodes"] = episodes
     return rows, records, info
+
+
+def _ids(sample):
+    return sample.token_ids if hasattr(sample, "token_ids") else sample.tokens
+
+
+def _rewards(scorer, codec, problems, outputs, episodes: bool):
+    """(problems, k) rewards: completions through `score_completions`; episodes as the actor's outbox scores them."""
+    if not episodes:
+        return score_completions(scorer, codec, problems, outputs)
+    import numpy as np
+
+    from asyncor.actors.outbox import score_groups
+    from asyncor.actors.sequences import Group
+
+    groups = [Group(samples[0].prompt, samples, 0.0) for samples in outputs]
+    return np.asarray(score_groups(scorer, codec, groups), np.float64).reshape(len(outputs), -1)
 
 
 def evaluate_files(model_dir: str, data_paths: list[str], out_dir: str, settings: EvalSettings, log=print) -> dict:
@@ -102,6 +150,8 @@ def filter_files(model_dir: str, data_paths: list[str], out_path: str, settings:
     """Keep the problems solved by 1..N-1 of N samples; returns the counts."""
     from asyncor.tasks.dataset import write_rows
 
+    if not data_paths:
+        raise ValueError("filter needs --data (the rows it keeps)")
     problems, records, info = sample_and_score(model_dir, data_paths, settings, log)
     n = settings.k
     passes = [int(sum(r > 0 for r in rec["rewards"])) for rec in records]
@@ -126,6 +176,18 @@ def _checked_settings(args, k: int) -> EvalSettings | None:
     if missing:
         print(f"error: --data {' '.join(missing)}: no such file", file=sys.stderr)
         return None
+    config = None
+    if args.config is not None or args.set:
+        from asyncor.configs.loader import ConfigError, load_config
+
+        try:
+            config = load_config(args.config, args.set, check_files=False)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return None
+    if not args.data and config is None:
+        print("error: give --data (files to evaluate on) or --config (a task with a held-out split)", file=sys.stderr)
+        return None
     if k < 1 or args.temperature < 0 or args.max_tokens < 1:
         print("error: --k / --samples and --max-tokens must be >= 1 and --temperature >= 0", file=sys.stderr)
         return None
@@ -136,7 +198,7 @@ def _checked_settings(args, k: int) -> EvalSettings | None:
         os.environ.setdefault(key, value)  # before vLLM is imported
     return EvalSettings(k=k, temperature=args.temperature, max_tokens=args.max_tokens,
                         max_prompt_tokens=args.max_prompt_tokens, seed=args.seed, workers=args.workers,
-                        data_format=args.format)
+                        data_format=args.format, config=config)
 
 
 def eval_command(args) -> int:
@@ -154,6 +216,10 @@ def eval_command(args) -> int:
     print(f"{'data source':<28} {'n':>5} {f'avg@{k}':>8} {f'pass@{k}':>8}")
     for source, row in [*summary["by_source"].items(), ("overall", summary["overall"])]:
         print(f"{source:<28} {row['n']:>5} {row[f'avg@{k}']:>8.3f} {row[f'pass@{k}']:>8.3f}")
+    if "episodes" in summary:
+        e = summary["episodes"]
+        ends = ", ".join(f"{k} {v}" for k, v in e["end_reasons"].items() if v)
+        print(f"episodes: {e['turns_mean']:.2f} turns each ({e['turns']}); ended: {ends}")
     print(f"per-problem results: {os.path.join(out, 'problems.jsonl')}; summary: {os.path.join(out, 'summary.json')}")
     return 0
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from asyncor.studies import plots
 from asyncor.studies.runs import (ReportError, RunGroup, actor_idle_fraction, find_runs, group_runs, held_out,
-                                  length_bias, tail_mean, wait_fraction)
+                                  episodes, length_bias, tail_mean, wait_fraction)
 
 MISMATCH = r"mismatch \|Δlog p\| mean (last 20 %)"  # pipes escaped: they would split a markdown table's cell
 COLUMNS = [  # (header, value of a run, format)
@@ -80,6 +80,27 @@ LENGTH_COLUMNS = [  # the buffer's "length_bias" (buffer/state.py), response len
 ]
 
 
+def _episode(key: str, kind: str | None = None):
+    """summary.json episodes[key] (episodes.staleness[kind][key] with a kind) of a run; None without it."""
+    def get(r):
+        e = episodes(r)
+        if e is None:
+            return None
+        return e.get(key) if kind is None else (e.get("staleness", {}).get(kind) or {}).get(key)
+    return get
+
+
+EPISODE_COLUMNS = [  # multi-turn runs: the actors' episode tallies and the buffer's staleness by turn kind
+    ("turns per episode", _episode("turns_mean"), "{:.2f}"),
+    ("policy tokens per turn", _episode("tokens_per_turn"), "{:.1f}"),
+    ("env ms per call", lambda r: None if _episode("env_s_per_step")(r) is None
+     else 1000 * _episode("env_s_per_step")(r), "{:.1f}"),
+    ("single-turn groups staleness", _episode("mean", "single"), "{:.2f}"),
+    ("multi-turn groups staleness", _episode("mean", "multi"), "{:.2f}"),
+    ("multi-turn groups trained", _episode("groups", "multi"), "{:.0f}"),
+]
+
+
 def stats(values: list) -> tuple[float, float, int] | None:
     vals = [v for v in values if v is not None]
     if not vals:
@@ -115,6 +136,13 @@ def length_table(groups: list[RunGroup]) -> str | None:
     having = [RunGroup(g.label, [r for r in g.runs if length_bias(r) is not None]) for g in groups]
     having = [g for g in having if g.runs]  # "seeds" counts the runs that have it
     return table(having, LENGTH_COLUMNS) if having else None
+
+
+def episode_table(groups: list[RunGroup]) -> str | None:
+    """Turns, environment time and staleness by turn kind per group (multi-turn runs); None when no run has it."""
+    having = [RunGroup(g.label, [r for r in g.runs if episodes(r) is not None]) for g in groups]
+    having = [g for g in having if g.runs]
+    return table(having, EPISODE_COLUMNS) if having else None
 
 
 def _judge(spread: float, noise: float, n: int) -> str:
@@ -194,6 +222,14 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
                   "at or above the 90th percentile length of all (trained and dropped) responses that were "
                   "dropped, the short drop rate the same share of the shorter ones. \"seeds\" counts the runs "
                   "that recorded it.", ""]
+    turns = episode_table(groups)
+    if turns:
+        lines += ["## Episodes (multi-turn runs; mean ± standard deviation over seeds)", "", turns, "",
+                  "Turns per finished episode and policy tokens per turn (actors), environment time per call "
+                  "(an episode's opening or a step: a tool run, an HTTP request, waiting included), and the mean staleness of trained groups whose "
+                  "episodes all took one turn against groups with an episode of several (buffer; "
+                  "docs/environments.md).",
+                  ""]
     lines += ["## Plots", ""]
     for title, name in images:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]

@@ -187,3 +187,10 @@ def length_bias(r: RunData) -> dict | None:
     when the summary carries it, else from roles/buffer.json; None for a run without it."""
     bias = r.summary.get("length_bias") or r.role("buffer").get("length_bias")
     return bias if isinstance(bias, dict) and bias else None
+
+
+def episodes(r: RunData) -> dict | None:
+    """A multi-turn run's episode figures (summary.json "episodes": turns, environment time, staleness by turn
+    kind); None for a single-turn run."""
+    e = r.summary.get("episodes")
+    return e if isinstance(e, dict) and e else None

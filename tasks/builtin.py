@@ -1,5 +1,6 @@
 """The built-in tasks by `task.kind`: the problems every role draws from (buffer prompts, warm start,
-held-out evaluation). Both are scored exact-answer (scoring kind "arithmetic")."""
+held-out evaluation). All are scored exact-answer (scoring kind "arithmetic"); "calculator" is multi-turn
+with its tool (tasks/calculator.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from asyncor.tasks.arithmetic import TextProblem
 
 def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[TextProblem], list[TextProblem]]:
     """(train, heldout) of the built-in task; kind = "files" warm-starts on arithmetic."""
+    if cfg.kind == "calculator":
+        from asyncor.tasks.calculator import make_splits as calculator_splits
+
+        return calculator_splits(cfg, seed)
     if cfg.kind == "repeat":
         from asyncor.tasks.repeat import make_splits as repeat_splits
 

@@ -18,8 +18,12 @@ class TextCodec:
 
         self.tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
         cfg_path = os.path.join(model_dir, "tokenizer_config.json")
-        cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
-        gen_cfg = json.load(open(os.path.join(model_dir, "config.json")))
+        cfg = {}
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+        with open(os.path.join(model_dir, "config.json")) as f:
+            gen_cfg = json.load(f)
         bos = cfg.get("bos_token")
         self.bos_id = self.tok.token_to_id(bos) if isinstance(bos, str) else None
         eos = cfg.get("eos_token")
@@ -39,6 +43,14 @@ class TextCodec:
     def encode_response(self, text: str) -> np.ndarray:
         """Response ids ending with eos (used by the supervised warm start)."""
         return np.asarray(self.tok.encode(text, add_special_tokens=False).ids + [self.eos_id], dtype=np.int32)
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """Text as tokens, nothing added (an environment's observation, a tool-call tag)."""
+        return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode_all(self, ids) -> str:
+        """Tokens as text, special tokens kept (a tool call's tags may be special tokens)."""
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -2,12 +2,16 @@
 
 Each response carries its token ids, the behaviour log-prob of every token (float32), the oldest policy
 version that produced any of its tokens (`min_version`) and, when the weights changed while it was being
-generated, the version of every token (`versions`); its finish reason (stop | length | abort) and reward. The
+generated, the version of every token (`versions`); its finish reason (stop | length | abort) and reward. A
+multi-turn episode (DESIGN §11) also carries `loss_mask`: 1 for a token the policy sampled, 0 for a token the
+environment appended (an observation). Environment tokens carry no behaviour: log-prob 0 and, in `versions`,
+-1; `min_version` is the oldest policy token's. The
 group adds the prompt's id and token ids, the sending actor, its sequence number ((actor_id, seq) dedupes
 redelivery), the generation time and the verifier's details.
 
 `parse_group` checks an untrusted body field by field (per-token arrays and their lengths, finiteness,
-log-probabilities <= 0 up to 1e-3 of rounding, ids in [0, MAX_ID), versions agreeing with min_version, at most
+log-probabilities <= 0 up to 1e-3 of rounding, ids in [0, MAX_ID), versions agreeing with min_version, a loss mask
+of 0 / 1 whose environment tokens carry log-prob 0 and version -1, at most
 `max_group_size` responses, details a small map of scalars) and raises `ProtocolError` otherwise, and nothing
 else, whatever msgpack value sits in any field (wire/envelope.py). `parse_batch` checks a whole batch the
 buffer sent the learner: its groups, one staleness each, none staler than the run allows.
@@ -38,7 +42,12 @@ class Response:
     min_version: int  # oldest policy version that produced any of its tokens
     finish_reason: str  # stop | length | abort
     reward: float
-    versions: np.ndarray | None = None  # (T,) int32 per-token versions (in-flight updates only)
+    versions: np.ndarray | None = None  # (T,) int32 per-token versions (in-flight updates only); -1: environment
+    loss_mask: np.ndarray | None = None  # (T,) uint8: 1 policy token (trained), 0 environment token (context)
+
+    @property
+    def policy_tokens(self) -> int:
+        return len(self.token_ids) if self.loss_mask is None else int(self.loss_mask.sum())
 
     def to_wire(self) -> dict:
         out = {
@@ -50,6 +59,8 @@ class Response:
         }
         if self.versions is not None:
             out["versions"] = pack_array(self.versions.astype(np.int32, copy=False))
+        if self.loss_mask is not None:
+            out["loss_mask"] = pack_array(self.loss_mask.astype(np.uint8, copy=False))
         return out
 
 
@@ -105,8 +116,20 @@ def _parse_response(obj: Any, i: int) -> Response:
         raise ProtocolError("bad_value", f"responses[{i}].logprobs has positive log-probabilities")
     if (token_ids < 0).any():
         raise ProtocolError("bad_value", f"responses[{i}].token_ids has negative ids")
+    mask = None
+    if "loss_mask" in obj:
+        mask = unpack_array(obj["loss_mask"], f"responses[{i}].loss_mask", "|u1")
+        if len(mask) != len(token_ids):
+            raise ProtocolError("length_mismatch", f"responses[{i}]: {len(token_ids)} tokens, {len(mask)} mask bits")
+        if (mask > 1).any():
+            raise ProtocolError("bad_value", f"responses[{i}].loss_mask holds values other than 0 and 1")
+        env = mask == 0
+        if (logprobs[env] != 0).any() or (versions is not None and (versions[env] != -1).any()):
+            raise ProtocolError("bad_value", f"responses[{i}]: environment tokens must carry log-prob 0, version -1")
+    policy_versions = versions if versions is None or mask is None else versions[mask == 1]
     min_version = require(obj, "min_version", int)
-    if min_version < 0 or (versions is not None and len(versions) and int(versions.min()) != min_version):
+    if min_version < 0 or (policy_versions is not None and len(policy_versions)
+                           and int(policy_versions.min()) != min_version):
         raise ProtocolError("bad_value",
                             f"responses[{i}].min_version {min_version} is negative or disagrees with versions")
     finish = require(obj, "finish_reason", str)
@@ -116,7 +139,7 @@ def _parse_response(obj: Any, i: int) -> Response:
     reward = float(require(obj, "reward", (int, float)))
     if not math.isfinite(reward):
         raise ProtocolError("non_finite", f"responses[{i}].reward")
-    return Response(token_ids, logprobs, min_version, finish, reward, versions)
+    return Response(token_ids, logprobs, min_version, finish, reward, versions, mask)
 
 
 def parse_group(body: dict, max_group_size: int = 1 << 16) -> TrajectoryGroup:
