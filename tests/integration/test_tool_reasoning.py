@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.unit.test_episodes import Log, NoWeights, Outbox  # the loop's fakes
+from tests.unit.test_episodes import Log, NoWeights, Outbox, Requests  # the loop's fakes
 from asyncor.actors.buffer_link import Grant
 from asyncor.actors.episodes import Episodes
 from asyncor.actors.outbox import score_groups, to_trajectory
@@ -81,7 +81,7 @@ PLANS = {
 }
 
 
-class ScriptedPolicy:
+class ScriptedPolicy(Requests):
     """The engine. Each request's turn is written when it is added, from its prompt alone: a first turn (the
     prompt is the problem's) takes the next plan; a later turn finds its episode by the tokens it wrote before
     (they must come back unchanged: token in, token out) and reads the observation at the prompt's end. A turn ends
@@ -126,13 +126,6 @@ class ScriptedPolicy:
                for rid, (ids, reason) in self.requests.items()]
         self.requests.clear()
         return out
-
-    def abort(self, ids):
-        for rid in ids:
-            self.requests.pop(rid, None)
-
-    def running(self):
-        return len(self.requests)
 
     def load_weights(self, tensors, version):
         raise AssertionError("no weights in this test")

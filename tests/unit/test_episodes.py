@@ -25,7 +25,18 @@ EOS, CALL, VOCAB = 2, 7, 16
 OBS = np.array([11, 12, 13], np.int32)
 
 
-class TurnEngine:
+class Requests:
+    """What every fake engine here shares: requests by id, abort, running."""
+
+    def abort(self, ids):
+        for rid in ids:
+            self.requests.pop(rid, None)
+
+    def running(self):
+        return len(self.requests)
+
+
+class TurnEngine(Requests):
     """Every request: token 5, then CALL (a stop), reported whole at its end with its versions."""
 
     def __init__(self):
@@ -46,20 +57,11 @@ class TurnEngine:
             tokens.append(5 if not tokens else CALL)
             versions.append(self.version)
             reason = "stop" if tokens[-1] == CALL else ("length" if len(tokens) >= max_tokens else None)
-            if len(tokens) >= max_tokens and reason is None:
-                reason = "length"
             if reason:
                 del self.requests[rid]
                 out.append(Delta(rid, np.array(tokens, np.int32), np.full(len(tokens), -0.5, np.float32), reason,
                                  np.array(versions, np.int32)))
         return out
-
-    def abort(self, ids):
-        for rid in ids:
-            self.requests.pop(rid, None)
-
-    def running(self):
-        return len(self.requests)
 
     def load_weights(self, tensors, version):
         self.version = version
