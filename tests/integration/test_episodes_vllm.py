@@ -86,18 +86,24 @@ def test_episode_tallies_and_the_prefix_cache_across_turns(out):
 
 def test_weights_loaded_mid_episode_label_each_policy_token_with_its_version(tmp_path):
     out = run_worker(tmp_path, "--switch")
-    both, v1_error = 0, []
+    both, v1_error, v0_error = 0, [], []
     for s in out["sequences"]:
         v, m = np.array(s["versions"]), np.array(s["mask"])
         assert (v[m == 0] == -1).all() and (v[m == 1] >= 0).all()
         assert (np.diff(v[m == 1]) >= 0).all()  # versions only grow along an episode
         both += (0 in v) and (1 in v)
         lp, b = np.array(s["logprobs"])[m == 1], v[m == 1]
-        # Each token matches the weights that sampled it (KV of version 0's tokens kept: a small drift allowed).
+        # Each token matches the weights that sampled it.
         np.testing.assert_allclose(np.array(s["learner"])[b == 0], lp[b == 0], atol=2e-4)
         v1_error += list(np.abs(np.array(s["learner_v1"])[b == 1] - lp[b == 1]))
+        v0_error += list(np.abs(np.array(s["learner"])[b == 1] - lp[b == 1]))
     assert both >= 1 and len(v1_error) > 10
-    assert np.median(v1_error) < 2e-2
+    # Version 1's tokens: exact where their context was computed by version 1, a drift where a turn ran across the
+    # switch on version 0's KV (inflight_kv = "keep"). How many of each depends on when the environment's threads
+    # answered, so the median swings between the two (seen: 0.014 and 0.024); it must stay well below the distance
+    # to version 0 (the weights differ by 0.3 std), which a token sampled by the old weights would show.
+    assert np.median(v1_error) < 0.5 * np.median(v0_error) and np.median(v1_error) < 0.05, (
+        np.median(v1_error), np.median(v0_error))
 
 
 def test_a_tool_task_run_trains_on_multi_turn_groups_end_to_end(tmp_path):
