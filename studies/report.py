@@ -131,6 +131,31 @@ def table(groups: list[RunGroup], columns: list | None = None) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def accuracy_at(r, seconds: float) -> tuple[float, float] | None:
+    """(held-out accuracy, policy version) at `seconds` after the run's first record, linearly interpolated between
+    its held-out evaluations; None when the run has none that late."""
+    points = r.eval_points()
+    if not points or points[-1][1] < seconds:
+        return None
+    versions, times, accuracies = zip(*points)
+    return float(np.interp(seconds, times, accuracies)), float(np.interp(seconds, times, versions))
+
+
+def equal_wall_table(groups: list[RunGroup]) -> tuple[float, str] | None:
+    """(T, a markdown table of each group's held-out accuracy and version at T): T is the earliest time by which
+    every run had its last held-out evaluation, so each group is read at the same wall time. None with fewer than
+    two groups or without evaluations during the runs."""
+    ends = [r.eval_points()[-1][1] for g in groups for r in g.runs if len(r.eval_points()) > 1]
+    if len(groups) < 2 or len(ends) < sum(len(g.runs) for g in groups):
+        return None
+    t = min(ends)
+    columns = [(f"held-out at {t:.0f} s", lambda r: (accuracy_at(r, t) or (None,))[0], "{:.3f}"),
+               (f"version at {t:.0f} s", lambda r: (accuracy_at(r, t) or (None, None))[1], "{:.0f}"),
+               ("held-out after", lambda r: held_out(r)[1], "{:.3f}"),
+               ("last eval s", lambda r: r.eval_points()[-1][1], "{:.0f}")]
+    return t, table(groups, columns)
+
+
 def length_table(groups: list[RunGroup]) -> str | None:
     """The stale-length bias per group (the groups with some run that has it); None when no run has it."""
     having = [RunGroup(g.label, [r for r in g.runs if length_bias(r) is not None]) for g in groups]
@@ -212,6 +237,14 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
              "share the share of tokens the rollout correction masked or truncated (learner/correction_frac), the "
              "M2PO mask share the share the objective's own mask dropped (learner/objective_masked_frac); each is "
              "the mean over the last 20 % of steps, and left out when no run logs it.", ""]
+    equal = equal_wall_table(groups)
+    if equal:
+        lines += ["## At equal wall time (mean ± standard deviation over seeds)", "", equal[1], "",
+                  f"Each run's held-out accuracy (avg@k) and policy version {equal[0]:.0f} s after its first record "
+                  "(the evaluation before RL), interpolated between its held-out evaluations (`eval.every_steps`; "
+                  "their own time included): the time by which every run had evaluated for the last time. Groups "
+                  "that train at different speeds are compared at the same cost in wall time here, and after the "
+                  "same number of steps in the table above.", ""]
     lengths = length_table(groups)
     if lengths:
         lines += ["## Stale-length bias (mean ± standard deviation over seeds)", "", lengths, "",

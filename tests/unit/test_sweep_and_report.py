@@ -9,8 +9,8 @@ import pytest
 
 from asyncor.configs.loader import load_config
 from asyncor.studies.sweep import SweepError, done_before, expand, parse_grid, sweep
-from asyncor.studies.report import table, write_report
-from asyncor.studies.runs import ReportError, find_runs, group_runs
+from asyncor.studies.report import accuracy_at, equal_wall_table, table, write_report
+from asyncor.studies.runs import ReportError, RunData, RunGroup, find_runs, group_runs
 
 
 def test_the_grid_expands_in_order_with_seeds_innermost():
@@ -154,3 +154,23 @@ def test_report_groups_seeds_by_what_the_configs_differ_in_and_tabulates_mean_an
 def test_report_names_a_directory_without_runs(tmp_path):
     with pytest.raises(ReportError, match="neither a finished run"):
         find_runs([str(tmp_path)])
+
+
+def test_groups_that_train_at_different_speeds_are_also_compared_at_equal_wall_time():
+    """The slow group's last evaluation (t = 30 s) sets T; the fast one is read there, between its evaluations."""
+    def run(name, evals, after):
+        records = [{"ts": 1000.0 + t, "role": "eval", "step": v, "eval/accuracy": a} for t, v, a in evals]
+        return RunData(name, "/nowhere", {"eval": {"before": 0.1, "after": after}}, {}, records)
+
+    slow = RunGroup("slow", [run("s0", [(0, 0, 0.1), (30, 10, 0.5)], 0.5),
+                             run("s1", [(0, 0, 0.1), (40, 10, 0.7)], 0.7)])
+    fast = RunGroup("fast", [run("f0", [(0, 0, 0.1), (20, 30, 0.3), (60, 90, 0.9)], 0.9)])
+    assert accuracy_at(fast.runs[0], 30.0) == pytest.approx((0.45, 45.0))  # a quarter of the way from 20 s to 60 s
+    assert accuracy_at(slow.runs[0], 31.0) is None  # it never evaluated that late
+    t, text = equal_wall_table([slow, fast])
+    assert t == 30.0
+    rows = text.splitlines()
+    assert rows[0].startswith("| group | seeds | held-out at 30 s | version at 30 s |")
+    assert rows[2].split(" | ")[2:4] == ["0.525 ± 0.035", "9 ± 2"]  # slow: 0.5, and 0.1 + 0.6 * 30 / 40 at v 7.5
+    assert rows[3].split(" | ")[2:4] == ["0.450", "45"]
+    assert equal_wall_table([slow]) is None
