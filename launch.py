@@ -11,6 +11,7 @@
     python launch.py config                                # print every key, its default and docstring
     python launch.py eval --model runs/tiny/final --data tests/data/math.jsonl --k 4   # avg@k / pass@k
     python launch.py eval --model runs/calculator/final --config configs/calculator.toml   # a multi-turn task
+    python launch.py export runs/tiny-lora --out exported/   # newest checkpoint (a LoRA adapter merged) -> HF dir
     python launch.py filter --model DIR --data IN.parquet --out OUT.parquet --samples 16  # difficulty filter
     python launch.py plan --config configs/skywork_or1_7b.toml --nodes 2 --gpus-per-node 8   # who runs where
     python launch.py run --cluster slurm --config configs/skywork_or1_7b.toml     # inside salloc / sbatch
@@ -114,7 +115,10 @@ def plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face model directory (e.g. runs/<name>/final)")
+    p.add_argument("--model", required=True, help="Hugging Face model directory (e.g. runs/<name>/final), or a LoRA "
+                                                   "adapter (peft directory, LoRA checkpoint or run): merged first")
+    p.add_argument("--base", default=None, help="with a LoRA adapter as --model: its base model directory (default: "
+                                                "the adapter's base_model_name_or_path)")
     p.add_argument("--data", required=True, nargs="+", help="data files: verl or plain layout, .jsonl or .parquet")
     _episode_options(p)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
@@ -142,6 +146,14 @@ def eval_options(p: argparse.ArgumentParser) -> None:
             action.required, action.nargs, action.default = False, "*", []
 
 
+def export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a run directory (its newest checkpoint), a checkpoint, or a LoRA adapter directory")
+    p.add_argument("--out", required=True, help="the Hugging Face model directory to write")
+    p.add_argument("--base", default=None, help="a LoRA adapter's base model (default: its base_model_name_or_path)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype of the export (default: the base's, or the checkpoint's float32)")
+
+
 def filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="kept rows, same layout (.jsonl or .parquet)")
     p.add_argument("--samples", type=int, default=16, help="N samples per problem (paper: 16 math, 8 code)")
@@ -165,6 +177,8 @@ COMMANDS = (
             "asyncor.launcher.cli:plan_command"),
     Command("eval", "avg@k and pass@k of a saved policy on local data (jsonl / parquet)", eval_options,
             "asyncor.studies.dataset_eval:eval_command"),
+    Command("export", "a checkpoint or LoRA adapter as one Hugging Face model directory (adapters merged)",
+            export_options, "asyncor.studies.export:command"),
     Command("filter", "offline difficulty filter: keep problems solved by 1..N-1 of N samples", filter_options,
             "asyncor.studies.dataset_eval:filter_command"),
 )

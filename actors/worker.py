@@ -95,6 +95,8 @@ class Actor:
         from asyncor.wire.transport import endpoint
         from asyncor.wire.zeromq import ZmqTransport
         from asyncor.runtime.run_dir import start_version
+        from asyncor.runtime.adapter_files import read_adapter
+        from asyncor.runtime.adapter import Adapter
         from asyncor.sync.group import pick_backend
         from asyncor.sync.receiver import WeightReceiver
         from asyncor.tasks.codec import TextCodec
@@ -111,10 +113,14 @@ class Actor:
         net = config.net
         keys = role_keys(net.auth)  # CURVE keys for every socket (None: net.auth off)
         transport = ZmqTransport()
+        # LoRA: the learner sends adapters; the receiver merges each into the base weights kept here.
+        lora = config.learner.lora
+        self.adapter = (Adapter.from_model_dir(config.policy_path, lora.rank, lora.alpha, lora.target_modules)
+                        if lora.enabled else None)
         # The receiver joins the broadcast group first so the learner never waits on vLLM start-up.
         self.receiver = WeightReceiver(transport, actor_id, net.learner_address, net.sync_port, net.store_port,
                                        pick_backend(config.sync.backend, device), config.sync.timeout_s, device, keys,
-                                       config.sync.rejoin_timeout_s)
+                                       config.sync.rejoin_timeout_s, adapter=self.adapter)
         self.receiver.start()
         # Hello to the buffer before the engine starts: a restarted actor's unfinished grants go back to the
         # prompt stream at once, not after its start-up.
@@ -142,6 +148,9 @@ class Actor:
                              gpu_memory_utilization=config.actors.gpu_memory_utilization,
                              tensor_parallel_size=config.actors.tensor_parallel_size, version=self.start_version,
                              block_size=config.actors.kv_block_size)
+        if config.resume_adapter:  # the engine holds the base; the checkpoint's adapter goes in before any step
+            self.engine.load_weights(self.adapter.merge(list(read_adapter(config.resume_adapter)[1].items())),
+                                     self.start_version)
         self.log.info("engine_ready", seconds=round(time.perf_counter() - start, 2))
         # Groups go out on their own socket, from the outbox thread.
         self.outbox = Outbox(actor_id, self.scorer, self.codec,
@@ -151,7 +160,8 @@ class Actor:
         self.outbox.seq = self.welcome.seq_start  # numbers after the last incarnation's (duplicates stay duplicates)
         self.outbox.start()
         self.finishing = False  # after `stop`: saying bye and writing the figures
-        self.stats = {"load_s": [], "recv_s": [], "versions": [self.start_version], "eval_s": 0.0, "evaluated": []}
+        self.stats = {"load_s": [], "recv_s": [], "merge_s": [], "versions": [self.start_version], "eval_s": 0.0,
+                      "evaluated": []}
         self.heldout = task.heldout(config.eval.max_problems) if self.eval_every else None
         self.eval_metrics = (MetricsWriter(RunDir(config.run_dir).metrics, "eval", config.net.telemetry_address)
                              if self.eval_every else None)
@@ -190,9 +200,13 @@ class Actor:
     def on_loaded(self, staged, load_s: float) -> None:
         self.stats["load_s"].append(load_s)
         self.stats["recv_s"].append(staged.recv_s)
+        self.stats["merge_s"].append(staged.merge_s)
         self.stats["versions"].append(staged.version)
-        self.metrics.log({"actor/version": staged.version, "sync/load_s": load_s, "sync/recv_s": staged.recv_s},
-                         step=staged.version)
+        values = {"actor/version": staged.version, "sync/load_s": load_s, "sync/recv_s": staged.recv_s,
+                  "sync/recv_bytes": staged.sent_bytes}
+        if self.adapter is not None:
+            values.update({"sync/merge_s": staged.merge_s, "sync/adapters_refused": self.receiver.stats["refused"]})
+        self.metrics.log(values, step=staged.version)
         self.log.info("weights_loaded", version=staged.version, load_s=round(load_s, 4),
                       running=len(self.rollout.inflight))
 
@@ -237,6 +251,8 @@ class Actor:
             "first_token_s_mean": float(np.mean(first_token)) if first_token else 0.0,
             "load_s_mean": float(np.mean(s["load_s"])) if s["load_s"] else 0.0,
             "recv_s_mean": float(np.mean(s["recv_s"])) if s["recv_s"] else 0.0,
+            "merge_s_mean": float(np.mean(s["merge_s"])) if s["merge_s"] else 0.0,
+            "adapters_refused": self.receiver.stats["refused"],
             "versions_loaded": s["versions"], "versions_received": list(self.receiver.received_versions),
             "rejected": self.outbox.sent["rejected"], "wait_weights_s": time_budget.get("waiting_for_weights", 0.0),
             "eval_s": s["eval_s"], "evaluated_versions": s["evaluated"],

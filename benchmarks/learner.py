@@ -54,6 +54,23 @@ def response_lengths(n: int, max_len: int, seed: int):
     return np.clip(rng.lognormal(np.log(max_len / 10), 1.0, n), 4, max_len).astype(int)
 
 
+def synthetic_groups(sequences: int, max_len: int, group_size: int, prompt_len: int, vocab: int):
+    """Rollout groups of random tokens with long-tailed response lengths (`response_lengths`), rewards 0/1."""
+    import numpy as np
+
+    from asyncor.wire.trajectory import Response, TrajectoryGroup
+
+    rng = np.random.default_rng(1)
+    lengths = response_lengths(sequences, max_len, seed=2)
+    groups = []
+    for g in range(0, len(lengths), group_size):
+        responses = [Response(rng.integers(0, vocab, n).astype(np.int32), np.full(n, -np.log(vocab), np.float32), 0,
+                              "length" if n >= max_len else "stop", float(j % 2))
+                     for j, n in enumerate(lengths[g:g + group_size])]
+        groups.append(TrajectoryGroup(g, rng.integers(0, vocab, prompt_len).astype(np.int32), responses, 0, g, 0.0))
+    return groups, lengths
+
+
 def model_flops(shape: dict, seq_lens, resp_lens) -> float:
     H, L, I, V = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"], shape["vocab_size"]
     kv = H * shape["num_key_value_heads"] // shape["num_attention_heads"]
@@ -81,11 +98,9 @@ def matmul_rate(device, dtype) -> float:
 
 
 def worker(args) -> None:
-    import numpy as np
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from asyncor.wire.trajectory import Response, TrajectoryGroup
     from asyncor.configs.schema import AlgoConfig
     from asyncor.kernels.logprob_entropy import resolve_impl
     from asyncor.learner.entropy_control import make_entropy_control
@@ -108,15 +123,8 @@ def worker(args) -> None:
     policy = parallelize(Policy(lm, 1.0, resolve_impl("auto", ranks.device), 4096), ranks,
                          getattr(torch, dtype_name), args.checkpointing).train()
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
-    rng = np.random.default_rng(1)
-    lengths = response_lengths(args.sequences, args.max_len, seed=2)
-    V, G = shape["vocab_size"], args.group_size
-    groups = []
-    for g in range(0, len(lengths), G):
-        responses = [Response(rng.integers(0, V, n).astype(np.int32), np.full(n, -np.log(V), np.float32), 0,
-                              "length" if n >= args.max_len else "stop", float(j % 2))
-                     for j, n in enumerate(lengths[g:g + G])]
-        groups.append(TrajectoryGroup(g, rng.integers(0, V, args.prompt_len).astype(np.int32), responses, 0, g, 0.0))
+    groups, lengths = synthetic_groups(args.sequences, args.max_len, args.group_size, args.prompt_len,
+                                       shape["vocab_size"])
     algo = AlgoConfig(entropy={"mode": "fixed", "fixed_coef": 1e-3})
     settings = UpdateSettings(algo, 0.2, 0.2, 1.0, pad_id=0, micro_batch_tokens=args.micro_batch_tokens,
                               layout=layout_for(args.packing, args.attn))

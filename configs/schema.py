@@ -10,6 +10,7 @@ This module imports only pydantic, so config errors are instant.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -55,6 +56,13 @@ class TinyModelConfig(_Section):
     """Key/value heads (grouped-query attention when smaller than the query heads)."""
     intermediate_size: int = Field(512, ge=16)
     """MLP width."""
+
+    def architecture(self) -> dict:
+        """The transformers Qwen2Config fields of this shape (the tokenizer adds vocab and special tokens)."""
+        return {"model_type": "qwen2", "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+                "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_attention_heads,
+                "num_key_value_heads": self.num_key_value_heads, "max_position_embeddings": 256,
+                "tie_word_embeddings": False}
 
     @model_validator(mode="after")
     def _check_heads(self) -> "TinyModelConfig":
@@ -287,6 +295,49 @@ class BufferConfig(_Section):
     """Hard cap on stored groups (admission keeps it far lower; a full buffer refuses, never evicts silently)."""
 
 
+LORA_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraConfig(_Section):
+    """[learner.lora]: train low-rank adapters instead of the full weights (peft; docs/lora.md). Only the adapter
+    tensors are trainable, in the optimiser, broadcast to the actors and checkpointed; the base weights stay those
+    of the policy the run started from. `launch.py run` checks the targets and the rank against the model before
+    any process starts."""
+
+    enabled: bool = False
+    """Train LoRA adapters (true) or the full weights (false, the default)."""
+    rank: int = Field(16, ge=1)
+    """Adapter rank r: each targeted weight W (out x in) learns B (out x r) @ A (r x in). At most the smaller side
+    of every targeted layer."""
+    alpha: float = Field(32.0, gt=0)
+    """Scaling numerator: the update is (alpha / rank) * B @ A (peft's `lora_alpha`)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input while training (peft's `lora_dropout`)."""
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_DEFAULT_TARGETS), min_length=1)
+    """Names of the linear layers that get adapters, matched as the last part of a module's name in every decoder
+    layer (the Qwen2 / Llama names by default: every attention and MLP projection). ["all-linear"]: every linear
+    layer but lm_head. lm_head and the embeddings are refused: the fused log-prob kernel reads lm_head's weight
+    as a plain matrix."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value
+               if name in ("lm_head", "embed_tokens") or not re.fullmatch(r"[A-Za-z0-9_.-]+", name)]
+        if bad:
+            raise ValueError(f"{bad} cannot take an adapter: target linear layers inside the decoder (e.g. "
+                             f"{list(LORA_DEFAULT_TARGETS)}, or [\"all-linear\"]); lm_head's weight is read as a plain "
+                             "matrix by the fused log-prob kernel")
+        if "all-linear" in value and len(value) > 1:
+            raise ValueError("\"all-linear\" stands alone: it already targets every linear layer but lm_head")
+        return value
+
+    @property
+    def scaling(self) -> float:
+        """alpha / rank: what B @ A is multiplied by."""
+        return self.alpha / self.rank
+
+
 class LearnerConfig(_Section):
     steps: int = Field(60, ge=1)
     """Optimiser steps of RL, then the run ends."""
@@ -336,6 +387,9 @@ class LearnerConfig(_Section):
     """Dtype of the learner's master weights and AdamW state. Compute and what actors receive are model.dtype;
     float32 masters are what keeps small updates from rounding away. bfloat16 (AdamW without master weights) is
     refused: an update below 2^-8 of a weight rounds to nothing, so training stalls silently."""
+
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """Low-rank adapters instead of full-weight training ([learner.lora], off by default)."""
 
     @field_validator("master_dtype")
     @classmethod
@@ -755,10 +809,22 @@ class Config(_Section):
     @property
     def policy_path(self) -> str:
         """The weights the policy starts from: the checkpoint's model when resuming, else `model.path`
-        (which stays the starting policy: the KL reference, the tokenizer)."""
+        (which stays the starting policy: the KL reference, the tokenizer). With LoRA always `model.path`: the
+        frozen base, under the adapter of `resume_adapter`."""
         import os
 
+        if self.learner.lora.enabled:  # the base stays model.path; the checkpoint holds the adapter
+            return self.model.path
         return os.path.join(self.checkpoint.resume_from, "model") if self.checkpoint.resume_from else self.model.path
+
+    @property
+    def resume_adapter(self) -> str:
+        """With LoRA and resuming: the checkpoint's adapter directory (peft format) to start from; else ""."""
+        import os
+
+        if self.learner.lora.enabled and self.checkpoint.resume_from:
+            return os.path.join(self.checkpoint.resume_from, "adapter")
+        return ""
 
     @property
     def run_dir(self) -> str:

@@ -4,7 +4,8 @@
 directory must be creatable and writable, `model.path` (when set) a model directory (config.json that
 parses with a model_type, tokenizer.json, weights); and when every role runs on this host (the local
 back-end), ports set in [net] must be free here and, on a CPU host, the actors' KV caches must fit in the
-memory available. Raises `PreflightError` (the launcher reports it and exits 1; nothing was started).
+memory available; with [learner.lora], its targets and rank must fit the model's linear layers
+(configs/lora_fit.py). Raises `PreflightError` (the launcher reports it and exits 1; nothing was started).
 """
 
 from __future__ import annotations
@@ -91,11 +92,23 @@ def check_kv_memory(config, gpus: int) -> None:
                              f"{free:.1f} GiB available; lower actors.kv_cache_gib or actors.count")
 
 
+def check_lora(config) -> None:
+    """[learner.lora] must fit the model: targets that are linear layers of it, a rank they can hold."""
+    from asyncor.configs.lora_fit import check_lora_fit, linear_shapes, model_architecture
+
+    try:
+        check_lora_fit(config.learner.lora, linear_shapes(model_architecture(config)))
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+
+
 def check_environment(config, local: bool, gpus: int) -> None:
     """Everything that can be checked from the launcher's host; `local`: every role runs here too."""
     check_run_dir(config.run_dir)
     if config.model.path:
         check_model_dir(config.model.path)
+    if config.learner.lora.enabled:
+        check_lora(config)
     if local:
         check_ports(config.net, config.net.bind_address(config.net.host).replace("*", ""))
         check_kv_memory(config, gpus)

@@ -40,6 +40,10 @@ FROZEN = {
     "model.tiny": "the policy's shape is the checkpoint's",
     "task": "it defines the training set that the buffer's saved data cursor, given-back prompts and online "
             "filter refer to",
+    "learner.lora.enabled": "the checkpoint holds either full weights or an adapter, and the optimizer state of "
+                            "those parameters only",
+    "learner.lora.rank": "the checkpoint's adapter and its optimizer state have this rank",
+    "learner.lora.target_modules": "the checkpoint's adapter covers these layers",
     "checkpoint.resume_from": "--resume sets it",
     "checkpoint.resume_overrides": "--resume sets it",
 }

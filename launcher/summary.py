@@ -19,6 +19,10 @@ def _without_hists(bias: dict) -> dict:
             for k, v in bias.items()}
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
     files = RunDir(run_dir)
     learner = _load(files.role("learner"))
@@ -40,6 +44,10 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
         "sync": {
             "broadcast_s_mean": learner["broadcast_s_mean"],
             "load_s_mean": sum(load_times) / len(load_times) if load_times else 0.0,
+            "bytes_per_version": learner.get("sync_bytes_per_version", 0),
+            "lora": learner.get("lora"),  # [learner.lora] when adapters were trained and sent, else None
+            "merge_s_mean": _mean([a["merge_s_mean"] for a in actors if a.get("merge_s_mean")]),
+            "adapters_refused": sum(a.get("adapters_refused", 0) for a in actors),
             # Membership of the broadcast group (sync/broadcaster.py): rebuilt groups, failed syncs, dropped actors.
             **learner.get("sync", {}),
         },
@@ -157,6 +165,9 @@ def human(summary: dict) -> str:
         ledger_line(summary.get("ledger")),
         *episode_lines(summary.get("episodes")),
         f"weight sync         broadcast {y['broadcast_s_mean'] * 1000:.1f} ms, load {y['load_s_mean'] * 1000:.1f} ms (means)"
+        + (f", {y['bytes_per_version'] / 2**20:.2f} MiB per version" if y.get("bytes_per_version") else "")
+        + (f"; LoRA rank {y['lora']['rank']}: merge {y['merge_s_mean'] * 1000:.1f} ms, "
+           f"{y['adapters_refused']} adapters refused" if y.get("lora") else "")
         + (f"; group rebuilt {y['regroups'] - 1} times, {y['failed_syncs']} failed syncs"
            if y.get("regroups", 1) > 1 else ""),
         *restart_lines(summary.get("actor_restarts", {})),

@@ -5,6 +5,9 @@ runtime/run_dir.py):
 
   model/              Hugging Face model directory: the fp32 master weights (`save_pretrained`, safetensors)
                       plus the tokenizer files; transformers and vLLM load it as is
+  adapter/            in place of model/ with [learner.lora]: the fp32 adapter in peft's format
+                      (runtime/adapter_files.py; the base is model.path, unchanged); `launch.py export`
+                      merges it into a Hugging Face model
   optimizer/          AdamW state in torch.distributed.checkpoint format: each rank writes its own shard
                       when the learner is sharded (FSDP2), and a different number of ranks can load it
   rng/rank<R>.pt      torch's random-number state of each learner rank
@@ -47,8 +50,9 @@ import shutil
 import time
 import warnings
 
-from asyncor.runtime.run_dir import (BUFFER_STATE, META, MODEL, OPTIMIZER, RNG, TRAINER_STATE, CheckpointError, RunDir,
-                                     read_meta)
+from asyncor.runtime.adapter_files import write_adapter
+from asyncor.runtime.run_dir import (ADAPTER, BUFFER_STATE, META, MODEL, OPTIMIZER, RNG, TRAINER_STATE, CheckpointError,
+                                     RunDir, read_meta)
 from asyncor.telemetry import log as tlog
 
 MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
@@ -105,9 +109,10 @@ def save_model(lm, state: dict, out: str, dtype, source_dir: str) -> None:
 
 def save(run_dir: str, step: int, version: int, policy, optimizer, ranks, full_state: dict | None,
          trainer_state: dict, buffer_state: dict | None, source_dir: str, keep: int,
-         protect: str = "") -> str:
+         protect: str = "", adapter=None) -> str:
     """Write checkpoint `step` (every rank calls this; rank 0 writes the shared files). `full_state`: the
-    gathered fp32 model state on rank 0 (None elsewhere). Returns the checkpoint's directory."""
+    gathered fp32 model state on rank 0 (None elsewhere); with `adapter` (runtime/adapter_files.py
+    AdapterSettings: LoRA) it is the adapter, written in peft's format. Returns the checkpoint's directory."""
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -127,14 +132,17 @@ def save(run_dir: str, step: int, version: int, policy, optimizer, ranks, full_s
     torch.save(rng, rng_path)
     fsync_path(rng_path)  # by the rank that wrote it (another node's page cache is not rank 0's to flush)
     if ranks.main:
-        save_model(policy.lm, full_state, os.path.join(tmp, MODEL), torch.float32, source_dir)
+        if adapter is not None:
+            write_adapter(os.path.join(tmp, ADAPTER), full_state, adapter)
+        else:
+            save_model(policy.lm, full_state, os.path.join(tmp, MODEL), torch.float32, source_dir)
         _write_json(os.path.join(tmp, TRAINER_STATE), trainer_state)
         _write_json(os.path.join(tmp, BUFFER_STATE), buffer_state or {})
     ranks.barrier()  # every rank's shard is on disk
     if ranks.main:
         fsync_tree(tmp)  # the weights, the tokenizer files, and every directory's entries
         _write_json(os.path.join(tmp, META), {"step": step, "version": version, "ranks": ranks.world,
-                                                     "written_at": time.time()})
+                                                     "lora": adapter is not None, "written_at": time.time()})
         fsync_path(tmp)  # meta.json's entry, before the rename can reach the disk
         if os.path.exists(final):  # the same step written again (a resumed run that ended where it began)
             shutil.rmtree(final)

@@ -35,6 +35,7 @@ with a `checkpoint` message and answered `buffer_state`); with
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -53,6 +54,8 @@ from asyncor.kernels.logprob_entropy import resolve_impl
 from asyncor.runtime.cores import learner_cores, pin
 from asyncor.learner import checkpoint
 from asyncor.learner.entropy_control import make_entropy_control
+from asyncor.learner.lora import adapter_named, apply_lora, load_adapter_weights
+from asyncor.learner.lora import settings as lora_settings
 from asyncor.learner.model import Policy, load_causal_lm
 from asyncor.learner.packing import layout_for
 from asyncor.learner.parallel import Ranks, full_tensor, init_ranks, parallelize
@@ -65,6 +68,7 @@ from asyncor.runtime.role_summary import write_role_summary
 from asyncor.telemetry.metrics import MetricsWriter
 from asyncor.telemetry.time_budget import TimeBudget
 from asyncor.telemetry.timeline import Timeline
+from asyncor.runtime.adapter_files import read_adapter, write_adapter, write_merged
 from asyncor.runtime.run_dir import RunDir
 
 
@@ -106,7 +110,13 @@ class Learner:
                       device=str(self.device), logprob_impl=self.logprob_impl, layout=layout,
                       micro_batch_tokens=lc.micro_batch_tokens, master_dtype=lc.master_dtype,
                       compute_dtype=config.model.dtype)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
+        # With LoRA only the adapters require gradients: the optimiser (and its state) holds nothing else.
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=lc.lr, weight_decay=lc.weight_decay)
+        if lc.lora.enabled:
+            self.log.info("lora", rank=lc.lora.rank, alpha=lc.lora.alpha, targets=lc.lora.target_modules,
+                          trainable=sum(p.numel() for p in trainable),
+                          total=sum(p.numel() for p in self.policy.parameters()))
         self.metrics = (MetricsWriter(RunDir(config.run_dir).metrics, "learner", config.net.telemetry_address)
                         if self.ranks.main else None)
         net = config.net
@@ -122,9 +132,12 @@ class Learner:
                                                  bind=net.bind_address(net.learner_address), keys=keys,
                                                  max_failures=config.sync.max_failures)
         self.version = 0
+        self.sent_bytes = 0  # bytes of one version's broadcast (the adapter alone with LoRA)
         self.controller = make_entropy_control(config.algo.entropy)
         self.resumed_from = config.checkpoint.resume_from
         if self.resumed_from:  # weights came from <checkpoint>/model; the rest from the checkpoint's files
+            if config.resume_adapter:  # the base came from model.path; the adapter is the checkpoint's
+                load_adapter_weights(self.policy.lm, read_adapter(config.resume_adapter)[1])
             state = checkpoint.load(self.resumed_from, self.policy, self.optimizer, self.ranks)
             self.version = int(state["version"])
             self.controller.load_state_dict(state["entropy_control"])
@@ -133,16 +146,19 @@ class Learner:
         # A frozen copy of the initial policy (model.path), only when a KL penalty asks for one.
         self.reference = None
         if config.algo.kl_coef > 0:
-            self.reference = self.load_policy(config.model.path).eval().requires_grad_(False)
+            self.reference = self.load_policy(config.model.path, lora=False).eval().requires_grad_(False)
         self.settings = UpdateSettings(
             algo=config.algo, eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high, grad_clip=lc.grad_clip,
             pad_id=lm_config.pad_token_id if lm_config.pad_token_id is not None else 0,
             micro_batch_tokens=lc.micro_batch_tokens, layout=layout,
             loss_agg_tokens=config.algo.loss_agg_tokens or max(stage.max_response_tokens for stage in stages(config)))
 
-    def load_policy(self, path: str) -> Policy:
+    def load_policy(self, path: str, lora: bool = True) -> Policy:
+        """The policy at `path`, with [learner.lora]'s adapters when enabled (and `lora`), sharded."""
         cfg = self.config
         lm = load_causal_lm(cfg.model, self.device, torch.float32, path)  # fp32 masters (learner.master_dtype)
+        if lora and cfg.learner.lora.enabled:
+            lm = apply_lora(lm, cfg.learner.lora)
         policy = Policy(lm, cfg.actors.temperature, self.logprob_impl, cfg.learner.logprob_chunk)
         return parallelize(policy, self.ranks, self.dtype, cfg.learner.activation_checkpointing,
                            cfg.learner.offload_optimizer)
@@ -195,10 +211,19 @@ class Learner:
         return train_step(self.policy, self.optimizer, groups, self.settings, self.controller, self.ranks,
                           self.reference, staleness)
 
+    def published(self) -> list[tuple[str, torch.Tensor]]:
+        """What a sync sends: the adapter tensors with LoRA (peft names, runtime/adapter.py), else the state dict."""
+        if self.config.learner.lora.enabled:
+            return adapter_named(self.policy.lm)
+        return list(self.policy.lm.state_dict().items())
+
     def publish(self) -> float:
-        """Every rank gathers, rank 0 broadcasts the weights as the current version."""
-        return publish(list(self.policy.lm.state_dict().items()), self.dtype, int(self.config.sync.bucket_mb * 2**20),
-                       self.broadcaster, self.version, self.device)
+        """Every rank gathers, rank 0 broadcasts the weights (or the adapter) as the current version."""
+        named = self.published()
+        self.sent_bytes = sum(t.numel() * (self.dtype.itemsize if t.is_floating_point() else t.element_size())
+                              for _, t in named)  # per version, what crosses the broadcast
+        return publish(named, self.dtype, int(self.config.sync.bucket_mb * 2**20), self.broadcaster,
+                       self.version, self.device)
 
     def request(self, message: wire.Body):
         """A request to the buffer from rank 0 (the other ranks get None)."""
@@ -228,6 +253,7 @@ class Learner:
                     broadcast_s = self.publish()
                 totals["broadcast_s"].append(broadcast_s)
                 values["sync/broadcast_s"] = broadcast_s
+                values["sync/sent_bytes"] = self.sent_bytes
             if self.broadcaster is not None:
                 values.update(self.broadcaster.metrics())
             # The buffer learns the version only after the weights went out, so a grant for
@@ -275,6 +301,8 @@ class Learner:
             "tokens_per_s": totals["tokens"] / budget.seconds["training"] if budget.seconds.get("training") else 0.0,
             "wait_for_batch_frac": budget.seconds.get("waiting_for_batch", 0.0) / wall if wall else 0.0,
             "broadcast_s_mean": float(np.mean(totals["broadcast_s"])) if totals["broadcast_s"] else 0.0,
+            "sync_bytes_per_version": self.sent_bytes,
+            "lora": cfg.learner.lora.model_dump() if cfg.learner.lora.enabled else None,
             "staleness_trained": totals["staleness"],
             "wall_s": wall,
             "sync": dict(self.broadcaster.stats) if self.broadcaster is not None else {},
@@ -291,10 +319,10 @@ class Learner:
         return summary
 
     def gathered_state(self, dtype: torch.dtype) -> dict | None:
-        """The whole policy in `dtype`, gathered one tensor at a time (every rank takes part; rank 0 gets it,
-        the others None)."""
+        """The whole policy in `dtype` (with LoRA: the adapter, peft names), gathered one tensor at a time (every
+        rank takes part; rank 0 gets it, the others None)."""
         state = {}
-        for name, t in self.policy.lm.state_dict().items():
+        for name, t in self.published():
             whole = full_tensor(t.detach())
             if self.ranks.main:
                 state[name] = whole.to(dtype if whole.is_floating_point() else whole.dtype).cpu()
@@ -314,14 +342,25 @@ class Learner:
         path = checkpoint.save(cfg.run_dir, self.version, self.version, self.policy, self.optimizer, self.ranks,
                                self.gathered_state(torch.float32),
                                {"version": self.version, "entropy_control": self.controller.state_dict()},
-                               buffer_state, cfg.model.path, cfg.checkpoint.keep, protect=self.resumed_from)
+                               buffer_state, cfg.model.path, cfg.checkpoint.keep, protect=self.resumed_from,
+                               adapter=lora_settings(cfg.learner.lora, cfg.model.path) if cfg.learner.lora.enabled
+                               else None)
         if self.ranks.main:
             seconds = time.perf_counter() - start
             self.metrics.log({"learner/checkpoint_s": seconds}, step=self.version)
             self.log.info("checkpoint", path=path, seconds=round(seconds, 3))
 
     def save_final(self) -> None:
-        """The policy in model.dtype, for evaluation and use (the checkpoints keep the fp32 masters)."""
+        """The policy in model.dtype, for evaluation and use (the checkpoints keep the fp32 masters). With LoRA:
+        base + adapter merged, plus the adapter itself in `final/adapter/` (peft format, float32)."""
+        cfg = self.config
+        if cfg.learner.lora.enabled:
+            adapter = self.gathered_state(torch.float32)
+            if self.ranks.main:
+                final, adapter_settings = RunDir(cfg.run_dir).final, lora_settings(cfg.learner.lora, cfg.model.path)
+                write_merged(cfg.model.path, adapter_settings, adapter, final, cfg.model.dtype)
+                write_adapter(os.path.join(final, "adapter"), adapter, adapter_settings)
+            return
         state = self.gathered_state(self.dtype)
         if self.ranks.main:
             checkpoint.save_model(self.policy.lm, state, RunDir(self.config.run_dir).final, self.dtype,

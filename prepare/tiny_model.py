@@ -50,15 +50,10 @@ def build_tiny_model(config: Config, out_dir: str) -> str:
     tok = build_tokenizer(task_characters(config.task.kind))
     t = config.model.tiny
     vocab_size = tok.get_vocab_size()
+    shape = {k: v for k, v in t.architecture().items() if k != "model_type"}
     model_config = Qwen2Config(
         vocab_size=vocab_size,
-        hidden_size=t.hidden_size,
-        intermediate_size=t.intermediate_size,
-        num_hidden_layers=t.num_layers,
-        num_attention_heads=t.num_attention_heads,
-        num_key_value_heads=t.num_key_value_heads,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
+        **shape,
         bos_token_id=tok.token_to_id("<bos>"),
         eos_token_id=tok.token_to_id("<eos>"),
         pad_token_id=tok.token_to_id("<pad>"),

@@ -8,7 +8,8 @@
       logs/<role>.jsonl, .out     .log(role)      structured log; the process's raw output (.output(role))
       roles/<role>.json           .role(role)     each role's final figures
       checkpoints/step_NNNNNN/    .step(n)        learner checkpoints, below
-      final/                      .final          the trained policy, a Hugging Face directory
+      final/                      .final          the trained policy, a Hugging Face directory (LoRA: merged,
+                                                  and the adapter in final/adapter/)
       tensorboard/<role>/         .tensorboard    event files
       keys/                       .keys           the run's CURVE keys (directory 0700, secret keys 0600)
       submit/                     .submit         `launch.py submit`'s batch script and SLURM output
@@ -16,7 +17,8 @@
 
     checkpoints/step_NNNNNN/      one checkpoint (learner/checkpoint.py writes it)
       model/  optimizer/  rng/rank<R>.pt  trainer_state.json  buffer_state.json
-      meta.json                   {step, version, ranks, written_at}: written last, just before the
+      adapter/                    in place of model/ with [learner.lora]: the adapter, peft's format
+      meta.json                   {step, version, ranks, lora, written_at}: written last, just before the
                                   directory is renamed into place, so a `step_*` directory with it is complete
 
 The learner writes checkpoints; the buffer and the actors read their parts of one when a run resumes, and
@@ -34,9 +36,9 @@ import re
 from dataclasses import dataclass
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
-MODEL, OPTIMIZER, RNG = "model", "optimizer", "rng"
+MODEL, ADAPTER, OPTIMIZER, RNG = "model", "adapter", "optimizer", "rng"
 TRAINER_STATE, BUFFER_STATE, META = "trainer_state.json", "buffer_state.json", "meta.json"
-CHECKPOINT_PARTS = (MODEL, OPTIMIZER, TRAINER_STATE, BUFFER_STATE)
+CHECKPOINT_PARTS = (OPTIMIZER, TRAINER_STATE, BUFFER_STATE)  # and the weights: MODEL, or ADAPTER with LoRA
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # loading these can run code: refused
 
 
@@ -103,7 +105,7 @@ def read_meta(checkpoint: str) -> dict:
     if not isinstance(meta, dict) or not all(isinstance(meta.get(k), int) and meta[k] >= 0
                                              for k in ("step", "version", "ranks")):
         raise CheckpointError(f"{meta_path} lacks step / version / ranks")
-    for part in CHECKPOINT_PARTS:
+    for part in CHECKPOINT_PARTS + ((ADAPTER,) if meta.get("lora") else (MODEL,)):
         if not os.path.exists(os.path.join(checkpoint, part)):
             raise CheckpointError(f"{checkpoint} lacks {part}")
     model = os.path.join(checkpoint, MODEL)

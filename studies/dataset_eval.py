@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 
 from asyncor.actors.evaluate import score_completions, summarise
+from asyncor.runtime.adapter_files import AdapterFileError
+from asyncor.studies.export import find_weights, merged_model
 from asyncor.tasks.dataset import DataError
 
 
@@ -169,8 +171,10 @@ def filter_files(model_dir: str, data_paths: list[str], out_path: str, settings:
 
 def _checked_settings(args, k: int) -> EvalSettings | None:
     """The sampling settings of `eval` / `filter`, or None after printing what is wrong with the command line."""
-    if not os.path.isfile(os.path.join(args.model, "config.json")):
-        print(f"error: --model {args.model}: not a model directory (no config.json)", file=sys.stderr)
+    try:
+        find_weights(args.model)
+    except ValueError as exc:
+        print(f"error: --model {exc}", file=sys.stderr)
         return None
     missing = [path for path in args.data if not os.path.isfile(path)]
     if missing:
@@ -191,6 +195,10 @@ def _checked_settings(args, k: int) -> EvalSettings | None:
     if k < 1 or args.temperature < 0 or args.max_tokens < 1:
         print("error: --k / --samples and --max-tokens must be >= 1 and --temperature >= 0", file=sys.stderr)
         return None
+    if args.temperature == 0 and k > 1:
+        print(f"error: --temperature 0 is greedy decoding, one answer per problem: use --k 1 (not {k})",
+              file=sys.stderr)
+        return None
     from asyncor.actors.engine import cpu_environment
 
     cache = os.path.abspath(os.path.join(".cache", "asyncor", "vllm"))
@@ -208,8 +216,9 @@ def eval_command(args) -> int:
         return 2
     out = args.out or os.path.join(args.model, "eval")
     try:
-        summary = evaluate_files(args.model, args.data, out, settings)
-    except (DataError, ValueError) as exc:
+        with merged_model(args.model, args.base or "") as model_dir:  # a LoRA adapter: merged into its base first
+            summary = evaluate_files(model_dir, args.data, out, settings)
+    except (DataError, ValueError, AdapterFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     k = summary["k"]
@@ -230,8 +239,9 @@ def filter_command(args) -> int:
     if settings is None:
         return 2
     try:
-        result = filter_files(args.model, args.data, args.out, settings)
-    except (DataError, ValueError) as exc:
+        with merged_model(args.model, args.base or "") as model_dir:
+            result = filter_files(model_dir, args.data, args.out, settings)
+    except (DataError, ValueError, AdapterFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"kept {result['kept']} of {result['problems']} problems (never solved {result['never_solved']}, "

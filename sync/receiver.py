@@ -21,6 +21,9 @@ back sooner: an answer from an actor outside the group counts as a hello (sync/b
 group the `sync.rejoin_timeout_s` clock runs, so an actor that is never taken back fails and is restarted.
 
 A message that does not parse, or an announcement of an older group, is counted (`ignored`) and skipped.
+With LoRA what arrives is an adapter (runtime/adapter.py): checked against the base the actor keeps and merged
+into it here, off the generation loop; one with wrong names, shapes or values is counted (`refused`),
+logged and never staged, and the engine keeps the version it has.
 The thread only fails (`error`, re-raised by the generation loop through `take` / `wait_for`) after
 `sync.rejoin_timeout_s` without a working group, or on anything else going wrong (the learner's queue full
 when it says hello again).
@@ -45,6 +48,7 @@ from asyncor.wire.curve import CurveKeys
 from asyncor.wire.envelope import ProtocolError, decode
 from asyncor.wire.messages import encode_message
 from asyncor.wire.transport import Connection, Transport, endpoint
+from asyncor.runtime.adapter import Adapter, AdapterRefused
 from asyncor.sync.buckets import Bucket, unflatten
 from asyncor.sync.group import abandon, hello_identity, make_group, open_store
 from asyncor.runtime.names import actor_name
@@ -54,26 +58,31 @@ MAX_ANNOUNCEMENT_BYTES = 1 << 24
 
 
 class StagedWeights:
-    def __init__(self, version: int, tensors: list[tuple[str, torch.Tensor]], recv_s: float):
+    def __init__(self, version: int, tensors: list[tuple[str, torch.Tensor]], recv_s: float, merge_s: float = 0.0,
+                 sent_bytes: int = 0):
         self.version = version
         self.tensors = tensors
         self.recv_s = recv_s
+        self.merge_s = merge_s  # LoRA: checking and merging the adapter into the base (this thread, not the loop's)
+        self.sent_bytes = sent_bytes  # what crossed the broadcast for this version
         self.staged_at = time.perf_counter()  # when the broadcast finished (weights-to-first-token latency)
 
 
 class WeightReceiver(threading.Thread):
     def __init__(self, transport: Transport, actor_id: int, host: str, sync_port: int, store_port: int, backend: str,
                  timeout_s: float, device: torch.device, keys: CurveKeys | None = None,
-                 rejoin_timeout_s: float = 600.0, join_wait_s: float | None = None):
+                 rejoin_timeout_s: float = 600.0, join_wait_s: float | None = None, adapter: Adapter | None = None):
         """`timeout_s`: sync.timeout_s (group set-up, each bucket); `rejoin_timeout_s`: sync.rejoin_timeout_s;
         `join_wait_s`: how long after answering a probe of a newer epoch the actor waits for its `join` before
-        it concludes it was left out (None: 2 x `timeout_s`)."""
+        it concludes it was left out (None: 2 x `timeout_s`); `adapter` (LoRA, runtime/adapter.py): what arrives
+        is an adapter, checked and merged into the kept base here before it is staged."""
         super().__init__(name=f"{actor_name(actor_id)}/weights", daemon=True)
         self.transport = transport
         self.keys = keys  # the run's CURVE keys (net.auth = "curve"), else None
         self.actor_id = actor_id
         self.args = (host, sync_port, store_port, backend, timeout_s)
         self.device = device
+        self.adapter = adapter
         self.timeout_s = timeout_s
         self.rejoin_timeout_s = rejoin_timeout_s
         self.join_wait_s = 2 * timeout_s if join_wait_s is None else join_wait_s
@@ -84,7 +93,7 @@ class WeightReceiver(threading.Thread):
         self.ready = threading.Event()  # set once the first group is made
         self.error: BaseException | None = None
         self.received_versions: list[int] = []
-        self.stats = {"groups": 0, "failed": 0, "ignored": 0, "left_out": 0}
+        self.stats = {"groups": 0, "failed": 0, "ignored": 0, "left_out": 0, "refused": 0}
         self._pg = None
         self._epoch = -1
         self._answered = -1  # the epoch of the last probe answered
@@ -196,7 +205,19 @@ class WeightReceiver(threading.Thread):
             tensors.extend(unflatten(bucket, flat))
         if self.received_versions and version <= self.received_versions[-1]:
             return  # sent again after a regroup: this actor had it already
-        staged = StagedWeights(version, tensors, time.perf_counter() - start)
+        recv_s = time.perf_counter() - start
+        sent = sum(t.numel() * t.element_size() for _, t in tensors)
+        merge_s = 0.0
+        if self.adapter is not None:
+            try:
+                tensors = self.adapter.merge(tensors)
+            except AdapterRefused as exc:  # never loaded; the engine keeps the version it has
+                self.stats["refused"] += 1
+                self.log.warning("adapter_refused", version=version, reason=exc.reason, detail=exc.detail[:300],
+                                 refused=self.stats["refused"])
+                return
+            merge_s = time.perf_counter() - start - recv_s
+        staged = StagedWeights(version, tensors, recv_s, merge_s, sent)
         with self._cond:
             self._staged = staged
             self.received_versions.append(version)

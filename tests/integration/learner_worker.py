@@ -6,6 +6,9 @@ of configs/algorithms.py at least once) and each --sweep setting, all in this on
 weight change (SGD with lr 1: the gradient, summed over the step's SGD steps) and the step's metrics to --out.
 `publish`: every rank publishes the weights (learner/weight_sync.py) to one receiver the test runs; rank 0 writes
 the full fp32 weights to --out.
+`lora`: the `step` cases with LoRA adapters ([learner.lora], learner/lora.py) on the same model: rank 0 writes the
+adapters' change, whether any base weight moved, and the metrics; then every rank publishes the adapter (version 7)
+to one receiver that merges it (runtime/adapter.py), and rank 0 writes the adapter to --out.
 """
 
 import argparse
@@ -24,6 +27,7 @@ from asyncor.learner.parallel import full_tensor, init_ranks, parallelize, relea
 from asyncor.learner.update import UpdateSettings, train_step
 from asyncor.learner.weight_sync import publish
 from asyncor.sync.broadcaster import WeightBroadcaster
+from asyncor.wire.zeromq import ZmqTransport
 
 VOCAB = 29  # odd sizes everywhere
 
@@ -111,8 +115,6 @@ def step(ranks, out, variants, sweep):
 
 
 def publish_weights(ranks, out, sync_port, store_port):
-    from asyncor.wire.zeromq import ZmqTransport
-
     policy = parallelize(small_policy(seed=3), ranks, torch.bfloat16)  # model.dtype = bfloat16
     # fp32 master weights (what AdamW updates); forward in bf16 (what a decoder layer outputs), log-probs in fp32.
     master = sorted({str(p.dtype) for p in policy.parameters()})
@@ -138,9 +140,63 @@ def publish_weights(ranks, out, sync_port, store_port):
         broadcaster.close()
 
 
+def lora_policy(seed=0):
+    from asyncor.configs.schema import LoraConfig
+    from asyncor.learner.lora import apply_lora
+
+    policy = small_policy(seed)
+    apply_lora(policy.lm, LoraConfig(enabled=True, rank=3, alpha=5.0))
+    torch.manual_seed(seed + 100)
+    with torch.no_grad():  # peft starts B at zero (A would get no gradient): a trained-looking adapter instead
+        for name, p in policy.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return policy
+
+
+def lora_step(ranks, out, key, a, case, tokens, layout):
+    from asyncor.learner.lora import adapter_named
+
+    policy = parallelize(lora_policy(), ranks, torch.float32)
+    frozen = {n: full_tensor(p.detach()).clone() for n, p in policy.lm.named_parameters() if not p.requires_grad}
+    start = {n: full_tensor(p.detach()).clone() for n, p in adapter_named(policy.lm)}
+    settings = UpdateSettings(a, 0.2, 0.2, grad_clip=1e9, pad_id=0, micro_batch_tokens=tokens, layout=layout)
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1.0)
+    m = train_step(policy, opt, groups(case), settings, make_entropy_control(a.entropy), ranks, None)
+    grads = {n: (start[n] - full_tensor(p.detach())).numpy() for n, p in adapter_named(policy.lm)}
+    moved = [n for n, p in policy.lm.named_parameters() if not p.requires_grad
+             and not torch.equal(full_tensor(p.detach()), frozen[n])]
+    if ranks.main:
+        np.savez(os.path.join(out, f"lora-grad-{key}-r{ranks.world}.npz"), **grads)
+    return {**m, "frozen_moved": moved, "trainable": sorted(grads)}
+
+
+def lora(ranks, out, variants, sync_port, store_port):
+    from asyncor.learner.lora import adapter_named
+
+    results = {}
+    for case, loss_agg in (("uneven", "token_mean"), ("lonely", "token_mean")):
+        for tokens, layout, _ in variants:
+            key = f"{case}-{tokens}-{layout}"
+            results[key] = lora_step(ranks, out, key, algo(loss_agg), case, tokens, layout)
+    policy = parallelize(lora_policy(seed=4), ranks, torch.float32)
+    broadcaster = None
+    if ranks.main:
+        broadcaster = WeightBroadcaster(ZmqTransport(), "127.0.0.1", sync_port, store_port, 1, "gloo", 60.0,
+                                        torch.device("cpu"))
+    named = adapter_named(policy.lm)
+    publish(named, torch.float32, 4096, broadcaster, 7, torch.device("cpu"))
+    adapter = {n: full_tensor(t.detach()).numpy() for n, t in named}
+    if ranks.main:
+        np.savez(os.path.join(out, "lora-published.npz"), **adapter)
+        with open(os.path.join(out, f"lora-metrics-r{ranks.world}.json"), "w") as f:
+            json.dump(results, f)
+        broadcaster.close()
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["step", "publish"])
+    parser.add_argument("mode", choices=["step", "publish", "lora"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--variants", default="100000:varlen",
                         help="micro_batch_tokens:layout[:ckpt],... (layouts: learner/packing.py; ckpt: activation "
@@ -155,6 +211,10 @@ def main():
         settings = lambda arg: [(int(v.split(":")[0]), v.split(":")[1], v.endswith(":ckpt"))
                                 for v in arg.split(",") if v]
         step(ranks, args.out, settings(args.variants), settings(args.sweep))
+    elif args.mode == "lora":
+        sync_port, store_port = (int(p) for p in args.ports.split(","))
+        lora(ranks, args.out, [(int(v.split(":")[0]), v.split(":")[1], False) for v in args.variants.split(",")],
+             sync_port, store_port)
     else:
         sync_port, store_port = (int(p) for p in args.ports.split(","))
         publish_weights(ranks, args.out, sync_port, store_port)

@@ -67,6 +67,8 @@ def test_bad_arguments_are_refused_with_a_reason(policy, tmp_path):
     assert proc.returncode == 2 and "not a model directory" in proc.stderr
     proc = run_eval("--model", policy, "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "no such file" in proc.stderr
+    proc = run_eval("--model", policy, "--data", os.path.join(DATA, "math.jsonl"), "--temperature", "0", "--k", "4")
+    assert proc.returncode == 2 and "use --k 1" in proc.stderr
 
 
 def test_filter_keeps_problems_solved_sometimes(policy, tmp_path):

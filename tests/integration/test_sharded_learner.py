@@ -138,3 +138,65 @@ def test_two_sharded_bf16_ranks_keep_fp32_masters_and_publish_exactly_the_learne
         got = received[name]
         assert got.dtype == torch.bfloat16 and got.shape == expected.shape, name
         assert torch.equal(got.view(torch.int16), expected.view(torch.int16)), name  # bit-exact checksum
+
+
+def test_lora_steps_are_equal_across_layouts_and_ranks_train_only_the_adapter_and_reach_an_actor_merged(tmp_path):
+    """[learner.lora]: one step with adapters (B non-zero, so A and B both get gradients) gives the same adapter
+    update whole, cut into micro-batches (packed or padded) and on two FSDP2 ranks; no base weight moves; and the
+    adapter the ranks publish is what an actor's receiver merges into its base: W + alpha/r * B @ A."""
+    from asyncor.configs.schema import LORA_DEFAULT_TARGETS
+    from asyncor.runtime.adapter import Adapter
+    from tests.integration.learner_worker import small_policy
+
+    base = small_policy(seed=4).lm.state_dict()
+    staged = {}
+    for world, variants in ((1, "100000:varlen,30:varlen,30:rows,30:padded"), (2, "30:rows")):
+        sync_port, store_port = free_port(), free_port()
+        adapter = Adapter({k: v.clone() for k, v in base.items()}, 3, 5.0, list(LORA_DEFAULT_TARGETS))
+        procs = start_ranks(world, ["lora", "--out", str(tmp_path), "--variants", variants,
+                                    "--ports", f"{sync_port},{store_port}"], tmp_path)
+        receiver = WeightReceiver(ZmqTransport(), 0, "127.0.0.1", sync_port, store_port, "gloo", 60.0,
+                                  torch.device("cpu"), adapter=adapter)
+        receiver.start()
+        try:
+            staged[world] = receiver.wait_for(7, timeout_s=180)
+            wait_all(procs, tmp_path)
+        finally:
+            receiver.stop()
+            receiver.join(10)
+        assert staged[world] is not None and staged[world].version == 7, receiver.error
+        assert receiver.stats["refused"] == 0
+    one = json.loads((tmp_path / "lora-metrics-r1.json").read_text())
+    two = json.loads((tmp_path / "lora-metrics-r2.json").read_text())
+    for case in ("uneven", "lonely"):
+        whole = one[f"{case}-100000-varlen"]
+        assert len(whole["trainable"]) == 3 * 7 * 2  # 3 layers x 7 projections x (A, B)
+        assert all(n.endswith((".lora_A.weight", ".lora_B.weight")) for n in whole["trainable"])
+        ref = np.load(tmp_path / f"lora-grad-{case}-100000-varlen-r1.npz")
+        assert all(np.abs(ref[k]).max() > 0 for k in ref), case
+        for key, metrics in [(f"{case}-30-{layout}-r1", one[f"{case}-30-{layout}"]) for layout in
+                             ("varlen", "rows", "padded")] + [(f"{case}-30-rows-r2", two[f"{case}-30-rows"])]:
+            assert metrics["frozen_moved"] == [], key
+            grads = np.load(tmp_path / f"lora-grad-{key}.npz")
+            worst = max((relative(grads[k], ref[k]), k) for k in ref)
+            assert worst[0] < 1e-5, (key, worst)
+            for name in ("learner/loss", "learner/entropy", "learner/tokens", "reward/mean"):
+                assert metrics[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-7), (key, name)
+    published = np.load(tmp_path / "lora-published.npz")
+    scaling = 5.0 / 3
+    for world in (1, 2):
+        merged = dict(staged[world].tensors)
+        assert sorted(merged) == sorted(base)  # the whole state dict, ready for the engine
+        assert staged[world].sent_bytes == sum(published[k].nbytes for k in published.files)
+        changed = 0
+        for name, w in base.items():
+            module = name[: -len(".weight")]
+            a_name = f"base_model.model.{module}.lora_A.weight"
+            if a_name in published.files:
+                b = published[a_name.replace("lora_A", "lora_B")].astype(np.float64)
+                expected = w.double().numpy() + scaling * b @ published[a_name].astype(np.float64)
+                assert relative(merged[name].double().numpy(), expected) < 1e-6, name
+                changed += 1
+            else:
+                assert torch.equal(merged[name], w), name
+        assert changed == 3 * 7

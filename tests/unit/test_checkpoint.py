@@ -16,7 +16,6 @@ from asyncor.configs.schema import Config
 from asyncor.launcher.resume import keep_records_before, resume_config
 from asyncor.learner import checkpoint
 from asyncor.learner.parallel import Ranks
-from asyncor.prepare.tiny_model import build_tiny_model
 from asyncor.runtime.run_dir import CheckpointError, RunDir, read_meta
 
 ONE = Ranks(0, 1, torch.device("cpu"), sharded=False)
@@ -29,11 +28,8 @@ class Policy(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("tiny"))
-    config = Config.model_validate({"model": {"tiny": {"hidden_size": 32, "num_attention_heads": 1,
-                                                       "num_key_value_heads": 1, "intermediate_size": 48}}})
-    return build_tiny_model(config, out)
+def model_dir(small_model_dir):
+    return small_model_dir
 
 
 def load(path):

@@ -111,18 +111,24 @@ def learner_grad(model, groups, layout, micro_batch_tokens):
     return delta
 
 
-@pytest.mark.parametrize("layout,budget", [("varlen", 1 << 30), ("varlen", 24), ("rows", 30), ("padded", 40)])
-def test_multi_turn_gradient_is_that_of_the_policy_tokens_with_observations_as_context(layout, budget):
+@pytest.fixture(scope="module")
+def reference():
+    """(model, groups, the float64 reference gradient, the gradient that also trains the environment's tokens):
+    computed once for every layout (learner_grad puts the weights back after its step)."""
     model = lm()
     groups = make_groups(model)
+    return model, groups, reference_grad(model, groups), reference_grad(model, groups, trained="all")
+
+
+@pytest.mark.parametrize("layout,budget", [("varlen", 1 << 30), ("varlen", 24), ("rows", 30), ("padded", 40)])
+def test_multi_turn_gradient_is_that_of_the_policy_tokens_with_observations_as_context(reference, layout, budget):
+    model, groups, ref, wrong = reference
     assert sum(r.loss_mask is not None and (r.loss_mask == 0).any() for g in groups for r in g.responses) == 4
-    ref = reference_grad(model, groups)
     got = learner_grad(model, groups, layout, budget)
     scale = ref.abs().max().item()
     assert scale > 1e-3
     assert (got - ref).abs().max().item() <= 1e-5 * scale  # float32 behaviour log-probs and weights
     # Training the environment's tokens too is a different gradient, far outside that tolerance.
-    wrong = reference_grad(model, groups, trained="all")
     assert (wrong - ref).abs().max().item() > 1e-2 * scale
 
 
