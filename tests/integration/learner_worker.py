@@ -8,7 +8,8 @@ weight change (SGD with lr 1: the gradient, summed over the step's SGD steps) an
 the full fp32 weights to --out.
 `lora`: the `step` cases with LoRA adapters ([learner.lora], learner/lora.py) on the same model: rank 0 writes the
 adapters' change, whether any base weight moved, and the metrics; then every rank publishes the adapter (version 7)
-to one receiver that merges it (runtime/adapter.py), and rank 0 writes the adapter to --out.
+to one receiver that merges it (runtime/adapter.py), and rank 0 writes the adapter to --out; the adapter is loaded
+back into fresh (sharded) adapters as a resume does, which must be exact.
 """
 
 import argparse
@@ -172,7 +173,7 @@ def lora_step(ranks, out, key, a, case, tokens, layout):
 
 
 def lora(ranks, out, variants, sync_port, store_port):
-    from asyncor.learner.lora import adapter_named
+    from asyncor.learner.lora import adapter_named, load_adapter_weights
 
     results = {}
     for case, loss_agg in (("uneven", "token_mean"), ("lonely", "token_mean")):
@@ -187,6 +188,11 @@ def lora(ranks, out, variants, sync_port, store_port):
     named = adapter_named(policy.lm)
     publish(named, torch.float32, 4096, broadcaster, 7, torch.device("cpu"))
     adapter = {n: full_tensor(t.detach()).numpy() for n, t in named}
+    # What a resumed learner does with a checkpoint's adapter: into fresh (sharded) adapters, exactly.
+    fresh = parallelize(lora_policy(seed=9), ranks, torch.float32)
+    load_adapter_weights(fresh.lm, {n: torch.from_numpy(a) for n, a in adapter.items()})
+    results["reloaded_exact"] = all(torch.equal(full_tensor(t.detach()), torch.from_numpy(adapter[n]))
+                                    for n, t in adapter_named(fresh.lm))
     if ranks.main:
         np.savez(os.path.join(out, "lora-published.npz"), **adapter)
         with open(os.path.join(out, f"lora-metrics-r{ranks.world}.json"), "w") as f:

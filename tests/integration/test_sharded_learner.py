@@ -168,6 +168,7 @@ def test_lora_steps_are_equal_across_layouts_and_ranks_train_only_the_adapter_an
         assert receiver.stats["refused"] == 0
     one = json.loads((tmp_path / "lora-metrics-r1.json").read_text())
     two = json.loads((tmp_path / "lora-metrics-r2.json").read_text())
+    assert one["reloaded_exact"] is True and two["reloaded_exact"] is True  # a resume's adapter load, sharded too
     for case in ("uneven", "lonely"):
         whole = one[f"{case}-100000-varlen"]
         assert len(whole["trainable"]) == 3 * 7 * 2  # 3 layers x 7 projections x (A, B)
