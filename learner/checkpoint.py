@@ -50,13 +50,10 @@ import shutil
 import time
 import warnings
 
-from asyncor.runtime.adapter_files import write_adapter
+from asyncor.runtime.adapter_files import copy_model_files, write_adapter
 from asyncor.runtime.run_dir import (ADAPTER, BUFFER_STATE, META, MODEL, OPTIMIZER, RNG, TRAINER_STATE, CheckpointError,
                                      RunDir, read_meta)
 from asyncor.telemetry import log as tlog
-
-MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-               "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
 
 def read_json(path: str, name: str) -> dict:
@@ -86,13 +83,6 @@ def fsync_tree(root: str) -> None:
         for name in files:
             fsync_path(os.path.join(dirpath, name))
         fsync_path(dirpath)
-
-
-def copy_model_files(src: str, dst: str) -> None:
-    """The tokenizer and generation files of `src` (the policy's source directory) that `dst` lacks."""
-    for name in MODEL_FILES:
-        if os.path.exists(os.path.join(src, name)) and not os.path.exists(os.path.join(dst, name)):
-            shutil.copy(os.path.join(src, name), dst)
 
 
 def save_model(lm, state: dict, out: str, dtype, source_dir: str) -> None:

@@ -61,7 +61,9 @@ def read_adapter(path: str) -> tuple[AdapterSettings, dict]:
         raise AdapterFileError(f"{path}: no {CONFIG}, not a peft adapter directory") from None
     except (OSError, ValueError) as exc:
         raise AdapterFileError(f"{path}/{CONFIG} does not parse: {exc}") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+    if not isinstance(config, dict):
+        raise AdapterFileError(f"{path}/{CONFIG} holds a {type(config).__name__}, not a peft adapter config")
+    if config.get("peft_type") != "LORA":
         raise AdapterFileError(f"{path}/{CONFIG}: peft_type is {config.get('peft_type')!r}, only LORA is supported")
     if config.get("use_rslora") or config.get("use_dora"):
         raise AdapterFileError(f"{path}/{CONFIG}: rsLoRA / DoRA adapters are not supported (plain LoRA only)")
@@ -69,7 +71,10 @@ def read_adapter(path: str) -> tuple[AdapterSettings, dict]:
     if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, (int, float)) or alpha <= 0:
         raise AdapterFileError(f"{path}/{CONFIG}: r = {rank!r} and lora_alpha = {alpha!r} must be positive numbers")
     targets = config.get("target_modules")
-    targets = [targets] if isinstance(targets, str) else list(targets or [])
+    targets = [targets] if isinstance(targets, str) else targets
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise AdapterFileError(f"{path}/{CONFIG}: target_modules = {config.get('target_modules')!r} is not a list of "
+                               "module names")
     weights = os.path.join(path, WEIGHTS)
     if not os.path.isfile(weights):
         raise AdapterFileError(f"{path}: no {WEIGHTS} (adapters are read from safetensors only, never a pickle)")
@@ -78,8 +83,17 @@ def read_adapter(path: str) -> tuple[AdapterSettings, dict]:
     return settings, load_file(weights)
 
 
-MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+               "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")  # beside a model's weights
+
+
+def copy_model_files(src: str, dst: str) -> None:
+    """The tokenizer and generation files of `src` (a model directory) that `dst` lacks."""
+    import shutil
+
+    for name in MODEL_FILES:
+        if os.path.exists(os.path.join(src, name)) and not os.path.exists(os.path.join(dst, name)):
+            shutil.copy(os.path.join(src, name), dst)
 
 
 def write_merged(base_dir: str, settings: AdapterSettings, tensors: dict, out_dir: str, dtype: str = "") -> str:
@@ -103,9 +117,8 @@ def write_merged(base_dir: str, settings: AdapterSettings, tensors: dict, out_di
     os.makedirs(tmp)
     save_file({k: v.contiguous() for k, v in merged.items()}, os.path.join(tmp, "model.safetensors"),
               metadata={"format": "pt"})
-    for name in MODEL_FILES:
-        if os.path.exists(os.path.join(base_dir, name)):
-            shutil.copy(os.path.join(base_dir, name), tmp)
+    shutil.copy(os.path.join(base_dir, "config.json"), tmp)
+    copy_model_files(base_dir, tmp)
     if dtype:
         path = os.path.join(tmp, "config.json")
         with open(path) as f:

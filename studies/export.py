@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 
-from asyncor.runtime.adapter_files import AdapterFileError, is_adapter_dir, read_adapter, write_merged
+from asyncor.runtime.adapter_files import AdapterFileError, copy_model_files, is_adapter_dir, read_adapter, write_merged
 from asyncor.runtime.run_dir import ADAPTER, MODEL, META, CheckpointError, RunDir, read_meta
 
 
@@ -66,11 +66,7 @@ def export(path: str, out: str, base: str = "", dtype: str = "") -> str:
             from transformers import AutoModelForCausalLM
 
             AutoModelForCausalLM.from_pretrained(weights, dtype=getattr(torch, dtype)).save_pretrained(out)
-            from asyncor.runtime.adapter_files import MODEL_FILES
-
-            for name in MODEL_FILES:
-                if name != "config.json" and os.path.exists(os.path.join(weights, name)):
-                    shutil.copy(os.path.join(weights, name), out)
+            copy_model_files(weights, out)
         else:
             shutil.copytree(weights, out, dirs_exist_ok=True)
         return out

@@ -161,7 +161,11 @@ def test_adapter_files_that_are_not_plain_lora_safetensors_are_refused(tmp_path)
     for config, match in [({"peft_type": "IA3"}, "only LORA"), ({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
                                                                 "use_dora": True}, "DoRA"),
                           ({"peft_type": "LORA", "r": 0, "lora_alpha": 8}, "positive"),
-                          ({"peft_type": "LORA", "r": 4, "lora_alpha": 8}, "never a pickle")]:
+                          ({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": {"q": 1}},
+                           "not a list of module names"),
+                          (["LORA"], "holds a list"),
+                          ({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]},
+                           "never a pickle")]:
         (d / "adapter_config.json").write_text(json.dumps(config))
         with pytest.raises(AdapterFileError, match=match):
             read_adapter(str(d))
