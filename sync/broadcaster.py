@@ -11,7 +11,7 @@ msgpack frames; wire/messages.py):
     learner -> actor    weights {epoch, version, buckets}  one broadcast per bucket follows
 
 Membership. The first group is made once all `actors.count` actors said hello (within `sync.timeout_s`;
-past it the constructor raises TimeoutError). Afterwards a group is rebuilt (`regroup`) before the next
+past it the constructor raises TimeoutError); its probe waits `sync.timeout_s` for the answers. Afterwards a group is rebuilt (`regroup`) before the next
 broadcast whenever an actor said hello again (a restarted actor: it gets the current weights on joining)
 or the last sync failed: an announcement that cannot be delivered (the actor's connection is gone, or its
 queue stayed full past the deadline), a group that did not form, or a collective that raised or passed
@@ -95,7 +95,9 @@ class WeightBroadcaster:
                 raise TimeoutError(f"only {len(self.joining)}/{num_actors} actors said hello to the weight sync "
                                    f"within sync.timeout_s = {timeout_s:g} s")
             self._handle(*self.listener.recv())
-        self.regroup()
+        # Every actor has just said hello, and a process that has just started can be slow to answer on a busy
+        # host: the first group waits the whole sync.timeout_s for the answers, not probe_s.
+        self.regroup(probe_s=timeout_s)
         if self.pg is None:
             raise RuntimeError(f"could not make the first weight-sync group with all {num_actors} actors")
 
@@ -175,8 +177,9 @@ class WeightBroadcaster:
             if actor_id not in skip:
                 self.listener.send(hello_identity(actor_id), probe)
 
-    def regroup(self) -> None:
-        """Make a new group from the members and newcomers that answer a probe (and dropped actors that do)."""
+    def regroup(self, probe_s: float | None = None) -> None:
+        """Make a new group from the members and newcomers that answer a probe within `probe_s` (default the
+        broadcaster's), and dropped actors that do."""
         if self.pg is not None:
             abandon(self.pg)
         self.pg = None
@@ -185,7 +188,7 @@ class WeightBroadcaster:
         candidates = {**self.members, **self.joining}
         self.joining = {}
         probe = encode_message(wire.Probe(epoch=self.epoch))
-        deadline = time.monotonic() + self.probe_s
+        deadline = time.monotonic() + (self.probe_s if probe_s is None else probe_s)
         unreachable = [a for a, ident in candidates.items() if not self._send(ident, probe, deadline)]
         self._reprobe(probe, candidates)  # not waited for: answered in time, they are in the group too
         awaited = set(candidates) - set(unreachable)
