@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["run"])
     target = next(c.target for c in COMMANDS if c.name == args.command)
     module, function = target.split(":")
+    # A user's task or reward by import path (task.source, task.reward) imports from where you launch, as in the
+    # roles, which start there with `python -m` (docs/custom_tasks.md); appended, so it never shadows a package.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         run = getattr(importlib.import_module(module), function)
     except ModuleNotFoundError as exc:

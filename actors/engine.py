@@ -12,7 +12,9 @@ Two ways in:
   hundreds of sequences cost the Python loop more than the decoding step
   itself on a small model;
 * `generate` (held-out evaluation): a blocking call over a list of prompts,
-  only while nothing is streaming (it would consume the stream's outputs).
+  only while nothing is streaming (it would consume the stream's outputs). With a `progress`
+  (telemetry/progress.py) it counts each request's samples as the request finishes, through vLLM's own
+  progress-bar hook (`use_tqdm` given a tqdm class that draws nowhere), so one call keeps the whole batch.
 
 The engine core runs in the actor's process (VLLM_ENABLE_V1_MULTIPROCESSING=0,
 set by `cpu_environment` on CPU and CUDA alike; `load_weights` needs it with
@@ -151,7 +153,9 @@ class Engine:
     # ------------------------------------------------------------------ blocking
 
     def generate(self, prompts: list[np.ndarray], n: int, temperature: float, top_p: float, max_tokens: int,
-                 stop_token_id: int, seed: int | None = None) -> list[list[Completion]]:
+                 stop_token_id: int, seed: int | None = None, progress=None) -> list[list[Completion]]:
+        import functools
+
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -159,7 +163,8 @@ class Engine:
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
                                 stop_token_ids=[stop_token_id], seed=seed)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.tolist()) for p in prompts], params,
-                                    use_tqdm=False)
+                                    use_tqdm=functools.partial(counting_bar(), progress=progress)
+                                    if progress is not None else False)
         groups = []
         for out in outputs:
             samples = []
@@ -182,3 +187,29 @@ class Engine:
         self.engine.set_weight_version(str(version))
         # Fails (returns False) while sequences run; their salts keep old KV from being reused anyway.
         self.llm.reset_prefix_cache()
+
+
+def counting_bar():
+    """A tqdm class for vLLM's `LLM.generate(use_tqdm=...)` that draws nothing and hands every `update(n)` (a
+    finished request's n samples) to the `progress` it is made with (telemetry/progress.py)."""
+    import os
+
+    from tqdm import tqdm
+
+    class CountingBar(tqdm):
+        def __init__(self, *args, progress, **kwargs):
+            self._progress = progress
+            kwargs.pop("file", None)
+            self._sink = open(os.devnull, "w")
+            super().__init__(*args, file=self._sink, mininterval=3600.0, **kwargs)
+
+        def update(self, n=1):
+            super().update(n)
+            self._progress.update(n)
+
+        def close(self):
+            super().close()
+            self._sink.close()
+
+    return CountingBar
+

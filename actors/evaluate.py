@@ -17,6 +17,12 @@ on the task's first `eval.max_problems` held-out problems (tasks/task.py). Who r
 Every result is also appended to metrics.jsonl as role "eval" with step =
 the policy version evaluated (`eval/accuracy`, `eval/greedy_accuracy`,
 `eval/pass_at_k`, `eval/accuracy/<data source>`, `eval/seconds`).
+
+Progress: every request's samples are counted as it finishes, inside the one `engine.generate` call (vLLM's
+progress hook, actors/engine.py), and the samples done so far, with an ETA, are
+logged as `progress` lines (telemetry/progress.py) that the launcher shows while it waits for the phase.
+A multi-turn task's episodes run in one call per temperature (they share the engine's seeded stream), so they
+are counted when each pass ends.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 
 from asyncor.configs.schema import Config
 from asyncor.telemetry import log as tlog
+from asyncor.telemetry.progress import Progress
 from asyncor.runtime.role_summary import write_role_summary
 from asyncor.runtime.run_dir import RunDir
 
@@ -60,8 +67,10 @@ def score_completions(scorer, codec, problems: list, outputs: list) -> np.ndarra
     task's verifiers; a completion cut at the length limit scores 0."""
     from asyncor.tasks.scoring import Sample
 
-    flat = scorer.score([Sample(p.kind, codec.decode(c.token_ids), p.reference, c.finish_reason == "length")
-                         for p, completions in zip(problems, outputs) for c in completions])
+    prompts = [codec.decode(p.prompt_ids) if getattr(scorer, "reward", None) else "" for p in problems]
+    flat = scorer.score([Sample(p.kind, codec.decode(c.token_ids), p.reference, c.finish_reason == "length",
+                                text, p.id)
+                         for p, text, completions in zip(problems, prompts, outputs) for c in completions])
     return np.asarray(flat, dtype=np.float64).reshape(len(outputs), -1)
 
 
@@ -80,23 +89,29 @@ def episode_rewards(config: Config, engine, codec, scorer, problems: list, env, 
 
 def evaluate_engine(config: Config, engine, codec, scorer, problems: list, env=None) -> dict:
     """The held-out protocol on the weights in `engine`; `env`: a multi-turn task's environment
-    (tasks/environment.py), whose episodes are run instead of single completions."""
+    (tasks/environment.py), whose episodes are run instead of single completions. Its progress (samples
+    generated, greedy and sampled) is logged as `progress` lines (telemetry/progress.py)."""
     cfg = config.eval
     max_tokens = response_tokens(config)
     episodes: dict = {}
+    k = cfg.samples_per_problem if cfg.temperature > 0 else 1
+    progress = Progress("evaluation", len(problems) * (1 + k if cfg.temperature > 0 else 1), log=tlog.get("eval"),
+                        unit="samples")
 
     def rewards(temperature: float, k: int) -> np.ndarray:
+        progress.fields["decoding"] = "greedy" if temperature == 0 else f"{k} samples at T={temperature:g}"
         if env is not None:
             r, episodes[temperature] = episode_rewards(config, engine, codec, scorer, problems, env, temperature, k)
+            progress.update(len(problems) * k)  # one call: its episodes share the engine's seeded stream
             return r
         outputs = engine.generate([p.prompt_ids for p in problems], k, temperature, 1.0, max_tokens, codec.eos_id,
-                                  seed=cfg.seed)
+                                  seed=cfg.seed, progress=progress)
         return score_completions(scorer, codec, problems, outputs)
 
     start = time.perf_counter()
-    greedy = rewards(0.0, 1)
-    k = cfg.samples_per_problem if cfg.temperature > 0 else 1
-    main = rewards(cfg.temperature, k) if cfg.temperature > 0 else greedy  # never decode greedily twice
+    with progress:
+        greedy = rewards(0.0, 1)
+        main = rewards(cfg.temperature, k) if cfg.temperature > 0 else greedy  # never decode greedily twice
     stats = summarise([{"data_source": p.data_source, "rewards": r} for p, r in zip(problems, main)], k)
     extra = {}
     if env is not None:  # turns used, at the main temperature
@@ -124,14 +139,13 @@ def evaluate(config: Config, model_dir: str) -> dict:
     from asyncor.actors.engine import Engine
     from asyncor.tasks.codec import TextCodec
     from asyncor.tasks.environments import make_environment
-    from asyncor.tasks.scoring import Scorer
+    from asyncor.tasks.scoring import make_scorer
     from asyncor.tasks.task import make_task
 
     codec = TextCodec(model_dir)
     task = make_task(config, codec)
     problems = task.heldout(config.eval.max_problems)
-    scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
-                    needs_pool=task.needs_verifier_pool)
+    scorer = make_scorer(config, task.needs_verifier_pool, phase="eval")
     env = None
     try:
         env = make_environment(config, codec)  # before vLLM: a tool's sandbox processes are spawned

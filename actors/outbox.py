@@ -79,11 +79,13 @@ def score_groups(scorer, codec, groups: list[Group]) -> list[float]:
     sequences = [s for g in groups for s in g.sequences]
     rewards = [s.reward if s.multi_turn and s.reward is not None else None for s in sequences]
     todo = [i for i, r in enumerate(rewards) if r is None]
-    samples = []
+    samples, prompts = [], {}  # a prompt's text, decoded once per group (only a user reward reads it)
     for i in todo:
         s = sequences[i]
         samples.append(Sample(s.prompt.kind, codec.decode(s.last_turn if s.multi_turn else s.tokens),
-                              s.prompt.reference, s.finish_reason == "length"))
+                              s.prompt.reference, s.finish_reason == "length",
+                              prompts.setdefault(s.prompt.prompt_id, codec.decode(s.prompt.token_ids))
+                              if scorer.reward else "", s.prompt.prompt_id))
     for i, reward in zip(todo, scorer.score(samples) if samples else []):
         rewards[i] = reward
     return [float(r) for r in rewards]
@@ -175,8 +177,12 @@ class Outbox(threading.Thread):
             for s in g.sequences:
                 self.response_lengths[len(s.tokens)] = self.response_lengths.get(len(s.tokens), 0) + 1
         self.sent["tokens"] += sum(t.num_tokens for t in trajectories)
+        failures = self.scorer.failures  # a user reward's (task.reward) samples scored 0, by reason
         self.metrics.log({"actor/reward_mean": float(np.mean(rewards)), "actor/verify_s": verify_s,
-                          "actor/verify_timeouts": self.scorer.timeouts, "actor/groups_sent": self.sent["groups"]},
+                          "actor/verify_timeouts": self.scorer.timeouts, "actor/groups_sent": self.sent["groups"],
+                          **({"actor/reward_failures": sum(failures.values()),
+                              **{f"actor/reward_failures_{k}": v for k, v in failures.items()}} if failures else {}),
+                          **{f"actor/reward_detail/{k}": v for k, v in self.scorer.detail_means.items()}},
                          step=max(max(s.versions, default=0) for g in groups for s in g.sequences))
 
     def _send_all(self, groups: list) -> None:

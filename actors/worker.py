@@ -101,7 +101,7 @@ class Actor:
         from asyncor.sync.receiver import WeightReceiver
         from asyncor.tasks.codec import TextCodec
         from asyncor.tasks.environments import make_environment
-        from asyncor.tasks.scoring import Scorer
+        from asyncor.tasks.scoring import make_scorer
         from asyncor.tasks.task import make_task
         from asyncor.telemetry.metrics import MetricsWriter
 
@@ -136,8 +136,7 @@ class Actor:
         # Periodic held-out evaluation, by one actor only.
         self.eval_every = config.eval.every_steps if actor_id == config.eval.actor else 0
         # Verifier processes start before vLLM (spawned, never forked from the engine's process state).
-        self.scorer = Scorer(config.actors.verifier_workers, config.actors.verifier_deadline_s,
-                             needs_pool=task.needs_verifier_pool)
+        self.scorer = make_scorer(config, task.needs_verifier_pool)
         # A multi-turn task's environment (its tool's sandbox processes too) also starts before vLLM.
         self.env = make_environment(config, self.codec)
         # A resumed run's engine starts with the checkpoint's weights, that version.
@@ -253,6 +252,7 @@ class Actor:
             "recv_s_mean": float(np.mean(s["recv_s"])) if s["recv_s"] else 0.0,
             "merge_s_mean": float(np.mean(s["merge_s"])) if s["merge_s"] else 0.0,
             "adapters_refused": self.receiver.stats["refused"],
+            "reward_failures": dict(self.scorer.failures),  # task.reward's samples scored 0, by reason
             "versions_loaded": s["versions"], "versions_received": list(self.receiver.received_versions),
             "rejected": self.outbox.sent["rejected"], "wait_weights_s": time_budget.get("waiting_for_weights", 0.0),
             "eval_s": s["eval_s"], "evaluated_versions": s["evaluated"],

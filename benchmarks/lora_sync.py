@@ -261,14 +261,14 @@ def await_version(receiver, proc, version: int, deadline_s: float):
 def sync_row(args, engine, config: str) -> dict:
     """One row of tables 1 and 2: a fresh learner process publishes to a receiver here, and vLLM loads each version."""
     import torch
-    from asyncor.launcher.ports import free_port
+    from asyncor.launcher.ports import free_ports
     from asyncor.runtime.adapter import Adapter
     from asyncor.sync.receiver import WeightReceiver
     from asyncor.wire.zeromq import ZmqTransport
 
     rank = CONFIGS[config]
     adapter = Adapter.from_model_dir(args.model, rank, 2.0 * rank, targets()) if rank else None
-    sync_port, store_port = free_port(), free_port()
+    sync_port, store_port = free_ports(2)
     receiver = WeightReceiver(ZmqTransport(), 0, "127.0.0.1", sync_port, store_port, "gloo", SYNC_TIMEOUT_S,
                               torch.device("cpu"), rejoin_timeout_s=LEARNER_START_S + SYNC_TIMEOUT_S, adapter=adapter)
     receiver.start()

@@ -153,13 +153,47 @@ class EnvConfig(_Section):
         return self
 
 
+IMPORT_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class RewardServerConfig(_Section):
+    """[task.reward_server]: how a `task.reward` that is an http(s) URL is called (tasks/remote_reward.py,
+    docs/rewards.md): batched POSTs, a deadline per request, retries with back-off, a cap on requests in flight."""
+
+    batch_size: int = Field(32, ge=1)
+    """Samples per request."""
+    timeout_s: float = Field(30.0, gt=0)
+    """Deadline of one request (connect + answer); past it the request is retried."""
+    retries: int = Field(3, ge=0)
+    """Tries after the first before the batch's samples score 0 (counted as `reward_failures`)."""
+    backoff_s: float = Field(0.5, gt=0)
+    """Wait before the first retry; doubled at each further one, with +-25 % jitter."""
+    max_concurrency: int = Field(4, ge=1)
+    """Requests in flight at once, per actor."""
+    api_key_env: str | None = None
+    """Name of an environment variable whose value is sent as `Authorization: Bearer <value>` (the key itself never
+    goes into the config or the run directory)."""
+
+
 class TaskConfig(_Section):
-    kind: Literal["arithmetic", "repeat", "calculator", "files"] = "arithmetic"
+    kind: Literal["arithmetic", "repeat", "calculator", "files", "custom"] = "arithmetic"
     """"arithmetic": the built-in synthetic task (exact-answer reward). "repeat": `37*5=` -> `3737373737`, response
     lengths long-tailed up to `max_repeat` x `digits` tokens (tasks/repeat.py; for studying generation scheduling).
     "calculator": products too large for the tiny model to work out, `347*86=` -> `29842`, with a calculator tool
     (tasks/calculator.py; configs/calculator.toml). "files": math / code problems from `train_files` /
-    `heldout_files`, rewarded by the math and code verifiers (docs/verifiers.md)."""
+    `heldout_files`, rewarded by the math and code verifiers (docs/verifiers.md). "custom": your own task class,
+    `source` (docs/custom_tasks.md)."""
+    source: str | None = Field(None, pattern=IMPORT_PATH)
+    """kind = "custom": the task, as "package.module:Class" (importable by every role: on PYTHONPATH or installed);
+    called as Class(options) (docs/custom_tasks.md)."""
+    options: dict = {}
+    """kind = "custom": handed to the task's constructor as a dict (plain TOML values)."""
+    reward: str | None = None
+    """Score every answer with your reward instead of the task's own: "package.module:function", called in the
+    verifier pool's processes as function(problem, response, metadata) -> float | (float, details); or the
+    "http://" / "https://" URL of a reward server (task.reward_server). docs/rewards.md."""
+    reward_server: RewardServerConfig = Field(default_factory=RewardServerConfig)
+    """task.reward = a URL: how the server is called."""
     env: EnvConfig = Field(default_factory=EnvConfig)
     """How an episode runs: one completion, or turns with a tool or an environment server (docs/environments.md)."""
     train_files: list[str] = []
@@ -190,6 +224,12 @@ class TaskConfig(_Section):
     def _check_files(self, info: ValidationInfo) -> "TaskConfig":
         import os
 
+        if self.kind == "custom" and not self.source:
+            raise ValueError('kind = "custom" needs task.source, the task as "package.module:Class"')
+        if self.reward is not None and not (re.match(IMPORT_PATH, self.reward)
+                                            or re.match(r"^https?://[^\s/]+", self.reward)):
+            raise ValueError(f"task.reward = {self.reward!r}: give a function as \"package.module:function\" or a "
+                             f"reward server's \"http://host:port/path\" URL")
         if self.kind == "files":
             if not self.train_files:
                 raise ValueError('kind = "files" needs train_files (local .jsonl / .parquet paths)')
@@ -725,10 +765,53 @@ class CheckpointConfig(_Section):
     run was launched with (docs/checkpoints.md)."""
 
 
+class WandbConfig(_Section):
+    """[telemetry.wandb]: the run in Weights & Biases (docs/trackers.md). Written by the launcher's telemetry
+    collector on a thread of its own: a slow or failing tracker is logged and dropped, never stops the run."""
+
+    enabled: bool = False
+    """Log the run to W&B (needs the `wandb` package)."""
+    project: str = "asyncor"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user); None: your default entity."""
+    mode: Literal["online", "offline"] = "online"
+    """"offline" writes the run under `<run dir>/wandb/` only (`wandb sync` uploads it later)."""
+    name: str | None = None
+    """Display name of the W&B run; None: run.name."""
+    group: str | None = None
+    """W&B group; None: the sweep's name for a run of `launch.py sweep`, else no group."""
+    tags: list[str] = []
+    """Tags of the W&B run."""
+
+
+class MlflowConfig(_Section):
+    """[telemetry.mlflow]: the run in MLflow (docs/trackers.md). Written like [telemetry.wandb]: never blocks
+    training; a failing tracker is logged and dropped."""
+
+    enabled: bool = False
+    """Log the run to MLflow (needs `mlflow-skinny`; a sqlite:// store also needs `sqlalchemy` and `alembic`)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (`http://host:5000`, `sqlite:///path.db`); None: `sqlite:///<run.output_dir>/mlflow.db`,
+    one store for every run of the output directory, artifacts under `<run.output_dir>/mlartifacts/`."""
+    experiment: str = "asyncor"
+    """MLflow experiment name."""
+    name: str | None = None
+    """MLflow run name; None: run.name."""
+    group: str | None = None
+    """Kept as the run's `group` tag; None: the sweep's name for a run of `launch.py sweep`."""
+    tags: list[str] = []
+    """Tags of the MLflow run (each becomes a tag with an empty value)."""
+
+
 class TelemetryConfig(_Section):
     tensorboard: bool = True
     """Every metric also as TensorBoard events under runs/<name>/tensorboard/<role>/ (`tensorboard --logdir
     runs/`), written by the launcher as records arrive."""
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    """Weights & Biases (off by default)."""
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    """MLflow (off by default)."""
 
 
 class Config(_Section):

@@ -27,9 +27,14 @@ never answered: a refused `flush` or summary leaves its sender to its own
 deadline, and the role then writes its summary itself,
 runtime/role_summary.py); records a role's link could not queue (the link's
 `dropped`); records the TensorBoard sink could not take
-(`tensorboard_errors`: metrics.jsonl still has them). On timeout: `stop`
-lets the thread write what has already arrived, waiting for it up to 10 s,
-then closes the files and the socket.
+(`tensorboard_errors`: metrics.jsonl still has them); records an experiment
+tracker's queue could not take (launcher/tracker_thread.py: each tracker's
+`dropped`, in the run summary's `trackers`). Every record written is handed to
+each tracker (`trackers`: W&B, MLflow) by a non-blocking enqueue; their threads,
+started with this one, do the writing. On timeout: `stop` lets the thread write
+what has already arrived, waiting for it up to 10 s, then closes the files and
+the socket, then the trackers (ending the tracker runs as failed unless
+launcher/run.py closed them with the run summary first; `CLOSE_S` at most).
 """
 
 from __future__ import annotations
@@ -87,10 +92,13 @@ def check_summary(role: str, summary: dict, roles: frozenset[str]) -> tuple[str,
 
 
 class Collector:
-    def __init__(self, run_dir: str, bind: str, port: int, keys=None, tensorboard: bool = False, actors: int = 1):
+    def __init__(self, run_dir: str, bind: str, port: int, keys=None, tensorboard: bool = False, actors: int = 1,
+                 trackers=()):
         """`keys`: the run's CURVE keys (wire/curve.py) when net.auth is curve; `tensorboard`: every record
         also goes to TensorBoard event files (launcher/tensorboard.py); `actors`: how many actors the launcher
-        starts (actors.count): records and summaries of actor<i> are taken for i below it only."""
+        starts (actors.count): records and summaries of actor<i> are taken for i below it only; `trackers`:
+        TrackerThreads (launcher/tracker_thread.py, not yet started) every record is handed to."""
+        self.trackers = list(trackers)
         self.run_dir = run_dir
         self.record_roles, self.summary_roles = run_roles(actors)
         self.server = Server(ZmqTransport().listen(endpoint(bind, port), keys, max_bytes=MAX_BYTES))
@@ -110,6 +118,8 @@ class Collector:
         self._thread = threading.Thread(target=self._loop, name="telemetry-collector", daemon=True)
 
     def start(self) -> "Collector":
+        for tracker in self.trackers:  # each opens its tracker run on its own thread (wandb.init takes seconds)
+            tracker.start()
         self._thread.start()
         return self
 
@@ -134,6 +144,10 @@ class Collector:
         if self._tensorboard is not None:
             self._tensorboard.close()
         self.server.close()
+        if self.trackers:
+            from asyncor.launcher.tracker_thread import close_trackers
+
+            close_trackers(self.trackers, None)  # those launcher/run.py closed with the summary are done already
 
     def _loop(self) -> None:
         while True:
@@ -163,6 +177,8 @@ class Collector:
                         self._tensorboard.write(record)
                     except Exception:  # noqa: BLE001 - events are a copy: metrics.jsonl has the record
                         self.tensorboard_errors += 1
+                for tracker in self.trackers:  # an enqueue, never a wait
+                    tracker.submit(record)
             elif isinstance(m, RoleSummary):
                 self._write_summary(*check_summary(m.role, m.summary, self.summary_roles))
         except ProtocolError as exc:

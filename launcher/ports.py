@@ -51,6 +51,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (two `free_port()` calls can pick the same one: nothing is bound in between)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def assign_ports(config: Config) -> None:
     """Replace every port left at 0, or set to the same number as a port before it, with a free one (so all
     six differ)."""

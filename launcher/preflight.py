@@ -102,6 +102,23 @@ def check_lora(config) -> None:
         raise PreflightError(str(exc)) from None
 
 
+def check_user_code(config) -> None:
+    """task.source and a task.reward function import here, before any process starts (every role imports them the
+    same way: the package or module must be on their PYTHONPATH too). A reward server is not probed: it may start
+    with the run; its failures are counted per sample."""
+    from asyncor.tasks import user_reward
+    from asyncor.tasks.custom_task import TaskError, load_source
+    from asyncor.tasks.scoring import is_url
+
+    try:
+        if config.task.kind == "custom":
+            load_source(config.task.source)
+        if config.task.reward and not is_url(config.task.reward):
+            user_reward.load(config.task.reward)
+    except (TaskError, user_reward.RewardImportError) as exc:
+        raise PreflightError(str(exc)) from None
+
+
 def check_environment(config, local: bool, gpus: int) -> None:
     """Everything that can be checked from the launcher's host; `local`: every role runs here too."""
     check_run_dir(config.run_dir)
@@ -109,6 +126,7 @@ def check_environment(config, local: bool, gpus: int) -> None:
         check_model_dir(config.model.path)
     if config.learner.lora.enabled:
         check_lora(config)
+    check_user_code(config)
     if local:
         check_ports(config.net, config.net.bind_address(config.net.host).replace("*", ""))
         check_kv_memory(config, gpus)

@@ -25,7 +25,9 @@ them and starts and stops roles. What blocks: each phase's wait, never without a
 preparation `run.prepare_timeout_s`, each evaluation `run.eval_timeout_s`, the RL phase `run.max_wall_s`.
 On timeout the run fails (`RunFailed`, naming the key to raise) and every role is stopped. Nothing here is
 dropped; messages the collector refuses are counted into summary.json (`rejected_messages`, as
-`telemetry_<reason>`).
+`telemetry_<reason>`). Experiment trackers ([telemetry.wandb], [telemetry.mlflow]) run on threads of their own
+(launcher/tracker_thread.py): they get the resolved config once the policy is prepared and the summary at the
+end, waited for `CLOSE_S` at most; what they sent, dropped or failed on is summary.json's `trackers`.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ from asyncor.launcher.restarts import ActorRestarts
 from asyncor.launcher.resume import prepare_resumed_dir, save_launch_config
 from asyncor.runtime.run_dir import RunDir
 from asyncor.launcher.status import StatusView
+from asyncor.telemetry.progress import ProgressTail
 from asyncor.launcher.stop_signals import StopSignals
 from asyncor.launcher.summary import build_summary, first_step_ts, human
 from asyncor.launcher.collector import Collector
+from asyncor.launcher.tracker_thread import close_trackers, make_trackers
 
 POLL_S = 0.5
 SHUTDOWN_GRACE_S = 5.0  # SIGTERM -> SIGKILL
@@ -82,8 +86,10 @@ def stop_roles(backend: Backend, handles: list[Handle]) -> None:
 def run_phase(backend: Backend, spec: RoleSpec, log_dir: str, timeout_s: float, stop: StopSignals,
               deadline_key: str) -> None:
     """One role that must finish (warm start, evaluation), with stop-signal and deadline handling;
-    `deadline_key` is the config key that sets `timeout_s` (named when it passes)."""
+    `deadline_key` is the config key that sets `timeout_s` (named when it passes). The phase's `progress` lines
+    (telemetry/progress.py), read from its log as it runs, are printed at most every 10 s."""
     stop.check()
+    progress = ProgressTail.for_role(log_dir, spec.name)  # before the start: what the phase writes is news
     handle = backend.start(spec, log_dir)
     deadline = time.monotonic() + timeout_s
     try:
@@ -91,6 +97,9 @@ def run_phase(backend: Backend, spec: RoleSpec, log_dir: str, timeout_s: float, 
             backend.poll([handle])
             if handle.returncode is not None:
                 break
+            line = progress.poll()
+            if line:
+                print(f"  {line}", flush=True)
             stop.check()
             if time.monotonic() > deadline:
                 raise RunFailed(f"{spec.name} did not finish within {timeout_s:g} s (raise {deadline_key})")
@@ -110,10 +119,11 @@ def prepare_run_dir(config: Config) -> str:
         if not config.run.overwrite:
             raise RunFailed(f"{run_dir.path} exists and run.overwrite = false; pick another run.name")
         # Old outputs would mix with the new ones (metrics.jsonl is appended to; --resume reads checkpoints/).
+        # (trackers.json too: a new run is a new W&B / MLflow run, not a continuation of the old one.)
         for old in (run_dir.logs, run_dir.roles, run_dir.final, run_dir.checkpoints, run_dir.tensorboard,
-                    *glob.glob(run_dir.logs + ".*")):
+                    run_dir.wandb, *glob.glob(run_dir.logs + ".*")):
             shutil.rmtree(old, ignore_errors=True)
-        for old in (run_dir.metrics, run_dir.summary, run_dir.plan, run_dir.launch_config):
+        for old in (run_dir.metrics, run_dir.summary, run_dir.plan, run_dir.launch_config, run_dir.trackers):
             if os.path.exists(old):
                 os.remove(old)
     os.makedirs(run_dir.logs, exist_ok=True)
@@ -251,7 +261,8 @@ def _run(config: Config, stop: StopSignals, backend: Backend, launched_at: float
     net = config.net
     collector = Collector(run_dir, net.bind_address(net.launcher_host), net.telemetry_port,
                           keys.issue("launcher") if keys else None,
-                          tensorboard=config.telemetry.tensorboard, actors=config.actors.count).start()
+                          tensorboard=config.telemetry.tensorboard, actors=config.actors.count,
+                          trackers=make_trackers(config)).start()  # W&B / MLflow, each on a thread of its own
     try:
         return _run_roles(config, stop, backend, plan, collector, cfg_path, wall_start, launched_at, keys)
     finally:
@@ -290,6 +301,8 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
         run_phase(backend, prepare, logs, config.run.prepare_timeout_s, stop, "run.prepare_timeout_s")
         config.model.path = _result(collector, "prepare")["model_dir"]
         dump_resolved(config, cfg_path)  # the fully resolved config: ports and the policy actually used
+    for tracker in collector.trackers:  # config.json's tree, now final
+        tracker.set_config(config.model_dump(mode="json"))
 
     def evaluation(tag: str, model: str, version: int) -> None:
         # Before and after RL no engine runs: evaluation takes actor 0's node and GPUs.
@@ -348,6 +361,8 @@ def _run_roles(config: Config, stop: StopSignals, backend: Backend, plan: Plan, 
         summary["resumed_from"] = resumed
     first = first_step_ts(run_dir.path, since=launched_at)
     summary["time_to_first_step_s"] = first - launched_at if first is not None else None
+    if collector.trackers:  # they get the summary, then it gets their figures (records sent, dropped, failures)
+        summary["trackers"] = close_trackers(collector.trackers, dict(summary))  # a copy: an abandoned one reads on
     with open(run_dir.summary, "w") as f:
         json.dump(summary, f, indent=2)
     print(human(summary))

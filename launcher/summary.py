@@ -39,6 +39,8 @@ def build_summary(run_dir: str, num_actors: int, wall_s: float) -> dict:
             "tokens_per_s": sum(a["tokens_per_s"] for a in actors),
             "tokens": sum(a["tokens"] for a in actors),
             "reported": len(actors),
+            # Samples a user reward (task.reward: a function or a server) could not score, by reason: they scored 0.
+            "reward_failures": _sum_counts([a.get("reward_failures", {}) for a in actors]),
         },
         "staleness": buffer["staleness"],
         "sync": {
@@ -157,7 +159,10 @@ def human(summary: dict) -> str:
     lines += [
         f"learner             {l['steps']} steps{on_ranks}, {l['tokens_per_s']:.0f} tok/s, "
         f"waiting for batches {l['wait_for_batch_frac']:.0%} of the time",
-        f"actors              {a['count']} x vLLM, {a['tokens_per_s']:.0f} tok/s in all",
+        f"actors              {a['count']} x vLLM, {a['tokens_per_s']:.0f} tok/s in all"
+        + (f"; reward failed for {sum(a['reward_failures'].values())} samples ("
+           + ", ".join(f"{k} {v}" for k, v in sorted(a["reward_failures"].items())) + ", scored 0)"
+           if a.get("reward_failures") else ""),
         f"staleness           mean {s['mean']:.2f}, max {s['max']} (bound {s['max_allowed']}), dropped {s['dropped']}",
         "rejection sampling  {} groups all right, {} all wrong dropped; {} prompts filtered online".format(
             summary.get("filtering", {}).get("solve_all", 0), summary.get("filtering", {}).get("solve_none", 0),
@@ -197,3 +202,12 @@ def time_lines(time: dict) -> list[str]:
         lines.append(f"time {name:<14} {t['wall']:.0f} s: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s"
                                                                        for k, v in parts))
     return lines
+
+
+def _sum_counts(counts: list[dict]) -> dict:
+    total: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    return total
+

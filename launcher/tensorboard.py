@@ -56,7 +56,7 @@ class TensorBoardSink:
                 value = int(value)
             if isinstance(value, (int, float)):
                 writer.add_scalar(key, value, step, walltime=wall)
-            elif key.endswith("_hist") and _counts(value):
+            elif key.endswith("_hist") and is_counts(value):
                 _add_counts(writer, key, value, step, wall)
 
     def close(self) -> None:
@@ -65,7 +65,7 @@ class TensorBoardSink:
         self._writers.clear()
 
 
-def _counts(value) -> bool:
+def is_counts(value) -> bool:
     """A list of non-negative counts with at least one non-zero (records come off the wire: anything else is
     left out, never an error)."""
     return (isinstance(value, list) and 0 < len(value) <= 1 << 16

@@ -21,12 +21,19 @@ import time
 from asyncor.configs.schema import Config
 from asyncor.prepare.tiny_model import build_tiny_model, tiny_model_key
 from asyncor.telemetry import log as tlog
+from asyncor.telemetry.progress import Progress
 
 
 def warm_start_key(config: Config) -> str:
     # Only what the warm start trains on: the built-in task's split (never the RL data files).
     task = config.task.model_dump(include={"kind", "digits", "operations", "max_repeat", "train_size", "heldout_size"})
     warm = config.warm_start.model_dump(exclude={"tool_fraction"})
+    if config.task.kind == "custom":  # a user task: its demonstrations themselves (its data may change)
+        from asyncor.tasks.custom_task import warm_start_problems
+
+        task["source"], task["options"] = config.task.source, config.task.options
+        task["demonstrations"] = hashlib.sha256(json.dumps([(p.prompt, p.answer) for p in warm_start_problems(
+            config.task)]).encode()).hexdigest()
     if config.task.kind == "calculator":  # the demonstrations' tool calls and tags
         warm["tool_fraction"] = config.warm_start.tool_fraction
         task["env"] = config.task.env.model_dump(include={"call_start", "call_end", "observation_start",
@@ -77,6 +84,8 @@ def supervised_train(model_dir: str, config: Config, out_dir: str) -> dict:
     pad = model.config.pad_token_id
     start = time.perf_counter()
     losses = []
+    # `progress` lines every 5 s for the launcher's console (launcher/run.py run_phase reads them from our log).
+    progress = Progress("warm start", ws.steps, log=log, unit="steps")
     for step in range(ws.steps):
         rows = [example(codec, p, config, rng) for p in rng.sample(train, min(ws.batch_size, len(train)))]
         T = max(len(ids) for ids, _ in rows)
@@ -96,8 +105,12 @@ def supervised_train(model_dir: str, config: Config, out_dir: str) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = ws.lr * 0.5 * (1 + np.cos(np.pi * (step + 1) / ws.steps))
         losses.append(loss.item())
+        progress.update(1, loss=round(float(np.mean(losses[-50:])), 4))
         if (step + 1) % 50 == 0 or step + 1 == ws.steps:
-            log.info("warm_start_progress", step=step + 1, of=ws.steps, loss=round(float(np.mean(losses[-50:])), 4))
+            log.info("warm_start_progress", step=step + 1, of=ws.steps, loss=round(float(np.mean(losses[-50:])), 4),
+                     eta_s=None if progress.eta_s() is None else round(progress.eta_s(), 1))
+        if step + 1 == ws.steps:
+            progress.close()
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp)

@@ -11,6 +11,8 @@
       final/                      .final          the trained policy, a Hugging Face directory (LoRA: merged,
                                                   and the adapter in final/adapter/)
       tensorboard/<role>/         .tensorboard    event files
+      trackers.json               .trackers       the W&B / MLflow run ids (launcher/tracker_thread.py)
+      wandb/                      .wandb          W&B's files of the run (offline mode: the whole run)
       keys/                       .keys           the run's CURVE keys (directory 0700, secret keys 0600)
       submit/                     .submit         `launch.py submit`'s batch script and SLURM output
       summary.json                .summary        written last: a run with one has finished
@@ -58,6 +60,8 @@ class RunDir:
     checkpoints = property(lambda self: self._at("checkpoints"))
     final = property(lambda self: self._at("final"))
     tensorboard = property(lambda self: self._at("tensorboard"))
+    trackers = property(lambda self: self._at("trackers.json"))
+    wandb = property(lambda self: self._at("wandb"))
     keys = property(lambda self: self._at("keys"))
     submit = property(lambda self: self._at("submit"))
     summary = property(lambda self: self._at("summary.json"))

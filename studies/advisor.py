@@ -21,7 +21,9 @@
 `--check RUN...` simulates each finished run's own shape with the calibration's rates and sets the prediction
 beside what the run measured (steady-state wall time and learner idle fraction): how far to trust the rest.
 Everything goes to `advice.md` (`--out`, default: in the first `--from` run, or the calibration run) and is
-printed.
+printed. The simulations take the time (the handoff fit's about 44 per calibration run, most of all; a minute
+for one run on 2 CPU cores): they are counted as they go, with an ETA (telemetry/progress.py: a bar on an
+interactive terminal, else `progress` log lines).
 """
 
 from __future__ import annotations
@@ -29,13 +31,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from asyncor.studies.calibration import Calibration, CalibrationError, calibrate, measured, shape_of, shared_host
+from asyncor.studies.calibration import (Calibration, CalibrationError, calibrate, handoff_simulations, measured,
+                                         shape_of, shared_host)
 from asyncor.studies.simulator import Prediction, Shape, simulate
 from asyncor.runtime.run_dir import RunDir
+from asyncor.telemetry import log as tlog
+from asyncor.telemetry.progress import Progress
 
 
 
@@ -52,19 +58,28 @@ def learner_rate(per_rank: float, ranks: int, efficiency: float = 1.0) -> float:
     return per_rank * ranks * efficiency ** np.log2(ranks)
 
 
-def splits(cal: Calibration, config: dict, nodes: int, gpus_per_node: int, steps: int, tp: int = 1,
-           efficiency: float = 1.0) -> list[Split]:
-    """Every split the cluster launcher can place (launcher/plan.py): L learner ranks on node 0 (ranks do not
-    span nodes), actor engines of tp devices on what is left of every node; each simulated."""
-    per_rank = cal.rates.learner_tokens_per_s / learner_rate(1.0, max(cal.learner_ranks, 1), efficiency)
+def placements(nodes: int, gpus_per_node: int, tp: int = 1) -> list[tuple[int, int]]:
+    """(learner ranks, actor engines) of every split the cluster launcher can place (launcher/plan.py): L learner
+    ranks on node 0 (ranks do not span nodes), actor engines of tp devices on what is left of every node."""
     out = []
     for ranks in range(1, gpus_per_node + 1):
         actors = (gpus_per_node - ranks) // tp + (nodes - 1) * (gpus_per_node // tp)
-        if actors < 1:
-            continue
+        if actors >= 1:
+            out.append((ranks, actors))
+    return out
+
+
+def splits(cal: Calibration, config: dict, nodes: int, gpus_per_node: int, steps: int, tp: int = 1,
+           efficiency: float = 1.0, on_simulated: Callable[[], None] | None = None) -> list[Split]:
+    """Every split of `placements`, each simulated (`on_simulated` is called after each, for progress)."""
+    per_rank = cal.rates.learner_tokens_per_s / learner_rate(1.0, max(cal.learner_ranks, 1), efficiency)
+    out = []
+    for ranks, actors in placements(nodes, gpus_per_node, tp):
         rates = replace(cal.rates, learner_tokens_per_s=learner_rate(per_rank, ranks, efficiency))
         p = simulate(shape_of(config, steps=steps, actors=actors, shared=False), rates)
         out.append(Split(ranks, actors, p, p.steady_wall_s / max(steps - 1, 1)))
+        if on_simulated is not None:
+            on_simulated()
     if not out:
         raise CalibrationError(f"{nodes} x {gpus_per_node} devices cannot hold a learner rank and an actor engine "
                                f"of actors.tensor_parallel_size = {tp}")
@@ -120,11 +135,18 @@ class Check:
         return self.predicted.steady_idle_frac / self.idle_frac - 1 if self.idle_frac else float("nan")
 
 
-def check(cal: Calibration, run, seeds: int = 3) -> Check:
+CHECK_SEEDS = 3
+
+
+def check(cal: Calibration, run, seeds: int = CHECK_SEEDS, on_simulated: Callable[[], None] | None = None) -> Check:
     """Simulate a finished run's own shape with the calibration's rates (mean over `seeds` simulator seeds)."""
     m = measured(run)
     shape = shape_of(run.config, steps=m.steps, shared=shared_host(run))
-    preds = [simulate(replace(shape, seed=s), cal.rates_for(shape.actors)) for s in range(seeds)]
+    preds = []
+    for s in range(seeds):
+        preds.append(simulate(replace(shape, seed=s), cal.rates_for(shape.actors)))
+        if on_simulated is not None:
+            on_simulated()
     mean = replace(preds[0], steady_wall_s=sum(p.steady_wall_s for p in preds) / seeds,
                    steady_idle_frac=sum(p.steady_idle_frac for p in preds) / seeds)
     return Check(run.name, shape_of(run.config, steps=m.steps, shared=shared_host(run)), mean, m.steady_wall_s,
@@ -144,13 +166,14 @@ def check_table(checks: list[Check]) -> str:
 def rates_table(cal: Calibration) -> str:
     r = cal.rates
     n = sum(r.length_counts or [1] * len(r.lengths))
-    mean_len = sum(l * c for l, c in zip(r.lengths, r.length_counts or [1] * len(r.lengths))) / n
+    mean_len = sum(length * c for length, c in zip(r.lengths, r.length_counts or [1] * len(r.lengths))) / n
     rows = [("generation, one engine alone", f"{r.gen_step_s * 1000:.2f} ms per decoding step + "
                                               f"{r.gen_tokens_per_s:,.0f} tokens/s"),
             (f"learner alone ({cal.learner_ranks} rank{'s' if cal.learner_ranks > 1 else ''})",
              f"{r.learner_tokens_per_s:,.0f} response tokens/s"),
             ("weight publication / load", f"{r.sync_s:.3f} s / {r.load_s:.3f} s"),
-            ("learner overhead per step / handoff latency (fitted)", f"{r.step_overhead_s:.3f} s / {r.handoff_s:.3f} s"),
+            ("learner overhead per step / handoff latency (fitted)",
+             f"{r.step_overhead_s:.3f} s / {r.handoff_s:.3f} s"),
             ("actor overhead per group", f"{r.group_overhead_s * 1000:.1f} ms"),
             ("groups kept by rejection sampling", _pct(r.keep_frac)),
             ("response length", f"mean {mean_len:.1f}, {min(r.lengths)}..{max(r.lengths)} tokens ({n} samples)")]
@@ -196,15 +219,21 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
             if not os.path.exists(RunDir(d).summary):
                 raise CalibrationError(f"--from {d}: not a finished run (no summary.json there)")
         sources = [load_run(d) for d in from_runs]
-        cal = calibrate(sources)
         if config_path or sets:
             config = flatten(load_config(config_path, sets).model_dump(mode="json"))
         else:
             config = sources[-1].config
         tp = int(config.get("actors.tensor_parallel_size", 1))
-        options = splits(cal, config, nodes, gpus_per_node, sim_steps, tp, efficiency)
-        chosen = recommend(options)
-        checked = [check(cal, r) for r in find_runs(checks)] if checks else []
+        check_runs = find_runs(checks) if checks else []
+        # The simulations are what takes the time (the handoff fit's most of all): counted, with an ETA.
+        later = len(placements(nodes, gpus_per_node, tp)) + CHECK_SEEDS * len(check_runs)
+        with Progress("advise: simulating", handoff_simulations(len(sources)) + later, log=tlog.get("advise"),
+                      unit="simulations") as progress:
+            cal = calibrate(sources, on_simulated=progress.update)
+            progress.total = progress.done + later  # the handoff fit may have needed fewer
+            options = splits(cal, config, nodes, gpus_per_node, sim_steps, tp, efficiency, progress.update)
+            chosen = recommend(options)
+            checked = [check(cal, r, on_simulated=progress.update) for r in check_runs]
     except (CalibrationError, ConfigError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -224,7 +253,8 @@ def advise(config_path: str | None, sets: list[str], from_runs: list[str] | None
               f"{chosen.actors} actor engine{'s' if chosen.actors > 1 else ''}** of {devices} devices: "
               f"{chosen.prediction.trained_tokens_per_s:,.0f} trained tokens/s, the learner waiting "
               f"{_pct(chosen.prediction.steady_idle_frac)} of the time, mean staleness "
-              f"{chosen.prediction.staleness_mean:.2f} (trained groups by staleness: {_staleness_shares(chosen.prediction)}). "
+              f"{chosen.prediction.staleness_mean:.2f} (trained groups by staleness: "
+              f"{_staleness_shares(chosen.prediction)}). "
               f"Set `actors.count = {chosen.actors}` and `learner.ranks = "
               f"{chosen.learner_ranks}`; `launch.py plan --nodes {nodes} --gpus-per-node {gpus_per_node}` shows "
               "where each role goes (docs/clusters.md)."]

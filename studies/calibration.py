@@ -34,6 +34,7 @@ Where each figure comes from (roles/<role>.json, the roles' final figures sent a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -237,13 +238,14 @@ def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 SLOWDOWNS = ("actor_slowdown_learner", "actor_slowdown_actor", "actor_slowdown_both", "learner_slowdown_actor")
 
 
-def calibrate(runs, fit_handoff: bool = True) -> Calibration:
+def calibrate(runs, fit_handoff: bool = True, on_simulated: Callable[[], None] | None = None) -> Calibration:
     """Rates from one or more finished runs (studies/runs.py RunData) of the same model and task: timelines
     pooled, overheads averaged, then the per-step handoff latency fitted (see `fit_handoff_s`).
 
     How much roles slow each other on a shared host depends on how they are laid out on its cores (one actor
     beside a pinned learner, or two actors and a learner on two cores), so the slowdowns are fitted per
-    actor count (`Calibration.layouts`) while the rates alone are shared by all runs."""
+    actor count (`Calibration.layouts`) while the rates alone are shared by all runs. `on_simulated` is called
+    after each simulation of the handoff fit (the slow part; at most `handoff_simulations`), for progress."""
     runs = runs if isinstance(runs, list) else [runs]
     roles = [_roles(run) for run in runs]
     notes: list[str] = []
@@ -306,11 +308,19 @@ def calibrate(runs, fit_handoff: bool = True) -> Calibration:
                                "one learner size")
     cal = Calibration(rates, ranks.pop(), notes, layout_slowdowns)
     if fit_handoff:
-        cal.rates = replace(rates, handoff_s=fit_handoff_s(cal, runs))
+        cal.rates = replace(rates, handoff_s=fit_handoff_s(cal, runs, on_simulated=on_simulated))
     return cal
 
 
-def fit_handoff_s(cal: Calibration, runs, seeds: int = 2) -> float:
+HANDOFF_BISECTIONS = 20
+
+
+def handoff_simulations(runs: int, seeds: int = 2) -> int:
+    """The most simulations `fit_handoff_s` runs for `runs` calibration runs: both ends, then each bisection."""
+    return (2 + HANDOFF_BISECTIONS) * runs * seeds
+
+
+def fit_handoff_s(cal: Calibration, runs, seeds: int = 2, on_simulated: Callable[[], None] | None = None) -> float:
     """The per-step latency of handing a batch from the actors through the buffer to the learner and the new
     version back (message round trips, parsing, grant hold times: nothing a role's timeline shows), fitted so
     the simulation of the calibration runs' own shapes takes as long as they did: the smallest h in
@@ -323,7 +333,12 @@ def fit_handoff_s(cal: Calibration, runs, seeds: int = 2) -> float:
         total = 0.0
         for shape in shapes:
             rates = replace(cal.rates_for(shape.actors), handoff_s=h)
-            total += sum(simulate(replace(shape, seed=s), rates).steady_wall_s for s in range(seeds)) / seeds
+            walls = []
+            for s in range(seeds):
+                walls.append(simulate(replace(shape, seed=s), rates).steady_wall_s)
+                if on_simulated is not None:
+                    on_simulated()
+            total += sum(walls) / seeds
         return total
 
     lo, hi = 0.0, 2.0
@@ -335,7 +350,7 @@ def fit_handoff_s(cal: Calibration, runs, seeds: int = 2) -> float:
         cal.notes.append(f"handoff latency capped at {hi} s per step: the calibration runs took {target:.1f} s, "
                          f"more than the simulation explains ({wall(hi):.1f} s); look for a stalled role")
         return hi
-    for _ in range(20):
+    for _ in range(HANDOFF_BISECTIONS):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if wall(mid) < target else (lo, mid)
     cal.notes.append(f"handoff latency {hi * 1000:.0f} ms per step, fitted to the calibration runs' "

@@ -10,6 +10,9 @@ Writes `<out>/summary.json` and `<out>/problems.jsonl` (one line per problem:
 id, source, kind, per-sample rewards, finish reasons, the first response's
 first 2000 characters).
 A response cut at the length limit scores 0 without being verified.
+Progress: every request's samples are counted as it finishes, inside the one engine call (actors/engine.py),
+and the samples done with an ETA are shown as they go
+(telemetry/progress.py: a bar on an interactive terminal, else `progress` log lines on stdout).
 
 Multi-turn (`--config` naming a run file whose [task.env] is a tool or an environment server): each sample is an
 episode, run by the actor's own turns (actors/episodes.py) and scored as the actor scores it; the summary adds
@@ -36,6 +39,8 @@ from asyncor.actors.evaluate import score_completions, summarise
 from asyncor.runtime.adapter_files import AdapterFileError
 from asyncor.studies.export import find_weights, merged_model
 from asyncor.tasks.dataset import DataError
+from asyncor.telemetry import log as tlog
+from asyncor.telemetry.progress import Progress
 
 
 @dataclass
@@ -79,21 +84,28 @@ def sample_and_score(model_dir: str, data_paths: list[str], settings: EvalSettin
         task = make_task(config, codec)
         problems, rows, dropped = task.heldout(config.eval.max_problems), None, 0
     log(f"{len(problems)} problems ({dropped} dropped: prompt longer than {max_prompt_tokens} tokens)")
-    scorer = Scorer(settings.workers, needs_pool=any(p.kind != "arithmetic" for p in problems))
+    task_cfg = config.task if config is not None else None  # the config's task.reward scores, if it has one
+    scorer = Scorer(settings.workers, needs_pool=any(p.kind != "arithmetic" for p in problems),
+                    reward=task_cfg.reward if task_cfg else None,
+                    reward_server=task_cfg.reward_server if task_cfg else None, phase="eval")
     env = make_environment(config, codec) if config is not None else None  # before vLLM (tool processes)
     try:
         engine = Engine(model_dir, settings.dtype, settings.seed, max_prompt_tokens + settings.max_tokens,
                         settings.gpu_memory_utilization, block_size=config.actors.kv_block_size if config else None)
-        if env is None:
-            outputs = engine.generate([p.prompt_ids for p in problems], settings.k, settings.temperature,
-                                      settings.top_p, settings.max_tokens, codec.eos_id, seed=settings.seed)
-            episodes = None
-        else:
-            from asyncor.actors.episodes import run_episodes
+        with Progress("sampling", len(problems) * settings.k, log=tlog.get("eval"), unit="samples") as progress:
+            if env is None:  # in chunks of prompts, for progress: the same completions as one call
+                outputs = engine.generate([p.prompt_ids for p in problems], settings.k, settings.temperature,
+                                          settings.top_p, settings.max_tokens, codec.eos_id, seed=settings.seed,
+                                          progress=progress)
+                episodes = None
+            else:
+                from asyncor.actors.episodes import run_episodes
 
-            groups, stats = run_episodes(engine, env, problems, settings.k, settings.temperature, settings.top_p,
-                                         settings.max_tokens, codec.eos_id, codec.vocab_size, config.task.env.workers)
-            outputs, episodes = [g.sequences for g in groups], stats.summary()
+                groups, stats = run_episodes(engine, env, problems, settings.k, settings.temperature,
+                                             settings.top_p, settings.max_tokens, codec.eos_id, codec.vocab_size,
+                                             config.task.env.workers)
+                outputs, episodes = [g.sequences for g in groups], stats.summary()
+                progress.update(len(problems) * settings.k)  # one call: the episodes share the engine's stream
         gen_s = time.perf_counter() - start
         verify_start = time.perf_counter()
         rewards = _rewards(scorer, codec, problems, outputs, env is not None)

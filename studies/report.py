@@ -4,7 +4,8 @@ Runs are grouped by what their configs differ in (`run.*` including the seed, `n
 `checkpoint.resume_from` aside: studies/runs.py `IGNORED_PREFIXES`), so the seeds of one grid point of a
 sweep form one group and the table gives each group's mean +- std over its seeds. Everything comes from each
 run's `summary.json`, `config.json`, `metrics.jsonl` and, where summary.json lacks it, `roles/buffer.json`;
-runs are read by studies/runs.py, plots drawn by studies/plots.py:
+runs are read by studies/runs.py (one by one, with progress and an ETA: telemetry/progress.py), plots drawn
+by studies/plots.py:
 
   accuracy_vs_steps.png, accuracy_vs_wall.png   held-out accuracy (eval records: before, during, after RL)
   reward.png, entropy.png                       learner curves by policy version
@@ -22,6 +23,12 @@ Tables: the main one (COLUMNS; the mismatch and correction/mask columns only whe
 
 The page opens with what a reader would look for first (the best held-out accuracy and the fastest group),
 then the tables, then the plots.
+
+When the reported runs logged to an experiment tracker (their config.json has `telemetry.wandb.enabled` or
+`telemetry.mlflow.enabled`), the report goes there too, as a run of its own (`log_to_trackers`): in W&B a run
+of job_type "report" in the runs' group (offline: under `<out>/wandb/`), in MLflow a run named `report` tagged
+with the group, in the runs' store; each with the plots and the tables (docs/trackers.md). A tracker that
+fails is reported on stderr; the report itself is written first and stands.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ import sys
 import numpy as np
 
 from asyncor.studies import plots
-from asyncor.studies.runs import (ReportError, RunGroup, actor_idle_fraction, find_runs, group_runs, held_out,
-                                  episodes, length_bias, tail_mean, wait_fraction)
+from asyncor.studies.runs import (ReportError, RunGroup, actor_idle_fraction, group_runs, held_out, episodes,
+                                  length_bias, load_run, run_paths, tail_mean, wait_fraction)
+from asyncor.telemetry import log as tlog
+from asyncor.telemetry.progress import Progress
 
 MISMATCH = r"mismatch \|Δlog p\| mean (last 20 %)"  # pipes escaped: they would split a markdown table's cell
 COLUMNS = [  # (header, value of a run, format)
@@ -217,8 +226,20 @@ def findings(groups: list[RunGroup]) -> list[str]:
     return lines
 
 
+def read_runs(dirs: list[str]) -> list:
+    """The finished runs in `dirs` (studies/runs.py), read one by one with progress (runs read, ETA): a long
+    run's metrics.jsonl takes a while."""
+    paths = run_paths(dirs)
+    runs = []
+    with Progress("report: reading runs", len(paths), log=tlog.get("report"), unit="runs") as progress:
+        for path in paths:
+            runs.append(load_run(path))
+            progress.update()
+    return runs
+
+
 def write_report(dirs: list[str], out: str | None = None) -> str:
-    runs = find_runs(dirs)
+    runs = read_runs(dirs)
     groups = group_runs(runs)
     out = out or (dirs[0] if len(dirs) == 1 else "report")
     os.makedirs(out, exist_ok=True)
@@ -237,8 +258,10 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
              "share the share of tokens the rollout correction masked or truncated (learner/correction_frac), the "
              "M2PO mask share the share the objective's own mask dropped (learner/objective_masked_frac); each is "
              "the mean over the last 20 % of steps, and left out when no run logs it.", ""]
+    tables = {"main": table(groups)}  # also logged to the runs' experiment trackers, if any
     equal = equal_wall_table(groups)
     if equal:
+        tables["equal_wall_time"] = equal[1]
         lines += ["## At equal wall time (mean ± standard deviation over seeds)", "", equal[1], "",
                   f"Each run's held-out accuracy (avg@k) and policy version {equal[0]:.0f} s after its first record "
                   "(the evaluation before RL), interpolated between its held-out evaluations (`eval.every_steps`; "
@@ -247,6 +270,7 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
                   "same number of steps in the table above.", ""]
     lengths = length_table(groups)
     if lengths:
+        tables["stale_length_bias"] = lengths
         lines += ["## Stale-length bias (mean ± standard deviation over seeds)", "", lengths, "",
                   "Response lengths in tokens of the groups the buffer handed to the learner (\"trained\") and of "
                   "those it dropped as staler than `buffer.max_staleness` (\"dropped\"; rejection-sampled groups "
@@ -257,6 +281,7 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
                   "that recorded it.", ""]
     turns = episode_table(groups)
     if turns:
+        tables["episodes"] = turns
         lines += ["## Episodes (multi-turn runs; mean ± standard deviation over seeds)", "", turns, "",
                   "Turns per finished episode and policy tokens per turn (actors), environment time per call "
                   "(an episode's opening or a step: a tool run, an HTTP request, waiting included), and the mean staleness of trained groups whose "
@@ -274,7 +299,47 @@ def write_report(dirs: list[str], out: str | None = None) -> str:
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+    log_to_trackers(runs, out, [(title, os.path.join(out, name)) for title, name in images], tables, path)
     return path
+
+
+def markdown_rows(text: str) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows) of one of `table`'s markdown tables (escaped pipes `\\|` stay inside their cell)."""
+    lines = [line.strip().strip("|") for line in text.splitlines() if line.strip()]
+    cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)] for line in lines]
+    return cells[0], cells[2:]  # cells[1] is the |---| rule
+
+
+def log_to_trackers(runs, out: str, images: list[tuple[str, str]], tables: dict[str, str], report_md: str) -> None:
+    """The report as a W&B and / or MLflow run, for the trackers the runs logged to (the first such run's
+    settings; the group when the runs share one). A failure is said on stderr, never raised."""
+    from asyncor.configs.schema import MlflowConfig, WandbConfig
+
+    names = [r.name for r in runs]
+    structured = {name: markdown_rows(text) for name, text in tables.items()}
+    for tracker, section in (("wandb", WandbConfig), ("mlflow", MlflowConfig)):
+        prefix = f"telemetry.{tracker}."
+        enabled = [r for r in runs if r.config.get(prefix + "enabled") is True]
+        if not enabled:
+            continue
+        groups = {r.config.get(prefix + "group") for r in enabled} - {None}
+        group = groups.pop() if len(groups) == 1 else None
+        try:
+            settings = section.model_validate({k[len(prefix):]: v for k, v in enabled[0].config.items()
+                                               if k.startswith(prefix)})
+            if tracker == "wandb":
+                from asyncor.launcher.wandb_sink import log_report
+
+                run_id = log_report(settings, out, group, images, structured, report_md, names)
+            else:
+                from asyncor.launcher.mlflow_sink import log_report
+
+                output_dir = os.path.dirname(os.path.abspath(enabled[0].path))  # the runs' own store by default
+                run_id = log_report(settings, output_dir, group, images, structured, report_md, names)
+            print(f"report logged to {tracker} (run {run_id}{f', group {group}' if group else ''})")
+        except Exception as exc:  # noqa: BLE001 - the report is written; a tracker is an extra
+            print(f"warning: the report could not be logged to {tracker}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
 
 
 def command(args) -> int:

@@ -99,20 +99,26 @@ def load_run(path: str) -> RunData:
                    flatten(config), records)
 
 
-def find_runs(dirs: list[str]) -> list[RunData]:
-    """Finished runs in `dirs`: each DIR is a run (summary.json) or holds runs (a sweep directory)."""
-    runs = []
+def run_paths(dirs: list[str]) -> list[str]:
+    """The finished runs' directories in `dirs`: each DIR is a run (summary.json) or holds runs (a sweep
+    directory); nothing is read yet (report.py reads them one by one, counting)."""
+    paths = []
     for d in dirs:
         if not os.path.isdir(d):
             raise ReportError(f"{d}: no such directory")
         if os.path.exists(RunDir(d).summary):
-            runs.append(load_run(d))
+            paths.append(d)
             continue
         inside = sorted(e.path for e in os.scandir(d) if e.is_dir() and os.path.exists(RunDir(e.path).summary))
         if not inside:
             raise ReportError(f"{d}: neither a finished run (summary.json) nor a directory of finished runs")
-        runs.extend(load_run(p) for p in inside)
-    return runs
+        paths.extend(inside)
+    return paths
+
+
+def find_runs(dirs: list[str]) -> list[RunData]:
+    """Finished runs in `dirs` (`run_paths`), read."""
+    return [load_run(p) for p in run_paths(dirs)]
 
 
 def group_runs(runs: list[RunData]) -> list[RunGroup]:

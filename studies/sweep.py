@@ -14,9 +14,14 @@ inside a key or value, more than 120 characters), a short hash of the exact valu
 (`task.operations-_____-64ff939a__seed-0` for `["+"]`, `task.operations-_____-ebba6ca0__seed-0` for `["*"]`).
 The sweep is resumable: a run whose summary.json exists and whose launch_config.json holds this grid point's
 values is skipped ("done before"); any other run in its place (one that stopped part-way, or a finished one of
-other values) is started again from scratch; `sweep.json` lists every run with its overrides and status. Every
+other values) is started again from scratch; `sweep.json` lists every run with its overrides and status. With
+an experiment tracker on ([telemetry.wandb], [telemetry.mlflow]) and no group set, the sweep's name is every
+run's group (`tracker_groups`), so W&B and MLflow show the sweep as one group. Every
 combination is validated before the first run starts, so a typo in a key fails at once. A progress line per
-run says what it reached; `launch.py report runs/<name>` turns the sweep into tables and plots.
+run says what it reached, how many runs are left and the ETA: the runs left over the rate of the runs run by
+this invocation (a moving average of their wall times; runs done before count as done, not into the rate),
+also logged as a `progress` event (telemetry/progress.py; a bar on an interactive terminal);
+`launch.py report runs/<name>` turns the sweep into tables and plots.
 
 Who produces, who consumes: each run's child writes its run directory and its launcher output
 (`<name>/<run>.launch.log`); the sweep reads the exit code and summary.json, and rewrites sweep.json
@@ -42,6 +47,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from asyncor.runtime.run_dir import RunDir
+from asyncor.telemetry import log as tlog
+from asyncor.telemetry.progress import Progress, duration
 
 MANIFEST = "sweep.json"
 MAX_SLUG = 120  # characters of a run name's spelled overrides (a file name holds 255 bytes)
@@ -127,6 +134,12 @@ def expand(grid_items: list[str], seeds: int, base_seed: int) -> list[SweepRun]:
     return runs
 
 
+def tracker_groups(base, sweep_name: str) -> list[str]:
+    """`--set` overrides making `sweep_name` the group of the enabled trackers that have none set."""
+    return [f"telemetry.{t}.group={json.dumps(sweep_name)}" for t in ("wandb", "mlflow")  # quoted: a TOML string
+            if getattr(base.telemetry, t).enabled and getattr(base.telemetry, t).group is None]
+
+
 def finished(run_dir: str) -> bool:
     return os.path.exists(RunDir(run_dir).summary)
 
@@ -184,6 +197,7 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
         base = load_config(config_path, sets)
         runs = expand(grid_items, seeds, base.run.seed)
         sweep_name = name or f"{base.run.name}-sweep"
+        sets = [*sets, *tracker_groups(base, sweep_name)]
         root = os.path.join(output_dir or base.run.output_dir, sweep_name)
         points = []  # each run's grid values and seed as its validated config holds them
         for r in runs:  # every combination must be a valid config before anything runs
@@ -199,11 +213,14 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
     _write_manifest(root, manifest)
     print(f"sweep {sweep_name}: {len(runs)} runs in {root}", flush=True)
     failed = 0
+    # Runs done before cost nothing (`skip`): the ETA is the runs left over the rate of the runs run here.
+    progress = Progress("sweep", len(runs), log=tlog.get("sweep"), unit="runs", every_s=1.0, sweep=sweep_name)
     for i, (r, point, entry) in enumerate(zip(runs, points, manifest["runs"]), start=1):
         run_dir = os.path.join(root, r.name)
         tag = f"[{i}/{len(runs)}] {r.name}"
         if done_before(run_dir, point):
             entry["status"] = "done"
+            progress.skip()
             print(f"{tag}: done before ({outcome(run_dir)})", flush=True)
             continue
         if finished(run_dir):
@@ -219,11 +236,14 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
         with open(os.path.join(root, f"{r.name}.launch.log"), "w") as log:
             code = _run_child(args, log)
         seconds = time.monotonic() - start
+        progress.update()  # a failed run took its time too: it counts into the rate
+        left = f"; {len(runs) - i} left, ETA {duration(progress.eta_s())}" if i < len(runs) else ""
         if code == 0 and finished(run_dir):
             entry["status"] = "done"
-            print(f"{tag}: done in {seconds:.0f} s ({outcome(run_dir)})", flush=True)
+            print(f"{tag}: done in {seconds:.0f} s ({outcome(run_dir)}){left}", flush=True)
         elif code in (130, 143, 129):  # stopped by a signal: so is the sweep (run it again to continue)
             entry["status"] = "interrupted"
+            progress.close(stopped=True)
             _write_manifest(root, manifest)
             print(f"{tag}: interrupted; `launch.py sweep` with the same arguments continues from here",
                   file=sys.stderr, flush=True)
@@ -231,8 +251,10 @@ def sweep(config_path: str | None, sets: list[str], grid_items: list[str], seeds
         else:
             failed += 1
             entry["status"] = f"failed (exit {code})"
-            print(f"{tag}: failed (exit {code}) after {seconds:.0f} s; see {root}/{r.name}.launch.log", flush=True)
+            print(f"{tag}: failed (exit {code}) after {seconds:.0f} s; see {root}/{r.name}.launch.log{left}",
+                  flush=True)
         _write_manifest(root, manifest)
+    progress.close()
     _write_manifest(root, manifest)
     done = sum(e["status"] == "done" for e in manifest["runs"])
     print(f"sweep {sweep_name}: {done}/{len(runs)} runs done{f', {failed} failed' if failed else ''}. "

@@ -9,7 +9,12 @@ from asyncor.tasks.arithmetic import TextProblem
 
 
 def make_splits(cfg: TaskConfig, seed: int) -> tuple[list[TextProblem], list[TextProblem]]:
-    """(train, heldout) of the built-in task; kind = "files" warm-starts on arithmetic."""
+    """(train, heldout) of the built-in task; kind = "files" warm-starts on arithmetic, kind = "custom" on the
+    user task's demonstrations (its training items with an `answer`; no held-out split)."""
+    if cfg.kind == "custom":
+        from asyncor.tasks.custom_task import warm_start_problems
+
+        return warm_start_problems(cfg), []
     if cfg.kind == "calculator":
         from asyncor.tasks.calculator import make_splits as calculator_splits
 

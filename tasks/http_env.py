@@ -43,7 +43,6 @@ the first `step()` returns that failure at once without contacting the server.
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import math
 import time
@@ -52,6 +51,7 @@ import urllib.parse
 import numpy as np
 from asyncor.tasks.environment import EpisodeProblem, Observation
 from asyncor.tasks.tool_env import single_token
+from asyncor.tasks.deadline_socket import DeadlineSocket
 
 MAX_BODY_BYTES = 1 << 20
 MAX_OBSERVATION_CHARS = 1 << 16
@@ -72,44 +72,6 @@ class _Failed(Exception):
 
 class _Refused(Exception):
     """The server answered something that is not an answer of the protocol (never retried)."""
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket's reads, each bounded by what is left of one deadline, so a server that trickles bytes cannot
-    stretch a request past it (a socket timeout alone bounds each read, not their sum)."""
-
-    def __init__(self, sock, deadline: float):
-        self.sock, self.deadline = sock, deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("HTTP request deadline")
-        self.sock.settimeout(left)
-        return self.sock.recv_into(buf)
-
-
-class _DeadlineSocket:
-    """What http.client uses of a connected socket (sendall, makefile, close), under one deadline."""
-
-    def __init__(self, sock, deadline: float):
-        self.sock, self.deadline = sock, deadline
-
-    def sendall(self, data) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("HTTP request deadline")
-        self.sock.settimeout(left)
-        self.sock.sendall(data)
-
-    def makefile(self, mode="rb", *args, **kwargs):
-        return io.BufferedReader(_DeadlineReader(self.sock, self.deadline))
-
-    def close(self) -> None:
-        pass  # http.client closes its socket before the response is read (Connection: close): _request does it
 
 
 def _refuse_constant(name: str):
@@ -285,7 +247,7 @@ class HttpEnvironment:
         try:
             conn.connect()
             sock = conn.sock
-            conn.sock = _DeadlineSocket(sock, deadline)
+            conn.sock = DeadlineSocket(sock, deadline)
             conn.request("POST", self.prefix + path, body=body,
                          headers={"Content-Type": "application/json", "Accept": "application/json",
                                   "Connection": "close"})

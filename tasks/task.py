@@ -8,27 +8,17 @@ the actors look at `task.kind`:
   BuiltinTask  task.kind = "arithmetic" | "repeat": synthetic text problems (tasks/builtin.py), exact answers
   FileTask     task.kind = "files": math / code problems from local jsonl / parquet files (tasks/dataset.py),
                scored by math-verify and the sandboxed code runner in the verifier pool
+  CustomTask   task.kind = "custom": a user's task class by import path (tasks/custom_task.py)
 
 `make_task(config, codec)` picks one by `task.kind`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-
 from asyncor.configs.schema import Config
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: int  # stable across runs: seeds, cursors, checkpoints and filters refer to it
-    prompt_ids: np.ndarray = field(repr=False)  # (P,) int32, the prompt as the model reads it
-    kind: str  # how an answer is scored: arithmetic | math | code (tasks/scoring.py)
-    reference: object  # the answer string, or a code problem's tests
-    data_source: str = "unknown"  # accuracy is also reported per source
+from asyncor.tasks.problem import Problem  # noqa: F401 - part of the task interface, re-exported
 
 
 class Task(Protocol):
@@ -96,4 +86,8 @@ class FileTask:
 
 def make_task(config: Config, codec) -> Task:
     """The task of `task.kind`; `codec` tokenises prompts (tasks/codec.py, from the policy's tokenizer)."""
+    if config.task.kind == "custom":
+        from asyncor.tasks.custom_task import CustomTask
+
+        return CustomTask(config, codec)
     return FileTask(config, codec) if config.task.kind == "files" else BuiltinTask(config, codec)

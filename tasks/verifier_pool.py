@@ -9,10 +9,14 @@ run's first process has a parent-death signal, and what it forked may outlive
 the worker. A slow or hostile sample therefore costs at most its deadline and
 never blocks the others beyond it.
 
+A third kind, "custom", calls the user's reward function of `task.reward` (tasks/user_reward.py) in the same
+workers under the same deadline; its failures come back with a reason ("import", "error", "not_a_number",
+"nan"), and the pool adds "timeout" and "crash" (a worker that died): `failures` counts them all, by reason.
+
 Boundary: parent and workers exchange JSON messages over pipes
-(`{"id", "kind", "response", "reference"}` -> `{"id", "reward"}`); nothing
-is pickled. Workers are started with "spawn" (never fork a process holding
-a vLLM engine and its threads) and are child subreapers, so the orphans of a
+(`{"id", "kind", "response", "reference"[, "problem", "metadata"]}` -> `{"id", "reward"[, "failure",
+"details"]}`); nothing is pickled. A reply is checked (a finite number) before use. Workers are started
+with "spawn" (never fork a process holding a vLLM engine and its threads) and are child subreapers, so the orphans of a
 killed sandbox are reaped instead of left as zombies.
 
 Concurrency. Producer: the thread that calls `score` (an actor's outbox thread, or evaluation); `score`
@@ -25,8 +29,10 @@ OOM killer), scores 0 (the first counted in `timeouts`). A verifier's own error 
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
+import math
 import multiprocessing as mp
 import os
 import time
@@ -36,14 +42,16 @@ from multiprocessing.connection import wait
 from asyncor.tasks.code_sandbox import Limits, check_jail
 
 PR_SET_CHILD_SUBREAPER = 36
-KINDS = ("math", "code")
+KINDS = ("math", "code", "custom")
 
 
 @dataclass(frozen=True)
 class VerifierJob:
-    kind: str  # "math" | "code"
+    kind: str  # "math" | "code" | "custom"
     response: str
-    reference: object  # math: the gold answer (str); code: the tests (dict)
+    reference: object  # math: the gold answer (str); code: the tests (dict); custom: the task's reference
+    problem: dict | None = None  # custom: the user function's `problem` (tasks/user_reward.py)
+    metadata: dict | None = None  # custom: its `metadata`
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ class PoolSettings:
     code_total_s: float = 30.0  # all tests of one program
     code_limits: Limits = Limits()
     code_fraction: bool = False  # reward = passed fraction instead of all-or-nothing
+    reward_path: str | None = None  # task.reward "package.module:function": the "custom" kind's function
+    sandbox: bool = True  # build the code sandbox (needs the jail); False for a pool that scores "custom" only
 
 
 def _reap_orphans() -> None:
@@ -70,16 +80,34 @@ def _worker_main(conn, slot: int, settings: PoolSettings) -> None:
     from asyncor.tasks.code_reward import code_reward
     from asyncor.tasks.code_sandbox import Sandbox
     from asyncor.tasks.math_reward import math_reward
+    from asyncor.tasks import user_reward
 
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
-    sandbox = Sandbox(slot, settings.code_limits)
+    sandbox = Sandbox(slot, settings.code_limits) if settings.sandbox else None
+    custom = None
+    if settings.reward_path:
+        try:
+            custom = user_reward.load(settings.reward_path)
+        except user_reward.RewardImportError as exc:
+            print(f"verifier-{slot}: {exc}", flush=True)  # the actor's log; every custom sample fails "import"
     while True:
         raw = conn.recv_bytes()
         if not raw:
             return
         job = json.loads(raw)
+        reply = {"id": job["id"]}
         try:
-            if job["kind"] == "math":
+            if job["kind"] == "custom":
+                if custom is None:
+                    reward, reply["failure"] = 0.0, "import"
+                else:
+                    reward, failure, details = user_reward.call(custom, job["problem"], job["response"],
+                                                                job["metadata"])
+                    if failure:
+                        reply["failure"] = failure
+                    if details:
+                        reply["details"] = _plain_details(details)
+            elif job["kind"] == "math":
                 reward = math_reward(job["response"], str(job["reference"]), settings.math_timeout_s)
             else:
                 reward = code_reward(job["response"], job["reference"], sandbox, settings.code_total_s,
@@ -87,7 +115,20 @@ def _worker_main(conn, slot: int, settings: PoolSettings) -> None:
         except Exception:  # noqa: BLE001 - a verifier error is a 0 for that sample, never a dead worker
             reward = 0.0
         _reap_orphans()
-        conn.send_bytes(json.dumps({"id": job["id"], "reward": float(reward)}).encode())
+        reply["reward"] = float(reward)
+        conn.send_bytes(json.dumps(reply).encode())
+
+
+def _plain_details(details: dict) -> dict:
+    """The finite numbers of a user reward's details (at most 16, short names): they become metrics."""
+    out = {}
+    for key, value in details.items():
+        if len(out) == 16:
+            break
+        if (isinstance(key, str) and 0 < len(key) <= 64 and not isinstance(value, bool)
+                and isinstance(value, (int, float)) and math.isfinite(value)):
+            out[key] = float(value)
+    return out
 
 
 class _Worker:
@@ -112,11 +153,14 @@ class _Worker:
 
 class VerifierPool:
     def __init__(self, settings: PoolSettings = PoolSettings()):
-        check_jail()  # here, in the caller: a worker that cannot build its sandbox would only score zeros
+        if settings.sandbox:
+            check_jail()  # here, in the caller: a worker that cannot build its sandbox would only score zeros
         self.settings = settings
         self._ctx = mp.get_context("spawn")
         self._workers = [_Worker(self._ctx, slot, settings) for slot in range(settings.workers)]
         self.timeouts = 0  # jobs killed at their deadline, since start
+        self.failures: collections.Counter = collections.Counter()  # custom jobs scored 0, by reason
+        self.details: list[dict] = []  # custom rewards' numeric details since the caller last took them
 
     def score(self, jobs: list[VerifierJob]) -> list[float]:
         """Rewards in job order; blocks until every job finished or hit its deadline."""
@@ -131,8 +175,10 @@ class VerifierPool:
                 if pending and worker.job is None:
                     i = pending.pop(0)
                     job = jobs[i]
-                    worker.conn.send_bytes(json.dumps({"id": i, "kind": job.kind, "response": job.response,
-                                                       "reference": job.reference}).encode())
+                    message = {"id": i, "kind": job.kind, "response": job.response, "reference": job.reference}
+                    if job.kind == "custom":
+                        message.update(problem=job.problem, metadata=job.metadata)
+                    worker.conn.send_bytes(json.dumps(message, default=str).encode())
                     worker.job, worker.started = i, time.monotonic()
                     busy[i] = worker
             now = time.monotonic()
@@ -142,16 +188,28 @@ class VerifierPool:
                 if worker.conn in ready:
                     try:
                         reply = json.loads(worker.conn.recv_bytes())
-                        rewards[reply["id"]] = reply["reward"]
+                        reward = reply["reward"]
+                        if reply["id"] != worker.job or not isinstance(reward, float) or not math.isfinite(reward):
+                            raise ValueError(f"bad reply {reply!r:.200}")
+                        rewards[worker.job] = reward
+                        if jobs[worker.job].kind == "custom":
+                            if reply.get("failure"):
+                                self.failures[str(reply["failure"])] += 1
+                            if isinstance(reply.get("details"), dict) and reply["details"]:
+                                self.details.append(reply["details"])
                         busy.pop(worker.job)
                         worker.job = None
                         continue
-                    except (EOFError, OSError):
-                        pass  # the worker died (e.g. killed by the OOM killer): replace it, reward 0
+                    except (EOFError, OSError, ValueError, KeyError, TypeError):
+                        pass  # the worker died (e.g. killed by the OOM killer, or a custom reward's os._exit)
+                    if jobs[worker.job].kind == "custom":
+                        self.failures["crash"] += 1
                 elif time.monotonic() < worker.started + self.settings.deadline_s:
                     continue
                 else:
                     self.timeouts += 1
+                    if jobs[worker.job].kind == "custom":
+                        self.failures["timeout"] += 1
                 busy.pop(worker.job)
                 self._replace(worker)
         return rewards

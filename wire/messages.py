@@ -37,7 +37,7 @@ MAX_GRANT_HOLD_S = 2.0
 HoldS = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_GRANT_HOLD_S)]
 RetryS = Annotated[float, msgspec.Meta(ge=0.0, le=60.0)]
 DTYPES = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
-KINDS = Literal["arithmetic", "math", "code"]  # how a prompt's answers are scored (tasks/scoring.py)
+KINDS = Literal["arithmetic", "math", "code", "custom"]  # how a prompt's answers are scored (tasks/scoring.py)
 PLAIN_DEPTH = 6  # maps and lists of plain values nest at most this deep (`plain`)
 PLAIN_STR = 4096  # the longest string of a plain value
 

@@ -40,6 +40,11 @@ def test_eval_on_the_sample_data_reports_every_source(policy, tmp_path):
                                          "sample_code_function", "sample_code_assert"}
     assert all(len(r["rewards"]) == 2 and len(r["finish_reasons"]) == 2 for r in records)
     assert "avg@2" in proc.stdout and "pass@2" in proc.stdout
+    # Progress came from inside vLLM's one generate call (actors/engine.py counting_bar): every sample counted.
+    final = [line for line in (proc.stdout + proc.stderr).splitlines() if " progress " in line and "final=True" in line
+             and "what=sampling" in line]
+    total = 2 * len(records)
+    assert final and f"done={total} " in final[-1] and f"total={total} " in final[-1], final
 
 
 def arithmetic_file(tmp_path, n=48):

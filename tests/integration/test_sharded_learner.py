@@ -19,7 +19,7 @@ import torch
 
 from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.receiver import WeightReceiver
-from asyncor.launcher.ports import free_port
+from asyncor.launcher.ports import free_port, free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def test_split_packed_padded_and_two_rank_steps_equal_the_unsplit_step(tmp_path)
 
 
 def test_two_sharded_bf16_ranks_keep_fp32_masters_and_publish_exactly_the_learners_weights(tmp_path):
-    sync_port, store_port = free_port(), free_port()
+    sync_port, store_port = free_ports(2)
     procs = start_ranks(2, ["publish", "--out", str(tmp_path), "--ports", f"{sync_port},{store_port}"], tmp_path)
     receiver = WeightReceiver(ZmqTransport(), 0, "127.0.0.1", sync_port, store_port, "gloo", 60.0, torch.device("cpu"))
     receiver.start()
@@ -151,7 +151,7 @@ def test_lora_steps_are_equal_across_layouts_and_ranks_train_only_the_adapter_an
     base = small_policy(seed=4).lm.state_dict()
     staged = {}
     for world, variants in ((1, "100000:varlen,30:varlen,30:rows,30:padded"), (2, "30:rows")):
-        sync_port, store_port = free_port(), free_port()
+        sync_port, store_port = free_ports(2)
         adapter = Adapter({k: v.clone() for k, v in base.items()}, 3, 5.0, list(LORA_DEFAULT_TARGETS))
         procs = start_ranks(world, ["lora", "--out", str(tmp_path), "--variants", variants,
                                     "--ports", f"{sync_port},{store_port}"], tmp_path)

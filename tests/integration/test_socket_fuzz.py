@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.receiver import WeightReceiver
 from asyncor.wire.envelope import SCHEMA_VERSION, encode
-from asyncor.launcher.ports import free_port
+from asyncor.launcher.ports import free_port, free_ports
 from asyncor.sync.broadcaster import WeightBroadcaster
 from asyncor.sync.buckets import plan_buckets
 from asyncor.launcher.collector import Collector
@@ -154,7 +154,7 @@ def test_every_fuzzed_hello_is_refused():
 
 
 def test_fuzzed_hellos_cannot_join_the_broadcast_and_the_real_actor_still_gets_the_weights():
-    sync_port, store_port = free_port(), free_port()
+    sync_port, store_port = free_ports(2)
     ctx = zmq.Context.instance()
     learner, made = start_broadcaster(sync_port, store_port, 60.0)
     evil = ctx.socket(zmq.DEALER)

@@ -9,7 +9,7 @@ import zmq
 
 from asyncor.sync.receiver import WeightReceiver
 from asyncor.wire.envelope import SCHEMA_VERSION, encode
-from asyncor.launcher.ports import free_port
+from asyncor.launcher.ports import free_port, free_ports
 from asyncor.sync.broadcaster import WeightBroadcaster
 from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.buckets import plan_buckets
@@ -26,7 +26,7 @@ def start_broadcaster(sync_port, store_port, timeout_s):
 
 
 def test_bad_hellos_are_refused_and_the_real_actor_still_gets_the_weights():
-    sync_port, store_port = free_port(), free_port()
+    sync_port, store_port = free_ports(2)
     ctx = zmq.Context.instance()
     learner, made = start_broadcaster(sync_port, store_port, 30.0)
     hostile = []

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from asyncor.launcher.ports import free_port
+from asyncor.launcher.ports import free_ports
 from asyncor.sync.broadcaster import PROBE_S, WeightBroadcaster
 from asyncor.wire.zeromq import ZmqTransport
 from asyncor.sync.buckets import plan_buckets
@@ -151,7 +151,7 @@ def stop(procs, b) -> None:
 def start_pair(tmp_path, probe_s=PROBE_S):
     """Two receiver processes and the learner's broadcaster with version 1 at both; (broadcaster, processes,
     their output files, the ports argument a restarted receiver needs)."""
-    sync_port, store_port = free_port(), free_port()
+    sync_port, store_port = free_ports(2)
     ports = f"{sync_port},{store_port}"
     out = [tmp_path / "actor0.txt", tmp_path / "actor1.txt"]
     procs = [start_receiver(i, ports, out[i]) for i in range(2)]
@@ -199,7 +199,7 @@ def test_a_receiver_left_out_of_a_group_says_hello_again():
     """The receiver's own bound (sync/receiver.py), against a stand-in learner (a listening socket): a probe of a
     newer epoch answered once (a repeated probe is not answered again) and no join within join_wait_s, or an
     announcement of a group it was not told to join, and it says hello again."""
-    sync_port, store_port = free_port(), free_port()
+    sync_port, store_port = free_ports(2)
     store = open_store("127.0.0.1", store_port, True, 5.0)
     learner = ZmqTransport().listen(endpoint("127.0.0.1", sync_port))
     receiver = WeightReceiver(ZmqTransport(), 0, "127.0.0.1", sync_port, store_port, "gloo", 5.0,

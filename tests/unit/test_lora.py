@@ -247,13 +247,13 @@ def test_a_lora_checkpoint_holds_the_adapter_in_peft_format_and_resumes_exactly(
 
 
 def test_a_receiver_refuses_and_counts_a_bad_adapter_and_stages_the_next_good_one(model_dir):
-    from asyncor.launcher.ports import free_port
+    from asyncor.launcher.ports import free_ports
     from asyncor.learner.weight_sync import publish
     from asyncor.sync.broadcaster import WeightBroadcaster
     from asyncor.sync.receiver import WeightReceiver
     from asyncor.wire.zeromq import ZmqTransport
 
-    sync_port, store_port = free_port(), free_port()
+    sync_port, store_port = free_ports(2)
     made = {}
     learner = threading.Thread(target=lambda: made.update(b=WeightBroadcaster(
         ZmqTransport(), "127.0.0.1", sync_port, store_port, 1, "gloo", 30.0, torch.device("cpu"))), daemon=True)

@@ -16,6 +16,9 @@ class Codec:
 
 class Scorer:
     timeouts = 0
+    reward = None  # no task.reward: the task's own scoring
+    failures: dict = {}
+    detail_means: dict = {}
 
     def __init__(self):
         self.calls = []
