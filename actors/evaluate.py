@@ -67,7 +67,7 @@ def score_completions(scorer, codec, problems: list, outputs: list) -> np.ndarra
     task's verifiers; a completion cut at the length limit scores 0."""
     from asyncor.tasks.scoring import Sample
 
-    prompts = [codec.decode(p.prompt_ids) if getattr(scorer, "reward", None) else "" for p in problems]
+    prompts = [codec.decode(p.prompt_ids) if scorer.reward else "" for p in problems]  # a user reward reads it
     flat = scorer.score([Sample(p.kind, codec.decode(c.token_ids), p.reference, c.finish_reason == "length",
                                 text, p.id)
                          for p, text, completions in zip(problems, prompts, outputs) for c in completions])

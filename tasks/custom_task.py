@@ -29,11 +29,11 @@ training's demonstrations). The user's constructor and methods run in those proc
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import asdict, dataclass, is_dataclass
 
 from asyncor.configs.schema import Config, TaskConfig
+from asyncor.tasks.import_path import ImportPathError, load_callable
 from asyncor.tasks.problem import Problem
 
 ITEM_KINDS = {"custom": "custom", "exact": "arithmetic", "math": "math", "code": "code"}  # -> the scoring kind
@@ -54,15 +54,10 @@ class TaskError(ValueError):
 
 def load_source(path: str):
     """The class (or factory) at "package.module:Name"."""
-    module_name, _, attr = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - the user's import error, said with the field that named it
-        raise TaskError(f"task.source = {path!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    made = getattr(module, attr, None)
-    if not callable(made):
-        raise TaskError(f"task.source = {path!r}: {module_name} has no class or function {attr!r}")
-    return made
+        return load_callable(path, "task.source", "package.module:Class")
+    except ImportPathError as exc:
+        raise TaskError(str(exc)) from None
 
 
 def check_item(raw, where: str) -> Item:

@@ -26,32 +26,21 @@ beyond the user's function itself, which the pool's deadline bounds from outside
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 from collections.abc import Callable
 
+from asyncor.tasks.import_path import ImportPathError, load_callable
+
 REASONS = ("import", "error", "not_a_number", "nan", "timeout", "crash")
 
 
-class RewardImportError(ValueError):
-    """`task.reward` names nothing callable; the message says what was found."""
+RewardImportError = ImportPathError  # `task.reward` names nothing callable
 
 
 def load(path: str) -> Callable:
     """The function at "package.module:function"; RewardImportError with the reason otherwise."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise RewardImportError(f"task.reward = {path!r}: expected \"package.module:function\"")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any failure importing user code is the user's to read
-        raise RewardImportError(f"task.reward = {path!r}: cannot import {module_name!r}: "
-                                f"{type(exc).__name__}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise RewardImportError(f"task.reward = {path!r}: {module_name} has no callable {attr!r}")
-    return fn
+    return load_callable(path, "task.reward", "package.module:function")
 
 
 def check(result) -> tuple[float, str | None, dict | None]:

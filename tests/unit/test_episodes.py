@@ -163,6 +163,8 @@ class Log:
 
 
 class Scorer:
+    reward = None  # no task.reward: the task's own scoring
+
     def score(self, samples):
         return [0.5] * len(samples)  # the verifier's answer for episodes the environment did not score
 
