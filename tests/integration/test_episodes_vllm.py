@@ -100,9 +100,11 @@ def test_weights_loaded_mid_episode_label_each_policy_token_with_its_version(tmp
     assert both >= 1 and len(v1_error) > 10
     # Version 1's tokens: exact where their context was computed by version 1, a drift where a turn ran across the
     # switch on version 0's KV (inflight_kv = "keep"). How many of each depends on when the environment's threads
-    # answered, so the median swings between the two (seen: 0.014 and 0.024); it must stay well below the distance
-    # to version 0 (the weights differ by 0.3 std), which a token sampled by the old weights would show.
-    assert np.median(v1_error) < 0.5 * np.median(v0_error) and np.median(v1_error) < 0.05, (
+    # answered, so the median swings from 0 to near the distance to version 0 (seen: 0.0, 0.014, 0.024, and once
+    # 0.060 against 0.078, which failed a bound of half that distance). What a wrong label would show is the other
+    # way round: tokens sampled by version 0 match version 0's forward (v0 error ~0) and not version 1's. So: the
+    # two versions' forwards differ on these tokens, and the tokens are closer to version 1's.
+    assert np.median(v0_error) > 0.02 and np.median(v1_error) < np.median(v0_error), (
         np.median(v1_error), np.median(v0_error))
 
 
